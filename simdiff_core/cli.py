@@ -1,0 +1,298 @@
+"""Command line: ``python -m simdiff_core {score,plan,prune,ppl,...} --help``.
+
+    python -m simdiff_core score --model default --out scores.json
+    python -m simdiff_core plan  --scores scores.json --criterion simdiff --ratio 0.25 --out plan.json
+    python -m simdiff_core prune --model default --plan plan.json --out pruned/ --zip
+    python -m simdiff_core ppl   --model pruned/ --json
+
+Each subcommand is a thin wrapper over library functions the app uses too. Progress goes to
+stderr; bad input ends with ``error: <one line>`` on stderr and exit status 2 (no traceback; set
+SIMDIFF_DEBUG=1 to see one). Results (JSON with ``--json``) are the last line of stdout.
+
+Other modules add subcommands by defining ``register(subparsers)`` and being listed in
+``COMMAND_MODULES``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+import time
+
+from .errors import SimDiffError
+
+COMMAND_MODULES: list[str] = []
+
+
+# ---------------------------------------------------------------- shared helpers (used by plugins)
+def add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--model", required=required, default=None if required else "default",
+                   help="'default' (embedded SmolLM2-135M GGUF), 'gemma3-270m', a .gguf path, a model directory, or a hub id")
+    p.add_argument("--device", default="auto", help="auto (CUDA -> MPS -> CPU), cpu, cuda, cuda:N, mps")
+    p.add_argument("--dtype", default="auto", help="auto (bf16/fp16 on GPU, fp32 on CPU), float32, float16, bfloat16")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="allow the model repository's own Python code to run (off by default; only for code you trust)")
+    p.add_argument("--device-map", default=None,
+                   help="accelerate device map for models larger than one device, e.g. 'auto'")
+
+
+def add_calib_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--calib", default="wikitext2",
+                   help="calibration text: wikitext2 (shipped validation split), a file path, text:RAW, hf:DATASET[/CONFIG]/SPLIT")
+    p.add_argument("--samples", type=int, default=8, help="number of calibration windows (default 8)")
+    p.add_argument("--seq-len", type=int, default=256, help="tokens per calibration window (default 256)")
+    p.add_argument("--batch-size", type=int, default=None, help="windows per forward pass (default: automatic)")
+
+
+def add_ratio_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    g = p.add_mutually_exclusive_group(required=required)
+    g.add_argument("--ratio", type=float, help="fraction of blocks to remove, 0 < R < 1 (k = round(R * L))")
+    g.add_argument("--num", type=int, help="number of blocks to remove")
+    p.add_argument("--no-keep-first", dest="keep_first", action="store_false", help="allow removing block 0")
+    p.add_argument("--no-keep-last", dest="keep_last", action="store_false", help="allow removing the last block")
+
+
+def load_from_args(args):
+    from .load import load_model
+
+    progress_line(f"loading {args.model} ...")
+    lm = load_model(args.model, device=args.device, dtype=args.dtype,
+                    trust_remote_code=getattr(args, "trust_remote_code", False),
+                    device_map=getattr(args, "device_map", None))
+    progress_line(f"loaded {lm.name}: {lm.num_layers} blocks on {lm.device} ({str(lm.dtype).replace('torch.', '')}) "
+                  f"in {lm.load_seconds:.1f}s", end=True)
+    return lm
+
+
+def calib_from_args(args, lm):
+    from .data import load_text, make_windows
+
+    src = load_text(args.calib, purpose="calib")
+    ids = make_windows(lm.tokenizer, src, args.samples, args.seq_len)
+    return ids, {"source": args.calib, "description": src.description}
+
+
+def progress_line(msg: str, end: bool = False) -> None:
+    sys.stderr.write("\r\033[K" + msg + ("\n" if end else "") if sys.stderr.isatty() else msg + "\n")
+    sys.stderr.flush()
+
+
+def progress_printer(label: str):
+    """A progress(fraction, message) callback printing to stderr (every 10% when not a tty)."""
+    state = {"last": -1.0, "t0": time.perf_counter()}
+
+    def cb(frac: float, msg: str = "") -> None:
+        tty = sys.stderr.isatty()
+        if tty or frac >= 1.0 or frac - state["last"] >= 0.1:
+            state["last"] = frac
+            progress_line(f"[{label}] {100 * frac:5.1f}% {msg} ({time.perf_counter() - state['t0']:.0f}s)",
+                          end=frac >= 1.0 and tty)
+    return cb
+
+
+def print_result(obj, as_json: bool = True) -> None:
+    print(json.dumps(obj) if as_json else obj, flush=True)
+
+
+# ---------------------------------------------------------------- core subcommands
+def cmd_score(args) -> int:
+    from .score import score_model
+
+    lm = load_from_args(args)
+    ids, calib = calib_from_args(args, lm)
+    scores = score_model(lm, ids, batch_size=args.batch_size, matrix_tokens=args.matrix_tokens,
+                         progress=progress_printer("score"), calibration=calib)
+    scores.save(args.out)
+    print_result({"out": args.out, "num_layers": scores.num_layers, "seconds": scores.meta["seconds"]})
+    return 0
+
+
+def parse_alpha(value: str):
+    if value == "auto":
+        return "auto"
+    try:
+        a = float(value)
+    except ValueError:
+        raise SimDiffError(f"--alpha must be a number in [0, 1] or 'auto', got {value!r}") from None
+    if not 0.0 <= a <= 1.0:
+        raise SimDiffError(f"--alpha must lie in [0, 1], got {a}")
+    return a
+
+
+def cmd_plan(args) -> int:
+    from .plan import make_plan
+    from .score import Scores
+
+    if args.scores is None:
+        raise SimDiffError("plan needs --scores scores.json (or --model with --method; see --help)")
+    scores = Scores.load(args.scores)
+    alpha = parse_alpha(args.alpha)
+    fusion = {"norm": args.norm, "scale_free": not args.raw, "beta": args.beta}
+    trials = None
+    if alpha == "auto":
+        if args.criterion != "simdiff":
+            raise SimDiffError("--alpha auto only applies to --criterion simdiff")
+        if args.model is None:
+            raise SimDiffError("--alpha auto evaluates candidate prunings: give --model too")
+        from .alpha import auto_alpha
+
+        lm = load_from_args(args)
+        if lm.num_layers != scores.num_layers:
+            raise SimDiffError(f"scores are for {scores.num_layers} blocks but the model has {lm.num_layers}")
+        ids, _ = calib_from_args(args, lm)
+        alpha, trials = auto_alpha(lm, scores, ids, ratio=args.ratio, num=args.num, keep_first=args.keep_first,
+                                   keep_last=args.keep_last, progress=progress_printer("alpha"), **fusion)
+    plan = make_plan(scores, args.criterion, ratio=args.ratio, num=args.num, alpha=alpha,
+                     keep_first=args.keep_first, keep_last=args.keep_last, **fusion)
+    if trials is not None:
+        plan.details["auto_alpha"] = {"chosen": alpha, "trials": trials, "objective": "calibration ppl"}
+    plan.save(args.out)
+    print_result({"out": args.out, "removed_layers": plan.removed_layers, "kept_layers": plan.kept_layers,
+                  "alpha": plan.alpha})
+    return 0
+
+
+def cmd_prune(args) -> int:
+    from .evaluate import eval_windows, perplexity, protocol_note
+    from .export import build_pruned, export_pruned
+    from .load import pick_dtype
+    from .plan import Plan
+    from .score import Scores
+
+    plan = Plan.load(args.plan)
+    out = os.path.abspath(args.out)
+    if os.path.exists(out) and not args.force:
+        raise SimDiffError(f"'{args.out}' already exists; use --force to replace it")
+    lm = load_from_args(args)
+    plan.validate(lm.num_layers)
+    report = {}
+    if args.scores:
+        report["scores"] = Scores.load(args.scores).to_dict()
+    if args.eval_windows > 0:
+        ids = eval_windows(lm.tokenizer, args.text, args.eval_seq_len, args.eval_windows)
+        dense = perplexity(lm.model, ids, device=lm.device, progress=progress_printer("ppl dense"))
+        pruned = perplexity(build_pruned(lm, plan), ids, device=lm.device, progress=progress_printer("ppl pruned"))
+        report["evaluation"] = {"ppl_dense": dense["ppl"], "ppl_pruned": pruned["ppl"], "tokens": dense["tokens"],
+                                "protocol": protocol_note(lm.tokenizer, args.text, args.eval_seq_len, args.eval_windows)}
+    dtype = pick_dtype(args.out_dtype) if args.out_dtype else None
+    path = export_pruned(lm, plan, out, force=args.force, make_zip=args.zip, report=report, dtype=dtype)
+    result = {"out": str(path), "num_layers": len(plan.kept_layers), **report.get("evaluation", {})}
+    if args.zip:
+        result["zip"] = str(path.with_suffix(".zip"))
+    print_result(result)
+    return 0
+
+
+def cmd_ppl(args) -> int:
+    from .evaluate import eval_windows, perplexity, protocol_note
+    from .export import build_pruned
+    from .plan import Plan
+
+    lm = load_from_args(args)
+    model = lm.model
+    if args.plan:
+        model = build_pruned(lm, Plan.load(args.plan))
+    ids = eval_windows(lm.tokenizer, args.text, args.seq_len, args.windows)
+    res = perplexity(model, ids, batch_size=args.batch_size or 2, device=lm.device, progress=progress_printer("ppl"))
+    res["protocol"] = protocol_note(lm.tokenizer, args.text, args.seq_len, args.windows)
+    if args.json:
+        print_result(res)
+    else:
+        print(f"ppl {res['ppl']:.3f} over {res['tokens']} tokens ({res['protocol']})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m simdiff_core",
+                                description="SimDiff Explorer: score, plan, prune and evaluate transformer blocks.")
+    from . import __version__
+
+    p.add_argument("--version", action="version", version=f"simdiff_core {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    s = sub.add_parser("score", help="score every block on calibration text (one streaming pass)",
+                       description="Score every decoder block (cosine, BI, angular, MSSD, MASD, SimDiff) and the cross-layer matrices.")
+    add_model_args(s)
+    add_calib_args(s)
+    s.add_argument("--matrix-tokens", type=int, default=256, help="token subsample for the cosine/CKA heatmaps")
+    s.add_argument("--out", required=True, help="scores.json to write")
+    s.set_defaults(func=cmd_score)
+
+    s = sub.add_parser("plan", help="choose blocks to remove from scores",
+                       description="One-shot plan: remove the k lowest-importance blocks by a criterion.")
+    s.add_argument("--scores", help="scores.json from 'score'")
+    s.add_argument("--criterion", default="simdiff", help="simdiff, cosine, bi, angular, mssd, masd, mssd_rel, masd_rel")
+    s.add_argument("--alpha", default="0.5", help="SimDiff similarity weight in [0, 1], or 'auto' (needs --model)")
+    s.add_argument("--beta", type=float, default=0.5, help="SimDiff MSSD share of the difference view")
+    s.add_argument("--norm", default="rank", choices=["rank", "robust"], help="SimDiff per-signal normalisation")
+    s.add_argument("--raw", action="store_true", help="fuse raw MSSD/MASD instead of the scale-free variants")
+    add_ratio_args(s)
+    add_model_args(s, required=False)
+    s.set_defaults(model=None)
+    add_calib_args(s)
+    s.add_argument("--out", required=True, help="plan.json to write")
+    s.set_defaults(func=cmd_plan)
+
+    s = sub.add_parser("prune", help="export a pruned checkpoint from a plan",
+                       description="Apply a plan and export a checkpoint loadable by plain transformers (atomic write).")
+    add_model_args(s)
+    s.add_argument("--plan", required=True, help="plan.json")
+    s.add_argument("--out", required=True, help="output directory")
+    s.add_argument("--force", action="store_true", help="replace an existing output directory")
+    s.add_argument("--zip", action="store_true", help="also write OUT.zip for download")
+    s.add_argument("--scores", help="include this scores.json in the report")
+    s.add_argument("--out-dtype", default=None, help="dtype of the exported weights (default: as loaded)")
+    s.add_argument("--text", default="wikitext2", help="perplexity text for the report (default: WikiText-2 test)")
+    s.add_argument("--eval-windows", type=int, default=8, help="perplexity windows for the report (0 = skip)")
+    s.add_argument("--eval-seq-len", type=int, default=512, help="perplexity window length for the report")
+    s.set_defaults(func=cmd_prune)
+
+    s = sub.add_parser("ppl", help="perplexity of a model (optionally with a plan applied)",
+                       description="Perplexity on non-overlapping windows (default: WikiText-2 test, 16 x 512 tokens).")
+    add_model_args(s)
+    s.add_argument("--text", default="wikitext2", help="wikitext2 (test split), a file path, text:RAW, hf:DATASET/SPLIT")
+    s.add_argument("--seq-len", type=int, default=512, help="tokens per window (default 512)")
+    s.add_argument("--windows", type=int, default=16, help="number of windows (default 16)")
+    s.add_argument("--batch-size", type=int, default=None)
+    s.add_argument("--plan", help="apply this plan (prune in memory) before measuring")
+    s.add_argument("--json", action="store_true", help='print {"ppl": ..., "tokens": ...} as the last line')
+    s.set_defaults(func=cmd_ppl)
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return p
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
+    except Exception:
+        pass
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _quiet_libraries()
+    try:
+        return int(args.func(args) or 0)
+    except SimDiffError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # never a traceback for users; SIMDIFF_DEBUG=1 shows it
+        if os.environ.get("SIMDIFF_DEBUG"):
+            raise
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        print(f"error: unexpected {type(e).__name__}: {first} (set SIMDIFF_DEBUG=1 for details)", file=sys.stderr)
+        return 1

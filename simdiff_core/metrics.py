@@ -1,0 +1,187 @@
+r"""Per-block redundancy metrics, their streaming accumulator, and the SimDiff fusion.
+
+For block :math:`i` with input hidden states :math:`x_t` and output :math:`y_t` (token :math:`t`,
+feature dimension :math:`H`), averaged over the real (non-padding) calibration tokens:
+
+* ``cosine``   = mean_t cos(x_t, y_t)
+* ``bi``       = 1 - cosine                       (ShortGPT Block Influence)
+* ``angular``  = arccos(cosine) / pi              (angular distance of the block)
+* ``mssd``     = mean_{t,d} (y_td - x_td)^2        (mean squared successive difference)
+* ``masd``     = mean_{t,d} |y_td - x_td|          (mean absolute successive difference)
+* ``mssd_rel`` = mean_t ||y_t - x_t||^2 / ||x_t||^2   (scale-free: hidden-state norms grow with depth)
+* ``masd_rel`` = mean_t ||y_t - x_t||_1 / ||x_t||_1
+
+The scale-free variants divide *per token* before averaging: a few tokens (usually the first) carry
+"massive activations" thousands of times larger than the rest, and a ratio of global means would be
+dominated by them.
+
+SimDiff importance (higher = more important, kept first)::
+
+    simdiff_i = alpha * N(bi)_i + (1 - alpha) * ( beta * N(mssd*)_i + (1 - beta) * N(masd*)_i )
+
+where ``mssd*``/``masd*`` are the scale-free variants (``scale_free=True``, default) or the raw ones,
+and ``N`` puts each signal on a comparable [0, 1] scale across the blocks of the model:
+
+* ``norm="rank"`` (default): N(v)_i = (rank of v_i among the L blocks, ties averaged) / (L - 1).
+  Immune to the massive-activation outliers that make raw MSSD explode on a few blocks.
+* ``norm="robust"``: z = (v - median) / (1.4826 * MAD), clipped to [-3, 3], mapped to [0, 1]. Keeps
+  *how much* a block stands out (MSSD's outlier sensitivity) while bounding its weight.
+
+``alpha`` weighs similarity against difference: ``alpha = 1`` is cosine-only (ShortGPT ranking),
+``alpha = 0`` difference-only; ``beta`` (default 0.5) splits the difference view between MSSD
+(outlier-sensitive: rare, decisive corrections) and MASD (robust average contribution).
+``alpha="auto"`` (see ``plan.auto_alpha``) picks alpha from a grid by the calibration perplexity of
+the pruning each alpha produces; the grid includes alpha = 1, so auto is never worse than
+cosine-only on the calibration data.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+# Criteria the planner understands, with the direction that makes "higher = more important".
+CRITERIA = {
+    "simdiff": "SimDiff fusion of similarity (BI) and difference (MSSD, MASD)",
+    "cosine": "cosine similarity of block input/output (high = redundant)",
+    "bi": "ShortGPT Block Influence, 1 - cosine",
+    "angular": "angular distance arccos(cosine)/pi",
+    "mssd": "mean squared successive difference (raw)",
+    "masd": "mean absolute successive difference (raw)",
+    "mssd_rel": "MSSD divided by mean x^2 (scale-free)",
+    "masd_rel": "MASD divided by mean |x| (scale-free)",
+}
+METRIC_KEYS = ("cosine", "bi", "angular", "mssd", "masd", "mssd_rel", "masd_rel")
+
+
+class BlockStats:
+    """Running sums of the per-block metrics; memory is O(L), independent of token count.
+
+    Observations of a batch go to batch-local sums and are folded in by ``commit()``, so a batch
+    interrupted by an out-of-memory retry or a cancel leaves the totals untouched (``rollback()``).
+    """
+
+    FIELDS = ("cos", "sq", "ab", "x2", "xa", "sq_rel", "ab_rel", "maxdiff")
+
+    def __init__(self, num_layers: int):
+        self.L = num_layers
+        self.total = {k: torch.zeros(num_layers, dtype=torch.float64) for k in self.FIELDS}
+        self.tokens = 0
+        self._batch: dict[str, list] = {}
+        self._batch_tokens = 0
+        self.rollback()
+
+    def rollback(self) -> None:
+        self._batch = {k: [None] * self.L for k in self.FIELDS}
+        self._batch_tokens = 0
+
+    @torch.no_grad()
+    def observe(self, i: int, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        xf, yf = x.float(), y.float()  # (B, S, H)
+        d = yf - xf
+        sq, ab = d.pow(2).mean(-1), d.abs().mean(-1)  # (B, S)
+        x2, xa = xf.pow(2).mean(-1), xf.abs().mean(-1)
+        per_tok = {
+            "cos": torch.nn.functional.cosine_similarity(xf, yf, dim=-1, eps=1e-8),
+            "sq": sq, "ab": ab, "x2": x2, "xa": xa,
+            "sq_rel": sq / x2.clamp_min(1e-12), "ab_rel": ab / xa.clamp_min(1e-12),
+        }
+        if mask is not None:
+            m = mask.to(device=xf.device, dtype=torch.float32)
+            sums = {k: (v * m).sum() for k, v in per_tok.items()}
+            maxdiff = (d.abs().amax(-1) * m).max()
+            if i == 0:
+                self._batch_tokens = int(m.sum().item())
+        else:
+            sums = {k: v.sum() for k, v in per_tok.items()}
+            maxdiff = d.abs().max()
+            if i == 0:
+                self._batch_tokens = per_tok["cos"].numel()
+        # Keep the sums as (device) tensors: no host sync per block, which keeps GPU overhead low.
+        for k, v in sums.items():
+            self._batch[k][i] = v.detach()
+        self._batch["maxdiff"][i] = maxdiff.detach()
+
+    def commit(self) -> None:
+        for k in self.FIELDS:
+            vals = [v if v is not None else torch.tensor(0.0) for v in self._batch[k]]
+            t = torch.stack([v.double().cpu() for v in vals])
+            if k == "maxdiff":
+                self.total[k] = torch.maximum(self.total[k], t)
+            else:
+                self.total[k] += t
+        self.tokens += self._batch_tokens
+        self.rollback()
+
+    def layers(self) -> list[dict]:
+        n = max(self.tokens, 1)
+        out = []
+        for i in range(self.L):
+            cos = float(self.total["cos"][i] / n)
+            mssd = float(self.total["sq"][i] / n)
+            masd = float(self.total["ab"][i] / n)
+            x2 = float(self.total["x2"][i] / n)
+            c = min(1.0, max(-1.0, cos))
+            out.append({
+                "index": i,
+                "cosine": cos,
+                "bi": 1.0 - cos,
+                "angular": math.acos(c) / math.pi,
+                "mssd": mssd,
+                "masd": masd,
+                "mssd_rel": float(self.total["sq_rel"][i] / n),
+                "masd_rel": float(self.total["ab_rel"][i] / n),
+                "max_abs_diff": float(self.total["maxdiff"][i]),
+                "input_rms": math.sqrt(x2),
+            })
+        return out
+
+
+def normalise(values, norm: str = "rank") -> np.ndarray:
+    """Map one signal over the L blocks onto [0, 1] (see the module docstring)."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size <= 1:
+        return np.zeros_like(v)
+    if norm == "rank":
+        order = v.argsort(kind="stable")
+        ranks = np.empty_like(v)
+        ranks[order] = np.arange(v.size, dtype=np.float64)
+        for val in np.unique(v):  # average the ranks of ties
+            idx = v == val
+            if idx.sum() > 1:
+                ranks[idx] = ranks[idx].mean()
+        return ranks / (v.size - 1)
+    if norm == "robust":
+        med = np.median(v)
+        mad = 1.4826 * np.median(np.abs(v - med))
+        if mad <= 0:
+            mad = v.std() or 1.0
+        z = np.clip((v - med) / mad, -3.0, 3.0)
+        return (z + 3.0) / 6.0
+    raise ValueError(f"unknown normalisation '{norm}' (rank or robust)")
+
+
+def simdiff_importance(layers: list[dict], alpha: float = 0.5, beta: float = 0.5,
+                       norm: str = "rank", scale_free: bool = True) -> np.ndarray:
+    """The fused SimDiff importance of each block (higher = keep); formula in the module docstring."""
+    if not (0.0 <= alpha <= 1.0) or not (0.0 <= beta <= 1.0):
+        raise ValueError("alpha and beta must lie in [0, 1]")
+    suffix = "_rel" if scale_free else ""
+    sim = normalise([l["bi"] for l in layers], norm)
+    d_sq = normalise([l["mssd" + suffix] for l in layers], norm)
+    d_ab = normalise([l["masd" + suffix] for l in layers], norm)
+    return alpha * sim + (1.0 - alpha) * (beta * d_sq + (1.0 - beta) * d_ab)
+
+
+def importance(layers: list[dict], criterion: str, alpha: float = 0.5, beta: float = 0.5,
+               norm: str = "rank", scale_free: bool = True) -> np.ndarray:
+    """Importance vector for any criterion: the planner removes the lowest entries."""
+    if criterion == "simdiff":
+        return simdiff_importance(layers, alpha, beta, norm, scale_free)
+    if criterion == "cosine":
+        return -np.array([l["cosine"] for l in layers])  # similar in/out = redundant
+    if criterion in ("bi", "angular", "mssd", "masd", "mssd_rel", "masd_rel"):
+        return np.array([l[criterion] for l in layers], dtype=np.float64)
+    raise ValueError(f"unknown criterion '{criterion}'; choose from {', '.join(CRITERIA)}")

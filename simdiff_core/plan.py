@@ -1,0 +1,210 @@
+"""A pruning plan: which blocks go, why, and how to write it down (JSON, mergekit YAML).
+
+    from simdiff_core.plan import make_plan
+    plan = make_plan(scores, criterion="simdiff", ratio=0.25)      # one-shot, lowest importance out
+    plan.save("plan.json"); print(plan.to_mergekit_yaml("path/to/model"))
+
+The plan is the single record shared by the CLI, the app and the export: the exported checkpoint
+carries it in ``simdiff_report.json``. Indices are 0-based positions in the *original* block list.
+``merged_groups`` (sliding layer merging) lists windows folded into their base block; every
+merged-away block also appears in ``removed_layers``.
+
+Block count from a ratio: ``k = round(ratio * L)`` (halves round to even), at least 1.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import SimDiffError
+from .metrics import CRITERIA
+
+PLAN_VERSION = 1
+
+
+@dataclass
+class Plan:
+    model: str
+    num_layers: int
+    removed_layers: list[int]
+    kept_layers: list[int] = field(default_factory=list)
+    method: str = "oneshot"
+    criterion: str | None = None
+    alpha: float | None = None
+    ratio: float | None = None
+    keep_first: bool = True
+    keep_last: bool = True
+    scores: list[float] | None = None  # importance per original block used for the choice
+    merged_groups: list[dict] = field(default_factory=list)
+    calibration: dict = field(default_factory=dict)
+    details: dict = field(default_factory=dict)
+    version: int = PLAN_VERSION
+    created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+
+    def __post_init__(self):
+        self.removed_layers = sorted(int(i) for i in self.removed_layers)
+        if not self.kept_layers:
+            gone = set(self.removed_layers)
+            self.kept_layers = [i for i in range(self.num_layers) if i not in gone]
+        self.validate()
+
+    @property
+    def num_removed(self) -> int:
+        return len(self.removed_layers)
+
+    def validate(self, num_layers: int | None = None) -> None:
+        L = self.num_layers
+        if num_layers is not None and num_layers != L:
+            raise SimDiffError(
+                f"plan was made for a model with {L} blocks but this model has {num_layers} (plan for '{self.model}')")
+        rem, kept = self.removed_layers, sorted(int(i) for i in self.kept_layers)
+        if len(set(rem)) != len(rem) or any(not 0 <= i < L for i in rem):
+            raise SimDiffError(f"plan lists invalid removed blocks {rem} for a {L}-block model")
+        if sorted(set(rem) | set(kept)) != list(range(L)) or set(rem) & set(kept):
+            raise SimDiffError("plan is inconsistent: removed and kept blocks must partition 0..L-1")
+        if not kept:
+            raise SimDiffError("plan removes every block: nothing would be left")
+        for g in self.merged_groups:
+            if g.get("base") not in g.get("layers", []) or g["base"] not in kept:
+                raise SimDiffError(f"plan has a malformed merged group {g}")
+            if any(i not in rem for i in g["layers"] if i != g["base"]):
+                raise SimDiffError(f"merged group {g} must list its merged-away blocks as removed")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["num_removed"] = self.num_removed
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+    def save(self, path: str | Path) -> None:
+        from .export import atomic_write_text
+
+        atomic_write_text(Path(path), self.to_json())
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Plan":
+        if not isinstance(d, dict):
+            raise SimDiffError("malformed plan: expected a JSON object")
+        try:
+            kwargs = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+            if "removed_layers" not in kwargs or "num_layers" not in kwargs:
+                raise KeyError("removed_layers/num_layers")
+            kwargs["num_layers"] = int(kwargs["num_layers"])
+            kwargs["removed_layers"] = [int(i) for i in kwargs["removed_layers"]]
+            kwargs.setdefault("model", "?")
+            return cls(**kwargs)
+        except SimDiffError:
+            raise
+        except (KeyError, TypeError, ValueError) as e:
+            raise SimDiffError(f"malformed plan: missing or bad field {e}") from None
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Plan":
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except FileNotFoundError:
+            raise SimDiffError(f"no such plan file: {path}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise SimDiffError(f"plan file {path} is not valid JSON: {e}") from None
+
+    def kept_ranges(self) -> list[tuple[int, int]]:
+        """Kept blocks as half-open [start, end) runs, mergekit's layer_range convention."""
+        runs, start, prev = [], None, None
+        for i in self.kept_layers:
+            if start is None:
+                start = prev = i
+            elif i == prev + 1:
+                prev = i
+            else:
+                runs.append((start, prev + 1))
+                start = prev = i
+        if start is not None:
+            runs.append((start, prev + 1))
+        return runs
+
+    def to_mergekit_yaml(self, model_path: str | None = None, dtype: str = "bfloat16") -> str:
+        """mergekit passthrough config that rebuilds this pruning from the source checkpoint.
+
+        Merged groups cannot be expressed as passthrough slices; they are listed in a comment.
+        """
+        src = model_path or self.model
+        lines = [f"# SimDiff Explorer plan: remove blocks {self.removed_layers} of {self.num_layers}",
+                 f"# method={self.method} criterion={self.criterion} alpha={self.alpha}"]
+        if self.merged_groups:
+            lines.append("# NOTE: merged groups (sliding layer merging) are not representable in passthrough: "
+                         + json.dumps(self.merged_groups))
+        lines.append("slices:")
+        for a, b in self.kept_ranges():
+            lines += ["  - sources:", f"      - model: {src}", f"        layer_range: [{a}, {b}]"]
+        lines += ["merge_method: passthrough", f"dtype: {dtype}", ""]
+        return "\n".join(lines)
+
+
+def num_from_ratio(num_layers: int, ratio=None, num=None) -> int:
+    """Number of blocks to remove from exactly one of ``ratio`` in (0, 1) or ``num`` >= 1."""
+    if (ratio is None) == (num is None):
+        raise SimDiffError("give exactly one of --ratio or --num")
+    if ratio is not None:
+        try:
+            ratio = float(ratio)
+        except (TypeError, ValueError):
+            raise SimDiffError(f"ratio must be a number, got {ratio!r}") from None
+        if math.isnan(ratio) or not 0.0 < ratio < 1.0:
+            raise SimDiffError(f"ratio must be between 0 and 1 (exclusive), got {ratio}")
+        k = max(1, int(round(ratio * num_layers)))
+    else:
+        try:
+            k = int(num)
+        except (TypeError, ValueError):
+            raise SimDiffError(f"number of blocks must be an integer, got {num!r}") from None
+        if float(num) != k:
+            raise SimDiffError(f"number of blocks must be an integer, got {num!r}")
+        if k < 1:
+            raise SimDiffError(f"number of blocks to remove must be at least 1, got {k}")
+    if k >= num_layers:
+        raise SimDiffError(f"removing {k} of {num_layers} blocks would leave none; remove at most {num_layers - 1}")
+    return k
+
+
+def candidates(num_layers: int, keep_first: bool = True, keep_last: bool = True) -> list[int]:
+    lo = 1 if keep_first else 0
+    hi = num_layers - 1 if keep_last else num_layers
+    return list(range(lo, hi))
+
+
+def select_lowest(imp, k: int, keep_first: bool = True, keep_last: bool = True) -> list[int]:
+    """Indices of the ``k`` lowest-importance blocks among those allowed (ties: lower index first)."""
+    imp = np.asarray(imp, dtype=np.float64)
+    allowed = candidates(len(imp), keep_first, keep_last)
+    if k > len(allowed):
+        locked = [n for n, flag in (("first", keep_first), ("last", keep_last)) if flag]
+        raise SimDiffError(
+            f"cannot remove {k} blocks with the {' and '.join(locked)} block locked: only {len(allowed)} removable")
+    vals = np.nan_to_num(imp[allowed], nan=np.inf)
+    order = sorted(range(len(allowed)), key=lambda j: (vals[j], allowed[j]))
+    return sorted(allowed[j] for j in order[:k])
+
+
+def make_plan(scores, criterion: str = "simdiff", ratio=None, num=None, alpha: float = 0.5,
+              keep_first: bool = True, keep_last: bool = True, **fusion) -> Plan:
+    """One-shot plan: remove the k lowest-importance blocks by ``criterion`` (no forward pass)."""
+    if criterion not in CRITERIA:
+        raise SimDiffError(f"unknown criterion '{criterion}'; choose from {', '.join(CRITERIA)}")
+    L = scores.num_layers
+    k = num_from_ratio(L, ratio, num)
+    imp = scores.importance(criterion, alpha=alpha, **fusion)
+    removed = select_lowest(imp, k, keep_first, keep_last)
+    return Plan(
+        model=scores.model, num_layers=L, removed_layers=removed, method="oneshot", criterion=criterion,
+        alpha=alpha if criterion == "simdiff" else None, ratio=k / L if ratio is None else float(ratio),
+        keep_first=keep_first, keep_last=keep_last, scores=[float(v) for v in imp],
+        calibration=dict(scores.calibration), details={"fusion": fusion} if fusion else {},
+    )

@@ -1,0 +1,266 @@
+"""Score every decoder block in one streaming calibration pass.
+
+    from simdiff_core import load_model, make_windows, score_model
+    lm = load_model("default")
+    ids = make_windows(lm.tokenizer, "wikitext2", n=8, seq_len=256)
+    scores = score_model(lm, ids)                 # Scores: per-block metrics + cross-layer matrices
+    scores.save("scores.json")
+
+One forward pass of the *base* model (no LM head: its logits are not needed) runs per batch with
+hooks on every block (``hooks.py``). Per-block metrics are exact running sums over all tokens
+(``metrics.BlockStats``). The cross-layer matrices cannot be exact without keeping every block's
+activations for every token, so they are estimated as follows, and ``Scores.matrices["method"]``
+says so:
+
+* ``output_cosine[i][j]``: mean over a token subsample of cos(out_i, out_j). The subsample is
+  ``matrix_tokens`` positions in total, spread evenly over the batches and, inside each window,
+  evenly over positions 1..S-1 (position 0 carries the massive attention-sink activation).
+* ``cka[i][j]``: linear CKA between block outputs i and j on the same token subsample.
+* ``angular_boundaries[a][b]``: Gromov/PruneMe angular distance arccos(cos)/pi between the hidden
+  state at boundary a (input of block a) and boundary b (output of block b-1), on the last token of
+  every calibration window (all windows, accumulated per batch). An n-block window starting at
+  block l is ``[l][l+n]``.
+
+Extra memory is O(L * matrix_tokens * H) for the subsample and O(L * batch * H) for the last-token
+states of the current batch: it does not grow with the number of calibration tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .errors import Cancelled, SimDiffError
+from .hooks import block_hooks
+from .metrics import BlockStats, importance, simdiff_importance
+
+Progress = Callable[[float, str], None]
+
+
+@dataclass
+class Scores:
+    """Per-block metrics and cross-layer matrices for one model and one calibration set."""
+
+    model: str
+    num_layers: int
+    layers: list[dict]
+    matrices: dict = field(default_factory=dict)
+    calibration: dict = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+
+    def importance(self, criterion: str, alpha: float = 0.5, **kw) -> np.ndarray:
+        return importance(self.layers, criterion, alpha=alpha, **kw)
+
+    def with_simdiff(self, alpha: float = 0.5, **kw) -> "Scores":
+        """A copy whose per-layer ``simdiff`` field uses ``alpha`` (the stored one is alpha=0.5)."""
+        imp = simdiff_importance(self.layers, alpha=alpha, **kw)
+        layers = [dict(l, simdiff=float(v)) for l, v in zip(self.layers, imp)]
+        return Scores(self.model, self.num_layers, layers, self.matrices, self.calibration,
+                      dict(self.meta, simdiff_alpha=alpha))
+
+    def table(self):
+        import pandas as pd
+
+        return pd.DataFrame(self.layers).set_index("index")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        from .export import atomic_write_text
+
+        atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=1))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Scores":
+        try:
+            layers = d["layers"]
+            n = int(d["num_layers"])
+            if len(layers) != n or any(int(l["index"]) != i for i, l in enumerate(layers)):
+                raise SimDiffError("scores file is inconsistent: layer list does not match num_layers")
+            for l in layers:
+                for k in ("cosine", "mssd", "masd"):
+                    float(l[k])
+        except (KeyError, TypeError, ValueError) as e:
+            raise SimDiffError(f"malformed scores file: missing or bad field {e}") from None
+        return cls(d.get("model", "?"), n, layers, d.get("matrices", {}), d.get("calibration", {}), d.get("meta", {}))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Scores":
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except FileNotFoundError:
+            raise SimDiffError(f"no such scores file: {path}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise SimDiffError(f"scores file {path} is not valid JSON: {e}") from None
+
+
+class _MatrixSampler:
+    """Collects the token subsample for the output-cosine/CKA matrices and last-token states."""
+
+    def __init__(self, L: int, per_batch: int, seq_len: int):
+        self.L = L
+        self.pos = torch.linspace(1, seq_len - 1, steps=min(per_batch, max(seq_len - 1, 1))).round().long().unique() \
+            if seq_len > 1 else torch.zeros(1, dtype=torch.long)
+        self.sub: list[list[torch.Tensor]] = [[] for _ in range(L)]  # per block: (n, H) float32 on CPU
+        self.ang_sum = torch.zeros(L + 1, L + 1, dtype=torch.float64)
+        self.ang_count = 0
+        self._last: list[torch.Tensor | None] = [None] * (L + 1)
+        self._batch_sub: list[torch.Tensor | None] = [None] * L
+
+    def observe(self, i: int, x: torch.Tensor, y: torch.Tensor, take: int) -> None:
+        if i == 0:
+            self._last[0] = x[:, -1, :].float()
+        self._last[i + 1] = y[:, -1, :].float()
+        if take > 0:
+            # take windows' worth of evenly spaced positions from each sequence in the batch
+            pos = self.pos.to(y.device)
+            rows = y[:, pos, :].float().reshape(-1, y.shape[-1])
+            self._batch_sub[i] = rows[:take].cpu()
+
+    def commit(self) -> None:
+        states = torch.stack([s.to(self._last[0].device) for s in self._last])  # (L+1, B, H)
+        n = torch.nn.functional.normalize(states, dim=-1)
+        cos = torch.einsum("abh,cbh->bac", n, n).clamp(-1, 1)  # (B, L+1, L+1)
+        self.ang_sum += (torch.arccos(cos) / math.pi).sum(0).double().cpu()
+        self.ang_count += states.shape[1]
+        for i, t in enumerate(self._batch_sub):
+            if t is not None:
+                self.sub[i].append(t)
+        self.rollback()
+
+    def rollback(self) -> None:
+        self._last = [None] * (self.L + 1)
+        self._batch_sub = [None] * self.L
+
+    def matrices(self) -> dict:
+        out = {"angular_boundaries": (self.ang_sum / max(self.ang_count, 1)).tolist()}
+        if self.sub[0]:
+            Y = torch.stack([torch.cat(s) for s in self.sub])  # (L, T, H)
+            Yn = torch.nn.functional.normalize(Y, dim=-1)
+            out["output_cosine"] = (torch.einsum("ith,jth->ij", Yn, Yn) / Y.shape[1]).tolist()
+            out["cka"] = linear_cka_matrix(Y).tolist()
+            out["matrix_tokens"] = int(Y.shape[1])
+        return out
+
+
+def linear_cka_matrix(Y: torch.Tensor) -> torch.Tensor:
+    """Linear CKA between every pair of (T, H) representations in Y (L, T, H), via T x T Grams."""
+    Yc = Y.double() - Y.double().mean(dim=1, keepdim=True)
+    K = torch.einsum("ith,ish->its", Yc, Yc)  # (L, T, T) centred Gram matrices
+    hsic = torch.einsum("its,jts->ij", K, K)
+    norms = torch.sqrt(torch.diagonal(hsic)).clamp_min(1e-12)
+    return (hsic / norms[:, None] / norms[None, :]).float()
+
+
+def _forward_base(model, ids, mask=None):
+    """Run the model without its LM head when possible (scores only need the blocks)."""
+    base = getattr(model, getattr(model, "base_model_prefix", "model"), None)
+    runner = base if isinstance(base, torch.nn.Module) and base is not model else model
+    return runner(input_ids=ids, attention_mask=mask, use_cache=False)
+
+
+def auto_batch_size(device: torch.device, seq_len: int) -> int:
+    if device.type == "cuda":
+        return max(1, min(16, 16384 // max(seq_len, 1)))
+    return max(1, min(4, 2048 // max(seq_len, 1)))
+
+
+def score_model(
+    lm,
+    input_ids: torch.Tensor,
+    batch_size: int | None = None,
+    attention_mask: torch.Tensor | None = None,
+    matrix_tokens: int = 256,
+    progress: Progress | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    calibration: dict | None = None,
+) -> Scores:
+    """Score every block of ``lm`` (a LoadedModel) on ``input_ids`` (N, S) in one pass.
+
+    ``progress(fraction, message)`` is called after every block of every batch; ``should_stop()``
+    is polled at the same points and raises ``Cancelled``. On CUDA out-of-memory the batch is
+    retried with half the batch size, down to 1.
+    """
+    if input_ids.ndim != 2 or input_ids.shape[0] == 0:
+        raise SimDiffError("calibration input must be a non-empty (N, S) tensor of token ids")
+    blocks = lm.blocks
+    L = len(blocks)
+    N, S = input_ids.shape
+    bs = batch_size or auto_batch_size(lm.device, S)
+    stats = BlockStats(L)
+    n_batches_est = math.ceil(N / bs)
+    sampler = _MatrixSampler(L, per_batch=max(1, math.ceil(matrix_tokens / N)), seq_len=S)
+    taken = 0
+    state = {"done": 0, "take": 0, "mask": None}
+    t0 = time.perf_counter()
+
+    def on_block(i, x, y):
+        stats.observe(i, x, y, state["mask"])
+        sampler.observe(i, x, y, state["take"])
+        if progress is not None:
+            frac = (state["done"] + (i + 1) / L * state["rows"]) / N
+            progress(min(frac, 1.0), f"block {i + 1}/{L}, windows {state['done'] + state['rows']}/{N}")
+        if should_stop is not None and should_stop():
+            raise Cancelled()
+
+    start = 0
+    with torch.inference_mode(), block_hooks(blocks, on_block):
+        while start < N:
+            end = min(start + bs, N)
+            ids = input_ids[start:end].to(lm.device)
+            mask = attention_mask[start:end].to(lm.device) if attention_mask is not None else None
+            state["mask"] = mask
+            state["rows"] = end - start
+            state["take"] = max(0, min(matrix_tokens - taken, len(sampler.pos) * (end - start)))
+            try:
+                _forward_base(lm.model, ids, mask)
+            except torch.OutOfMemoryError:
+                stats.rollback()
+                sampler.rollback()
+                if bs == 1:
+                    raise SimDiffError(
+                        "out of GPU memory even with batch size 1: use a shorter --seq-len, --dtype "
+                        "bfloat16, or --device cpu") from None
+                bs = max(1, bs // 2)
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                continue
+            except BaseException:
+                stats.rollback()
+                sampler.rollback()
+                raise
+            stats.commit()
+            taken += state["take"]
+            sampler.commit()
+            state["done"] = end
+            start = end
+    layers = stats.layers()
+    fused = simdiff_importance(layers, alpha=0.5)
+    for l, v in zip(layers, fused):
+        l["simdiff"] = float(v)
+    mats = sampler.matrices()
+    mats["method"] = (
+        f"output_cosine and cka: subsample of {mats.get('matrix_tokens', 0)} tokens (evenly spaced positions "
+        "1..S-1 of each window); angular_boundaries: last token of every window"
+    )
+    return Scores(
+        model=lm.source, num_layers=L, layers=layers, matrices=mats,
+        calibration=dict(calibration or {}, samples=int(N), seq_len=int(S), tokens=int(stats.tokens)),
+        meta={"seconds": round(time.perf_counter() - t0, 3), "batch_size": bs, "device": str(lm.device),
+              "dtype": str(lm.dtype).replace("torch.", ""), "simdiff_alpha": 0.5,
+              "family": lm.family, "version": _version()},
+    )
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
