@@ -1,0 +1,107 @@
+"""Page 3: the pruning-ratio slider and what it would remove, instantly (no forward pass).
+
+Shows the block stack with removed blocks greyed, parameters and an estimated speedup before/after,
+the removed blocks with their scores, and how the chosen set differs between criteria.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from simdiff_core import CRITERIA, SimDiffError
+from simdiff_core.plan import make_plan
+from ui import charts, state, views
+
+state.setup_page("Prune preview")
+scores = state.get("scores")
+L = scores.num_layers if scores is not None else 0
+
+
+def _ratio_changed():
+    # keep the count box in step with the slider (callbacks run before the page re-renders)
+    r = st.session_state["_w_ratio"]
+    state.put("ratio", r)
+    st.session_state["_w_num"] = max(1, int(round(r * L)))
+
+
+def _num_changed():
+    k = int(st.session_state["_w_num"])
+    state.set_widget("ratio", k / L)
+
+
+with st.sidebar:
+    st.subheader("Plan")
+    crit_names = list(CRITERIA)
+    criterion = st.selectbox("Criterion", crit_names, key=state.widget_key("criterion"),
+                             format_func=lambda c: f"{c} — {CRITERIA[c]}",
+                             help="Blocks with the lowest importance under this criterion are removed.")
+    state.put("criterion", criterion)
+    if L:
+        wk = state.widget_key("ratio")
+        ratio = st.slider("Pruning ratio", 0.01, 1.0, step=0.01, key=wk, on_change=_ratio_changed,
+                          help="Fraction of the blocks to remove; k = round(ratio × L).")
+        state.put("ratio", ratio)
+        # re-derived every run: the ratio may have moved on another page
+        st.session_state["_w_num"] = max(1, int(round(ratio * L)))
+        st.number_input("Blocks to remove", 1, L, step=1, key="_w_num", on_change=_num_changed,
+                        help=f"Same as the ratio, as a count (of {L}).")
+    alpha = st.slider("SimDiff α", 0.0, 1.0, step=0.05, key=state.widget_key("alpha"),
+                      disabled=criterion != "simdiff", help="Only used by the simdiff criterion.")
+    state.put("alpha", alpha)
+    kf = st.toggle("Keep first block", key=state.widget_key("keep_first"), help="Never remove block 0.")
+    kl = st.toggle("Keep last block", key=state.widget_key("keep_last"), help="Never remove the last block.")
+    state.put("keep_first", kf)
+    state.put("keep_last", kl)
+
+st.title("✂️ Prune preview")
+scores = state.require_scores()
+lm = state.current_lm()
+
+try:
+    plan = state.current_plan(scores)
+except SimDiffError as e:
+    views.show_error(e)
+    st.stop()
+
+k = plan.num_removed
+st.markdown(f"**{criterion}** removes **{k} of {L}** blocks: `{plan.removed_layers}` · kept ranges "
+            f"(half-open, mergekit `layer_range`): `{[list(r) for r in plan.kept_ranges()]}`")
+st.markdown(views.block_diagram(L, plan.removed_layers, plan.scores), unsafe_allow_html=True)
+
+c = st.columns(4)
+c[0].metric("Blocks", f"{L - k}", delta=f"-{k}", delta_color="off")
+if lm is not None and lm.num_layers == L:
+    cost = views.estimate_cost(lm, plan.removed_layers)
+    c[1].metric("Parameters", views.human(cost["params_after"]),
+                delta=f"-{views.human(cost['params_before'] - cost['params_after'])} of {views.human(cost['params_before'])}",
+                delta_color="off")
+    c[2].metric("Est. speedup", f"{cost['speedup']:.2f}×", help="From per-token matmul work (blocks + LM head); "
+                "measure it for real on Export & evaluate.")
+c[3].metric("Removed", f"{k / L:.0%}")
+
+st.subheader("Removed blocks")
+table = pd.DataFrame([{**{key: l[key] for key in ("index", "cosine", "mssd_rel", "masd_rel", "mssd", "masd")},
+                       "importance": plan.scores[l["index"]]} for l in scores.layers if l["index"] in plan.removed_layers])
+st.dataframe(table.set_index("index"), width="stretch", key="removed_table")
+
+st.subheader("How criteria differ")
+others = st.multiselect("Compare with", [c for c in crit_names if c != criterion],
+                        default=[c for c in ("cosine", "mssd_rel", "masd_rel", "angular") if c != criterion],
+                        key="compare", help="Same block count, same locks; only the ranking differs.")
+sets = {criterion: plan.removed_layers}
+rows = []
+for other in others:
+    try:
+        p = make_plan(scores, other, num=k, alpha=alpha, keep_first=kf, keep_last=kl)
+    except SimDiffError as e:
+        views.show_error(e)
+        continue
+    sets[other] = p.removed_layers
+    shared = set(p.removed_layers) & set(plan.removed_layers)
+    rows.append({"criterion": other, "shared with " + criterion: len(shared), "only here": sorted(set(p.removed_layers) - shared),
+                 f"only in {criterion}": sorted(set(plan.removed_layers) - shared)})
+st.plotly_chart(charts.overlap_matrix(sets, L), key="overlap", config=charts.plot_config("criteria_overlap"))
+if rows:
+    st.dataframe(pd.DataFrame(rows).set_index("criterion"), width="stretch", key="overlap_table")
+st.page_link(state.PAGES["export"], label="Evaluate and export this plan", icon="📦")

@@ -1,0 +1,158 @@
+"""Page 4: perplexity dense vs pruned, generation samples, latency, then the pruned checkpoint.
+
+The pruned model is a weight-sharing view of the cached model (``export.build_pruned``), so
+evaluating it costs no extra memory. Results are kept per plan in the session; exports are listed
+so ratios and criteria can be compared.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+import torch
+
+from simdiff_core import SimDiffError, eval_windows, generate_sample, measure_latency, perplexity
+from simdiff_core.evaluate import protocol_note
+from simdiff_core.export import build_pruned, export_dir_under, export_pruned
+from ui import state, views
+
+state.setup_page("Export & evaluate")
+gpu = torch.cuda.is_available()
+
+with st.sidebar:
+    st.subheader("Evaluation")
+    c1, c2 = st.columns(2)
+    windows = c1.number_input("Windows", 1, 256, 16 if gpu else 8, key="eval_windows",
+                              help="WikiText-2 test windows for perplexity")
+    seq_len = c2.number_input("Seq. length", 32, 4096, 512 if gpu else 256, step=32, key="eval_seq_len")
+    do_gen = st.checkbox("Generation sample", value=True, key="do_gen", help="Greedy continuation from both models")
+    prompt = st.text_input("Prompt", "The history of the city begins", key="prompt", disabled=not do_gen)
+    do_lat = st.checkbox("Latency (prefill / decode)", value=True, key="do_lat",
+                         help="Best of 2 runs: a 128-token prefill and 16 decode steps with the KV cache")
+
+st.title("📦 Export & evaluate")
+scores = state.require_scores()
+lm = state.require_model()
+try:
+    plan = state.current_plan(scores)
+    plan.validate(lm.num_layers)
+except SimDiffError as e:
+    views.show_error(e)
+    st.page_link(state.PAGES["preview"], label="Change the plan on Prune preview", icon="✂️")
+    st.stop()
+L, k = plan.num_layers, plan.num_removed
+st.markdown(f"Plan: **{plan.criterion}** removes **{k} of {L}** blocks `{plan.removed_layers}` "
+            f"(change it on the Prune preview page).")
+
+evals = state.get("evals") or {}
+dense_key = ("dense", int(windows), int(seq_len))
+pruned_key = (tuple(plan.removed_layers), int(windows), int(seq_len))
+
+st.header("Evaluate")
+if st.button("Evaluate dense vs pruned", type="primary", key="evaluate"):
+    try:
+        small = build_pruned(lm, plan)
+        bar = st.progress(0.0, text="Perplexity…")
+        with st.spinner("Tokenising WikiText-2 test…"):
+            ids = eval_windows(lm.tokenizer, "wikitext2", int(seq_len), int(windows))
+        bs = 4 if gpu else 2
+        if dense_key not in evals:  # the dense number does not depend on the plan: compute it once
+            evals[dense_key] = perplexity(lm.model, ids, bs, lm.device,
+                                          progress=lambda f, m: bar.progress(f / 2, text=f"Dense model: {m}"))
+        evals[pruned_key] = perplexity(small, ids, bs, lm.device,
+                                       progress=lambda f, m: bar.progress(0.5 + f / 2, text=f"Pruned model: {m}"))
+        evals["protocol"] = protocol_note(lm.tokenizer, "wikitext2", int(seq_len), int(windows))
+        extra = {}
+        if do_gen:
+            bar.progress(1.0, text="Generating samples…")
+            extra["gen"] = (prompt, generate_sample(lm.model, lm.tokenizer, prompt, 40, lm.device),
+                            generate_sample(small, lm.tokenizer, prompt, 40, lm.device))
+        if do_lat:
+            bar.progress(1.0, text="Measuring latency…")
+            extra["lat"] = (measure_latency(lm.model, 128, 16, repeats=2, device=lm.device),
+                            measure_latency(small, 128, 16, repeats=2, device=lm.device))
+        evals[("extra",) + pruned_key] = extra
+        state.put("evals", evals)
+        bar.empty()
+    except Exception as e:  # noqa: BLE001
+        views.show_error(e)
+
+dense, pruned = evals.get(dense_key), evals.get(pruned_key)
+if dense and pruned:
+    c = st.columns(3)
+    c[0].metric("Perplexity, dense", f"{dense['ppl']:.2f}")
+    c[1].metric("Perplexity, pruned", f"{pruned['ppl']:.2f}", delta=f"{pruned['ppl'] - dense['ppl']:+.2f}",
+                delta_color="inverse")
+    c[2].metric("Ratio", f"{pruned['ppl'] / dense['ppl']:.2f}×")
+    st.caption(f"Protocol: {evals.get('protocol')}; {pruned['tokens']} predicted tokens.")
+    extra = evals.get(("extra",) + pruned_key, {})
+    if "gen" in extra:
+        p, a, b = extra["gen"]
+        g1, g2 = st.columns(2)
+        g1.markdown(f"**Dense** ({L} blocks)")
+        g1.info(f"*{p}*{a}")
+        g2.markdown(f"**Pruned** ({L - k} blocks)")
+        g2.info(f"*{p}*{b}")
+    if "lat" in extra:
+        d, s = extra["lat"]
+        lat = pd.DataFrame({"dense": [d["prefill_s"] * 1000, d["decode_tok_s"]],
+                            "pruned": [s["prefill_s"] * 1000, s["decode_tok_s"]]},
+                           index=["prefill 128 tok (ms)", "decode (tokens/s)"])
+        l1, l2, l3 = st.columns([2, 1, 1])
+        l1.dataframe(lat.style.format("{:.1f}"), width="stretch")
+        l2.metric("Prefill speedup", f"{d['prefill_s'] / s['prefill_s']:.2f}×")
+        l3.metric("Decode speedup", f"{s['decode_tok_s'] / d['decode_tok_s']:.2f}×")
+else:
+    st.caption("Perplexity on the WikiText-2 test split, dense vs pruned, with the same windows.")
+
+st.header("Export")
+default_name = f"{Path(str(scores.model)).name.split('.')[0]}-{plan.criterion}-minus{k}of{L}"
+c1, c2 = st.columns([3, 1])
+name = c1.text_input("Export name", default_name, key="export_name",
+                     help=f"Folder under {state.export_root()}; letters, digits, '.', '_', '-'")
+out_dtype = c2.selectbox("Weights dtype", ["bfloat16", "float16", "float32"], key="export_dtype",
+                         help="bfloat16 halves the download of an fp32 model")
+force = st.checkbox("Replace an existing export with this name", key="export_force", value=False)
+if st.button("Export pruned checkpoint", type="primary", key="export"):
+    try:
+        with st.spinner("Writing safetensors, config, tokenizer and report…"):
+            target = export_dir_under(state.export_root(), name)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            report = {}
+            if dense and pruned:
+                report = {"ppl_dense": dense["ppl"], "ppl_pruned": pruned["ppl"], "ppl_protocol": evals.get("protocol")}
+            out = export_pruned(lm, plan, target, force=force, make_zip=True, report=report,
+                                dtype=getattr(torch, out_dtype))
+        exports = state.get("exports") or []
+        zip_path = out.with_suffix(".zip")
+        exports = [e for e in exports if e["path"] != str(out)] + [{
+            "name": out.name, "path": str(out), "zip": str(zip_path), "criterion": plan.criterion,
+            "alpha": plan.alpha, "removed": len(plan.removed_layers), "of": L, "blocks": plan.removed_layers,
+            "ppl_dense": report.get("ppl_dense"), "ppl_pruned": report.get("ppl_pruned"),
+            "zip_MB": round(zip_path.stat().st_size / 2**20, 1)}]
+        state.put("exports", exports)
+        st.success(f"Exported to {out}", icon="✅")
+    except Exception as e:  # noqa: BLE001
+        views.show_error(e)
+
+exports = state.get("exports") or []
+last = exports[-1] if exports else None
+d1, d2, d3 = st.columns(3)
+if last and Path(last["zip"]).is_file():
+    zp = Path(last["zip"])
+    d1.download_button(f"Download pruned checkpoint ({last['zip_MB']} MB)", data=zp.read_bytes, file_name=zp.name,
+                       mime="application/zip", key="dl_zip", type="primary",
+                       help="safetensors + config + tokenizer + simdiff_report.json; loads with "
+                            "AutoModelForCausalLM.from_pretrained")
+else:
+    d1.button("Download pruned checkpoint", disabled=True, key="dl_zip_disabled", help="Export first")
+d2.download_button("Plan (JSON)", plan.to_json(), "plan.json", "application/json", key="dl_plan")
+d3.download_button("Plan (mergekit YAML)", plan.to_mergekit_yaml(lm.gguf_file or lm.source), "mergekit.yaml",
+                   "text/yaml", key="dl_yaml")
+
+if exports:
+    st.subheader("Exports this session")
+    st.dataframe(pd.DataFrame(exports).drop(columns=["zip"]).set_index("name"), width="stretch",
+                 key="exports_table")

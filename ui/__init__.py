@@ -1,0 +1,1 @@
+"""Streamlit glue for SimDiff Explorer: session state and caches (``state``), plotly charts (``charts``)."""

@@ -1,0 +1,134 @@
+"""Plotly figure builders for the app (pure functions of scores/plans: easy to test without Streamlit).
+
+    from ui import charts
+    fig = charts.layer_curves(scores.layers, dropped=plan.removed_layers, scale_free=True, log_mssd=False)
+    fig = charts.heatmap(scores.matrices["cka"], "CKA between block outputs")
+
+Every figure uses the block index (0-based, as in plans and exports) on its x axis.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+KEEP = "#2563eb"     # blue: kept blocks / main curves
+DROP = "#e11d48"     # rose: blocks the current plan removes
+MUTED = "#94a3b8"
+FONT = "Inter, system-ui, -apple-system, Segoe UI, sans-serif"
+
+# Client-side PNG export (the modebar camera button): no server-side renderer needed.
+def plot_config(filename: str) -> dict:
+    return {"displaylogo": False, "toImageButtonOptions": {"format": "png", "filename": filename, "scale": 2},
+            "modeBarButtonsToRemove": ["lasso2d", "select2d"]}
+
+
+def _style(fig: go.Figure, height: int) -> go.Figure:
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=60, b=10), font=dict(family=FONT, size=13),
+                      plot_bgcolor="white", paper_bgcolor="white", hoverlabel=dict(font_size=12),
+                      legend=dict(orientation="h", yanchor="bottom", y=1.08, x=0))
+    fig.update_xaxes(showgrid=True, gridcolor="#eef2f7", zeroline=False, showspikes=True, spikemode="across",
+                     spikethickness=1, spikecolor=MUTED, spikedash="dot")
+    fig.update_yaxes(showgrid=True, gridcolor="#eef2f7", zeroline=False)
+    return fig
+
+
+def curves_frame(layers: list[dict], simdiff: np.ndarray | None = None, dropped=()) -> pd.DataFrame:
+    """The data behind the curve charts (what the CSV download holds)."""
+    df = pd.DataFrame(layers).set_index("index")
+    if simdiff is not None:
+        df["simdiff"] = np.asarray(simdiff, dtype=float)
+    df["dropped"] = [i in set(dropped) for i in df.index]
+    return df
+
+
+def layer_curves(layers: list[dict], dropped=(), scale_free: bool = True, log_mssd: bool = False) -> go.Figure:
+    """Cosine, MSSD and MASD per block, side by side on a shared block axis.
+
+    Hover is linked through the data: every point's tooltip carries all three metrics of its block,
+    and a dotted spike line marks the block across all three panels.
+    """
+    df = pd.DataFrame(layers)
+    sfx = "_rel" if scale_free else ""
+    cols = [("cosine", "cos(x, y)"), ("mssd" + sfx, "MSSD" + (" / ‖x‖²" if scale_free else "")),
+            ("masd" + sfx, "MASD" + (" / ‖x‖₁" if scale_free else ""))]
+    fig = make_subplots(rows=1, cols=3, shared_xaxes="all", horizontal_spacing=0.06,
+                        subplot_titles=[c[1] for c in cols])
+    idx = df["index"].to_numpy()
+    custom = np.stack([df["cosine"], df["mssd" + sfx], df["masd" + sfx]], axis=1)
+    hover = ("<b>block %{x}</b><br>cosine %{customdata[0]:.4f}<br>MSSD %{customdata[1]:.4g}"
+             "<br>MASD %{customdata[2]:.4g}<extra></extra>")
+    drop = sorted(set(int(i) for i in dropped))
+    for c, (key, title) in enumerate(cols, start=1):
+        fig.add_trace(go.Scatter(x=idx, y=df[key], mode="lines+markers", name=title, line=dict(color=KEEP, width=2),
+                                 marker=dict(size=6), customdata=custom, hovertemplate=hover, showlegend=False),
+                      row=1, col=c)
+        if drop:
+            sub = df.set_index("index").loc[drop]
+            fig.add_trace(go.Scatter(x=drop, y=sub[key], mode="markers", name="dropped",
+                                     marker=dict(color=DROP, size=11, symbol="x", line=dict(width=1, color="white")),
+                                     customdata=custom[drop], hovertemplate=hover + "", showlegend=(c == 1)),
+                          row=1, col=c)
+        for i in drop:
+            fig.add_vrect(x0=i - 0.5, x1=i + 0.5, fillcolor=DROP, opacity=0.08, line_width=0, row=1, col=c)
+    if log_mssd:
+        fig.update_yaxes(type="log", row=1, col=2)
+    fig.update_xaxes(title_text="block")
+    fig.update_layout(hovermode="closest")
+    return _style(fig, 340)
+
+
+def importance_bars(values, dropped=(), title: str = "SimDiff importance (higher = keep)") -> go.Figure:
+    v = np.asarray(values, dtype=float)
+    drop = set(int(i) for i in dropped)
+    colors = [DROP if i in drop else KEEP for i in range(len(v))]
+    fig = go.Figure(go.Bar(x=list(range(len(v))), y=v, marker_color=colors,
+                           customdata=[["dropped" if i in drop else "kept"] for i in range(len(v))],
+                           hovertemplate="<b>block %{x}</b><br>importance %{y:.4f}<br>%{customdata[0]}<extra></extra>"))
+    fig.update_layout(title=dict(text=title, x=0, font=dict(size=15)), bargap=0.15)
+    fig.update_xaxes(title_text="block", dtick=1 if len(v) <= 40 else None)
+    return _style(fig, 300)
+
+
+def heatmap(matrix, title: str, x_title: str = "block", y_title: str = "block", x=None, y=None,
+            zmin=None, zmax=None, colorscale: str = "Viridis", hover_label: str = "value") -> go.Figure:
+    m = np.asarray(matrix, dtype=float)
+    x = list(range(m.shape[1])) if x is None else x
+    y = list(range(m.shape[0])) if y is None else y
+    fig = go.Figure(go.Heatmap(z=m, x=x, y=y, zmin=zmin, zmax=zmax, colorscale=colorscale,
+                               hovertemplate=f"{y_title} %{{y}}<br>{x_title} %{{x}}<br>{hover_label} %{{z:.4f}}<extra></extra>",
+                               colorbar=dict(thickness=12)))
+    fig.update_layout(title=dict(text=title, x=0, font=dict(size=15)))
+    fig.update_xaxes(title_text=x_title, showspikes=False)
+    fig.update_yaxes(title_text=y_title, autorange="reversed")
+    return _style(fig, 430)
+
+
+def nblock_angular(angular_boundaries) -> tuple[np.ndarray, list[int], list[int]]:
+    """PruneMe view: D[n-1, l] = angular distance across the n blocks starting at l (NaN where l+n > L)."""
+    A = np.asarray(angular_boundaries, dtype=float)
+    L = A.shape[0] - 1
+    D = np.full((L, L), np.nan)
+    for n in range(1, L + 1):
+        for l in range(0, L - n + 1):
+            D[n - 1, l] = A[l, l + n]
+    return D, list(range(L)), list(range(1, L + 1))
+
+
+def overlap_matrix(sets: dict[str, list[int]], num_layers: int) -> go.Figure:
+    """Criteria × blocks: which blocks each criterion would remove (overlap view)."""
+    names = list(sets)
+    z = np.zeros((len(names), num_layers))
+    for r, n in enumerate(names):
+        z[r, list(sets[n])] = 1
+    counts = z.sum(0)
+    fig = go.Figure(go.Heatmap(z=z, x=list(range(num_layers)), y=names, showscale=False, xgap=2, ygap=2,
+                               colorscale=[[0, "#f1f5f9"], [1, DROP]], zmin=0, zmax=1,
+                               customdata=np.tile(counts, (len(names), 1)),
+                               hovertemplate="%{y}<br>block %{x}: %{z:d} (chosen by %{customdata:d} criteria)<extra></extra>"))
+    fig.update_layout(title=dict(text="Blocks each criterion removes", x=0, font=dict(size=15)))
+    fig.update_xaxes(title_text="block", dtick=1 if num_layers <= 40 else None, showspikes=False)
+    fig.update_yaxes(autorange="reversed")
+    return _style(fig, 90 + 34 * len(names))

@@ -1,0 +1,150 @@
+"""The only module that touches ``st.cache_resource`` and ``st.session_state``.
+
+    from ui import state
+    state.init()                       # once at the top of every page
+    lm = state.require_model()         # LoadedModel, or an info box with a link and st.stop()
+    scores = state.require_scores()    # Scores from the last calibration
+    v = st.slider("α", 0.0, 1.0, key=state.widget_key("alpha")); state.put("alpha", v)
+
+Session keys (shared with every page): ``model_spec`` (dict: spec, device, dtype, trust_remote_code),
+``scores`` (Scores), ``calib_ids`` (LongTensor), ``calib_info`` (dict), ``alpha``, ``criterion``,
+``ratio``, ``keep_first``, ``keep_last``, ``scale_free``, ``plan`` (current preview Plan),
+``exports`` (list of dicts), ``evals`` (dict of cached perplexity/generation/latency results),
+``damage`` (optional, per-block measured damage).
+
+Widgets get their own ``_w_<name>`` keys seeded from the persistent value: Streamlit deletes a
+widget's state when the user navigates to a page that does not render it, and the persistent copy
+is what survives page switches.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import streamlit as st
+
+from simdiff_core import SimDiffError, load_model
+from simdiff_core.plan import make_plan
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = {
+    "load": "app.py",
+    "curves": "pages/1_Layer_curves.py",
+    "preview": "pages/2_Prune_preview.py",
+    "export": "pages/3_Export_and_evaluate.py",
+}
+DEFAULTS = {
+    "model_spec": None, "scores": None, "calib_ids": None, "calib_info": None,
+    "alpha": 0.5, "criterion": "simdiff", "ratio": 0.25, "keep_first": True, "keep_last": True,
+    "scale_free": True, "plan": None, "exports": [], "evals": {}, "damage": None,
+}
+
+
+def setup_page(title: str, icon: str = "assets/favicon.png") -> None:
+    """Page config, logo and session defaults: call first on every page."""
+    icon_path = ROOT / icon
+    st.set_page_config(page_title=f"{title} · SimDiff Explorer", page_icon=str(icon_path) if icon_path.is_file() else "🧬",
+                       layout="wide")
+    logo = ROOT / "assets" / "logo.svg"
+    if logo.is_file():
+        st.logo(str(logo), size="large")
+    init()
+
+
+def init() -> None:
+    for k, v in DEFAULTS.items():
+        if k not in st.session_state:
+            st.session_state[k] = v.copy() if isinstance(v, (list, dict)) else v
+
+
+def get(name: str, default=None):
+    return st.session_state.get(name, default)
+
+
+def put(name: str, value) -> None:
+    st.session_state[name] = value
+
+
+def widget_key(name: str) -> str:
+    """Key for the widget editing persistent value ``name``, seeded from it when (re)created."""
+    wk = "_w_" + name
+    if wk not in st.session_state and st.session_state.get(name) is not None:
+        st.session_state[wk] = st.session_state[name]
+    return wk
+
+
+def set_widget(name: str, value) -> None:
+    """Set a persistent value and its widget (only from callbacks or before the widget renders)."""
+    st.session_state[name] = value
+    st.session_state["_w_" + name] = value
+
+
+@st.cache_resource(show_spinner=False, max_entries=2)
+def cached_model(spec: str, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False):
+    """One shared, read-only LoadedModel per (spec, device, dtype): never mutate it (prune makes views)."""
+    return load_model(spec, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+
+
+def current_lm():
+    """The LoadedModel of this session, or None (model_spec not set or its load failed)."""
+    spec = st.session_state.get("model_spec")
+    if not spec:
+        return None
+    try:
+        return cached_model(spec["spec"], spec["device"], spec["dtype"], spec.get("trust_remote_code", False))
+    except SimDiffError:
+        return None
+
+
+def _guard(msg: str) -> None:
+    st.info(msg, icon="👈")
+    st.page_link(PAGES["load"], label="Go to Load & calibrate", icon="🧬")
+    st.stop()
+
+
+def require_model():
+    lm = current_lm()
+    if lm is None:
+        _guard("Load a model first: pick one on the **Load & calibrate** page.")
+    return lm
+
+
+def require_scores():
+    scores = st.session_state.get("scores")
+    if scores is None:
+        _guard("No calibration yet: load a model and run **Calibrate** on the **Load & calibrate** page.")
+    return scores
+
+
+def clear_results() -> None:
+    """Forget everything computed from the previous model/calibration."""
+    for k in ("scores", "calib_ids", "calib_info", "plan", "damage"):
+        st.session_state[k] = None
+    st.session_state["evals"] = {}
+
+
+def fusion_kwargs() -> dict:
+    return {"scale_free": bool(st.session_state.get("scale_free", True))}
+
+
+def current_plan(scores, num: int | None = None):
+    """The preview Plan for the session's criterion/ratio/alpha/locks (no forward pass); stored as ``plan``.
+
+    Raises SimDiffError for impossible settings (e.g. a ratio that removes every block).
+    """
+    crit = st.session_state.get("criterion", "simdiff")
+    if num is None:  # the count, so "remove all 30 of 30" reads as such rather than as a bad ratio
+        num = max(1, int(round(float(st.session_state.get("ratio", 0.25)) * scores.num_layers)))
+    kw = dict(num=num)
+    fusion = fusion_kwargs() if crit == "simdiff" and not fusion_kwargs()["scale_free"] else {}
+    plan = make_plan(scores, crit, alpha=float(st.session_state.get("alpha", 0.5)),
+                     keep_first=bool(st.session_state.get("keep_first", True)),
+                     keep_last=bool(st.session_state.get("keep_last", True)), **kw, **fusion)
+    st.session_state["plan"] = plan
+    return plan
+
+
+def export_root() -> Path:
+    """Where exports go: $SIMDIFF_EXPORT_DIR or ./exports under the project."""
+    return Path(os.environ.get("SIMDIFF_EXPORT_DIR", ROOT / "exports"))

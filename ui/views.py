@@ -1,0 +1,115 @@
+"""Small pieces shared by the pages: one-line errors, device info, the local HF cache, the block diagram.
+
+    from ui import views
+    try: ...
+    except Exception as e: views.show_error(e)      # st.error(one line), never a traceback
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from pathlib import Path
+
+import streamlit as st
+import torch
+
+from simdiff_core import SimDiffError
+
+
+def one_line(e: BaseException) -> str:
+    if isinstance(e, torch.OutOfMemoryError):
+        return ("out of GPU memory: use fewer samples or a shorter sequence length, dtype bfloat16, "
+                "or device cpu")
+    if isinstance(e, SimDiffError):
+        return str(e)
+    text = (str(e).strip().splitlines() or [""])[0][:300]
+    return f"unexpected {type(e).__name__}: {text} (try again with smaller settings or another model)"
+
+
+def show_error(e: BaseException) -> None:
+    st.error(one_line(e), icon="⚠️")
+
+
+def device_summary(device: str = "auto", dtype: str = "auto") -> str:
+    """What ``auto`` resolves to here, with the GPU name and memory when there is one."""
+    from simdiff_core.load import pick_device, pick_dtype
+
+    try:
+        dev = pick_device(device)
+        dt = pick_dtype(dtype, dev)
+    except SimDiffError as e:
+        return f"⚠️ {e}"
+    text = f"runs on **{dev.type}** in **{str(dt).replace('torch.', '')}**"
+    if dev.type == "cuda":
+        i = dev.index or 0
+        props = torch.cuda.get_device_properties(i)
+        free, total = torch.cuda.mem_get_info(i)
+        text += f" · {props.name}, {free / 2**30:.1f} of {total / 2**30:.1f} GiB free"
+    elif dev.type == "cpu":
+        text += f" · {os.cpu_count()} CPU cores"
+    return text
+
+
+def hf_cache_models(limit: int = 50) -> list[str]:
+    """Hub ids of causal-LM-looking models already in the local Hugging Face cache (no network)."""
+    root = Path(os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
+                or Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub")
+    found = []
+    try:
+        for d in sorted(root.glob("models--*")):
+            if any((s / "config.json").exists() for s in (d / "snapshots").glob("*")):
+                found.append(d.name[len("models--"):].replace("--", "/"))
+            if len(found) >= limit:
+                break
+    except OSError:
+        return []
+    return found
+
+
+def block_diagram(num_layers: int, removed, scores=None) -> str:
+    """HTML strip of the block stack: kept blocks solid, removed ones greyed and struck through."""
+    gone = set(int(i) for i in removed)
+    cells = []
+    for i in range(num_layers):
+        cls = "sd-block sd-gone" if i in gone else "sd-block"
+        tip = f"block {i}: {'removed' if i in gone else 'kept'}"
+        if scores is not None:
+            tip += f" · importance {scores[i]:.4f}"
+        cells.append(f'<div class="{cls}" title="{html.escape(tip)}">{i}</div>')
+    return (
+        "<style>.sd-stack{display:flex;flex-wrap:wrap;gap:4px;margin:4px 0 12px}"
+        ".sd-block{min-width:34px;height:38px;border-radius:6px;background:#2563eb;color:white;"
+        "display:flex;align-items:center;justify-content:center;font:600 13px Inter,system-ui,sans-serif;"
+        "box-shadow:0 1px 2px rgba(15,23,42,.15)}"
+        ".sd-gone{background:#e2e8f0;color:#94a3b8;text-decoration:line-through;box-shadow:none;"
+        "border:1px dashed #e11d48}</style>"
+        f'<div class="sd-stack" data-testid="sd-stack">{"".join(cells)}</div>'
+    )
+
+
+def estimate_cost(lm, removed) -> dict:
+    """Parameters before/after and the speedup estimated from per-token matmul work (no forward pass).
+
+    Per-token FLOPs are ~2 x (block weights + LM head weights); embeddings are a lookup. The head
+    counts even when tied to the embeddings, since the logits matmul runs anyway.
+    """
+    from simdiff_core.load import count_parameters
+    from simdiff_core.prune import block_parameter_count
+
+    per_block = block_parameter_count(lm)
+    total = count_parameters(lm.model)
+    removed_params = sum(per_block[i] for i in removed)
+    head = lm.model.get_output_embeddings()
+    head_params = head.weight.numel() if head is not None else 0
+    work_before = sum(per_block) + head_params
+    work_after = work_before - removed_params
+    return {"params_before": total, "params_after": total - removed_params,
+            "speedup": work_before / max(work_after, 1)}
+
+
+def human(n: float) -> str:
+    for unit, div in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.1f}{unit}"
+    return str(int(n))
