@@ -24,7 +24,7 @@ import time
 
 from .errors import SimDiffError
 
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["simdiff_core.cli_ground_truth"]
 
 
 # ---------------------------------------------------------------- shared helpers (used by plugins)
