@@ -24,7 +24,7 @@ import time
 
 from .errors import SimDiffError
 
-COMMAND_MODULES: list[str] = ["simdiff_core.cli_ground_truth"]
+COMMAND_MODULES: list[str] = ["simdiff_core.cli_ground_truth", "simdiff_core.cli_ecosystem"]
 
 
 # ---------------------------------------------------------------- shared helpers (used by plugins)

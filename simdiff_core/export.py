@@ -108,6 +108,9 @@ def export_pruned(lm: LoadedModel, plan: Plan, out_dir: str | Path, force: bool 
         (tmp / "plan.json").write_text(plan.to_json())
         src = lm.gguf_file or lm.source
         (tmp / "mergekit.yaml").write_text(plan.to_mergekit_yaml(src, str(next(small.parameters()).dtype).replace("torch.", "")))
+        from .modelcard import model_card  # Hub model card (README.md), see modelcard.py
+
+        (tmp / "README.md").write_text(model_card(plan, full_report, lm), encoding="utf-8")
         os.chmod(tmp, 0o755)  # mkdtemp makes 0700; an export is meant to be shared
         _replace_dir(tmp, out, force)
     except SimDiffError:
