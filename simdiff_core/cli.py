@@ -59,6 +59,10 @@ def load_from_args(args):
     from .load import load_model
 
     progress_line(f"loading {args.model} ...")
+    if getattr(args, "trust_remote_code", False):
+        from .load import TRUST_REMOTE_CODE_WARNING
+
+        print(f"warning: {TRUST_REMOTE_CODE_WARNING}", file=sys.stderr, flush=True)
     lm = load_model(args.model, device=args.device, dtype=args.dtype,
                     trust_remote_code=getattr(args, "trust_remote_code", False),
                     device_map=getattr(args, "device_map", None))

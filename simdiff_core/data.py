@@ -40,6 +40,14 @@ MAX_TEXT_MB = float(os.environ.get("SIMDIFF_MAX_TEXT_MB", "200"))
 _CHUNK_CHARS = 1 << 18  # tokenise ~256k characters at a time
 
 
+def max_text_mb() -> float:
+    """The size limit for text files and pasted/uploaded text: SIMDIFF_MAX_TEXT_MB, read at each call."""
+    try:
+        return float(os.environ.get("SIMDIFF_MAX_TEXT_MB", MAX_TEXT_MB))
+    except ValueError:
+        return MAX_TEXT_MB
+
+
 @dataclass(frozen=True)
 class TextSource:
     """A resolved text source: where it came from and how to stream its characters."""
@@ -91,8 +99,9 @@ def load_text(source: str, purpose: str = "calib") -> TextSource:
     if p.is_dir():
         raise SimDiffError(f"'{source}' is a directory, not a text file")
     size_mb = p.stat().st_size / 2**20
-    if size_mb > MAX_TEXT_MB:
-        raise SimDiffError(f"'{source}' is {size_mb:.0f} MB, over the {MAX_TEXT_MB:.0f} MB limit (SIMDIFF_MAX_TEXT_MB)")
+    limit = max_text_mb()
+    if size_mb > limit:
+        raise SimDiffError(f"'{source}' is {size_mb:.0f} MB, over the {limit:.0f} MB limit (SIMDIFF_MAX_TEXT_MB)")
     with open(p, "rb") as f:
         head = f.read(8192)
     if b"\x00" in head:
@@ -103,6 +112,9 @@ def load_text(source: str, purpose: str = "calib") -> TextSource:
 def text_source(text: str, description: str = "pasted text") -> TextSource:
     if text is None or not text.strip():
         raise SimDiffError("the text is empty: paste or upload some text first")
+    limit = max_text_mb()
+    if len(text) > limit * 2**20:  # characters <= bytes, so this never refuses text under the limit
+        raise SimDiffError(f"the text is {len(text) / 2**20:.0f} MB, over the {limit:.0f} MB limit (SIMDIFF_MAX_TEXT_MB)")
     return TextSource("text", description, text=text)
 
 
@@ -167,14 +179,17 @@ def make_windows(tokenizer, source: TextSource | str, n: int, seq_len: int, purp
         raise SimDiffError(f"sequence length must be at least {len(prefix) + 8} tokens (got {seq_len})")
     need = n * body
     ids: list[int] = []
-    for part in iter_tokens(tokenizer, source):
-        ids.extend(part)
+    blank = True  # only whitespace so far (tokenizers turn spaces into tokens: count would mislead)
+    for chunk in source.chunks():
+        blank = blank and not chunk.strip()
+        if chunk:
+            ids.extend(tokenizer(chunk, add_special_tokens=False).input_ids)
         if len(ids) >= need:
             break
+    if len(ids) == 0 or blank:  # windows of pure whitespace would score nothing meaningful
+        raise SimDiffError(f"{source.description} is empty or only whitespace: give some text")
     fit = len(ids) // body
     if fit < n:
-        if len(ids) == 0:
-            raise SimDiffError(f"{source.description} contains no tokens: give some text")
         raise SimDiffError(
             f"{source.description} has {len(ids)} tokens: only {fit} window(s) of {seq_len} fit, {n} requested; "
             "use fewer samples, a shorter sequence length or more text"

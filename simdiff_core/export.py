@@ -119,8 +119,12 @@ def export_pruned(lm: LoadedModel, plan: Plan, out_dir: str | Path, force: bool 
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise SimDiffError(f"export failed, nothing written to {out}: {e.strerror or e}") from None
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        # safetensors reports a full disk / write error as SafetensorError("... I/O error: ... (os error N)")
+        if isinstance(e, Exception) and "(os error" in str(e):
+            detail = str(e).strip().splitlines()[0][:200]
+            raise SimDiffError(f"export failed, nothing written to {out}: {detail}") from None
         raise
     if make_zip:
         zip_dir(out, out.with_suffix(".zip"), force=True)

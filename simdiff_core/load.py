@@ -244,9 +244,30 @@ def _one_line(e: BaseException) -> str:
     return (text[0] if text else type(e).__name__)[:300]
 
 
-def _from_pretrained(where: str, *, dtype, trust_remote_code, device_map=None, **kw):
+TRUST_REMOTE_CODE_WARNING = (
+    "trust_remote_code is ON: the model repository's own Python code will run with your permissions; "
+    "only do this for code you have read")
+
+
+def _is_oom(e: BaseException) -> bool:
+    """CUDA OOM is torch.OutOfMemoryError; a failed CPU allocation is a plain RuntimeError."""
+    if isinstance(e, torch.OutOfMemoryError):
+        return True
+    text = str(e)
+    return isinstance(e, (RuntimeError, MemoryError)) and (
+        isinstance(e, MemoryError) or "can't allocate memory" in text or "out of memory" in text.lower())
+
+
+def _too_large(where: str) -> SimDiffError:
+    return SimDiffError(
+        f"'{where}' does not fit in memory: try --dtype bfloat16, --device-map auto (CPU offload) "
+        "or --stream (one block at a time)")
+
+
+def _from_pretrained(where: str, *, dtype, trust_remote_code, device_map=None, label: str | None = None, **kw):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    shown = label or where  # what the user typed (a GGUF file, not its folder)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             where, dtype=dtype, trust_remote_code=trust_remote_code, device_map=device_map, **kw
@@ -258,24 +279,29 @@ def _from_pretrained(where: str, *, dtype, trust_remote_code, device_map=None, *
         msg = _one_line(e)
         if "trust_remote_code" in str(e):
             raise SimDiffError(
-                f"'{where}' contains custom code; it is not run unless you pass --trust-remote-code "
+                f"'{shown}' contains custom code; it is not run unless you pass --trust-remote-code "
                 "(only do that for code you have read)"
             ) from None
-        if "does not recognize this architecture" in str(e) or "Unrecognized configuration" in str(e):
-            raise SimDiffError(f"unsupported architecture in '{where}': {msg}; supported: {SUPPORTED_FAMILIES}") from None
-        raise SimDiffError(f"could not load '{where}': {msg}") from None
+        if ("does not recognize this architecture" in str(e) or "Unrecognized configuration" in str(e)
+                or "Unrecognized model" in str(e)):
+            raise SimDiffError(f"unsupported architecture in '{shown}': {msg}; supported: {SUPPORTED_FAMILIES}") from None
+        raise SimDiffError(f"could not load '{shown}': {msg}") from None
     except OSError as e:
+        if kw.get("gguf_file"):
+            raise SimDiffError(f"could not read GGUF file '{shown}': {_one_line(e)}") from None
+        if Path(where).is_dir():  # a local folder: the hub is not involved, do not blame it
+            raise SimDiffError(f"could not load '{shown}': {_one_line(e)}") from None
         raise SimDiffError(
-            f"could not load '{where}': not a local model and not reachable on the Hugging Face hub "
+            f"could not load '{shown}': not a local model and not reachable on the Hugging Face hub "
             f"(offline, misspelt, or gated?) — {_one_line(e)}"
         ) from None
-    except torch.OutOfMemoryError:
-        raise SimDiffError(
-            f"'{where}' does not fit in memory: try --dtype bfloat16, --device-map auto (CPU offload) "
-            "or --stream (one block at a time)"
-        ) from None
-    except Exception as e:  # corrupt safetensors/GGUF, shape mismatch, ...
-        raise SimDiffError(f"could not load '{where}': {type(e).__name__}: {_one_line(e)}") from None
+    except Exception as e:  # out of memory, corrupt safetensors/GGUF, shape mismatch, ...
+        if _is_oom(e):
+            raise _too_large(shown) from None
+        # struct.error and friends are all called "error": name the module so the line makes sense
+        name = type(e).__name__ if type(e).__name__ != "error" else f"{type(e).__module__}.error"
+        hint = " (truncated or corrupt file?)" if kw.get("gguf_file") or "Safetensor" in name else ""
+        raise SimDiffError(f"could not load '{shown}'{hint}: {name}: {_one_line(e)}") from None
     return model, tok
 
 
@@ -291,7 +317,8 @@ def _load_gguf(gguf: Path, dtype, use_cache: bool):
                 raise SimDiffError(f"'{gguf}' is not a GGUF file (bad magic bytes)")
     except OSError as e:
         raise SimDiffError(f"cannot read '{gguf}': {_one_line(e)}") from None
-    model, tok = _from_pretrained(str(gguf.parent), dtype=dtype, trust_remote_code=False, gguf_file=gguf.name)
+    model, tok = _from_pretrained(str(gguf.parent), dtype=dtype, trust_remote_code=False, gguf_file=gguf.name,
+                                  label=str(gguf))
     strip_gguf_quantizer(model)
     notes = ["dequantised GGUF " + gguf.name]
     if use_cache:
@@ -369,13 +396,17 @@ def load_model(
         model, tok, notes = _load_gguf(gguf, dt, use_gguf_cache)
     else:
         where = str(path) if kind == "dir" else spec
+        if trust_remote_code:
+            notes.append(TRUST_REMOTE_CODE_WARNING)
         model, tok = _from_pretrained(where, dtype=dt, trust_remote_code=trust_remote_code, device_map=device_map)
     if model.dtype != dt:
         model = model.to(dt)
     if device_map is None:
         try:
             model = model.to(dev)
-        except torch.OutOfMemoryError:
+        except (torch.OutOfMemoryError, RuntimeError) as e:
+            if not _is_oom(e):
+                raise
             raise SimDiffError(
                 f"model does not fit on {dev}: try --dtype bfloat16, --device-map auto or --stream"
             ) from None
