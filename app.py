@@ -64,7 +64,7 @@ with st.sidebar:
     go = st.button("Load & calibrate", type="primary", key="calibrate", width="stretch")
 
 # ---- title ----
-st.title("🧬 SimDiff Explorer")
+st.title("SimDiff Explorer")
 st.markdown("Which transformer blocks of a causal LM are redundant? Load a model, run calibration text "
             "through it once, then explore **layer curves**, a live **prune preview** and an **export** "
             "with a perplexity check. Settings are in the sidebar.")
@@ -118,7 +118,7 @@ def run_calibration() -> None:
 
 if state.get("calib_cancelled"):
     state.put("calib_cancelled", False)
-    st.warning("Calibration cancelled; the previous results (if any) are kept.", icon="⏹️")
+    st.warning("Calibration cancelled; the previous results (if any) are kept.", icon=":material/stop_circle:")
 
 if go:
     try:
@@ -131,7 +131,7 @@ lm = state.current_lm()
 scores = state.get("scores")
 if lm is None:
     st.info("Nothing loaded yet. The embedded default model is preselected: press **Load & calibrate** "
-            "in the sidebar (about 10–30 s on a laptop CPU the first time).", icon="👈")
+            "in the sidebar (about 10–30 s on a laptop CPU the first time).", icon=":material/arrow_back:")
     st.stop()
 
 st.subheader(lm.name)
@@ -141,15 +141,15 @@ c[1].metric("Parameters", views.human(lm.num_parameters()))
 c[2].metric("Family", lm.family)
 c[3].metric("Device", f"{lm.device.type} · {str(lm.dtype).replace('torch.', '')}")
 if scores is None:
-    st.info("Model loaded. Press **Load & calibrate** to measure its blocks.", icon="👈")
+    st.info("Model loaded. Press **Load & calibrate** to measure its blocks.", icon=":material/arrow_back:")
     st.stop()
 info = state.get("calib_info") or {}
 st.success(f"Calibrated on {info.get('samples')} × {info.get('seq_len')} tokens of {info.get('source')} "
-           f"in {info.get('seconds')} s (forward pass {info.get('forward_seconds')} s).", icon="✅")
+           f"in {info.get('seconds')} s (forward pass {info.get('forward_seconds')} s).", icon=":material/check_circle:")
 st.markdown("**Next:**")
 n1, n2, n3 = st.columns(3)
-n1.page_link(state.PAGES["curves"], label="Layer curves & heatmaps", icon="📈")
-n2.page_link(state.PAGES["preview"], label="Prune preview", icon="✂️")
-n3.page_link(state.PAGES["export"], label="Export & evaluate", icon="📦")
+n1.page_link(state.PAGES["curves"], label="Layer curves & heatmaps", icon=":material/show_chart:")
+n2.page_link(state.PAGES["preview"], label="Prune preview", icon=":material/content_cut:")
+n3.page_link(state.PAGES["export"], label="Export & evaluate", icon=":material/inventory_2:")
 with st.expander("Per-block scores (table)"):
     st.dataframe(scores.table(), width="stretch")

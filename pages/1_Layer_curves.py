@@ -18,20 +18,20 @@ state.setup_page("Layer curves")
 
 with st.sidebar:
     st.subheader("Curves")
-    alpha = st.slider("SimDiff α", 0.0, 1.0, step=0.05, key=state.widget_key("alpha"),
+    alpha = st.slider("SimDiff α", 0.0, 1.0, step=0.05, **state.bound("alpha"),
                       help="Weight of similarity (1 − cosine) against difference (MSSD, MASD). α = 1 is cosine-only.")
     state.put("alpha", alpha)
-    scale_free = st.toggle("Scale-free MSSD/MASD", key=state.widget_key("scale_free"),
+    scale_free = st.toggle("Scale-free MSSD/MASD", **state.bound("scale_free"),
                            help="Divide each token's difference by its input norm (hidden-state norms grow with "
                                 "depth). Off: raw MSSD/MASD.")
     state.put("scale_free", scale_free)
     log_mssd = st.toggle("Log scale for MSSD", key="log_mssd", value=False,
                          help="MSSD is dominated by a few outlier blocks; a log axis shows the rest.")
-    ratio = st.slider("Pruning ratio", 0.01, 1.0, step=0.01, key=state.widget_key("ratio"),
+    ratio = st.slider("Pruning ratio", 0.01, 1.0, step=0.01, **state.bound("ratio"),
                       help="Fraction of blocks the highlighted plan removes (shared with Prune preview).")
     state.put("ratio", ratio)
 
-st.title("📈 Layer curves")
+st.title("Layer curves")
 scores = state.require_scores()
 L = scores.num_layers
 st.caption(f"{scores.model} · {L} blocks · calibrated on {scores.calibration.get('samples')} × "

@@ -33,7 +33,7 @@ def _num_changed():
 with st.sidebar:
     st.subheader("Plan")
     crit_names = list(CRITERIA)
-    criterion = st.selectbox("Criterion", crit_names, key=state.widget_key("criterion"),
+    criterion = st.selectbox("Criterion", crit_names, **state.bound("criterion"),
                              format_func=lambda c: f"{c} — {CRITERIA[c]}",
                              help="Blocks with the lowest importance under this criterion are removed.")
     state.put("criterion", criterion)
@@ -46,15 +46,15 @@ with st.sidebar:
         st.session_state["_w_num"] = max(1, int(round(ratio * L)))
         st.number_input("Blocks to remove", 1, L, step=1, key="_w_num", on_change=_num_changed,
                         help=f"Same as the ratio, as a count (of {L}).")
-    alpha = st.slider("SimDiff α", 0.0, 1.0, step=0.05, key=state.widget_key("alpha"),
+    alpha = st.slider("SimDiff α", 0.0, 1.0, step=0.05, **state.bound("alpha"),
                       disabled=criterion != "simdiff", help="Only used by the simdiff criterion.")
     state.put("alpha", alpha)
-    kf = st.toggle("Keep first block", key=state.widget_key("keep_first"), help="Never remove block 0.")
-    kl = st.toggle("Keep last block", key=state.widget_key("keep_last"), help="Never remove the last block.")
+    kf = st.toggle("Keep first block", **state.bound("keep_first"), help="Never remove block 0.")
+    kl = st.toggle("Keep last block", **state.bound("keep_last"), help="Never remove the last block.")
     state.put("keep_first", kf)
     state.put("keep_last", kl)
 
-st.title("✂️ Prune preview")
+st.title("Prune preview")
 scores = state.require_scores()
 lm = state.current_lm()
 
@@ -67,7 +67,7 @@ except SimDiffError as e:
 k = plan.num_removed
 st.markdown(f"**{criterion}** removes **{k} of {L}** blocks: `{plan.removed_layers}` · kept ranges "
             f"(half-open, mergekit `layer_range`): `{[list(r) for r in plan.kept_ranges()]}`")
-st.markdown(views.block_diagram(L, plan.removed_layers, plan.scores), unsafe_allow_html=True)
+st.html(views.block_diagram(L, plan.removed_layers, plan.scores))
 
 c = st.columns(4)
 c[0].metric("Blocks", f"{L - k}", delta=f"-{k}", delta_color="off")
@@ -104,4 +104,4 @@ for other in others:
 st.plotly_chart(charts.overlap_matrix(sets, L), key="overlap", config=charts.plot_config("criteria_overlap"))
 if rows:
     st.dataframe(pd.DataFrame(rows).set_index("criterion"), width="stretch", key="overlap_table")
-st.page_link(state.PAGES["export"], label="Evaluate and export this plan", icon="📦")
+st.page_link(state.PAGES["export"], label="Evaluate and export this plan", icon=":material/inventory_2:")

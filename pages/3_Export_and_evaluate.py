@@ -32,7 +32,7 @@ with st.sidebar:
     do_lat = st.checkbox("Latency (prefill / decode)", value=True, key="do_lat",
                          help="Best of 2 runs: a 128-token prefill and 16 decode steps with the KV cache")
 
-st.title("📦 Export & evaluate")
+st.title("Export & evaluate")
 scores = state.require_scores()
 lm = state.require_model()
 try:
@@ -40,7 +40,7 @@ try:
     plan.validate(lm.num_layers)
 except SimDiffError as e:
     views.show_error(e)
-    st.page_link(state.PAGES["preview"], label="Change the plan on Prune preview", icon="✂️")
+    st.page_link(state.PAGES["preview"], label="Change the plan on Prune preview", icon=":material/content_cut:")
     st.stop()
 L, k = plan.num_layers, plan.num_removed
 st.markdown(f"Plan: **{plan.criterion}** removes **{k} of {L}** blocks `{plan.removed_layers}` "
@@ -133,7 +133,7 @@ if st.button("Export pruned checkpoint", type="primary", key="export"):
             "ppl_dense": report.get("ppl_dense"), "ppl_pruned": report.get("ppl_pruned"),
             "zip_MB": round(zip_path.stat().st_size / 2**20, 1)}]
         state.put("exports", exports)
-        st.success(f"Exported to {out}", icon="✅")
+        st.success(f"Exported to {out}", icon=":material/check_circle:")
     except Exception as e:  # noqa: BLE001
         views.show_error(e)
 

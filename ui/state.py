@@ -4,7 +4,7 @@
     state.init()                       # once at the top of every page
     lm = state.require_model()         # LoadedModel, or an info box with a link and st.stop()
     scores = state.require_scores()    # Scores from the last calibration
-    v = st.slider("α", 0.0, 1.0, key=state.widget_key("alpha")); state.put("alpha", v)
+    v = st.slider("α", 0.0, 1.0, **state.bound("alpha"))   # survives page switches
 
 Session keys (shared with every page): ``model_spec`` (dict: spec, device, dtype, trust_remote_code),
 ``scores`` (Scores), ``calib_ids`` (LongTensor), ``calib_info`` (dict), ``alpha``, ``criterion``,
@@ -67,11 +67,25 @@ def put(name: str, value) -> None:
 
 
 def widget_key(name: str) -> str:
-    """Key for the widget editing persistent value ``name``, seeded from it when (re)created."""
+    """Key for the widget editing persistent value ``name``, reset from it on every run.
+
+    Streamlit drops (or resets) a widget's state when the user switches pages, so the persistent
+    copy is the truth: it is written back by ``keep`` (the widget's on_change) before each rerun.
+    """
     wk = "_w_" + name
-    if wk not in st.session_state and st.session_state.get(name) is not None:
+    if st.session_state.get(name) is not None:
         st.session_state[wk] = st.session_state[name]
     return wk
+
+
+def keep(name: str) -> None:
+    """on_change callback: copy the widget's new value into the persistent key."""
+    st.session_state[name] = st.session_state["_w_" + name]
+
+
+def bound(name: str) -> dict:
+    """Widget kwargs binding it to persistent ``name``: ``st.slider(..., **state.bound("alpha"))``."""
+    return {"key": widget_key(name), "on_change": keep, "args": (name,)}
 
 
 def set_widget(name: str, value) -> None:
@@ -98,8 +112,8 @@ def current_lm():
 
 
 def _guard(msg: str) -> None:
-    st.info(msg, icon="👈")
-    st.page_link(PAGES["load"], label="Go to Load & calibrate", icon="🧬")
+    st.info(msg, icon=":material/arrow_back:")
+    st.page_link(PAGES["load"], label="Go to Load & calibrate", icon=":material/science:")
     st.stop()
 
 

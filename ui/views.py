@@ -28,7 +28,7 @@ def one_line(e: BaseException) -> str:
 
 
 def show_error(e: BaseException) -> None:
-    st.error(one_line(e), icon="⚠️")
+    st.error(one_line(e), icon=":material/error:")
 
 
 def device_summary(device: str = "auto", dtype: str = "auto") -> str:

@@ -1,0 +1,151 @@
+"""End-to-end: ``streamlit run app.py`` driven in headless Chromium through load → calibrate → curves
+→ preview → evaluate → export → download, with screenshots under ``test-artifacts/browser/``.
+
+Needs Debian's ``/usr/bin/chromium`` and the ``playwright`` package (scripts/setup.sh test installs
+both); skipped with a reason where either is absent.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts" / "browser"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    if CHROMIUM is None:
+        pytest.skip("Debian chromium not installed (apt-get install chromium)")
+    pytest.importorskip("playwright.sync_api", reason="playwright not installed (pip install playwright)")
+    port = _free_port()
+    exports = tmp_path_factory.mktemp("exports")
+    env = dict(os.environ, SIMDIFF_EXPORT_DIR=str(exports), PYTHONPATH=str(ROOT), TOKENIZERS_PARALLELISM="false")
+    log = open(tmp_path_factory.mktemp("log") / "streamlit.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
+         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                if urllib.request.urlopen(url + "/_stcore/health", timeout=2).read() == b"ok":
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("streamlit did not become healthy in 60 s")
+        yield url, exports
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def _idle(page, timeout=240_000):
+    """Wait until the script run finished and no skeleton placeholders remain."""
+    page.wait_for_timeout(300)
+    page.wait_for_selector("[data-testid=stApp][data-test-script-state=notRunning]", timeout=timeout)
+    page.wait_for_selector("[data-testid=stSkeleton]", state="detached", timeout=timeout)
+    page.wait_for_timeout(300)
+
+
+def _set_number(page, label: str, value: int):
+    box = page.get_by_label(label, exact=True)
+    box.fill(str(value))
+    box.press("Enter")
+    _idle(page)
+
+
+def _shot(page, name: str):
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def _goto_page(page, label: str):
+    page.locator("[data-testid=stSidebarNav] a", has_text=label).first.click()
+    _idle(page)
+
+
+def test_full_flow_in_chromium(server, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    url, exports = server
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"])
+        page = browser.new_page(viewport={"width": 1440, "height": 1000}, accept_downloads=True)
+        page.set_default_timeout(240_000)
+        page.goto(url)
+        _idle(page)
+        expect(page.get_by_text("Nothing loaded yet")).to_be_visible()
+        _shot(page, "01_load_empty")
+
+        _set_number(page, "Samples", 4)
+        _set_number(page, "Seq. length", 64)
+        page.get_by_role("button", name="Load & calibrate").click()
+        expect(page.get_by_text("Calibrated on 4 × 64")).to_be_visible(timeout=300_000)
+        _idle(page)
+        _shot(page, "02_calibrated")
+
+        _goto_page(page, "Layer curves")
+        expect(page.locator("[data-testid=stPlotlyChart]").first).to_be_visible()
+        assert page.locator("[data-testid=stPlotlyChart]").count() >= 3
+        page.wait_for_selector(".js-plotly-plot .scatterlayer .trace", timeout=60_000)
+        _shot(page, "03_layer_curves")
+
+        _goto_page(page, "Prune preview")
+        expect(page.get_by_text("Est. speedup")).to_be_visible()
+        _shot(page, "04_prune_preview")
+        assert page.locator(".sd-block.sd-gone").count() == round(0.25 * 30)
+
+        _goto_page(page, "Export and evaluate")
+        _set_number(page, "Windows", 2)
+        _set_number(page, "Seq. length", 64)
+        for label in ("Generation sample", "Latency (prefill / decode)"):  # covered by the AppTest suite
+            page.get_by_text(label, exact=True).click()
+            _idle(page)
+        page.get_by_role("button", name="Evaluate dense vs pruned").click()
+        expect(page.get_by_text("Perplexity, pruned")).to_be_visible(timeout=300_000)
+        _idle(page)
+        page.get_by_role("button", name="Export pruned checkpoint").click()
+        expect(page.get_by_text("Exported to")).to_be_visible(timeout=300_000)
+        _idle(page)
+        _shot(page, "05_export")
+
+        with page.expect_download(timeout=120_000) as dl:
+            # .first: Streamlit may briefly keep the previous run's element while re-rendering
+            page.locator("[data-testid=stDownloadButton] button", has_text="Download pruned checkpoint").first.click()
+        target = tmp_path / dl.value.suggested_filename
+        dl.value.save_as(target)
+        assert not page.locator("[data-testid=stException]").count()
+        browser.close()
+
+    assert target.suffix == ".zip"
+    with zipfile.ZipFile(target) as z:
+        names = z.namelist()
+    folder = target.stem
+    assert {f"{folder}/config.json", f"{folder}/model.safetensors", f"{folder}/simdiff_report.json"} <= set(names)
+    assert (exports / folder / "config.json").is_file()
