@@ -145,7 +145,7 @@ if scores is None:
     st.stop()
 info = state.get("calib_info") or {}
 st.success(f"Calibrated on {info.get('samples')} × {info.get('seq_len')} tokens of {info.get('source')} "
-           f"in {info.get('seconds')} s (forward pass {info.get('forward_seconds')} s).", icon=":material/check_circle:")
+           f"in {info.get('seconds')} s (forward pass {info.get('forward_seconds', 0):.1f} s).", icon=":material/check_circle:")
 st.markdown("**Next:**")
 n1, n2, n3 = st.columns(3)
 n1.page_link(state.PAGES["curves"], label="Layer curves & heatmaps", icon=":material/show_chart:")
