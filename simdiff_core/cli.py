@@ -55,6 +55,13 @@ def add_ratio_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--no-keep-last", dest="keep_last", action="store_false", help="allow removing the last block")
 
 
+def add_stream_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--stream", action="store_true",
+                   help="stream one decoder block at a time from the safetensors shards (models bigger than memory)")
+    p.add_argument("--memory-budget-mb", type=float, default=None,
+                   help="with --stream: refuse to hold more than this many MB of weights at once")
+
+
 def load_from_args(args):
     from .load import load_model
 
@@ -102,9 +109,39 @@ def print_result(obj, as_json: bool = True) -> None:
 
 
 # ---------------------------------------------------------------- core subcommands
+def _stream_tokenizer(args):
+    """--stream: the model directory to stream and a stand-in 'lm' carrying only its tokenizer."""
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    from .streaming import resolve_stream_dir
+
+    where = resolve_stream_dir(args.model)
+    try:
+        tok = AutoTokenizer.from_pretrained(str(where))
+    except (OSError, ValueError) as e:
+        raise SimDiffError(f"no usable tokenizer in '{where}': {str(e).splitlines()[0][:200]}") from None
+    progress_line(f"streaming {where} one block at a time"
+                  + (f" (memory budget {args.memory_budget_mb} MB)" if args.memory_budget_mb else ""), end=True)
+    return where, SimpleNamespace(tokenizer=tok)
+
+
 def cmd_score(args) -> int:
     from .score import score_model
 
+    if getattr(args, "stream", False):
+        from .streaming import stream_score
+
+        where, lm = _stream_tokenizer(args)
+        ids, calib = calib_from_args(args, lm)
+        scores = stream_score(where, ids, memory_budget_mb=args.memory_budget_mb, device=args.device,
+                              dtype=args.dtype, batch_size=args.batch_size, matrix_tokens=args.matrix_tokens,
+                              progress=progress_printer("score"), calibration=calib, source=args.model)
+        scores.save(args.out)
+        print_result({"out": args.out, "num_layers": scores.num_layers, "seconds": scores.meta["seconds"],
+                      "stream": scores.meta["stream"]})
+        return 0
     lm = load_from_args(args)
     ids, calib = calib_from_args(args, lm)
     scores = score_model(lm, ids, batch_size=args.batch_size, matrix_tokens=args.matrix_tokens,
@@ -195,6 +232,23 @@ def cmd_ppl(args) -> int:
     from .export import build_pruned
     from .plan import Plan
 
+    if getattr(args, "stream", False):
+        from .streaming import stream_perplexity
+
+        if args.plan:
+            raise SimDiffError("--stream measures the model as saved; export the pruned model first (prune) "
+                               "and stream that directory")
+        where, lm = _stream_tokenizer(args)
+        ids = eval_windows(lm.tokenizer, args.text, args.seq_len, args.windows)
+        res = stream_perplexity(where, ids, memory_budget_mb=args.memory_budget_mb, device=args.device,
+                                dtype=args.dtype, batch_size=args.batch_size or 2, progress=progress_printer("ppl"))
+        res["protocol"] = protocol_note(lm.tokenizer, args.text, args.seq_len, args.windows)
+        if args.json:
+            print_result(res)
+        else:
+            print(f"ppl {res['ppl']:.3f} over {res['tokens']} tokens ({res['protocol']}; streamed, "
+                  f"peak weights {res['stream']['peak_weights_mb']:.1f} MB)")
+        return 0
     lm = load_from_args(args)
     model = lm.model
     if args.plan:
@@ -224,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_calib_args(s)
     s.add_argument("--matrix-tokens", type=int, default=256, help="token subsample for the cosine/CKA heatmaps")
     s.add_argument("--out", required=True, help="scores.json to write")
+    add_stream_args(s)
     s.set_defaults(func=cmd_score)
 
     s = sub.add_parser("plan", help="choose blocks to remove from scores",
@@ -264,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=None)
     s.add_argument("--plan", help="apply this plan (prune in memory) before measuring")
     s.add_argument("--json", action="store_true", help='print {"ppl": ..., "tokens": ...} as the last line')
+    add_stream_args(s)
     s.set_defaults(func=cmd_ppl)
 
     for name in COMMAND_MODULES:

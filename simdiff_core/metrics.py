@@ -79,30 +79,49 @@ class BlockStats:
 
     @torch.no_grad()
     def observe(self, i: int, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> None:
-        xf, yf = x.float(), y.float()  # (B, S, H)
-        d = yf - xf
-        sq, ab = d.pow(2).mean(-1), d.abs().mean(-1)  # (B, S)
-        x2, xa = xf.pow(2).mean(-1), xf.abs().mean(-1)
+        # Hot path (runs once per block per batch): a handful of fused reductions over x, y and
+        # d = y - x, with no per-op float copies of the (B, S, H) activations. Each
+        # ``vector_norm`` reads its input once and writes only a (B, S) result; cos(x, y) comes
+        # from the polarisation identity x.y = (|x|^2 + |y|^2 - |d|^2) / 2, so no x * y product
+        # is materialised either. Low-precision activations are upcast inside the reductions.
+        f32 = torch.float32
+        H = x.shape[-1]
+        if x.dtype == f32 and y.dtype == f32:
+            d = y - x  # (B, S, H): the only full-size temporary
+        else:
+            d = y.to(f32, copy=True)
+            d.sub_(x)
+        vn = torch.linalg.vector_norm
+        x_n2 = vn(x, 2, -1, dtype=f32)  # (B, S)
+        y_n2 = vn(y, 2, -1, dtype=f32)
+        d_n2 = vn(d, 2, -1)
+        x_l1 = vn(x, 1, -1, dtype=f32)
+        d_l1 = vn(d, 1, -1)
+        d_inf = vn(d, float("inf"), -1)
+        del d
+        xx, yy, dd = x_n2 * x_n2, y_n2 * y_n2, d_n2 * d_n2
+        cos = (0.5 * (xx + yy - dd) / (x_n2 * y_n2).clamp_min(1e-8)).clamp(-1.0, 1.0)
+        sq, ab = dd / H, d_l1 / H
+        x2, xa = xx / H, x_l1 / H
         per_tok = {
-            "cos": torch.nn.functional.cosine_similarity(xf, yf, dim=-1, eps=1e-8),
-            "sq": sq, "ab": ab, "x2": x2, "xa": xa,
+            "cos": cos, "sq": sq, "ab": ab, "x2": x2, "xa": xa,
             "sq_rel": sq / x2.clamp_min(1e-12), "ab_rel": ab / xa.clamp_min(1e-12),
         }
         if mask is not None:
-            m = mask.to(device=xf.device, dtype=torch.float32)
+            m = mask.to(device=cos.device, dtype=f32)
             sums = {k: (v * m).sum() for k, v in per_tok.items()}
-            maxdiff = (d.abs().amax(-1) * m).max()
+            maxdiff = (d_inf * m).max()
             if i == 0:
                 self._batch_tokens = int(m.sum().item())
         else:
             sums = {k: v.sum() for k, v in per_tok.items()}
-            maxdiff = d.abs().max()
+            maxdiff = d_inf.max()
             if i == 0:
-                self._batch_tokens = per_tok["cos"].numel()
+                self._batch_tokens = cos.numel()
         # Keep the sums as (device) tensors: no host sync per block, which keeps GPU overhead low.
         for k, v in sums.items():
-            self._batch[k][i] = v.detach()
-        self._batch["maxdiff"][i] = maxdiff.detach()
+            self._batch[k][i] = v
+        self._batch["maxdiff"][i] = maxdiff
 
     def commit(self) -> None:
         for k in self.FIELDS:

@@ -203,6 +203,8 @@ def score_model(
     t0 = time.perf_counter()
 
     def on_block(i, x, y):
+        if x.device != y.device:  # accelerate device maps: the block ran where its weights live
+            x = x.to(y.device)
         stats.observe(i, x, y, state["mask"])
         sampler.observe(i, x, y, state["take"])
         if progress is not None:
