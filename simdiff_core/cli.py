@@ -24,7 +24,8 @@ import time
 
 from .errors import SimDiffError
 
-COMMAND_MODULES: list[str] = ["simdiff_core.cli_ground_truth", "simdiff_core.cli_ecosystem"]
+COMMAND_MODULES: list[str] = ["simdiff_core.cli_ground_truth", "simdiff_core.cli_ecosystem",
+                              "simdiff_core.cli_methods"]
 
 
 # ---------------------------------------------------------------- shared helpers (used by plugins)
@@ -167,6 +168,17 @@ def cmd_plan(args) -> int:
     from .plan import make_plan
     from .score import Scores
 
+    if args.method is not None and (args.method != "oneshot" or args.scores is None):
+        if args.model is None:
+            raise SimDiffError(f"--method {args.method} runs the model: give --model too")
+        from .cli_methods import method_plan
+
+        plan = method_plan(args)
+        plan.save(args.out)
+        print_result({"out": args.out, "method": plan.method, "removed_layers": plan.removed_layers,
+                      "kept_layers": plan.kept_layers, "merged_groups": plan.merged_groups,
+                      "seconds": plan.details.get("seconds")})
+        return 0
     if args.scores is None:
         raise SimDiffError("plan needs --scores scores.json (or --model with --method; see --help)")
     scores = Scores.load(args.scores)
@@ -281,8 +293,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_stream_args(s)
     s.set_defaults(func=cmd_score)
 
-    s = sub.add_parser("plan", help="choose blocks to remove from scores",
-                       description="One-shot plan: remove the k lowest-importance blocks by a criterion.")
+    s = sub.add_parser("plan", help="choose blocks to remove (from scores, or by a method on a model)",
+                       description="One-shot plan from --scores by a criterion, or --model with --method "
+                                   "(oneshot, iterative, greedy, block, slm, search).")
+    from .cli_methods import add_method_args
+
+    add_method_args(s)
     s.add_argument("--scores", help="scores.json from 'score'")
     s.add_argument("--criterion", default="simdiff", help="simdiff, cosine, bi, angular, mssd, masd, mssd_rel, masd_rel")
     s.add_argument("--alpha", default="0.5", help="SimDiff similarity weight in [0, 1], or 'auto' (needs --model)")

@@ -109,7 +109,8 @@ def mc_accuracy(model, tokenizer, items: list[dict], batch_size: int = 16, devic
             reqs.append((i, j, ctx + cont, len(cont)))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     ll = {}
-    order = sorted(range(len(reqs)), key=lambda r: -len(reqs[r][2]))  # similar lengths batch together
+    # batch requests with similar context lengths: their continuations span few positions
+    order = sorted(range(len(reqs)), key=lambda r: (len(reqs[r][2]) - reqs[r][3], len(reqs[r][2])))
     for b in range(0, len(order), batch_size):
         if should_stop is not None and should_stop():
             raise Cancelled()
@@ -118,11 +119,19 @@ def mc_accuracy(model, tokenizer, items: list[dict], batch_size: int = 16, devic
         ids = torch.full((len(batch), width), pad, dtype=torch.long)
         for row, (_, _, toks, _) in enumerate(batch):
             ids[row, :len(toks)] = torch.tensor(toks)  # right padding: causal positions stay exact
-        logp = F.log_softmax(model(input_ids=ids.to(device), use_cache=False).logits.float(), dim=-1)
+        # Only continuation positions need logits; the LM head over a 50k-256k vocabulary is most of
+        # the cost for small models, so ask for just those rows where the model supports it.
+        first = min(len(t) - n - 1 for _, _, t, n in batch)
+        keep = torch.arange(first, width - 1, device=device)
+        try:
+            logits = model(input_ids=ids.to(device), use_cache=False, logits_to_keep=keep).logits
+        except TypeError:  # older/custom model code without logits_to_keep
+            logits, first = model(input_ids=ids.to(device), use_cache=False).logits[:, first:width - 1], first
+        logp = F.log_softmax(logits.float(), dim=-1)  # row position p = token position first + p
         for row, (i, j, toks, n) in enumerate(batch):
             T = len(toks)
             tgt = torch.tensor(toks[T - n:], device=logp.device)
-            ll[(i, j)] = float(logp[row, T - n - 1:T - 1].gather(-1, tgt[:, None]).sum())
+            ll[(i, j)] = float(logp[row, T - n - 1 - first:T - 1 - first].gather(-1, tgt[:, None]).sum())
         if progress is not None:
             progress(min(b + batch_size, len(order)) / len(order), f"choices {min(b + batch_size, len(order))}/{len(order)}")
     correct = correct_norm = 0

@@ -1,0 +1,180 @@
+"""The shoot-out: several methods/criteria, one model, one budget of blocks, one table.
+
+    from simdiff_core.compare import parse_specs, run_compare, write_csv, to_markdown
+    res = run_compare(lm, calib_ids, parse_specs("oneshot:cosine,oneshot:simdiff,greedy,block,slm"),
+                      ratio=0.25, eval_ids=eval_windows(lm.tokenizer, "wikitext2", 256, 4))
+    write_csv(res["rows"], "results.csv"); print(to_markdown(res))
+
+A spec is ``method[:criterion]`` (``oneshot:cosine``) or ``search:ALGO`` (``search:beam``). The
+dense model is scored once and the scores are shared by every method; each plan is applied
+(``export.build_pruned``: merges included) and measured by perplexity on the evaluation windows
+and, when ``accuracy`` is on, by multiple-choice accuracy on the shipped set's *test* split (searches
+with the accuracy objective optimise the dev split). The first row is the dense model.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from typing import Callable
+
+from .errors import SimDiffError
+from .evaluate import perplexity
+from .export import build_pruned
+from .metrics import CRITERIA
+from .methods import METHODS, run_method
+from .methods.search import ALGORITHMS
+from .plan import num_from_ratio
+
+DEFAULT_SPECS = "oneshot:cosine,oneshot:simdiff,iterative:simdiff,greedy,block,slm"
+COLUMNS = ["method", "criterion", "removed_layers", "merged_groups", "num_removed", "ppl", "accuracy",
+           "acc_norm", "seconds", "evals"]
+
+
+def parse_specs(text: str | list) -> list[dict]:
+    """``"oneshot:cosine,greedy,search:beam"`` -> [{"method", "criterion"|"search"}, ...]."""
+    parts = text if isinstance(text, list) else [p.strip() for p in str(text).split(",")]
+    specs = []
+    for p in parts:
+        if not p:
+            continue
+        method, _, arg = p.partition(":")
+        if method not in METHODS:
+            raise SimDiffError(f"unknown method '{method}' in --methods; choose from {', '.join(METHODS)}")
+        spec = {"method": method, "label": p}
+        if arg:
+            if method == "search":
+                if arg not in ALGORITHMS:
+                    raise SimDiffError(f"unknown search algorithm '{arg}'; choose from {', '.join(ALGORITHMS)}")
+                spec["search"] = arg
+            elif method in ("oneshot", "iterative"):
+                if arg not in CRITERIA:
+                    raise SimDiffError(f"unknown criterion '{arg}' in '{p}'; choose from {', '.join(CRITERIA)}")
+                spec["criterion"] = arg
+            else:
+                raise SimDiffError(f"method '{method}' takes no ':{arg}' (only oneshot/iterative take a criterion, search an algorithm)")
+        specs.append(spec)
+    if not specs:
+        raise SimDiffError("no methods given")
+    return specs
+
+
+def _criterion_label(plan) -> str:
+    d = plan.details
+    if plan.method == "search":
+        return f"{d.get('objective')}/{d.get('search')}"
+    if plan.method == "greedy":
+        return str(d.get("objective", plan.criterion))
+    return str(plan.criterion or "")
+
+
+def run_compare(lm, calib_ids, specs: list[dict], ratio=None, num=None, eval_ids=None, accuracy: bool = False,
+                objective: str = "ppl", budget: int | None = None, keep_first: bool = True, keep_last: bool = True,
+                calibration: dict | None = None, alpha: float = 0.5, accuracy_items: list | None = None,
+                progress: Callable[[float, str], None] | None = None, should_stop=None) -> dict:
+    """Run every spec and measure it. Returns ``{"rows", "plans", "k", "num_layers", "model", "accuracy"}``.
+
+    ``accuracy_items`` replaces the shipped MC test split for the accuracy column.
+    """
+    from .objectives import load_mc, mc_accuracy
+    from .score import score_model
+
+    k = num_from_ratio(lm.num_layers, ratio, num)
+    eval_ids = calib_ids if eval_ids is None else eval_ids
+    test_items = (accuracy_items or load_mc(split="test")) if accuracy else None
+    n_steps = len(specs) + 2
+    step = {"i": 0}
+
+    def sub(frac, msg):
+        if progress is not None:
+            progress(min(1.0, (step["i"] + frac) / n_steps), f"[{step['label']}] {msg}")
+
+    def measure(model) -> dict:
+        out = {"ppl": perplexity(model, eval_ids, device=lm.device, should_stop=should_stop)["ppl"]}
+        if test_items is not None:
+            r = mc_accuracy(model, lm.tokenizer, test_items, device=lm.device, should_stop=should_stop)
+            out.update(accuracy=r["accuracy"], acc_norm=r["acc_norm"])
+        return out
+
+    step["label"] = "dense"
+    sub(0.0, "scoring and measuring the dense model")
+    scores = score_model(lm, calib_ids, should_stop=should_stop, calibration=calibration or {})
+    rows = [{"method": "dense", "criterion": "", "removed_layers": "", "merged_groups": "", "num_removed": 0,
+             **measure(lm.model), "seconds": 0.0, "evals": 0}]
+    plans = []
+    for n, spec in enumerate(specs):
+        step["i"], step["label"] = n + 1, spec["label"]
+        opts = {k_: v for k_, v in spec.items() if k_ not in ("method", "label")}
+        if spec["method"] in ("greedy", "search"):
+            opts.update(objective=objective, budget=budget)
+        if spec["method"] in ("oneshot", "iterative"):
+            opts.setdefault("criterion", "simdiff")
+            opts["alpha"] = alpha
+        t0 = time.perf_counter()
+        plan = run_method(spec["method"], lm, calib_ids, num=k, keep_first=keep_first, keep_last=keep_last,
+                          progress=sub, should_stop=should_stop, calibration=calibration, scores=scores, **opts)
+        seconds = time.perf_counter() - t0
+        sub(0.95, "measuring the pruned model")
+        m = measure(build_pruned(lm, plan))
+        plans.append(plan)
+        rows.append({"method": spec["method"], "criterion": _criterion_label(plan),
+                     "removed_layers": " ".join(map(str, plan.removed_layers)),
+                     "merged_groups": "; ".join(f"{g['layers'][0]}-{g['layers'][-1]}->{g['base']}"
+                                                for g in plan.merged_groups),
+                     "num_removed": plan.num_removed, **m, "seconds": round(seconds, 2),
+                     "evals": plan.details.get("evals", 0)})
+    step["i"], step["label"] = n_steps - 1, "done"
+    sub(1.0, "done")
+    return {"rows": rows, "plans": plans, "k": k, "num_layers": lm.num_layers, "model": lm.source,
+            "accuracy": accuracy}
+
+
+def overlap(rows: list[dict]) -> tuple[list[str], list[list[float]]]:
+    """Labels and the Jaccard overlap matrix of the removed-block sets of the pruned rows."""
+    pr = [r for r in rows if r["method"] != "dense"]
+    labels = [f"{r['method']}:{r['criterion']}" if r["criterion"] else r["method"] for r in pr]
+    sets = [set(r["removed_layers"].split()) for r in pr]
+    mat = [[len(a & b) / max(1, len(a | b)) for b in sets] for a in sets]
+    return labels, mat
+
+
+def columns(rows) -> list[str]:
+    has_acc = any("accuracy" in r for r in rows)
+    return [c for c in COLUMNS if has_acc or c not in ("accuracy", "acc_norm")]
+
+
+def to_csv_text(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns(rows), extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({c: (f"{r[c]:.4f}" if isinstance(r.get(c), float) else r.get(c, "")) for c in columns(rows)})
+    return buf.getvalue()
+
+
+def write_csv(rows: list[dict], path) -> None:
+    from pathlib import Path
+
+    from .export import atomic_write_text
+
+    atomic_write_text(Path(path), to_csv_text(rows))
+
+
+def to_markdown(result: dict, caption: str = "") -> str:
+    rows = result["rows"]
+    acc = any("accuracy" in r for r in rows)
+    head = ["method", "criterion / objective", "removed blocks", "ppl"] + (["MC acc"] if acc else []) + ["time (s)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        removed = r["removed_layers"] or "—"
+        if r["merged_groups"]:
+            removed += f" (merged {r['merged_groups']})"
+        cells = [r["method"], r["criterion"] or "—", removed, f"{r['ppl']:.2f}"]
+        if acc:
+            cells.append(f"{100 * r['accuracy']:.1f}%")
+        cells.append(f"{r['seconds']:.1f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    if caption:
+        lines += ["", caption]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,71 @@
+"""Fold windows of consecutive blocks into one block by summing parameter deltas (Sliding Layer Merging).
+
+    from simdiff_core.merge import merged_model, merge_block_params
+    plan.merged_groups = [{"base": 20, "layers": [17, 18, 19, 20]}]    # 17-19 removed, 20 kept
+    small = merged_model(lm, plan)            # new model; lm.model is never touched
+
+For a group with base block b and window W, every parameter of the merged block is
+
+    theta_merged = theta_b + sum_{k in W, k != b} (theta_k - theta_b)
+
+(LaCo's "reserving-differences" merge, used by Sliding Layer Merging, arXiv 2502.19159). Every
+parameter of the window takes part, norms included. The published code of both papers updates the
+base in a loop that re-reads the already-updated tensor (``base = base + (block_k - base)``), which
+collapses to *assignment* and ends up copying the last block of the window; this module sums the
+deltas against the original base, which is what the papers' equations say.
+
+Memory: the result is a pruned view of the loaded model (shared weights) in which only the merged
+base blocks are private deep copies, so the shared model loaded once for every app session stays
+unchanged (tests check its weight fingerprint).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from .errors import SimDiffError
+from .prune import pruned_model
+
+
+@torch.no_grad()
+def merge_block_params(blocks, base: int, layers) -> dict[str, torch.Tensor]:
+    """The merged parameters ``{name: tensor}`` of ``layers`` folded into ``base`` (new tensors)."""
+    ref = dict(blocks[base].named_parameters())
+    others = [dict(blocks[k].named_parameters()) for k in layers if k != base]
+    out = {}
+    for name, p in ref.items():
+        acc = p.detach().clone().float()
+        for o in others:
+            if name not in o or o[name].shape != p.shape:
+                raise SimDiffError(f"cannot merge blocks {list(layers)}: parameter '{name}' differs between blocks")
+            acc += o[name].detach().float() - p.detach().float()
+        out[name] = acc.to(p.dtype)
+    return out
+
+
+def merged_model(lm, plan) -> nn.Module:
+    """The model ``plan`` describes with its ``merged_groups`` folded into their base blocks."""
+    L = lm.num_layers
+    plan.validate(L)
+    blocks = lm.blocks
+    small = pruned_model(lm, plan.kept_layers)
+    new_blocks = small.get_submodule(lm.block_path)
+    pos = {orig: j for j, orig in enumerate(plan.kept_layers)}
+    seen: set[int] = set()
+    for g in plan.merged_groups:
+        base, layers = int(g["base"]), sorted(int(i) for i in g["layers"])
+        if seen & set(layers):
+            raise SimDiffError(f"merged groups overlap at blocks {sorted(seen & set(layers))}")
+        seen |= set(layers)
+        if layers != list(range(layers[0], layers[-1] + 1)):
+            raise SimDiffError(f"merged group {layers} is not a run of consecutive blocks")
+        params = merge_block_params(blocks, base, layers)
+        # deepcopy of the (already re-indexed) view block: private tensors, layer_idx kept
+        private = copy.deepcopy(new_blocks[pos[base]])
+        for name, p in private.named_parameters():
+            p.data = params[name].to(p.device)
+        new_blocks[pos[base]] = private
+    return small

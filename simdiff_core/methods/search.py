@@ -1,0 +1,236 @@
+"""Budgeted search for the set of k blocks whose removal minimises an objective.
+
+    plan = run_method("search", lm, calib_ids, num=8, search="local", objective="ppl", budget=150)
+
+"Rethinking Layer Redundancy" finds that the calibration *objective* matters more than the search
+algorithm; comparing algorithms under one objective and budget is how to check that on a model.
+
+Algorithms (``search=``):
+
+* ``greedy``  — SLEB: k steps, each removes the candidate whose removal is cheapest (~k x L evals).
+* ``beam``    — beam search over removal sets, width ``beam_width`` (greedy is width 1).
+* ``local``   — swap hill-climbing from the one-shot SimDiff plan: replace one removed block by a
+  kept one when that lowers the objective (neighbouring blocks tried first), random restart at a
+  local optimum, until the budget is spent.
+* ``evolutionary`` — steady-state genetic search: a population seeded with the one-shot plans of
+  several criteria plus random sets; a tournament parent is mutated (1-2 swaps) and replaces the
+  worst member when better.
+
+Every objective value is memoised by removal set, so ``evals`` counts distinct models evaluated.
+``budget`` caps evaluations and ``seconds`` caps wall time; ``local``/``evolutionary`` run until a
+cap (default budget 100). When a cap stops ``greedy``/``beam`` early, the partial set is completed
+without further evaluation: by the measured single-block removal costs where known, else by the
+dense model's ``fallback_criterion`` importance; ``details["completed_by_fallback"]`` says so.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+from ..errors import SimDiffError
+from ..objectives import make_objective
+from ..plan import select_lowest
+from ..prune import pruned_model
+
+ALGORITHMS = {
+    "greedy": "sequential removal, cheapest block each step (SLEB)",
+    "beam": "beam search over removal sets",
+    "local": "swap hill-climbing with random restarts, from the one-shot SimDiff plan",
+    "evolutionary": "steady-state genetic search seeded with one-shot plans",
+}
+DEFAULT_OPEN_BUDGET = 100
+
+
+class BudgetExhausted(Exception):
+    pass
+
+
+class Evaluator:
+    """Objective of a removal set, memoised, with an evaluation and time budget."""
+
+    def __init__(self, ctx, objective: str, budget: int | None, seconds: float | None, items=None):
+        self.ctx = ctx
+        self.f = make_objective(objective, ctx.lm, ctx.calib_ids, items, should_stop=ctx.should_stop)
+        self.budget, self.seconds = budget, seconds
+        self.memo: dict[tuple, float] = {}
+        self.trace: list[dict] = []
+        self.t0 = time.perf_counter()
+        self.best: tuple | None = None
+
+    @property
+    def evals(self) -> int:
+        return len(self.memo)
+
+    def exhausted(self) -> bool:
+        return ((self.budget is not None and self.evals >= self.budget)
+                or (self.seconds is not None and time.perf_counter() - self.t0 >= self.seconds))
+
+    def __call__(self, removed) -> float:
+        key = tuple(sorted(removed))
+        if key in self.memo:
+            return self.memo[key]
+        if self.exhausted():
+            raise BudgetExhausted()
+        self.ctx.check()
+        kept = [i for i in range(self.ctx.L) if i not in set(key)]
+        v = float(self.f(pruned_model(self.ctx.lm, kept)))
+        self.memo[key] = v
+        if len(key) == self.ctx.k and (self.best is None or v < self.memo[self.best]):
+            self.best = key
+        self.trace.append({"eval": self.evals, "removed": list(key), "value": round(v, 6),
+                           "t": round(time.perf_counter() - self.t0, 3)})
+        frac = self.evals / self.budget if self.budget else min(0.99, self.evals / max(1, self.ctx.k * len(self.ctx.allowed)))
+        best = f" (best {self.memo[self.best]:.4g})" if self.best else ""
+        cap = f"/{self.budget}" if self.budget else ""
+        self.ctx.report(frac, f"eval {self.evals}{cap}: {list(key)} -> {v:.4g}{best}")
+        return v
+
+
+def _fallback_order(ev: Evaluator, criterion: str) -> list[int]:
+    """Candidate blocks, cheapest first, without new evaluations."""
+    ctx = ev.ctx
+    single = {k[0]: v for k, v in ev.memo.items() if len(k) == 1}
+    imp = ctx.get_scores().importance(criterion)
+    return sorted(ctx.allowed, key=lambda i: (0, single[i]) if i in single else (1, float(imp[i])))
+
+
+def _complete(ev: Evaluator, partial, criterion: str) -> list[int]:
+    out = list(partial)
+    for i in _fallback_order(ev, criterion):
+        if len(out) >= ev.ctx.k:
+            break
+        if i not in out:
+            out.append(i)
+    return sorted(out)
+
+
+def _greedy(ev, ctx, criterion, width: int = 1):
+    beams = [()]
+    for depth in range(ctx.k):
+        cand = {}
+        try:
+            for b in beams:
+                for c in ctx.allowed:
+                    if c in b:
+                        continue
+                    key = tuple(sorted(b + (c,)))
+                    if key not in cand:
+                        cand[key] = ev(key)
+        except BudgetExhausted:
+            best_partial = min(cand, key=cand.get) if cand else beams[0]
+            return _complete(ev, best_partial, criterion), True
+        beams = sorted(cand, key=lambda s: (cand[s], s))[:width]
+    return list(beams[0]), False
+
+
+def _neighbours(removed, allowed, rng):
+    """Swaps (r out, c in): adjacent blocks first, then the rest in random order."""
+    rem, kept = set(removed), [c for c in allowed if c not in removed]
+    swaps = [(r, c) for r in removed for c in kept]
+    near = [s for s in swaps if abs(s[0] - s[1]) == 1]
+    far = [s for s in swaps if abs(s[0] - s[1]) != 1]
+    rng.shuffle(near)
+    rng.shuffle(far)
+    return [tuple(sorted((rem - {r}) | {c})) for r, c in near + far]
+
+
+def _seed_plans(ctx, criteria=("simdiff", "cosine", "mssd_rel", "masd_rel")) -> list[tuple]:
+    sc = ctx.get_scores()
+    out = []
+    for c in criteria:
+        s = tuple(select_lowest(sc.importance(c), ctx.k, ctx.keep_first, ctx.keep_last))
+        if s not in out:
+            out.append(s)
+    return out
+
+
+def _local(ev, ctx, rng):
+    current = _seed_plans(ctx)[0]
+    restarts = 0
+    try:
+        cur_v = ev(current)
+        while True:
+            improved = False
+            for nb in _neighbours(current, ctx.allowed, rng):
+                v = ev(nb)
+                if v < cur_v:
+                    current, cur_v, improved = nb, v, True
+                    break
+            if not improved:  # local optimum: restart from a random set
+                restarts += 1
+                current = tuple(sorted(rng.sample(ctx.allowed, ctx.k)))
+                cur_v = ev(current)
+    except BudgetExhausted:
+        pass
+    return restarts
+
+
+def _mutate(s, allowed, rng):
+    s = set(s)
+    for _ in range(rng.choice((1, 1, 2))):
+        out = rng.choice(sorted(s))
+        inn = rng.choice([c for c in allowed if c not in s])
+        s = (s - {out}) | {inn}
+    return tuple(sorted(s))
+
+
+def _evolutionary(ev, ctx, rng, pop_size: int = 8):
+    pop = _seed_plans(ctx)
+    while len(pop) < min(pop_size, 2 * len(ctx.allowed)):
+        s = tuple(sorted(rng.sample(ctx.allowed, ctx.k)))
+        if s not in pop:
+            pop.append(s)
+        elif len(ctx.allowed) == ctx.k:
+            break
+    gens = 0
+    try:
+        vals = {s: ev(s) for s in pop}
+        while True:
+            gens += 1
+            a, b = rng.sample(pop, 2) if len(pop) > 1 else (pop[0], pop[0])
+            parent = a if vals[a] <= vals[b] else b
+            child = _mutate(parent, ctx.allowed, rng)
+            if child in vals:
+                if all(n in ev.memo for n in _neighbours(parent, ctx.allowed, rng)):
+                    break  # the whole neighbourhood of the parent is known: nothing left to try
+                continue
+            vals[child] = ev(child)
+            worst = max(pop, key=lambda s: vals[s])
+            if vals[child] < vals[worst]:
+                pop[pop.index(worst)] = child
+    except BudgetExhausted:
+        pass
+    return gens
+
+
+def run(ctx, search: str = "greedy", objective: str = "ppl", budget: int | None = None,
+        seconds: float | None = None, items=None, beam_width: int = 3, seed: int = 0,
+        fallback_criterion: str = "simdiff"):
+    if search not in ALGORITHMS:
+        raise SimDiffError(f"unknown search algorithm '{search}'; choose from {', '.join(ALGORITHMS)}")
+    if budget is not None and int(budget) < 1:
+        raise SimDiffError(f"--budget must be at least 1 evaluation, got {budget}")
+    if seconds is not None and float(seconds) <= 0:
+        raise SimDiffError(f"search time limit must be positive, got {seconds}")
+    if search in ("local", "evolutionary") and budget is None and seconds is None:
+        budget = DEFAULT_OPEN_BUDGET
+    ev = Evaluator(ctx, objective, None if budget is None else int(budget), seconds, items)
+    rng = random.Random(seed)
+    info, fallback = {}, False
+    if search in ("greedy", "beam"):
+        removed, fallback = _greedy(ev, ctx, fallback_criterion, width=1 if search == "greedy" else int(beam_width))
+        if search == "beam":
+            info["beam_width"] = int(beam_width)
+    else:
+        n = _local(ev, ctx, rng) if search == "local" else _evolutionary(ev, ctx, rng)
+        info["restarts" if search == "local" else "generations"] = n
+        if ev.best is None:  # budget too small to evaluate even one complete set
+            removed, fallback = list(_seed_plans(ctx)[0]), True
+        else:
+            removed = list(ev.best)
+    value = ev.memo.get(tuple(sorted(removed)))
+    return ctx.plan(removed, "search", criterion=objective, details={
+        "search": search, "objective": objective, "budget": ev.budget, "seconds_limit": seconds, "seed": seed,
+        "evals": ev.evals, "objective_value": value, "completed_by_fallback": fallback,
+        "fallback_criterion": fallback_criterion if fallback else None, **info, "trace": ev.trace})

@@ -1,0 +1,94 @@
+"""Sliding Layer Merging (arXiv 2502.19159): merge windows of consecutive blocks, top-down.
+
+Start with the deepest removable block as the base of a window; grow the window downwards one
+block at a time while the merged model's final hidden states stay similar to the original model's
+(mean token cosine on the calibration windows >= ``threshold``); when the next block would drop the
+similarity below it, close the window (merge = base + sum of parameter deltas, see ``merge.py``)
+and start a new window at the block below. Stop once k blocks are merged away.
+
+The paper picks the threshold by hand; here the user asks for k blocks, so if a pass over the
+model merges fewer than k, the threshold is lowered to the highest similarity that was refused and
+the pass repeats (earlier decisions are memoised, so a repeat only evaluates the new frontier).
+Everything below the window being grown is still the original model, and every merge above it is
+fixed, so one evaluation is one forward pass of a candidate model.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import SimDiffError
+from ..merge import merged_model
+from ..score import _forward_base
+
+
+@torch.inference_mode()
+def _final_states(model, ids, device, bs: int = 4) -> list[torch.Tensor]:
+    return [_forward_base(model, ids[i:i + bs].to(device)).last_hidden_state.float()
+            for i in range(0, ids.shape[0], bs)]
+
+
+def run(ctx, threshold: float = 0.9, max_passes: int = 50):
+    if not -1.0 <= float(threshold) <= 1.0:
+        raise SimDiffError(f"SLM similarity threshold must lie in [-1, 1], got {threshold}")
+    allowed = ctx.allowed
+    lo, hi = allowed[0], allowed[-1]
+    if ctx.k > hi - lo:
+        raise SimDiffError(f"sliding layer merging can fold at most {hi - lo} of blocks {lo}..{hi} away; asked for {ctx.k}")
+    lm = ctx.lm
+    ref = _final_states(lm.model, ctx.calib_ids, lm.device)
+    memo: dict[tuple, float] = {}
+    trace = []
+
+    def groups_plan(groups):
+        removed = [i for g in groups for i in g if i != g[-1]]
+        return ctx.plan(removed, "slm", criterion="output_cosine",
+                        merged_groups=[{"base": g[-1], "layers": list(g)} for g in groups])
+
+    def similarity(groups) -> float:
+        key = tuple(tuple(g) for g in groups)
+        if key not in memo:
+            ctx.check()
+            model = merged_model(lm, groups_plan(groups))
+            out = _final_states(model, ctx.calib_ids, lm.device)
+            cos = [torch.nn.functional.cosine_similarity(a, b, dim=-1).mean() for a, b in zip(out, ref)]
+            memo[key] = float(torch.stack(cos).mean())
+            trace.append({"groups": [list(g) for g in groups], "similarity": round(memo[key], 6)})
+            ctx.report(min(0.99, sum(len(g) - 1 for g in groups) / ctx.k),
+                       f"slm: windows {[f'{g[0]}-{g[-1]}' for g in groups]} similarity {memo[key]:.4f}")
+        return memo[key]
+
+    def one_pass(T):
+        groups, removed, refused = [], 0, None
+        base = hi
+        while base > lo and removed < ctx.k:
+            window = [base]
+            while window[0] - 1 >= lo and removed < ctx.k:
+                trial = [window[0] - 1] + window
+                s = similarity(groups + [trial])
+                if s >= T:
+                    window = trial
+                    removed += 1
+                else:
+                    refused = s if refused is None else max(refused, s)
+                    break
+            if len(window) > 1:
+                groups.append(window)
+            base = window[0] - 1
+        return groups, removed, refused
+
+    T, passes = float(threshold), []
+    for _ in range(max_passes):
+        groups, removed, refused = one_pass(T)
+        passes.append({"threshold": round(T, 6), "removed": removed})
+        if removed >= ctx.k or refused is None:
+            break
+        T = refused  # the best refused extension now passes: at least one more merge next pass
+    if sum(len(g) - 1 for g in groups) < ctx.k:
+        raise SimDiffError(f"sliding layer merging stopped at {removed} of {ctx.k} blocks; try a lower --ratio")
+    plan = groups_plan(groups)
+    plan.details = {"threshold_start": float(threshold), "threshold_final": T, "passes": passes,
+                    "similarity": similarity(groups), "evals": len(memo),
+                    "windows": [f"{g[0]}-{g[-1]} -> {g[-1]}" for g in groups],
+                    "merge": "base + sum(block_k - base) over every parameter of the window", "trace": trace}
+    return plan
