@@ -75,7 +75,7 @@ def cmd_compare(args) -> int:
     caption = (f"{lm.name}, {res['k']} of {res['num_layers']} blocks removed. Calibration: {calib['description']}, "
                f"{args.samples} x {args.seq_len} tokens. Perplexity: {protocol}."
                + (" MC acc: shipped SimDiff MC set, test split (35 items), lm-eval-style log-likelihood." if accuracy else "")
-               + f" Greedy/search objective: {args.objective}" + (f", budget {args.budget} evals." if args.budget else "."))
+               + f" Greedy/search objective: {args.objective}" + (f"; search budget {args.budget} evals." if args.budget else "."))
     write_csv(res["rows"], out)
     md = out.with_suffix(".md")
     atomic_write_text(md, to_markdown(res, caption))

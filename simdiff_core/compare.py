@@ -75,6 +75,7 @@ def run_compare(lm, calib_ids, specs: list[dict], ratio=None, num=None, eval_ids
                 progress: Callable[[float, str], None] | None = None, should_stop=None) -> dict:
     """Run every spec and measure it. Returns ``{"rows", "plans", "k", "num_layers", "model", "accuracy"}``.
 
+    ``budget`` caps the evaluations of ``search`` rows (greedy always runs in full).
     ``accuracy_items`` replaces the shipped MC test split for the accuracy column.
     """
     from .objectives import load_mc, mc_accuracy
@@ -107,7 +108,9 @@ def run_compare(lm, calib_ids, specs: list[dict], ratio=None, num=None, eval_ids
         step["i"], step["label"] = n + 1, spec["label"]
         opts = {k_: v for k_, v in spec.items() if k_ not in ("method", "label")}
         if spec["method"] in ("greedy", "search"):
-            opts.update(objective=objective, budget=budget)
+            opts["objective"] = objective
+        if spec["method"] == "search":  # greedy (SLEB) runs to completion; searches need a cap
+            opts["budget"] = budget
         if spec["method"] in ("oneshot", "iterative"):
             opts.setdefault("criterion", "simdiff")
             opts["alpha"] = alpha

@@ -1,0 +1,93 @@
+"""Page 4: the shoot-out — several pruning methods/criteria at the same ratio, one table.
+
+Runs ``simdiff_core.compare.run_compare`` on the session's model and calibration windows: every
+chosen method makes a plan (merging plans included), each pruned model is measured by perplexity
+(and multiple-choice accuracy when asked), and the page shows the table, a bar chart, and which
+blocks each method removes. Results stay in the session (key ``shootout``) until the next run.
+"""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from simdiff_core import CRITERIA, SimDiffError, eval_windows
+from simdiff_core.compare import overlap, parse_specs, run_compare, to_csv_text, to_markdown
+from simdiff_core.evaluate import protocol_note
+from simdiff_core.methods import METHODS
+from simdiff_core.methods.search import ALGORITHMS
+from ui import charts, state, views
+
+state.setup_page("Shootout")
+CHOICES = ([f"oneshot:{c}" for c in CRITERIA] + [f"iterative:{c}" for c in ("simdiff", "cosine")]
+           + ["greedy", "block", "slm"] + [f"search:{a}" for a in ALGORITHMS])
+
+with st.sidebar:
+    st.subheader("Shoot-out")
+    specs = st.multiselect("Methods", CHOICES, default=["oneshot:cosine", "oneshot:simdiff", "iterative:simdiff",
+                                                       "block", "slm"], key="so_methods",
+                           help="; ".join(f"{m}: {d}" for m, d in METHODS.items()))
+    ratio = st.slider("Pruning ratio", 0.05, 0.75, float(state.get("ratio", 0.25) or 0.25), 0.01, key="so_ratio")
+    objective = st.selectbox("Greedy/search objective", ["ppl", "accuracy"], key="so_objective",
+                             help="ppl: calibration perplexity; accuracy: shipped MC set, dev split")
+    budget = st.number_input("Search budget (evaluations)", 2, 5000, 40, key="so_budget")
+    accuracy = st.toggle("Measure MC accuracy", value=False, key="so_accuracy",
+                         help="Shipped multiple-choice set, test split (35 items), log-likelihood scoring")
+    c1, c2 = st.columns(2)
+    ev_n = c1.number_input("Eval windows", 1, 256, 4, key="so_eval_windows")
+    ev_len = c2.number_input("Eval seq.", 32, 4096, 256, step=32, key="so_eval_seq_len")
+
+st.title("Shoot-out")
+scores = state.require_scores()
+lm = state.require_model()
+calib = state.get("calib_ids")
+st.markdown("Same model, same number of removed blocks, several methods: perplexity of each pruned model on "
+            "WikiText-2 test windows. Greedy and search rows evaluate many candidate models: on a CPU keep "
+            "the budget small.")
+
+if st.button("Run shoot-out", type="primary", key="run_shootout", disabled=not specs):
+    try:
+        parsed = parse_specs(list(specs))
+        ev = eval_windows(lm.tokenizer, "wikitext2", int(ev_len), int(ev_n))
+        bar = st.progress(0.0, text="Starting…")
+        res = run_compare(lm, calib, parsed, ratio=float(ratio), eval_ids=ev, accuracy=accuracy, objective=objective,
+                          budget=int(budget), keep_first=bool(state.get("keep_first", True)),
+                          keep_last=bool(state.get("keep_last", True)), alpha=float(state.get("alpha", 0.5)),
+                          calibration=dict(state.get("calib_info") or {}),
+                          progress=lambda f, m: bar.progress(f, text=m[:150]))
+        bar.empty()
+        res["protocol"] = protocol_note(lm.tokenizer, "wikitext2", int(ev_len), int(ev_n))
+        state.put("shootout", res)
+    except (SimDiffError, Exception) as e:  # noqa: BLE001 - every failure is one line
+        views.show_error(e)
+
+res = state.get("shootout")
+if res is None:
+    st.info("Choose methods in the sidebar and press **Run shoot-out**.")
+    st.stop()
+
+rows = res["rows"]
+caption = (f"{lm.name}: {res['k']} of {res['num_layers']} blocks removed. ppl: {res.get('protocol', '')}."
+           + (" MC acc: shipped set, test split." if res.get("accuracy") else ""))
+st.dataframe([{k: r.get(k) for k in ("method", "criterion", "removed_layers", "merged_groups", "ppl", "accuracy",
+                                     "seconds", "evals") if k in r} for r in rows], key="so_table", hide_index=True)
+st.caption(caption)
+
+labels = [f"{r['method']}:{r['criterion']}" if r["criterion"] else r["method"] for r in rows]
+fig = go.Figure(go.Bar(x=labels, y=[r["ppl"] for r in rows], marker_color=[charts.MUTED if r["method"] == "dense"
+                                                                            else charts.KEEP for r in rows],
+                       text=[f"{r['ppl']:.1f}" for r in rows], textposition="outside"))
+fig.update_layout(title="Perplexity after pruning (lower is better)", yaxis_type="log", height=380,
+                  margin=dict(l=10, r=10, t=50, b=10), plot_bgcolor="white")
+st.plotly_chart(fig, key="so_bars", config=charts.plot_config("shootout_ppl"))
+
+sets = {lab: [int(i) for i in r["removed_layers"].split()] for lab, r in zip(labels, rows) if r["method"] != "dense"}
+st.plotly_chart(charts.overlap_matrix(sets, res["num_layers"]), key="so_overlap",
+                config=charts.plot_config("shootout_overlap"))
+olabels, mat = overlap(rows)
+st.caption("Jaccard overlap of removed blocks: " + "; ".join(
+    f"{olabels[i]} vs {olabels[j]}: {mat[i][j]:.2f}" for i in range(len(olabels)) for j in range(i + 1, len(olabels))))
+
+c1, c2 = st.columns(2)
+c1.download_button("Download CSV", to_csv_text(rows), "shootout.csv", "text/csv", key="so_csv")
+c2.download_button("Download Markdown", to_markdown(res, caption), "shootout.md", "text/markdown", key="so_md")
