@@ -112,6 +112,8 @@ def load_text(source: str, purpose: str = "calib") -> TextSource:
 def text_source(text: str, description: str = "pasted text") -> TextSource:
     if text is None or not text.strip():
         raise SimDiffError("the text is empty: paste or upload some text first")
+    if "\x00" in text[:8192]:  # NUL decodes as UTF-8 but no real text contains it
+        raise SimDiffError(f"{description} is not UTF-8 text (binary file?)")
     limit = max_text_mb()
     if len(text) > limit * 2**20:  # characters <= bytes, so this never refuses text under the limit
         raise SimDiffError(f"the text is {len(text) / 2**20:.0f} MB, over the {limit:.0f} MB limit (SIMDIFF_MAX_TEXT_MB)")
@@ -132,14 +134,26 @@ def _hf_source(source: str) -> TextSource:
         import datasets  # noqa: F401
     except ImportError:
         raise SimDiffError("the 'datasets' package is needed for hf: sources: pip install datasets") from None
-    last = None
-    for name, config in candidates:
-        try:
-            ds = datasets.load_dataset(name, config, split=split)
-            break
-        except Exception as e:  # offline, no such dataset/config/split
-            last = e
-    else:
+    from .load import hub_reachable
+
+    # No route to the hub: datasets' offline mode reads its local cache at once instead of retrying for
+    # ~1 minute per candidate. Unreachability holds for the whole machine, so flipping the flag for
+    # other threads meanwhile is harmless; it is restored afterwards.
+    offline, was = not hub_reachable(), datasets.config.HF_HUB_OFFLINE
+    ds = last = None
+    try:
+        if offline:
+            datasets.config.HF_HUB_OFFLINE = True
+        for name, config in candidates:
+            try:
+                ds = datasets.load_dataset(name, config, split=split)
+                break
+            except Exception as e:  # offline, no such dataset/config/split
+                last = e
+    finally:
+        if offline:
+            datasets.config.HF_HUB_OFFLINE = was
+    if ds is None:
         msg = str(last).strip().splitlines()[0] if last and str(last).strip() else type(last).__name__
         raise SimDiffError(f"could not load dataset '{source[3:]}' (offline or no such dataset/split): {msg[:200]}")
     column = "text" if "text" in ds.column_names else next(

@@ -269,8 +269,10 @@ def _from_pretrained(where: str, *, dtype, trust_remote_code, device_map=None, l
 
     shown = label or where  # what the user typed (a GGUF file, not its folder)
     try:
+        # the PEFT adapter probe takes its own hub kwargs: keep it off the network too
+        extra = {"adapter_kwargs": {"local_files_only": True}} if kw.get("local_files_only") else {}
         model = AutoModelForCausalLM.from_pretrained(
-            where, dtype=dtype, trust_remote_code=trust_remote_code, device_map=device_map, **kw
+            where, dtype=dtype, trust_remote_code=trust_remote_code, device_map=device_map, **kw, **extra
         )
         tok = AutoTokenizer.from_pretrained(where, trust_remote_code=trust_remote_code, **kw)
     except SimDiffError:
@@ -346,6 +348,24 @@ def _write_cache(model, tok, cache: Path) -> None:
         raise
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the hub endpoint opens (True when offline mode is set or a proxy is
+    configured: then the hub client's own handling applies)."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on") or any(
+            os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)),
+                                 timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def resolve_spec(spec: str) -> tuple[str, Path | None]:
     """Classify a model spec: ('embedded'|'gguf'|'dir'|'hub', path)."""
     if spec in (None, "", "default"):
@@ -398,7 +418,11 @@ def load_model(
         where = str(path) if kind == "dir" else spec
         if trust_remote_code:
             notes.append(TRUST_REMOTE_CODE_WARNING)
-        model, tok = _from_pretrained(where, dtype=dt, trust_remote_code=trust_remote_code, device_map=device_map)
+        # No route to the hub: read the local HF cache only, instead of ~1 minute of retries before
+        # transformers falls back to it (a live demo on a flaky network must answer quickly).
+        hub_kw = {"local_files_only": True} if kind == "hub" and not hub_reachable() else {}
+        model, tok = _from_pretrained(where, dtype=dt, trust_remote_code=trust_remote_code, device_map=device_map,
+                                      **hub_kw)
     if model.dtype != dt:
         model = model.to(dt)
     if device_map is None:

@@ -322,6 +322,18 @@ def test_large_text_is_streamed(tmp_path, tokenizer):
     assert peak < 8 << 20, f"peak {peak / 2**20:.1f} MB: the file was read whole"
 
 
+def test_pasted_text_limit_and_binary(monkeypatch):
+    from simdiff_core.data import text_source
+
+    monkeypatch.setenv("SIMDIFF_MAX_TEXT_MB", "0.01")  # read at call time, like the app's uploads
+    with pytest.raises(SimDiffError, match="over the 0 MB limit"):
+        text_source("word " * 4000)
+    monkeypatch.setenv("SIMDIFF_MAX_TEXT_MB", "1")
+    assert text_source("word " * 4000).text.startswith("word")
+    with pytest.raises(SimDiffError, match="upload.bin is not UTF-8 text"):
+        text_source("\x00\x01ELF" * 100, "upload.bin")
+
+
 def test_export_names_stay_inside_root(tmp_path, tiny):
     from simdiff_core.export import export_dir_under, export_pruned, safe_name
     from simdiff_core.plan import Plan

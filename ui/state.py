@@ -105,10 +105,19 @@ def current_lm():
     spec = st.session_state.get("model_spec")
     if not spec:
         return None
+    key = (spec["spec"], spec["device"], spec["dtype"], spec.get("trust_remote_code", False))
+    pin = st.session_state.get("_lm_pin")
+    if pin is not None and pin[0] == key:
+        # This session's own reference: other sessions loading other models may push this one out of
+        # the shared cache (max_entries), but never out from under a session still using it (no reload,
+        # no second copy). It is released with the session or when this session loads another model.
+        return pin[1]
     try:
-        return cached_model(spec["spec"], spec["device"], spec["dtype"], spec.get("trust_remote_code", False))
+        lm = cached_model(*key)
     except SimDiffError:
         return None
+    st.session_state["_lm_pin"] = (key, lm)
+    return lm
 
 
 def _guard(msg: str) -> None:
