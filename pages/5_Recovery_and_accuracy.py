@@ -1,0 +1,184 @@
+"""Page 5: heal the pruned model with a short LoRA fine-tune, then compare dense / pruned / recovered.
+
+Recovery trains a private, materialised copy of the pruned model (``simdiff_core.recover``); the
+shared cached model is never touched. The recovered model lives in this session only (key
+``recovery``) until it is exported. Accuracy comes from lm-eval (standard tasks when the Hugging Face
+hub is reachable, else the shipped multiple-choice set through lm-eval local tasks, labelled
+"offline"); results are cached per model and task list under ``accuracy``.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+import torch
+
+from simdiff_core import SimDiffError, eval_windows, make_windows, perplexity
+from simdiff_core.downstream import OFFLINE_TASKS, STANDARD_TASKS, evaluate_tasks, retained
+from simdiff_core.evaluate import protocol_note
+from simdiff_core.export import build_pruned, export_dir_under, export_pruned
+from simdiff_core.recover import RecoveryConfig, recover
+from ui import charts, state, views
+
+state.setup_page("Recovery & accuracy")
+gpu = torch.cuda.is_available()
+
+with st.sidebar:
+    st.subheader("Recovery (LoRA)")
+    c1, c2 = st.columns(2)
+    steps = c1.number_input("Steps", 1, 5000, 200 if gpu else 40, key="rec_steps")
+    rank = c2.selectbox("Rank", [2, 4, 8, 16, 32, 64], index=2, key="rec_rank")
+    lr = st.select_slider("Learning rate", [1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3], value=1e-3, key="rec_lr",
+                          format_func=lambda v: f"{v:g}")
+    train_text = st.text_input("Training text", "wikitext2", key="rec_text",
+                               help="wikitext2 (validation split), a file path, text:RAW, hf:DATASET/SPLIT")
+    c1, c2 = st.columns(2)
+    train_n = c1.number_input("Windows", 2, 4096, 64 if gpu else 32, key="rec_windows")
+    train_len = c2.number_input("Seq. length", 32, 4096, 512 if gpu else 128, step=32, key="rec_seq_len")
+    c1, c2 = st.columns(2)
+    ev_n = c1.number_input("Eval windows", 1, 256, 8 if gpu else 4, key="rec_eval_windows",
+                           help="WikiText-2 *test* windows for perplexity (held out from training)")
+    ev_len = c2.number_input("Eval seq.", 32, 4096, 512 if gpu else 256, step=32, key="rec_eval_seq_len")
+    st.subheader("Accuracy")
+    tasks = st.multiselect("Tasks", list(STANDARD_TASKS), default=["arc_easy", "piqa", "hellaswag"], key="acc_tasks",
+                           help="Offline, each is replaced by its stand-in from the shipped set: "
+                                + ", ".join(OFFLINE_TASKS) + " (BoolQ/WinoGrande have none)")
+    limit = st.number_input("Items per task (0 = all)", 0, 100000, 0 if gpu else 20, key="acc_limit")
+
+
+def loss_figure(curve) -> go.Figure:
+    fig = go.Figure(go.Scatter(x=[p["step"] for p in curve], y=[p["loss"] for p in curve], mode="lines+markers",
+                               line=dict(color=charts.KEEP), marker=dict(size=4), name="training loss"))
+    fig.update_layout(title="LoRA training loss", xaxis_title="step", yaxis_title="next-token loss (nats)",
+                      height=320, margin=dict(l=10, r=10, t=50, b=10), plot_bgcolor="white")
+    return fig
+
+
+st.title("Recovery & accuracy")
+scores = state.require_scores()
+lm = state.require_model()
+try:
+    plan = state.current_plan(scores)
+    plan.validate(lm.num_layers)
+except SimDiffError as e:
+    views.show_error(e)
+    st.page_link(state.PAGES["preview"], label="Change the plan on Prune preview", icon=":material/content_cut:")
+    st.stop()
+L, k = plan.num_layers, plan.num_removed
+plan_key = tuple(plan.removed_layers)
+st.markdown(f"Plan: **{plan.criterion}** removes **{k} of {L}** blocks `{plan.removed_layers}`. Recovery fine-tunes "
+            f"LoRA adapters (rank {rank}) on every linear layer of the kept blocks, then merges them into the weights.")
+
+rec = state.get("recovery")
+if rec is not None and rec["plan_key"] != plan_key:
+    rec = None  # a recovery of another plan: do not mix it into this comparison
+
+st.header("Recovery")
+if st.button("Run recovery", type="primary", key="run_recovery"):
+    try:
+        with st.spinner("Tokenising…"):
+            train = make_windows(lm.tokenizer, train_text, int(train_n), int(train_len))
+            held_out = eval_windows(lm.tokenizer, "wikitext2", int(ev_len), int(ev_n))
+        bar = st.progress(0.0, text="Measuring perplexity before training…")
+        chart = st.empty()
+        curve = []
+
+        def progress(step, total, loss):
+            curve.append({"step": step, "loss": loss})
+            bar.progress(step / total, text=f"Step {step}/{total} · loss {loss:.3f}")
+            if step == 1 or step == total or step % max(1, total // 20) == 0:
+                chart.plotly_chart(loss_figure(curve), key=f"live_loss_{step}")
+
+        cfg = RecoveryConfig(steps=int(steps), rank=int(rank), lr=float(lr))
+        res = recover(lm, plan.kept_layers, train, cfg, eval_ids=held_out, progress=progress,
+                      eval_protocol=protocol_note(lm.tokenizer, "wikitext2", int(ev_len), int(ev_n)))
+        res.report["calibration"] = {"source": train_text, "windows": int(train_n), "seq_len": int(train_len)}
+        rec = {"plan_key": plan_key, "model": res.model, "report": res.report}
+        state.put("recovery", rec)
+        bar.empty()
+        chart.empty()
+    except Exception as e:  # noqa: BLE001
+        views.show_error(e)
+
+if rec is not None:
+    r = rec["report"]
+    c = st.columns(4)
+    c[0].metric("Perplexity, dense", f"{r['ppl_dense']:.2f}")
+    c[1].metric("Perplexity, pruned", f"{r['ppl_pruned']:.2f}")
+    c[2].metric("Perplexity, recovered", f"{r['ppl_recovered']:.2f}",
+                delta=f"{r['ppl_recovered'] - r['ppl_pruned']:+.2f}", delta_color="inverse")
+    c[3].metric("Training time", f"{r['seconds']:.0f} s", help=f"{r['trainable_params']:,} LoRA parameters")
+    st.plotly_chart(loss_figure(r["loss_curve"]), key="loss_curve", config=charts.plot_config("loss_curve"))
+    st.caption(f"Perplexity protocol: {r['eval_protocol']}. Training: {r['calibration']['source']}, "
+               f"{r['train_windows'][0]} × {r['train_windows'][1]} tokens; targets {', '.join(r['target_modules'])}.")
+    c1, c2 = st.columns([3, 1])
+    name = c1.text_input("Export name", f"{lm.name.split(' ')[0]}-minus{k}of{L}-recovered", key="rec_export_name")
+    if c2.button("Export recovered", key="export_recovered"):
+        try:
+            target = export_dir_under(state.export_root(), name)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with st.spinner("Writing the merged checkpoint…"):
+                out = export_pruned(lm, plan, target, force=True, make_zip=True, model=rec["model"],
+                                    report={"recovery": r, "evaluation": {
+                                        "ppl_dense": r["ppl_dense"], "ppl_pruned": r["ppl_pruned"],
+                                        "ppl_recovered": r["ppl_recovered"], "protocol": r["eval_protocol"]}})
+            exports = [e for e in (state.get("exports") or []) if e["path"] != str(out)]
+            zp = out.with_suffix(".zip")
+            exports.append({"name": out.name, "path": str(out), "zip": str(zp), "criterion": plan.criterion,
+                            "alpha": plan.alpha, "removed": k, "of": L, "blocks": plan.removed_layers,
+                            "ppl_dense": r["ppl_dense"], "ppl_pruned": r["ppl_recovered"],
+                            "zip_MB": round(zp.stat().st_size / 2**20, 1)})
+            state.put("exports", exports)
+            st.success(f"Exported to {out} (LoRA merged; loads with plain transformers)", icon=":material/check_circle:")
+        except Exception as e:  # noqa: BLE001
+            views.show_error(e)
+else:
+    st.caption("A short LoRA run on calibration text usually wins back part of the perplexity lost by pruning.")
+
+st.header("Downstream accuracy")
+acc = state.get("accuracy") or {}
+models = {"dense": (lm.model, ()), "pruned": (None, plan_key)}
+if rec is not None:
+    models["recovered"] = (rec["model"], plan_key)
+task_key = (tuple(tasks), int(limit))
+if st.button("Evaluate accuracy", type="primary", key="run_accuracy", disabled=not tasks):
+    try:
+        bar = st.progress(0.0, text="Accuracy…")
+        for n, (label, (model, pk)) in enumerate(models.items()):
+            key = (label, pk, task_key)
+            if key in acc and label != "recovered":
+                continue
+            model = build_pruned(lm, plan) if label == "pruned" else model
+            acc[key] = evaluate_tasks(model, lm.tokenizer, list(tasks), limit=int(limit) or None,
+                                      progress=lambda f, m, n=n, label=label: bar.progress(
+                                          min(1.0, (n + f) / len(models)), text=f"{label}: {m}"))
+            acc[key].pop("samples", None)
+        state.put("accuracy", acc)
+        bar.empty()
+    except Exception as e:  # noqa: BLE001
+        views.show_error(e)
+
+rows = []
+dense_acc = acc.get(("dense", (), task_key))
+for label, (_, pk) in models.items():
+    a = acc.get((label, pk, task_key))
+    ppl = None
+    if rec is not None:
+        ppl = rec["report"].get(f"ppl_{label}")
+    row = {"model": label, "blocks": L if label == "dense" else L - k, "ppl": ppl}
+    if a:
+        row.update({t: round(100 * v, 2) for t, v in a["tasks"].items()})
+        row["average"] = round(100 * a["average"], 2)
+        ret = retained(dense_acc, a) if dense_acc else None
+        row["% retained"] = round(ret, 1) if ret is not None else None
+        row["source"] = a["source"]
+    rows.append(row)
+table = pd.DataFrame(rows).set_index("model")
+st.dataframe(table, width="stretch", key="results_table")
+sources = {a["source"] for (_, _, tk), a in acc.items() if tk == task_key}
+if "offline" in sources:
+    st.caption(next(a["note"] for (_, _, tk), a in acc.items() if tk == task_key and a["source"] == "offline"))
+elif not sources:
+    st.caption("Accuracy: zero-shot, log-likelihood multiple choice (lm-eval); % retained = average / dense average.")
+st.download_button("Results (CSV)", table.to_csv(), "recovery_results.csv", "text/csv", key="dl_results")
