@@ -14,7 +14,7 @@ import plotly.graph_objects as go
 import streamlit as st
 import torch
 
-from simdiff_core import SimDiffError, eval_windows, make_windows, perplexity
+from simdiff_core import SimDiffError, eval_windows, make_windows
 from simdiff_core.downstream import OFFLINE_TASKS, STANDARD_TASKS, evaluate_tasks, retained
 from simdiff_core.evaluate import protocol_note
 from simdiff_core.export import build_pruned, export_dir_under, export_pruned
@@ -66,7 +66,8 @@ except SimDiffError as e:
     st.page_link(state.PAGES["preview"], label="Change the plan on Prune preview", icon=":material/content_cut:")
     st.stop()
 L, k = plan.num_layers, plan.num_removed
-plan_key = tuple(plan.removed_layers)
+model_id = (lm.source, str(lm.device), str(lm.dtype))  # results of another loaded model must not show up here
+plan_key = (model_id, tuple(plan.removed_layers))
 st.markdown(f"Plan: **{plan.criterion}** removes **{k} of {L}** blocks `{plan.removed_layers}`. Recovery fine-tunes "
             f"LoRA adapters (rank {rank}) on every linear layer of the kept blocks, then merges them into the weights.")
 
@@ -138,7 +139,7 @@ else:
 
 st.header("Downstream accuracy")
 acc = state.get("accuracy") or {}
-models = {"dense": (lm.model, ()), "pruned": (None, plan_key)}
+models = {"dense": (lm.model, (model_id,)), "pruned": (None, plan_key)}
 if rec is not None:
     models["recovered"] = (rec["model"], plan_key)
 task_key = (tuple(tasks), int(limit))
@@ -160,7 +161,7 @@ if st.button("Evaluate accuracy", type="primary", key="run_accuracy", disabled=n
         views.show_error(e)
 
 rows = []
-dense_acc = acc.get(("dense", (), task_key))
+dense_acc = acc.get(("dense", (model_id,), task_key))
 for label, (_, pk) in models.items():
     a = acc.get((label, pk, task_key))
     ppl = None
@@ -176,9 +177,10 @@ for label, (_, pk) in models.items():
     rows.append(row)
 table = pd.DataFrame(rows).set_index("model")
 st.dataframe(table, width="stretch", key="results_table")
-sources = {a["source"] for (_, _, tk), a in acc.items() if tk == task_key}
+shown = [acc[(label, pk, task_key)] for label, (_, pk) in models.items() if (label, pk, task_key) in acc]
+sources = {a["source"] for a in shown}
 if "offline" in sources:
-    st.caption(next(a["note"] for (_, _, tk), a in acc.items() if tk == task_key and a["source"] == "offline"))
+    st.caption(next(a["note"] for a in shown if a["source"] == "offline"))
 elif not sources:
     st.caption("Accuracy: zero-shot, log-likelihood multiple choice (lm-eval); % retained = average / dense average.")
 st.download_button("Results (CSV)", table.to_csv(), "recovery_results.csv", "text/csv", key="dl_results")
