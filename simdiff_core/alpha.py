@@ -1,13 +1,18 @@
-"""Choose SimDiff's alpha automatically, by the calibration perplexity of the pruning it produces.
+"""Choose SimDiff's fusion weights automatically, by the calibration perplexity of the pruning.
 
     from simdiff_core.alpha import auto_alpha
-    best, trials = auto_alpha(lm, scores, calib_ids, ratio=0.25)
-    plan = make_plan(scores, "simdiff", ratio=0.25, alpha=best)
+    alpha, trials = auto_alpha(lm, scores, calib_ids, ratio=0.25)          # alpha grid, beta fixed
+    alpha, trials = auto_alpha(lm, scores, calib_ids, ratio=0.25, betas=AUTO_BETAS)
+    best = trials_best(trials)     # {"alpha": ..., "beta": ..., "removed_layers": ..., "ppl": ...}
 
-For each alpha on the grid (default 0, 0.1, ..., 1) the one-shot SimDiff plan is computed from the
-cached scores (free); distinct plans are then evaluated once each by perplexity on the calibration
-windows. The grid contains alpha = 1 (cosine-only ranking), so the chosen plan is never worse than
-cosine-only *on the calibration data*. Ties go to the alpha closest to 0.5 (both views in play).
+For each (alpha, beta) on the grid (alpha in 0, 0.1, ..., 1; beta in ``betas``, default just the
+given ``beta``) the one-shot SimDiff plan is computed from the cached scores (free); the *distinct*
+plans are then evaluated once each by perplexity on the calibration windows. The grid contains
+alpha = 1 (cosine-only ranking), so the chosen plan is never worse than cosine-only *on the
+calibration data*. ``betas=AUTO_BETAS`` (0, 0.5, 1) also lets the difference view lean entirely on
+MSSD or MASD, which is what rescues models where cosine picks badly (e.g. Gemma3-270M: the
+scale-free MSSD view nearly halves the pruned perplexity there). Ties go to the alpha closest to
+0.5, then beta closest to 0.5 (all views in play).
 """
 
 from __future__ import annotations
@@ -20,26 +25,34 @@ from .evaluate import perplexity
 from .plan import make_plan
 from .prune import pruned_model
 
-DEFAULT_GRID = tuple(round(a, 2) for a in np.linspace(0.0, 1.0, 11))
+DEFAULT_GRID = tuple(float(round(a, 2)) for a in np.linspace(0.0, 1.0, 11))
+AUTO_BETAS = (0.0, 0.5, 1.0)
 
 
 def auto_alpha(lm, scores, calib_ids, ratio=None, num=None, grid=DEFAULT_GRID, keep_first=True,
                keep_last=True, progress: Callable[[float, str], None] | None = None,
-               should_stop=None, **fusion) -> tuple[float, list[dict]]:
-    plans = {a: make_plan(scores, "simdiff", ratio=ratio, num=num, alpha=a, keep_first=keep_first,
-                          keep_last=keep_last, **fusion) for a in grid}
-    distinct = {}
-    for a, p in plans.items():
-        distinct.setdefault(tuple(p.removed_layers), []).append(a)
+               should_stop=None, betas=None, beta: float = 0.5, **fusion) -> tuple[float, list[dict]]:
+    """Best alpha and every trial (alpha, beta, removed_layers, ppl); see the module docstring."""
+    betas = tuple(betas) if betas else (float(beta),)
+    plans = {(a, b): make_plan(scores, "simdiff", ratio=ratio, num=num, alpha=a, beta=b,
+                               keep_first=keep_first, keep_last=keep_last, **fusion)
+             for b in betas for a in grid}
+    distinct: dict[tuple, list] = {}
+    for key, p in plans.items():
+        distinct.setdefault(tuple(p.removed_layers), []).append(key)
     ppl_of = {}
-    for n, (removed, alphas) in enumerate(distinct.items()):
+    for n, (removed, keys) in enumerate(distinct.items()):
         if progress:
-            progress(n / len(distinct), f"alpha {alphas} -> evaluating plan {n + 1}/{len(distinct)}")
-        model = pruned_model(lm, plans[alphas[0]].kept_layers)
+            progress(n / len(distinct), f"evaluating candidate pruning {n + 1}/{len(distinct)}")
+        model = pruned_model(lm, plans[keys[0]].kept_layers)
         ppl_of[removed] = perplexity(model, calib_ids, device=lm.device, should_stop=should_stop)["ppl"]
     if progress:
-        progress(1.0, "done")
-    trials = [{"alpha": a, "removed_layers": p.removed_layers, "ppl": ppl_of[tuple(p.removed_layers)]}
-              for a, p in plans.items()]
-    best = min(trials, key=lambda t: (round(t["ppl"], 6), abs(t["alpha"] - 0.5)))
+        progress(1.0, f"{len(distinct)} distinct prunings evaluated")
+    trials = [{"alpha": a, "beta": b, "removed_layers": p.removed_layers, "ppl": ppl_of[tuple(p.removed_layers)]}
+              for (a, b), p in plans.items()]
+    best = trials_best(trials)
     return best["alpha"], trials
+
+
+def trials_best(trials: list[dict]) -> dict:
+    return min(trials, key=lambda t: (round(t["ppl"], 6), abs(t["alpha"] - 0.5), abs(t.get("beta", 0.5) - 0.5)))

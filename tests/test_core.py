@@ -240,3 +240,16 @@ def test_perplexity_of_embedded_model_is_sane(embedded_lm):
     ids = eval_windows(embedded_lm.tokenizer, windows=2, seq_len=128)
     res = perplexity(embedded_lm.model, ids)
     assert 5 < res["ppl"] < 200 and res["tokens"] == 2 * 127
+
+
+def test_auto_alpha_is_never_worse_than_cosine_on_calibration(embedded_lm, embedded_scores, calib_ids):
+    from simdiff_core.alpha import AUTO_BETAS, auto_alpha, trials_best
+
+    alpha, trials = auto_alpha(embedded_lm, embedded_scores, calib_ids, ratio=0.2, betas=AUTO_BETAS)
+    best = trials_best(trials)
+    assert best["alpha"] == alpha and {t["beta"] for t in trials} == set(AUTO_BETAS)
+    cos_plan = make_plan(embedded_scores, "cosine", ratio=0.2)
+    cos_ppl = perplexity(pruned_model(embedded_lm, cos_plan.kept_layers), calib_ids)["ppl"]
+    assert best["ppl"] <= cos_ppl * (1 + 1e-6)
+    chosen = make_plan(embedded_scores, "simdiff", ratio=0.2, alpha=alpha, beta=best["beta"])
+    assert chosen.removed_layers == best["removed_layers"]
