@@ -24,7 +24,7 @@ import time
 
 from .errors import SimDiffError
 
-COMMAND_MODULES: list[str] = ["simdiff_core.cli_ground_truth", "simdiff_core.cli_ecosystem",
+COMMAND_MODULES: list[str] = ["simdiff_core.cli_ground_truth", "simdiff_core.cli_ecosystem", "simdiff_core.cli_eval",
                               "simdiff_core.cli_methods"]
 
 
