@@ -49,7 +49,7 @@ except SimDiffError as e:
 fig = charts.layer_curves(scores.layers, dropped=dropped, scale_free=scale_free, log_mssd=log_mssd)
 st.plotly_chart(fig, key="curves", config=charts.plot_config("layer_curves"))
 
-imp = scores.importance("simdiff", alpha=alpha, scale_free=scale_free)
+imp = scores.importance("simdiff", alpha=alpha, scale_free=scale_free, beta=float(state.get("beta", 0.5)))
 fused = charts.importance_bars(imp, dropped, title=f"SimDiff importance, α = {alpha:.2f} (higher = keep)")
 st.plotly_chart(fused, key="simdiff", config=charts.plot_config("simdiff_importance"))
 frame = charts.curves_frame(scores.layers, imp, dropped)

@@ -49,6 +49,10 @@ with st.sidebar:
     alpha = st.slider("SimDiff α", 0.0, 1.0, step=0.05, **state.bound("alpha"),
                       disabled=criterion != "simdiff", help="Only used by the simdiff criterion.")
     state.put("alpha", alpha)
+    auto_clicked = st.button("Auto α (calibration ppl)", key="auto_alpha_btn", disabled=criterion != "simdiff",
+                             help="Evaluate the distinct prunings given by α ∈ {0, 0.1, …, 1} and β (MSSD share) ∈ "
+                                  "{0, 0.5, 1} on the calibration windows and keep the best. α = 1 (cosine-only) is on "
+                                  "the grid, so this is never worse than cosine on the calibration data.")
     kf = st.toggle("Keep first block", **state.bound("keep_first"), help="Never remove block 0.")
     kl = st.toggle("Keep last block", **state.bound("keep_last"), help="Never remove the last block.")
     state.put("keep_first", kf)
@@ -63,6 +67,32 @@ try:
 except SimDiffError as e:
     views.show_error(e)
     st.stop()
+
+if auto_clicked:
+    from simdiff_core.alpha import AUTO_BETAS, auto_alpha, trials_best
+
+    calib_ids = state.get("calib_ids")
+    if lm is None or calib_ids is None or lm.num_layers != L:
+        st.error("Auto α needs the calibrated model: run Calibrate on the Load & calibrate page again.")
+    else:
+        bar = st.progress(0.0, text="Auto α: evaluating candidate prunings…")
+        try:
+            a, trials = auto_alpha(lm, scores, calib_ids, num=plan.num_removed, betas=AUTO_BETAS,
+                                   keep_first=kf, keep_last=kl, scale_free=state.fusion_kwargs()["scale_free"],
+                                   progress=lambda f, m: bar.progress(min(f, 1.0), text=f"Auto α: {m}"))
+        except SimDiffError as e:
+            views.show_error(e)
+        else:
+            best = trials_best(trials)
+            state.put("alpha", a)
+            state.put("beta", best["beta"])
+            state.put("auto_alpha", {"alpha": a, "beta": best["beta"], "ppl": best["ppl"], "k": plan.num_removed,
+                                     "trials": len({tuple(t["removed_layers"]) for t in trials})})
+            st.rerun()
+auto = state.get("auto_alpha")
+if criterion == "simdiff" and auto:
+    st.caption(f"Auto α chose α = {auto['alpha']:.2f}, β = {auto['beta']:.1f} (calibration ppl {auto['ppl']:.2f} for "
+               f"{auto['k']} blocks, best of {auto['trials']} distinct prunings).")
 
 k = plan.num_removed
 st.markdown(f"**{criterion}** removes **{k} of {L}** blocks: `{plan.removed_layers}` · kept ranges "

@@ -183,7 +183,7 @@ def cmd_plan(args) -> int:
         raise SimDiffError("plan needs --scores scores.json (or --model with --method; see --help)")
     scores = Scores.load(args.scores)
     alpha = parse_alpha(args.alpha)
-    fusion = {"norm": args.norm, "scale_free": not args.raw, "beta": args.beta}
+    fusion = {"norm": args.norm, "scale_free": not args.raw, "beta": 0.5 if args.beta is None else args.beta}
     trials = None
     if alpha == "auto":
         if args.criterion != "simdiff":
@@ -196,12 +196,18 @@ def cmd_plan(args) -> int:
         if lm.num_layers != scores.num_layers:
             raise SimDiffError(f"scores are for {scores.num_layers} blocks but the model has {lm.num_layers}")
         ids, _ = calib_from_args(args, lm)
+        # With --beta left unset, auto also tries an all-MSSD and an all-MASD difference view.
+        from .alpha import AUTO_BETAS, trials_best
+
         alpha, trials = auto_alpha(lm, scores, ids, ratio=args.ratio, num=args.num, keep_first=args.keep_first,
-                                   keep_last=args.keep_last, progress=progress_printer("alpha"), **fusion)
+                                   keep_last=args.keep_last, progress=progress_printer("alpha"),
+                                   betas=AUTO_BETAS if args.beta is None else None, **fusion)
+        fusion["beta"] = trials_best(trials).get("beta", fusion["beta"])
     plan = make_plan(scores, args.criterion, ratio=args.ratio, num=args.num, alpha=alpha,
                      keep_first=args.keep_first, keep_last=args.keep_last, **fusion)
     if trials is not None:
-        plan.details["auto_alpha"] = {"chosen": alpha, "trials": trials, "objective": "calibration ppl"}
+        plan.details["auto_alpha"] = {"chosen": alpha, "beta": fusion["beta"], "trials": trials,
+                                      "objective": "calibration ppl"}
     plan.save(args.out)
     print_result({"out": args.out, "removed_layers": plan.removed_layers, "kept_layers": plan.kept_layers,
                   "alpha": plan.alpha})
@@ -302,7 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--scores", help="scores.json from 'score'")
     s.add_argument("--criterion", default="simdiff", help="simdiff, cosine, bi, angular, mssd, masd, mssd_rel, masd_rel")
     s.add_argument("--alpha", default="0.5", help="SimDiff similarity weight in [0, 1], or 'auto' (needs --model)")
-    s.add_argument("--beta", type=float, default=0.5, help="SimDiff MSSD share of the difference view")
+    s.add_argument("--beta", type=float, default=None,
+                   help="SimDiff MSSD share of the difference view (default 0.5; with --alpha auto and no --beta, "
+                        "beta is tuned over 0, 0.5, 1 too)")
     s.add_argument("--norm", default="rank", choices=["rank", "robust"], help="SimDiff per-signal normalisation")
     s.add_argument("--raw", action="store_true", help="fuse raw MSSD/MASD instead of the scale-free variants")
     add_ratio_args(s)

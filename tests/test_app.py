@@ -182,6 +182,28 @@ def test_prune_preview_updates_instantly_and_reports_impossible_plans(calibrated
     assert not errors(at)
 
 
+def test_auto_alpha_picks_a_calibration_best_fusion_never_worse_than_cosine(calibrated):
+    from simdiff_core import make_plan, perplexity, pruned_model
+
+    at = calibrated
+    at.switch_page(PREVIEW).run()
+    at.selectbox(key="_w_criterion").set_value("simdiff").run()
+    at.number_input(key="_w_num").set_value(4).run()
+    at.button(key="auto_alpha_btn").click().run()
+    assert not at.exception and not errors(at), errors(at)
+    auto = at.session_state["auto_alpha"]
+    assert auto["k"] == 4 and at.session_state["alpha"] == auto["alpha"]
+    assert at.slider(key="_w_alpha").value == pytest.approx(auto["alpha"])
+    assert any("Auto α chose" in c.value for c in at.caption)
+    # the chosen plan is what the preview now shows, and it is no worse than cosine on calibration
+    plan = at.session_state["plan"]
+    scores, ids, lm = at.session_state["scores"], at.session_state["calib_ids"], at.session_state["_lm_pin"][1]
+    cos = make_plan(scores, "cosine", num=4)
+    cos_ppl = perplexity(pruned_model(lm, cos.kept_layers), ids)["ppl"]
+    assert perplexity(pruned_model(lm, plan.kept_layers), ids)["ppl"] <= cos_ppl * (1 + 1e-6)
+    assert auto["ppl"] <= cos_ppl * (1 + 1e-6)
+
+
 def test_export_page_evaluates_and_exports_a_loadable_checkpoint(calibrated, tmp_path, monkeypatch):
     monkeypatch.setenv("SIMDIFF_EXPORT_DIR", str(tmp_path))
     at = calibrated

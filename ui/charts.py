@@ -84,9 +84,13 @@ def importance_bars(values, dropped=(), title: str = "SimDiff importance (higher
     v = np.asarray(values, dtype=float)
     drop = set(int(i) for i in dropped)
     colors = [DROP if i in drop else KEEP for i in range(len(v))]
-    fig = go.Figure(go.Bar(x=list(range(len(v))), y=v, marker_color=colors,
-                           customdata=[["dropped" if i in drop else "kept"] for i in range(len(v))],
-                           hovertemplate="<b>block %{x}</b><br>importance %{y:.4f}<br>%{customdata[0]}<extra></extra>"))
+    # A block whose importance is (near) zero would get an invisible bar, yet it is the first to go:
+    # draw a stub of 1.5% of the axis; the hover still shows the true value.
+    stub = 0.015 * (float(np.abs(v).max()) or 1.0)
+    shown = np.where(np.abs(v) < stub, stub, v)
+    fig = go.Figure(go.Bar(x=list(range(len(v))), y=shown, marker_color=colors,
+                           customdata=[["dropped" if i in drop else "kept", float(v[i])] for i in range(len(v))],
+                           hovertemplate="<b>block %{x}</b><br>importance %{customdata[1]:.4f}<br>%{customdata[0]}<extra></extra>"))
     fig.update_layout(title=dict(text=title, x=0, font=dict(size=15)), bargap=0.15)
     fig.update_xaxes(title_text="block", dtick=1 if len(v) <= 40 else None)
     return _style(fig, 300)

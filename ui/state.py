@@ -36,7 +36,7 @@ PAGES = {
 }
 DEFAULTS = {
     "model_spec": None, "scores": None, "calib_ids": None, "calib_info": None,
-    "alpha": 0.5, "criterion": "simdiff", "ratio": 0.25, "keep_first": True, "keep_last": True,
+    "alpha": 0.5, "beta": 0.5, "auto_alpha": None, "criterion": "simdiff", "ratio": 0.25, "keep_first": True, "keep_last": True,
     "scale_free": True, "plan": None, "exports": [], "evals": {}, "damage": None,
 }
 
@@ -142,13 +142,15 @@ def require_scores():
 
 def clear_results() -> None:
     """Forget everything computed from the previous model/calibration."""
-    for k in ("scores", "calib_ids", "calib_info", "plan", "damage"):
+    for k in ("scores", "calib_ids", "calib_info", "plan", "damage", "auto_alpha"):
         st.session_state[k] = None
+    st.session_state["beta"] = 0.5
     st.session_state["evals"] = {}
 
 
 def fusion_kwargs() -> dict:
-    return {"scale_free": bool(st.session_state.get("scale_free", True))}
+    return {"scale_free": bool(st.session_state.get("scale_free", True)),
+            "beta": float(st.session_state.get("beta", 0.5))}
 
 
 def current_plan(scores, num: int | None = None):
@@ -160,7 +162,7 @@ def current_plan(scores, num: int | None = None):
     if num is None:  # the count, so "remove all 30 of 30" reads as such rather than as a bad ratio
         num = max(1, int(round(float(st.session_state.get("ratio", 0.25)) * scores.num_layers)))
     kw = dict(num=num)
-    fusion = fusion_kwargs() if crit == "simdiff" and not fusion_kwargs()["scale_free"] else {}
+    fusion = fusion_kwargs() if crit == "simdiff" else {}
     plan = make_plan(scores, crit, alpha=float(st.session_state.get("alpha", 0.5)),
                      keep_first=bool(st.session_state.get("keep_first", True)),
                      keep_last=bool(st.session_state.get("keep_last", True)), **kw, **fusion)
