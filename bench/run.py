@@ -408,6 +408,12 @@ def write_results(path: Path, res: dict, args) -> None:
       f"{torch.get_num_threads()} threads, {os.cpu_count()} CPU cores (shared machine: absolute times are noise, "
       "every target below is a ratio of two things timed in the same run, interleaved, best of "
       f"{res['repeats']}).")
+    load = res.get("loadavg")
+    if load:
+        w("")
+        w(f"System load average at start / end of the run: {load[0]:.1f} / {load[1]:.1f} on {os.cpu_count()} cores"
+          + (" — the machine was oversubscribed by other jobs, so timing ratios (overhead, speedups) are unreliable "
+             "in this run; re-run on an idle machine." if max(load) > 1.5 * (os.cpu_count() or 1) else "."))
     w("")
     w("| target | measured | goal |")
     w("|---|---|---|")
@@ -433,8 +439,9 @@ def write_results(path: Path, res: dict, args) -> None:
     for k, v in ov["seconds"].items():
         w(f"| {k} | {v:.3f} |")
     w("")
-    w("Hot path: `metrics.BlockStats.observe` computes everything from six fused `vector_norm` reductions over "
-      "x, y and d = y - x (cosine via the polarisation identity), with no per-op float copies of the activations.")
+    w("Hot path: `metrics.BlockStats.observe` computes everything from a few reductions over x, y and "
+      "d = y - x (2-norms, in-place |d| then sum/amax; cosine via the polarisation identity), with no per-op float "
+      "copies of the activations.")
     w("")
     w("## Peak extra memory of scoring")
     w("")
@@ -542,6 +549,7 @@ def main() -> int:
     device = args.device
     dtype = pick_dtype(args.dtype, torch.device(device))
     t_start = time.perf_counter()
+    load_start = os.getloadavg()[0]
     if args.smoke:
         model = llama_dir_model(6, 64, 192, 2048).to(device=device, dtype=dtype)
         lm = wrap_model(model, None, "llama-6x64 (config-built)")
@@ -591,6 +599,7 @@ def main() -> int:
     log(f"streaming diff {res['streaming']['streaming_max_abs_diff']} peak {res['streaming']['streaming_peak_mb']} MB "
         f"of {res['streaming']['streaming_model_mb']} MB")
 
+    res["loadavg"] = [load_start, os.getloadavg()[0]]
     out = Path(args.out) if args.out else (None if args.smoke else ROOT / "bench" / (
         "RESULTS.md" if not str(device).startswith("cuda") else "RESULTS-cuda.md"))
     if out is not None:
