@@ -71,8 +71,18 @@ def layer_curves(layers: list[dict], dropped=(), scale_free: bool = True, log_ms
                                      marker=dict(color=DROP, size=11, symbol="x", line=dict(width=1, color="white")),
                                      customdata=custom[drop], hovertemplate=hover + "", showlegend=(c == 1)),
                           row=1, col=c)
-        for i in drop:
-            fig.add_vrect(x0=i - 0.5, x1=i + 0.5, fillcolor=DROP, opacity=0.08, line_width=0, row=1, col=c)
+    # One shaded band per run of dropped blocks per panel, added in a single layout update:
+    # add_vrect re-validates the whole layout on every call, which made slider moves take seconds.
+    runs = []
+    for i in drop:
+        if runs and runs[-1][1] == i - 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    axis = lambda c: "" if c == 1 else str(c)  # noqa: E731 - subplot axis suffixes: x, x2, x3
+    shapes = [dict(type="rect", xref=f"x{axis(c)}", yref=f"y{axis(c)} domain", x0=a - 0.5, x1=b + 0.5, y0=0, y1=1,
+                   fillcolor=DROP, opacity=0.08, line_width=0, layer="below") for c in (1, 2, 3) for a, b in runs]
+    fig.update_layout(shapes=shapes)
     if log_mssd:
         fig.update_yaxes(type="log", row=1, col=2)
     fig.update_xaxes(title_text="block")
