@@ -47,6 +47,12 @@ with st.sidebar:
     st.caption(views.device_summary(device, dtype))
     trust = st.checkbox("Trust remote code", key="trust", value=False,
                         help="Run custom model code from the checkpoint. Only for code you have read.")
+    stream = st.checkbox("Stream blocks from disk (low memory)", key="stream", value=False,
+                         help="Score a model bigger than memory: weights are read one block at a time from "
+                              "its safetensors (local directory or an embedded model's cache); the model is not "
+                              "kept in memory, so Export & evaluate needs a normal load.")
+    budget = st.number_input("Memory budget for weights (MB, 0 = none)", 0, 10**7, 0, step=256, key="stream_budget",
+                             disabled=not stream, help="Refuse to hold more than this much weight memory at once.")
 
     st.subheader("Calibration text")
     calib_kind = st.radio("Source", CALIB, key="calib_kind", help="Text the blocks are measured on.")
@@ -87,10 +93,34 @@ def calib_source():
     return load_text("hf:" + hf_name.strip(), purpose="calib")
 
 
+def run_streamed_calibration(t0: float) -> None:
+    """Score without loading the model: one block at a time from disk (simdiff_core.streaming)."""
+    from simdiff_core.streaming import resolve_stream_dir, stream_score
+
+    model_dir = resolve_stream_dir(spec)
+    tok = state.cached_tokenizer(str(model_dir))
+    src = calib_source()
+    ids = make_windows(tok, src, int(samples), int(seq_len))
+    bar = st.progress(0.0, text="Calibrating (streaming blocks from disk)…")
+    scores = stream_score(model_dir, ids, memory_budget_mb=float(budget) or None, device=device, dtype=dtype,
+                          progress=lambda f, msg: bar.progress(min(f, 1.0), text=f"Streaming: {msg}"),
+                          calibration={"source": src.description}, source=spec)
+    bar.empty()
+    state.clear_results()
+    state.put("model_spec", None)  # nothing is held in memory
+    state.put("scores", scores)
+    state.put("calib_ids", ids)
+    state.put("calib_info", {"source": src.description, "samples": int(ids.shape[0]), "seq_len": int(ids.shape[1]),
+                             "seconds": round(time.perf_counter() - t0, 1), "forward_seconds": scores.meta["seconds"],
+                             "streamed": scores.meta.get("stream", True)})
+
+
 def run_calibration() -> None:
     if not spec:
         raise SimDiffError("enter a model first (hub id, directory or .gguf path)")
     t0 = time.perf_counter()
+    if stream:
+        return run_streamed_calibration(t0)
     with st.spinner(f"Loading {display_name(spec)} (cached after the first load)…"):
         lm = state.cached_model(spec, device, dtype, trust)
     new_spec = {"spec": spec, "device": device, "dtype": dtype, "trust_remote_code": trust}
@@ -129,6 +159,19 @@ if go:
 # ---- render ----
 lm = state.current_lm()
 scores = state.get("scores")
+streamed = scores is not None and (state.get("calib_info") or {}).get("streamed")
+if streamed and lm is None:
+    info = state.get("calib_info")
+    st.subheader(f"{display_name(scores.model)} (streamed from disk)")
+    st.success(f"Scored {scores.num_layers} blocks one at a time on {info['samples']} × {info['seq_len']} tokens of "
+               f"{info['source']} in {info['seconds']} s; the weights were not kept in memory.",
+               icon=":material/check_circle:")
+    st.caption(f"Streaming details: {info['streamed']}")
+    n1, n2 = st.columns(2)
+    n1.page_link(state.PAGES["curves"], label="Layer curves & heatmaps", icon=":material/show_chart:")
+    n2.page_link(state.PAGES["preview"], label="Prune preview", icon=":material/content_cut:")
+    st.info("Export & evaluate needs the model in memory: untick streaming and load it normally.")
+    st.stop()
 if lm is None:
     st.info("Nothing loaded yet. The embedded default model is preselected: press **Load & calibrate** "
             "in the sidebar (about 10–30 s on a laptop CPU the first time).", icon=":material/arrow_back:")

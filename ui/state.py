@@ -100,6 +100,14 @@ def cached_model(spec: str, device: str = "auto", dtype: str = "auto", trust_rem
     return load_model(spec, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
 
 
+@st.cache_resource(show_spinner=False, max_entries=4)
+def cached_tokenizer(model_dir: str):
+    """Tokenizer alone, for streamed scoring (the model itself is never loaded)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir)
+
+
 def current_lm():
     """The LoadedModel of this session, or None (model_spec not set or its load failed)."""
     spec = st.session_state.get("model_spec")
