@@ -46,7 +46,9 @@ try:
 except SimDiffError as e:
     views.show_error(e)
 
-fig = charts.layer_curves(scores.layers, dropped=dropped, scale_free=scale_free, log_mssd=log_mssd)
+damage = state.get("damage")
+fig = charts.layer_curves(scores.layers, dropped=dropped, scale_free=scale_free, log_mssd=log_mssd,
+                          damage=damage if damage is not None and len(damage) == scores.num_layers else None)
 st.plotly_chart(fig, key="curves", config=charts.plot_config("layer_curves"))
 
 imp = scores.importance("simdiff", alpha=alpha, scale_free=scale_free, beta=float(state.get("beta", 0.5)))
@@ -56,6 +58,12 @@ frame = charts.curves_frame(scores.layers, imp, dropped)
 st.download_button("Curves data (CSV)", frame.to_csv().encode(), "layer_curves.csv", "text/csv", key="dl_curves",
                    help="Per-block metrics, the fused score at this α and the dropped flag. "
                         "PNG: use the camera icon on each chart.")
+
+if damage is None:
+    st.caption("Add the measured ground truth (loss with each block removed) as a fourth curve, with "
+               "criterion agreement, on the Ground truth page.")
+st.page_link("pages/6_Ground_truth_and_report.py", label="Ground truth: measured damage, criterion agreement, report",
+             icon=":material/fact_check:")
 
 st.header("Cross-layer heatmaps")
 m = scores.matrices

@@ -147,6 +147,20 @@ def test_layer_curves_follow_the_controls_without_recomputing(calibrated):
     assert not at.exception
 
 
+def test_measured_damage_appears_as_a_fourth_curve(calibrated):
+    at = calibrated
+    at.session_state["damage"] = [0.01 * i for i in range(30)]
+    at.switch_page(CURVES).run()
+    assert not at.exception and not errors(at)
+    curves = figure(at, 0)
+    assert {t.get("xaxis", "x") for t in curves["data"]} == {"x", "x2", "x3", "x4"}
+    dmg = next(t for t in curves["data"] if t.get("xaxis") == "x4" and t.get("name") != "dropped")
+    assert arr(dmg["y"]) == pytest.approx([0.01 * i for i in range(30)])
+    at.session_state["damage"] = None
+    at.run()
+    assert {t.get("xaxis", "x") for t in figure(at, 0)["data"]} == {"x", "x2", "x3"}
+
+
 def test_prune_preview_updates_instantly_and_reports_impossible_plans(calibrated):
     at = calibrated
     at.switch_page(PREVIEW).run()

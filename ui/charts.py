@@ -44,7 +44,8 @@ def curves_frame(layers: list[dict], simdiff: np.ndarray | None = None, dropped=
     return df
 
 
-def layer_curves(layers: list[dict], dropped=(), scale_free: bool = True, log_mssd: bool = False) -> go.Figure:
+def layer_curves(layers: list[dict], dropped=(), scale_free: bool = True, log_mssd: bool = False,
+                 damage=None) -> go.Figure:
     """Cosine, MSSD and MASD per block, side by side on a shared block axis.
 
     Hover is linked through the data: every point's tooltip carries all three metrics of its block,
@@ -54,7 +55,11 @@ def layer_curves(layers: list[dict], dropped=(), scale_free: bool = True, log_ms
     sfx = "_rel" if scale_free else ""
     cols = [("cosine", "cos(x, y)"), ("mssd" + sfx, "MSSD" + (" / ‖x‖²" if scale_free else "")),
             ("masd" + sfx, "MASD" + (" / ‖x‖₁" if scale_free else ""))]
-    fig = make_subplots(rows=1, cols=3, shared_xaxes="all", horizontal_spacing=0.06,
+    if damage is not None and len(damage) == len(df):
+        # the measured ground truth next to the proxies: loss increase with only this block removed
+        df = df.assign(damage=list(damage))
+        cols.append(("damage", "measured damage (Δ loss)"))
+    fig = make_subplots(rows=1, cols=len(cols), shared_xaxes="all", horizontal_spacing=0.06,
                         subplot_titles=[c[1] for c in cols])
     idx = df["index"].to_numpy()
     custom = np.stack([df["cosine"], df["mssd" + sfx], df["masd" + sfx]], axis=1)
@@ -81,7 +86,8 @@ def layer_curves(layers: list[dict], dropped=(), scale_free: bool = True, log_ms
             runs.append([i, i])
     axis = lambda c: "" if c == 1 else str(c)  # noqa: E731 - subplot axis suffixes: x, x2, x3
     shapes = [dict(type="rect", xref=f"x{axis(c)}", yref=f"y{axis(c)} domain", x0=a - 0.5, x1=b + 0.5, y0=0, y1=1,
-                   fillcolor=DROP, opacity=0.08, line_width=0, layer="below") for c in (1, 2, 3) for a, b in runs]
+                   fillcolor=DROP, opacity=0.08, line_width=0, layer="below")
+              for c in range(1, len(cols) + 1) for a, b in runs]
     fig.update_layout(shapes=shapes)
     if log_mssd:
         fig.update_yaxes(type="log", row=1, col=2)
