@@ -7,7 +7,6 @@ drop are marked on every curve.
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 

@@ -151,6 +151,19 @@ class _MatrixSampler:
         return out
 
 
+def finish_scores(stats: BlockStats, sampler: "_MatrixSampler") -> tuple[list[dict], dict]:
+    """Per-block metrics (with the default-alpha SimDiff column) and the matrices, from the accumulators."""
+    layers = stats.layers()
+    for l, v in zip(layers, simdiff_importance(layers, alpha=0.5)):
+        l["simdiff"] = float(v)
+    mats = sampler.matrices()
+    mats["method"] = (
+        f"output_cosine and cka: subsample of {mats.get('matrix_tokens', 0)} tokens (evenly spaced positions "
+        "1..S-1 of each window); angular_boundaries: last token of every window"
+    )
+    return layers, mats
+
+
 def linear_cka_matrix(Y: torch.Tensor) -> torch.Tensor:
     """Linear CKA between every pair of (T, H) representations in Y (L, T, H), via T x T Grams."""
     Yc = Y.double() - Y.double().mean(dim=1, keepdim=True)
@@ -196,7 +209,6 @@ def score_model(
     N, S = input_ids.shape
     bs = batch_size or auto_batch_size(lm.device, S)
     stats = BlockStats(L)
-    n_batches_est = math.ceil(N / bs)
     sampler = _MatrixSampler(L, per_batch=max(1, math.ceil(matrix_tokens / N)), seq_len=S)
     taken = 0
     state = {"done": 0, "take": 0, "mask": None}
@@ -244,15 +256,7 @@ def score_model(
             sampler.commit()
             state["done"] = end
             start = end
-    layers = stats.layers()
-    fused = simdiff_importance(layers, alpha=0.5)
-    for l, v in zip(layers, fused):
-        l["simdiff"] = float(v)
-    mats = sampler.matrices()
-    mats["method"] = (
-        f"output_cosine and cka: subsample of {mats.get('matrix_tokens', 0)} tokens (evenly spaced positions "
-        "1..S-1 of each window); angular_boundaries: last token of every window"
-    )
+    layers, mats = finish_scores(stats, sampler)
     return Scores(
         model=lm.source, num_layers=L, layers=layers, matrices=mats,
         calibration=dict(calibration or {}, samples=int(N), seq_len=int(S), tokens=int(stats.tokens)),

@@ -47,7 +47,7 @@ from torch import nn
 
 from .errors import Cancelled, SimDiffError
 from .load import find_block_path, get_attr_path, pick_device, pick_dtype
-from .metrics import BlockStats, simdiff_importance
+from .metrics import BlockStats
 from .score import Scores, _MatrixSampler, auto_batch_size
 
 Progress = Callable[[float, str], None]
@@ -397,15 +397,9 @@ def stream_score(
             sampler.ang_count += samplers[b].ang_count
             for i in range(L):
                 sampler.sub[i].extend(samplers[b].sub[i])
-    layers = total.layers()
-    for l, v in zip(layers, simdiff_importance(layers, alpha=0.5)):
-        l["simdiff"] = float(v)
-    mats = sampler.matrices()
-    mats["method"] = (
-        f"output_cosine and cka: subsample of {mats.get('matrix_tokens', 0)} tokens (evenly spaced positions "
-        "1..S-1 of each window); angular_boundaries: last token of every window"
-    )
-    from .score import _version
+    from .score import _version, finish_scores
+
+    layers, mats = finish_scores(total, sampler)
 
     return Scores(
         model=source or str(model_dir), num_layers=L, layers=layers, matrices=mats,

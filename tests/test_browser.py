@@ -7,70 +7,28 @@ both); skipped with a reason where either is absent.
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 import zipfile
 from pathlib import Path
 
 import pytest
 
+from streamlit_server import CHROMIUM, idle, require_browser, running_app
+
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    if CHROMIUM is None:
-        pytest.skip("Debian chromium not installed (apt-get install chromium)")
-    pytest.importorskip("playwright.sync_api", reason="playwright not installed (pip install playwright)")
-    port = _free_port()
+    require_browser()
     exports = tmp_path_factory.mktemp("exports")
-    env = dict(os.environ, SIMDIFF_EXPORT_DIR=str(exports), PYTHONPATH=str(ROOT), TOKENIZERS_PARALLELISM="false")
-    log = open(tmp_path_factory.mktemp("log") / "streamlit.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
-         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(120):
-            try:
-                if urllib.request.urlopen(url + "/_stcore/health", timeout=2).read() == b"ok":
-                    break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("streamlit did not become healthy in 60 s")
+    with running_app(tmp_path_factory.mktemp("log") / "streamlit.log", {"SIMDIFF_EXPORT_DIR": str(exports)}) as (url, _):
         yield url, exports
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
-def _idle(page, timeout=240_000):
-    """Wait until the script run finished and no skeleton placeholders remain."""
-    page.wait_for_timeout(300)
-    page.wait_for_selector("[data-testid=stApp][data-test-script-state=notRunning]", timeout=timeout)
-    page.wait_for_selector("[data-testid=stSkeleton]", state="detached", timeout=timeout)
-    page.wait_for_timeout(300)
+_idle = idle
 
 
 def _set_number(page, label: str, value: int):

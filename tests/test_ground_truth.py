@@ -10,7 +10,6 @@ import subprocess
 
 import numpy as np
 import pytest
-import torch
 
 from conftest import ROOT, run_cli
 from simdiff_core import Cancelled, SimDiffError, make_windows, perplexity, pruned_model, score_model

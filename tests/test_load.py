@@ -12,30 +12,19 @@ Needs Debian's ``/usr/bin/chromium`` and ``playwright``; skipped with a reason w
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from streamlit_server import CHROMIUM, idle, require_browser, running_app
+
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SESSIONS = 3
 COUNTS = (3, 6, 9)  # blocks each concurrent session previews removing (of 30)
 SLACK_MB = 250  # allocator slack allowed over the warm baseline
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _rss_mb(pid: int) -> float:
@@ -50,44 +39,16 @@ def _sessions_alive(url: str) -> None:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    if CHROMIUM is None:
-        pytest.skip("Debian chromium not installed (apt-get install chromium)")
-    pytest.importorskip("playwright.sync_api", reason="playwright not installed (pip install playwright)")
+    require_browser()
     if not Path("/proc/self/status").exists():
         pytest.skip("needs /proc to read the server's memory")
-    port = _free_port()
-    env = dict(os.environ, SIMDIFF_EXPORT_DIR=str(tmp_path_factory.mktemp("exports")), PYTHONPATH=str(ROOT),
-               TOKENIZERS_PARALLELISM="false")
-    log = open(tmp_path_factory.mktemp("log") / "streamlit.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.address",
-         "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",
-         "--server.fileWatcherType", "none", "--server.disconnectedSessionTTL", "1"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(120):
-            try:
-                if urllib.request.urlopen(url + "/_stcore/health", timeout=2).read() == b"ok":
-                    break
-            except OSError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("streamlit did not become healthy in 60 s")
+    env = {"SIMDIFF_EXPORT_DIR": str(tmp_path_factory.mktemp("exports"))}
+    with running_app(tmp_path_factory.mktemp("log") / "streamlit.log", env,
+                     ("--server.disconnectedSessionTTL", "1")) as (url, proc):
         yield url, proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
-def _idle(page, timeout=240_000):
-    page.wait_for_timeout(300)
-    page.wait_for_selector("[data-testid=stApp][data-test-script-state=notRunning]", timeout=timeout)
-    page.wait_for_selector("[data-testid=stSkeleton]", state="detached", timeout=timeout)
+_idle = idle
 
 
 def _set_number(page, label: str, value: int):
