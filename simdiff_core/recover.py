@@ -193,6 +193,18 @@ def train_lora(peft_model, train_ids: torch.Tensor, cfg: RecoveryConfig, device=
     peft_model.train()
     # The caller may sit inside no_grad/inference_mode (the app, perplexity helpers): training
     # needs a real autograd graph regardless.
+    # Denormal floats in the backward pass make CPU training several times slower (measured 5x on
+    # the forward with grad of the embedded model); flushing them to zero is harmless for training.
+    torch.set_flush_denormal(True)
+    try:
+        _train_steps(peft_model, train_ids, cfg, device, progress, should_stop, opt, params, rng, order, curve)
+    finally:
+        torch.set_flush_denormal(False)
+    peft_model.eval()
+    return curve
+
+
+def _train_steps(peft_model, train_ids, cfg, device, progress, should_stop, opt, params, rng, order, curve):
     with torch.inference_mode(False), torch.enable_grad():
         for step in range(cfg.steps):
             if should_stop is not None and should_stop():
@@ -217,8 +229,6 @@ def train_lora(peft_model, train_ids: torch.Tensor, cfg: RecoveryConfig, device=
             curve.append({"step": step + 1, "loss": float(loss.detach()), "lr": lr})
             if progress is not None:
                 progress(step + 1, cfg.steps, curve[-1]["loss"])
-    peft_model.eval()
-    return curve
 
 
 @torch.inference_mode()
