@@ -19,7 +19,7 @@ import io
 import time
 from typing import Callable
 
-from .errors import SimDiffError
+from .errors import Cancelled, SimDiffError
 from .evaluate import perplexity
 from .export import build_pruned
 from .metrics import CRITERIA
@@ -115,8 +115,19 @@ def run_compare(lm, calib_ids, specs: list[dict], ratio=None, num=None, eval_ids
             opts.setdefault("criterion", "simdiff")
             opts["alpha"] = alpha
         t0 = time.perf_counter()
-        plan = run_method(spec["method"], lm, calib_ids, num=k, keep_first=keep_first, keep_last=keep_last,
-                          progress=sub, should_stop=should_stop, calibration=calibration, scores=scores, **opts)
+        try:
+            plan = run_method(spec["method"], lm, calib_ids, num=k, keep_first=keep_first, keep_last=keep_last,
+                              progress=sub, should_stop=should_stop, calibration=calibration, scores=scores, **opts)
+        except Cancelled:
+            raise
+        except SimDiffError as e:
+            # One method that cannot reach k blocks (e.g. SLM's threshold) must not lose the whole table.
+            nan = float("nan")
+            rows.append({"method": spec["method"], "criterion": f"failed: {e}", "removed_layers": "",
+                         "merged_groups": "", "num_removed": 0, "ppl": nan,
+                         **({"accuracy": nan, "acc_norm": nan} if test_items is not None else {}),
+                         "seconds": round(time.perf_counter() - t0, 2), "evals": 0})
+            continue
         seconds = time.perf_counter() - t0
         sub(0.95, "measuring the pruned model")
         m = measure(build_pruned(lm, plan))

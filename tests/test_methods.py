@@ -208,6 +208,22 @@ def test_compare_library_with_accuracy(tiny, ids):
         parse_specs("oneshot:cosine,bogus")
 
 
+def test_compare_keeps_going_when_one_method_fails(tiny, ids):
+    import math
+
+    from simdiff_core.compare import overlap, parse_specs, run_compare, to_markdown
+
+    lm = tiny("llama", 6, seed=0)
+    specs = parse_specs("oneshot:cosine") + [{"method": "slm", "label": "slm", "threshold": 2.0}] + parse_specs("block")
+    res = run_compare(lm, ids, specs, num=2)
+    rows = res["rows"]
+    assert [r["method"] for r in rows] == ["dense", "oneshot", "slm", "block"]
+    assert rows[2]["criterion"].startswith("failed: SLM similarity threshold") and math.isnan(rows[2]["ppl"])
+    assert rows[3]["ppl"] > 1 and rows[3]["removed_layers"]
+    overlap(rows)
+    assert "failed:" in to_markdown(res)
+
+
 # ------------------------------------------------------------------ CLI
 def test_cli_plan_method_prune_and_compare(tiny, tmp_path):
     from transformers import AutoModelForCausalLM
