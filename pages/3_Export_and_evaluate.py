@@ -13,7 +13,7 @@ import pandas as pd
 import streamlit as st
 import torch
 
-from simdiff_core import SimDiffError, eval_windows, generate_sample, measure_latency, perplexity
+from simdiff_core import eval_windows, generate_sample, measure_latency, perplexity
 from simdiff_core.evaluate import protocol_note
 from simdiff_core.export import build_pruned, export_dir_under, export_pruned
 from ui import state, views
@@ -35,13 +35,7 @@ with st.sidebar:
 st.title("Export & evaluate")
 scores = state.require_scores()
 lm = state.require_model()
-try:
-    plan = state.current_plan(scores)
-    plan.validate(lm.num_layers)
-except SimDiffError as e:
-    views.show_error(e)
-    st.page_link(state.PAGES["preview"], label="Change the plan on Prune preview", icon=":material/content_cut:")
-    st.stop()
+plan = state.require_plan(scores, lm)
 L, k = plan.num_layers, plan.num_removed
 st.markdown(f"Plan: **{plan.criterion}** removes **{k} of {L}** blocks `{plan.removed_layers}` "
             f"(change it on the Prune preview page).")

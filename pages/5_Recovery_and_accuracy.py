@@ -14,7 +14,7 @@ import plotly.graph_objects as go
 import streamlit as st
 import torch
 
-from simdiff_core import SimDiffError, eval_windows, make_windows
+from simdiff_core import eval_windows, make_windows
 from simdiff_core.downstream import OFFLINE_TASKS, STANDARD_TASKS, evaluate_tasks, retained
 from simdiff_core.evaluate import protocol_note
 from simdiff_core.export import build_pruned, export_dir_under, export_pruned
@@ -58,13 +58,7 @@ def loss_figure(curve) -> go.Figure:
 st.title("Recovery & accuracy")
 scores = state.require_scores()
 lm = state.require_model()
-try:
-    plan = state.current_plan(scores)
-    plan.validate(lm.num_layers)
-except SimDiffError as e:
-    views.show_error(e)
-    st.page_link(state.PAGES["preview"], label="Change the plan on Prune preview", icon=":material/content_cut:")
-    st.stop()
+plan = state.require_plan(scores, lm)
 L, k = plan.num_layers, plan.num_removed
 model_id = (lm.source, str(lm.device), str(lm.dtype))  # results of another loaded model must not show up here
 plan_key = (model_id, tuple(plan.removed_layers))

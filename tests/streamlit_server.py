@@ -71,3 +71,10 @@ def idle(page, timeout=240_000) -> None:
     page.wait_for_selector("[data-testid=stApp][data-test-script-state=notRunning]", timeout=timeout)
     page.wait_for_selector("[data-testid=stSkeleton]", state="detached", timeout=timeout)
     page.wait_for_timeout(300)
+
+
+def set_number(page, label: str, value: int) -> None:
+    box = page.get_by_label(label, exact=True)
+    box.fill(str(value))
+    box.press("Enter")
+    idle(page)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from streamlit_server import CHROMIUM, idle, require_browser, running_app
+from streamlit_server import CHROMIUM, idle, require_browser, running_app, set_number
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
@@ -28,15 +28,6 @@ def server(tmp_path_factory):
         yield url, exports
 
 
-_idle = idle
-
-
-def _set_number(page, label: str, value: int):
-    box = page.get_by_label(label, exact=True)
-    box.fill(str(value))
-    box.press("Enter")
-    _idle(page)
-
 
 def _shot(page, name: str):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -45,7 +36,7 @@ def _shot(page, name: str):
 
 def _goto_page(page, label: str):
     page.locator("[data-testid=stSidebarNav] a", has_text=label).first.click()
-    _idle(page)
+    idle(page)
 
 
 def test_full_flow_in_chromium(server, tmp_path):
@@ -57,15 +48,15 @@ def test_full_flow_in_chromium(server, tmp_path):
         page = browser.new_page(viewport={"width": 1440, "height": 1000}, accept_downloads=True)
         page.set_default_timeout(240_000)
         page.goto(url)
-        _idle(page)
+        idle(page)
         expect(page.get_by_text("Nothing loaded yet")).to_be_visible()
         _shot(page, "01_load_empty")
 
-        _set_number(page, "Samples", 4)
-        _set_number(page, "Seq. length", 64)
+        set_number(page, "Samples", 4)
+        set_number(page, "Seq. length", 64)
         page.get_by_role("button", name="Load & calibrate").click()
         expect(page.get_by_text("Calibrated on 4 × 64")).to_be_visible(timeout=300_000)
-        _idle(page)
+        idle(page)
         _shot(page, "02_calibrated")
 
         _goto_page(page, "Layer curves")
@@ -80,17 +71,17 @@ def test_full_flow_in_chromium(server, tmp_path):
         assert page.locator(".sd-block.sd-gone").count() == round(0.25 * 30)
 
         _goto_page(page, "Export and evaluate")
-        _set_number(page, "Windows", 2)
-        _set_number(page, "Seq. length", 64)
+        set_number(page, "Windows", 2)
+        set_number(page, "Seq. length", 64)
         for label in ("Generation sample", "Latency (prefill / decode)"):  # covered by the AppTest suite
             page.get_by_text(label, exact=True).click()
-            _idle(page)
+            idle(page)
         page.get_by_role("button", name="Evaluate dense vs pruned").click()
         expect(page.get_by_text("Perplexity, pruned")).to_be_visible(timeout=300_000)
-        _idle(page)
+        idle(page)
         page.get_by_role("button", name="Export pruned checkpoint").click()
         expect(page.get_by_text("Exported to")).to_be_visible(timeout=300_000)
-        _idle(page)
+        idle(page)
         _shot(page, "05_export")
 
         with page.expect_download(timeout=120_000) as dl:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from streamlit_server import CHROMIUM, idle, require_browser, running_app
+from streamlit_server import CHROMIUM, idle, require_browser, running_app, set_number
 
 ROOT = Path(__file__).resolve().parents[1]
 SESSIONS = 3
@@ -48,33 +48,24 @@ def server(tmp_path_factory):
         yield url, proc
 
 
-_idle = idle
-
-
-def _set_number(page, label: str, value: int):
-    box = page.get_by_label(label, exact=True)
-    box.fill(str(value))
-    box.press("Enter")
-    _idle(page)
-
 
 def _open(browser, url):
     ctx = browser.new_context(viewport={"width": 1280, "height": 900})
     page = ctx.new_page()
     page.set_default_timeout(240_000)
     page.goto(url)
-    _idle(page)
-    _set_number(page, "Samples", 2)
-    _set_number(page, "Seq. length", 32)
+    idle(page)
+    set_number(page, "Samples", 2)
+    set_number(page, "Seq. length", 32)
     return ctx, page
 
 
 def _preview(page, k: int) -> int:
     page.locator("[data-testid=stSidebarNav] a", has_text="Prune preview").first.click()
-    _idle(page)
-    _set_number(page, "Blocks to remove", k)
+    idle(page)
+    set_number(page, "Blocks to remove", k)
     page.wait_for_timeout(300)
-    _idle(page)
+    idle(page)
     return page.locator(".sd-block.sd-gone").count()
 
 
@@ -86,7 +77,7 @@ def _round(browser, url) -> list[int]:
         page.get_by_role("button", name="Load & calibrate").click()
     for _, page in opened:
         expect(page.get_by_text("Calibrated on 2 × 32")).to_be_visible(timeout=300_000)
-        _idle(page)
+        idle(page)
     removed = [_preview(page, k) for (_, page), k in zip(opened, COUNTS)]
     for _, page in opened:
         assert not page.locator("[data-testid=stException]").count()
@@ -107,7 +98,7 @@ def test_concurrent_sessions_complete_and_memory_returns(server):
         ctx, page = _open(browser, url)
         page.get_by_role("button", name="Load & calibrate").click()
         page.get_by_text("Calibrated on 2 × 32").wait_for(timeout=300_000)
-        _idle(page)
+        idle(page)
         _preview(page, 1)
         ctx.close()
         _sessions_alive(url)

@@ -178,6 +178,20 @@ def current_plan(scores, num: int | None = None):
     return plan
 
 
+def require_plan(scores, lm):
+    """The session's plan checked against the loaded model, or the error with a link to fix it and st.stop()."""
+    from ui import views
+
+    try:
+        plan = current_plan(scores)
+        plan.validate(lm.num_layers)
+    except SimDiffError as e:
+        views.show_error(e)
+        st.page_link(PAGES["preview"], label="Change the plan on Prune preview", icon=":material/content_cut:")
+        st.stop()
+    return plan
+
+
 def export_root() -> Path:
     """Where exports go: $SIMDIFF_EXPORT_DIR or ./exports under the project."""
     return Path(os.environ.get("SIMDIFF_EXPORT_DIR", ROOT / "exports"))
