@@ -36,7 +36,7 @@ def add_method_args(p, with_method: bool = True) -> None:
 
 def method_plan(args, lm=None):
     """Build the plan for ``plan --model M --method X`` (used by cli.cmd_plan)."""
-    from .cli import calib_from_args, load_from_args, parse_alpha, progress_printer
+    from .cli_common import calib_from_args, load_from_args, parse_alpha, progress_printer
     from .methods import run_method
 
     alpha = parse_alpha(args.alpha)
@@ -54,10 +54,10 @@ def method_plan(args, lm=None):
 
 
 def cmd_compare(args) -> int:
-    from .cli import calib_from_args, load_from_args, print_result, progress_printer
+    from .cli_common import calib_from_args, load_from_args, print_result, progress_printer
     from .compare import parse_specs, run_compare, to_markdown, write_csv
     from .evaluate import eval_windows, protocol_note
-    from .export import atomic_write_text
+    from .fileio import atomic_write_text
 
     specs = parse_specs(args.methods)
     out = Path(args.out)
@@ -86,7 +86,7 @@ def cmd_compare(args) -> int:
 
 
 def register(sub) -> None:
-    from .cli import add_calib_args, add_model_args, add_ratio_args
+    from .cli_common import add_calib_args, add_model_args, add_ratio_args
     from .compare import DEFAULT_SPECS
 
     s = sub.add_parser("compare", help="shoot-out: several methods/criteria, same model and ratio, one table",

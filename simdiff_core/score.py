@@ -74,7 +74,7 @@ class Scores:
         return asdict(self)
 
     def save(self, path: str | Path) -> None:
-        from .export import atomic_write_text
+        from .fileio import atomic_write_text
 
         atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=1))
 
