@@ -30,8 +30,9 @@ and each gets bit-identical results to running alone. (transformers 5 captures
 ``register_forward_hook`` — still behave as in torch: global to every thread.
 
 Cost: after the first pass a hooked module (the decoder blocks) always takes torch's hooked call
-path and one dispatcher call before and after its forward, about 2 µs per block call when no pass
-X
+path and one dispatcher call before and after its forward: about 3 µs per block call on a 2-core
+CPU when no pass is active (0.1 ms per forward of a 30-block model, against tens of ms of compute);
+callbacks cost what they do. No memory beyond the callbacks' own.
 """
 
 from __future__ import annotations
