@@ -226,7 +226,7 @@ def score_model(
             raise Cancelled()
 
     start = 0
-    with torch.inference_mode(), block_hooks(blocks, on_block):
+    with torch.inference_mode(), block_hooks(blocks, on_block, name="score"):
         while start < N:
             end = min(start + bs, N)
             ids = input_ids[start:end].to(lm.device)
