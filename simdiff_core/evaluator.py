@@ -318,14 +318,16 @@ class PrefixEvaluator:
 
     @torch.inference_mode()
     def final_states(self, spec) -> list[torch.Tensor]:
-        """Per batch, the final-normed hidden states (float32) under a layout (SLM's similarity)."""
+        """Per batch, the final-normed hidden states (float32) under a layout (SLM's similarity): the
+        model's ``last_hidden_state`` (OPT: after ``project_out``)."""
         layout = self.layout(spec)
         key = self._key(layout)
         out = []
         for n, bt in enumerate(self._batches):
             if self.should_stop is not None and self.should_stop():
                 raise Cancelled()
-            out.append(self.norm(self._advance(bt, layout, key)).float())
+            h = self.norm(self._advance(bt, layout, key))
+            out.append((self.proj(h) if self.proj is not None else h).float())
             if n >= self.persistent:
                 bt["path"] = None
         return out
