@@ -130,6 +130,8 @@ class PrefixEvaluator:
         dense_nll = 0.0
         with torch.inference_mode():
             for b, start in enumerate(range(0, N, self.bs)):
+                if should_stop is not None and should_stop():
+                    raise Cancelled()
                 ids = input_ids[start:start + self.bs].to(lm.device)
                 calls, states, logits = self._capture(ids)
                 dense_nll += float(F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
