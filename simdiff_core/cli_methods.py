@@ -32,6 +32,8 @@ def add_method_args(p, with_method: bool = True) -> None:
                    help="max objective evaluations for greedy/search (local/evolutionary default 100)")
     p.add_argument("--time-limit", type=float, default=None, help="max seconds for greedy/search")
     p.add_argument("--threshold", type=float, default=None, help="slm: starting output-similarity threshold (default 0.9)")
+    p.add_argument("--merge-base", default=None, choices=["lowest", "highest"],
+                   help="slm: block of each window the deltas accumulate into (default lowest, as in the paper)")
 
 
 def method_plan(args, lm=None):
@@ -50,7 +52,8 @@ def method_plan(args, lm=None):
                       keep_last=args.keep_last, progress=progress_printer(args.method), calibration=calib,
                       criterion=args.criterion, alpha=alpha, beta=args.beta, norm=args.norm,
                       scale_free=not args.raw, objective=args.objective, search=args.search, budget=args.budget,
-                      seconds=args.time_limit, threshold=args.threshold)
+                      seconds=args.time_limit, threshold=args.threshold,
+                      merge_base=args.merge_base)
 
 
 def cmd_compare(args) -> int:
