@@ -13,6 +13,7 @@ import threading
 import pytest
 import torch
 
+from simdiff_core.damage import measure_damage
 from simdiff_core.evaluate import perplexity
 from simdiff_core.hooks import block_hooks, hook_pass, user_hooks
 from simdiff_core.prune import pruned_model
@@ -155,3 +156,27 @@ def test_passes_nest_and_callbacks_can_edit(tiny):
     assert order == [0, "outer", 1, 2]  # outer pass first, then the inner one
     assert torch.allclose(edited, skipped, atol=1e-5) and not torch.allclose(edited, ref, atol=1e-3)
     assert torch.equal(after, ref)
+
+
+def _held_inside_forward(block, barrier, fn):
+    """Run ``fn()`` with this thread held, once, inside its first forward of ``block`` until all arrive."""
+    waited = []
+
+    def wait_once(module, args, kwargs):
+        if not waited:
+            waited.append(1)
+            barrier.wait(TIMEOUT)
+
+    with hook_pass(pre={block: wait_once}, name="barrier"):
+        return fn()
+
+
+def test_concurrent_damage_equals_solo_runs_exactly(tiny):
+    lm = tiny("llama", num_layers=4)
+    texts = [_ids(20 + s, n=2, s=16) for s in range(THREADS)]
+    solo = [measure_damage(lm, t, batch_size=1) for t in texts]
+    barrier = threading.Barrier(THREADS)
+    out = _run_together([lambda t=t: _held_inside_forward(lm.blocks[0], barrier, lambda: measure_damage(lm, t, batch_size=1))
+                         for t in texts])
+    for a, b in zip(solo, out):
+        assert (a.dense_loss, a.layers) == (b.dense_loss, b.layers)
