@@ -1,11 +1,9 @@
-"""SimDiff Explorer, page 1: load a model and calibrate it.
-
-    streamlit run app.py        # or: bash scripts/setup.sh app
+"""SimDiff Explorer, page 1: load a model and calibrate it (the default page of ``app.py``'s navigation).
 
 Picks a model (embedded SmolLM2-135M GGUF preselected, a hub id, a local directory, a GGUF file or
 a model from the local HF cache), a device/dtype and a calibration text, then runs one streaming
 calibration pass (``simdiff_core.score_model``) with a live progress bar and a cancel button.
-The other pages live in ``pages/`` and read the scores from the session.
+The other pages live in ``pages/`` (registered in ``app.py``) and read the scores from the session.
 """
 
 from __future__ import annotations
@@ -155,6 +153,7 @@ if go:
         run_calibration()
     except Exception as e:  # noqa: BLE001 — every failure becomes one st.error line
         views.show_error(e)
+    state.show_status()
 
 # ---- render ----
 lm = state.current_lm()

@@ -1,0 +1,21 @@
+"""SimDiff Explorer: the entry point. Registers the pages (titles, icons, sections) and the sidebar
+status line every page shares; the pages themselves live in ``pages/``.
+
+    streamlit run app.py        # or: bash scripts/setup.sh app
+
+``st.navigation`` replaces Streamlit's automatic ``pages/`` listing (whose first entry read "app"):
+the default page is Load & calibrate (``pages/0_Load_and_calibrate.py``).
+"""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from ui import state
+
+state.setup_page("SimDiff Explorer")
+nav = st.navigation({section: [st.Page(path, title=title, icon=icon, default=(key == "load"))
+                               for key, path, title, icon in entries]
+                     for section, entries in state.NAV.items()})
+state.show_status(st.sidebar.empty())
+nav.run()
