@@ -66,10 +66,12 @@ def session_summary() -> str:
     scores = st.session_state.get("scores")
     if scores is None:
         spec = st.session_state.get("model_spec")
-        return f"Loaded: {spec['spec']} · not calibrated" if spec else "Nothing loaded yet."
+        return f"Loaded: {spec['spec']} · not calibrated" if spec else "Session: no model loaded."
     info = st.session_state.get("calib_info") or {}
+    src = str(info.get("source", "?"))
+    src = src if len(src) <= 40 else src[:39] + "…"
     return (f"Scored: {scores.model} · {scores.num_layers} blocks · {info.get('samples', '?')} × "
-            f"{info.get('seq_len', '?')} tokens of {info.get('source', '?')}")
+            f"{info.get('seq_len', '?')} tokens of {src}")
 
 
 def show_status(slot=None) -> None:
