@@ -27,26 +27,12 @@ from pathlib import Path
 import torch
 
 from .errors import SimDiffError
+from .fileio import atomic_write_text  # noqa: F401  (re-exported: older callers import it from here)
 from .load import LoadedModel, strip_gguf_quantizer
 from .plan import Plan
 from .prune import pruned_model
 
 REPORT_NAME = "simdiff_report.json"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same directory and a rename."""
-    path = Path(path)
-    if path.parent and not path.parent.exists():
-        raise SimDiffError(f"output directory does not exist: {path.parent}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise SimDiffError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 def safe_name(name: str) -> str:

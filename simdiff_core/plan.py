@@ -85,7 +85,7 @@ class Plan:
         return json.dumps(self.to_dict(), indent=1)
 
     def save(self, path: str | Path) -> None:
-        from .export import atomic_write_text
+        from .fileio import atomic_write_text
 
         atomic_write_text(Path(path), self.to_json())
 

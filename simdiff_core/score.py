@@ -76,7 +76,7 @@ class Scores:
         return asdict(self)
 
     def save(self, path: str | Path) -> None:
-        from .export import atomic_write_text
+        from .fileio import atomic_write_text
 
         atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=1))
 
@@ -236,7 +236,7 @@ def score_model(
             raise Cancelled()
 
     start = 0
-    with torch.inference_mode(), block_hooks(blocks, on_block):
+    with torch.inference_mode(), block_hooks(blocks, on_block, name="score"):
         while start < N:
             end = min(start + bs, N)
             ids = input_ids[start:end].to(lm.device)

@@ -1,0 +1,76 @@
+"""Issue 13 item checks that belong to no single module: merge base, GGUF cache dtype, α ties,
+position-0 option, compare's evaluation text, text chunking, export --force recovery, damage memory."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from simdiff_core import make_windows
+from simdiff_core.errors import SimDiffError
+from simdiff_core.export import build_pruned
+from simdiff_core.merge import group_for, merged_model
+from simdiff_core.methods import run_method
+from simdiff_core.plan import Plan
+
+
+@pytest.fixture
+def ids(tokenizer):
+    return make_windows(tokenizer, "wikitext2", n=2, seq_len=32)
+
+
+# ------------------------------------------------------------------ item 4: merge into the lowest block
+def _distinct_norms(lm):
+    with torch.no_grad():  # norms start as identical ones: make them differ so they are tested too
+        for i, b in enumerate(lm.blocks):
+            for p in b.parameters():
+                if p.ndim == 1:
+                    p.add_(0.1 * i)
+
+
+def _direct_merge(lm, base, layers):
+    """theta_base + sum_k (theta_k - theta_base), written out on the raw tensors."""
+    params = [dict(lm.blocks[k].named_parameters()) for k in layers]
+    low = dict(lm.blocks[base].named_parameters())
+    return {n: low[n].detach() + sum(p[n].detach() - low[n].detach() for p in params) for n in low}
+
+
+def test_slm_merges_into_the_lowest_block_by_default(tiny, ids):
+    lm = tiny("llama", 8, seed=0)
+    _distinct_norms(lm)
+    plan = run_method("slm", lm, ids, num=3, threshold=0.999)
+    d = json.loads(plan.to_json())
+    assert d["details"]["merge_base"] == "lowest" and Plan.from_dict(d).details["merge_base"] == "lowest"
+    assert plan.merged_groups
+    small = build_pruned(lm, plan)
+    new_blocks = small.model.layers
+    for g in plan.merged_groups:
+        assert g["base"] == min(g["layers"]) and g["base"] in plan.kept_layers
+        merged = dict(new_blocks[plan.kept_layers.index(g["base"])].named_parameters())
+        for name, want in _direct_merge(lm, min(g["layers"]), g["layers"]).items():
+            torch.testing.assert_close(merged[name], want, rtol=0, atol=1e-6)
+
+
+def test_merge_base_option_highest_and_bases_differ(tiny, ids):
+    lm = tiny("gemma3", 6, seed=1)
+    _distinct_norms(lm)
+    window = [2, 3, 4]
+    low = Plan(model="t", num_layers=6, removed_layers=[3, 4], merged_groups=[group_for(window)])
+    high = Plan(model="t", num_layers=6, removed_layers=[2, 3], merged_groups=[group_for(window, "highest")])
+    assert low.merged_groups[0]["base"] == 2 and high.merged_groups[0]["base"] == 4
+    m_low, m_high = merged_model(lm, low), merged_model(lm, high)
+    for m, base in ((m_low, 2), (m_high, 4)):
+        got = dict(m.model.layers[2].named_parameters())
+        for name, want in _direct_merge(lm, base, window).items():
+            torch.testing.assert_close(got[name], want, rtol=0, atol=1e-6)
+        # the merged block keeps its base's layer type (sliding vs full attention)
+        assert m.config.layer_types[2] == lm.model.config.layer_types[base]
+    with torch.no_grad():
+        assert not torch.allclose(m_low(ids, use_cache=False).logits, m_high(ids, use_cache=False).logits)
+    plan = run_method("slm", lm, ids, num=2, threshold=0.999, merge_base="highest")
+    assert plan.details["merge_base"] == "highest"
+    assert all(g["base"] == max(g["layers"]) for g in plan.merged_groups)
+    with pytest.raises(SimDiffError, match="merge base"):
+        run_method("slm", lm, ids, num=2, merge_base="middle")
