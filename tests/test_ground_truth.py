@@ -247,7 +247,7 @@ def test_ground_truth_page_measures_damage_and_offers_the_report():
     at.run()
     at.switch_page(page).run()
     assert not at.exception and at.info and not at.get("plotly_chart")  # empty state: guard, no charts
-    at.switch_page("app.py").run()
+    at.switch_page("pages/0_Load_and_calibrate.py").run()
     at.number_input(key="samples").set_value(2)
     at.number_input(key="seq_len").set_value(32)
     at.button(key="calibrate").click().run()
