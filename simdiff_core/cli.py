@@ -215,30 +215,26 @@ def cmd_plan(args) -> int:
 
 
 def cmd_prune(args) -> int:
-    from .evaluate import eval_windows, perplexity, protocol_note
-    from .export import build_pruned, export_pruned
     from .load import pick_dtype
     from .plan import Plan
     from .score import Scores
+    from .workflows import evaluate_plan, export_and_record
 
     plan = Plan.load(args.plan)
     out = os.path.abspath(args.out)
     if os.path.exists(out) and not args.force:
         raise SimDiffError(f"'{args.out}' already exists; use --force to replace it")
+    scores = Scores.load(args.scores) if args.scores else None
     lm = load_from_args(args)
     plan.validate(lm.num_layers)
-    report = {}
-    if args.scores:
-        report["scores"] = Scores.load(args.scores).to_dict()
+    evaluation = None
     if args.eval_windows > 0:
-        ids = eval_windows(lm.tokenizer, args.text, args.eval_seq_len, args.eval_windows)
-        dense = perplexity(lm.model, ids, device=lm.device, progress=progress_printer("ppl dense"))
-        pruned = perplexity(build_pruned(lm, plan), ids, device=lm.device, progress=progress_printer("ppl pruned"))
-        report["evaluation"] = {"ppl_dense": dense["ppl"], "ppl_pruned": pruned["ppl"], "tokens": dense["tokens"],
-                                "protocol": protocol_note(lm.tokenizer, args.text, args.eval_seq_len, args.eval_windows)}
+        evaluation = evaluate_plan(lm, plan, args.eval_windows, args.eval_seq_len, text=args.text,
+                                   progress=progress_printer("ppl dense/pruned"))
     dtype = pick_dtype(args.out_dtype) if args.out_dtype else None
-    path = export_pruned(lm, plan, out, force=args.force, make_zip=args.zip, report=report, dtype=dtype)
-    result = {"out": str(path), "num_layers": len(plan.kept_layers), **report.get("evaluation", {})}
+    path, report = export_and_record(lm, plan, out, evaluation=evaluation, scores=scores, force=args.force,
+                                     make_zip=args.zip, dtype=dtype)
+    result = {"out": str(path), "num_layers": len(plan.kept_layers), **report.to_dict().get("evaluation", {})}
     if args.zip:
         result["zip"] = str(path.with_suffix(".zip"))
     print_result(result)
