@@ -26,7 +26,8 @@ if ! $py -c "import torch" >/dev/null 2>&1; then
     $py -m pip install -q "torch==2.13.0"
   else
     echo "setup: no NVIDIA GPU: installing the CPU build of torch" >&2
-    $py -m pip install -q "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu \
+    # Few retries: where download.pytorch.org is unreachable (offline mirrors) fall back quickly.
+    $py -m pip install -q --retries 1 --timeout 15 "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu \
       || $py -m pip install -q "torch==2.13.0"
   fi
 fi

@@ -10,8 +10,8 @@ Cosine, MSSD and MASD are proxies for how much a block matters; this is the thin
 
 How (cached prefix). Removing block i does not change anything *before* block i, so the hidden
 state entering block i is the same as in the dense model. One dense forward per batch of windows
-records every block's input ``x_i`` (forward hooks) and the keyword arguments every block was
-called with (forward pre-hooks with ``with_kwargs=True``: position embeddings, masks, position ids;
+records every block's input ``x_i`` (run-scoped forward hooks, ``hooks.hook_pass``) and the
+keyword arguments every block was called with (pre-hooks: position embeddings, masks, position ids;
 per block, because sliding-window families such as Gemma3 pass a different mask and rotary table to
 local and global layers). Then, for each i, we start from ``x_i``, skip block i, run blocks
 i+1..L-1 with their recorded kwargs, the final norm and the LM head, and accumulate the NLL exactly
@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import Cancelled, SimDiffError
-from .hooks import block_io
+from .hooks import block_io, hook_pass
 from .load import get_attr_path, text_config
 from .records import JsonRecord
 
@@ -157,7 +157,6 @@ def _capture(lm, ids: torch.Tensor):
     L = len(blocks)
     xs: list[torch.Tensor | None] = [None] * (L + 1)
     kws: list[dict | None] = [None] * L
-    handles = []
 
     def pre(module, args, kwargs, _i):
         # hidden states arrive positionally or as a kwarg; keep every other kwarg as the block saw it
@@ -174,14 +173,11 @@ def _capture(lm, ids: torch.Tensor):
         xs[_i] = x
         xs[_i + 1] = y
 
-    try:
-        for i, b in enumerate(blocks):
-            handles.append(b.register_forward_pre_hook(lambda m, a, k, _i=i: pre(m, a, k, _i), with_kwargs=True))
-            handles.append(b.register_forward_hook(lambda m, a, k, o, _i=i: post(m, a, k, o, _i), with_kwargs=True))
+    # run-scoped (hooks.py): other sessions' forwards on the shared model never reach these callbacks
+    with hook_pass(pre={b: (lambda m, a, k, _i=i: pre(m, a, k, _i)) for i, b in enumerate(blocks)},
+                   post={b: (lambda m, a, k, o, _i=i: post(m, a, k, o, _i)) for i, b in enumerate(blocks)},
+                   name="damage"):
         out = lm.model(input_ids=ids, use_cache=False)
-    finally:
-        for h in handles:
-            h.remove()
     if any(x is None for x in xs) or any(k is None for k in kws):
         raise SimDiffError(f"{lm.name}: not every block ran in the forward pass; cannot measure damage")
     return xs, kws, out.logits

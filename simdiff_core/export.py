@@ -26,10 +26,11 @@ from pathlib import Path
 import torch
 
 from .errors import SimDiffError
+from .fileio import atomic_write_text  # noqa: F401  (re-exported: older callers import it from here)
 from .load import LoadedModel, strip_gguf_quantizer
 from .plan import Plan
 from .prune import pruned_model
-from .records import ExportReport, atomic_write_text, read_report  # noqa: F401  (atomic_write_text: old import path)
+from .records import ExportReport, read_report
 
 REPORT_NAME = "simdiff_report.json"
 

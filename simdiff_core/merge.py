@@ -1,15 +1,20 @@
 """Fold windows of consecutive blocks into one block by summing parameter deltas (Sliding Layer Merging).
 
     from simdiff_core.merge import merged_model, merge_block_params
-    plan.merged_groups = [{"base": 20, "layers": [17, 18, 19, 20]}]    # 17-19 removed, 20 kept
+    plan.merged_groups = [{"base": 17, "layers": [17, 18, 19, 20]}]    # 18-20 removed, 17 kept
     small = merged_model(lm, plan)            # new model; lm.model is never touched
 
 For a group with base block b and window W, every parameter of the merged block is
 
     theta_merged = theta_b + sum_{k in W, k != b} (theta_k - theta_b)
 
-(LaCo's "reserving-differences" merge, used by Sliding Layer Merging, arXiv 2502.19159). Every
-parameter of the window takes part, norms included. The published code of both papers updates the
+(LaCo's "reserving-differences" merge, used by Sliding Layer Merging, arXiv 2502.19159). Both
+papers accumulate into the *lowest* block of the window (b = min W), and that is the default base
+(``DEFAULT_BASE``, ``group_for(layers)``); ``base="highest"`` is offered as an option. The result
+depends on the base: the sum has |W| - 1 deltas taken against b, so
+theta_merged = sum_k theta_k - (|W| - 1) theta_b, and the merged block sits at b's position (with b's
+layer type, e.g. sliding or global attention on Gemma). Every parameter of the window takes part,
+norms included. The published code of both papers updates the
 base in a loop that re-reads the already-updated tensor (``base = base + (block_k - base)``), which
 collapses to *assignment* and ends up copying the last block of the window; this module sums the
 deltas against the original base, which is what the papers' equations say.
@@ -28,6 +33,17 @@ from torch import nn
 
 from .errors import SimDiffError
 from .prune import pruned_model
+
+MERGE_BASES = ("lowest", "highest")
+DEFAULT_BASE = "lowest"  # the papers' choice: accumulate into the lowest block of the window
+
+
+def group_for(layers, base: str = DEFAULT_BASE) -> dict:
+    """The ``merged_groups`` entry for a window of consecutive blocks with the given base rule."""
+    if base not in MERGE_BASES:
+        raise SimDiffError(f"unknown merge base '{base}'; choose from {', '.join(MERGE_BASES)}")
+    layers = sorted(int(i) for i in layers)
+    return {"base": layers[0] if base == "lowest" else layers[-1], "layers": layers}
 
 
 @torch.no_grad()

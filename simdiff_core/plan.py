@@ -208,8 +208,24 @@ def candidates(num_layers: int, keep_first: bool = True, keep_last: bool = True)
     return list(range(lo, hi))
 
 
-def select_lowest(imp, k: int, keep_first: bool = True, keep_last: bool = True) -> list[int]:
-    """Indices of the ``k`` lowest-importance blocks among those allowed (ties: lower index first)."""
+def cosine_tiebreak(layers) -> np.ndarray | None:
+    """The cosine criterion's importance (-cosine), the tie-break for every ranking (None without it).
+
+    Ties in a fused importance are common with ``norm="robust"`` (z-scores clipped at +-3 all map to
+    0 or 1); broken by block index they would make SimDiff at alpha = 1 differ from cosine-only. Broken
+    by the cosine order, alpha = 1 is exactly the cosine plan for every normalisation (both are
+    monotone in BI = 1 - cosine), which is what "auto alpha is never worse than cosine" rests on.
+    """
+    if not layers or any("cosine" not in l for l in layers):
+        return None
+    return -np.array([float(l["cosine"]) for l in layers], dtype=np.float64)
+
+
+def select_lowest(imp, k: int, keep_first: bool = True, keep_last: bool = True, tiebreak=None) -> list[int]:
+    """Indices of the ``k`` lowest-importance blocks among those allowed.
+
+    Ties go by ``tiebreak`` (lower first; pass ``cosine_tiebreak(scores.layers)``), then lower index.
+    """
     imp = np.asarray(imp, dtype=np.float64)
     allowed = candidates(len(imp), keep_first, keep_last)
     if k > len(allowed):
@@ -217,19 +233,24 @@ def select_lowest(imp, k: int, keep_first: bool = True, keep_last: bool = True) 
         raise SimDiffError(
             f"cannot remove {k} blocks with the {' and '.join(locked)} block locked: only {len(allowed)} removable")
     vals = np.nan_to_num(imp[allowed], nan=np.inf)
-    order = sorted(range(len(allowed)), key=lambda j: (vals[j], allowed[j]))
+    tb = (np.zeros(len(allowed)) if tiebreak is None
+          else np.nan_to_num(np.asarray(tiebreak, dtype=np.float64)[allowed], nan=np.inf))
+    order = sorted(range(len(allowed)), key=lambda j: (vals[j], tb[j], allowed[j]))
     return sorted(allowed[j] for j in order[:k])
 
 
 def make_plan(scores, criterion: str = "simdiff", ratio=None, num=None, alpha: float = 0.5,
               keep_first: bool = True, keep_last: bool = True, **fusion) -> Plan:
-    """One-shot plan: remove the k lowest-importance blocks by ``criterion`` (no forward pass)."""
+    """One-shot plan: remove the k lowest-importance blocks by ``criterion`` (no forward pass).
+
+    Ties in importance go to the cosine order (``cosine_tiebreak``), then to the lower index.
+    """
     if criterion not in CRITERIA:
         raise SimDiffError(f"unknown criterion '{criterion}'; choose from {', '.join(CRITERIA)}")
     L = scores.num_layers
     k = num_from_ratio(L, ratio, num)
     imp = scores.importance(criterion, alpha=alpha, **fusion)
-    removed = select_lowest(imp, k, keep_first, keep_last)
+    removed = select_lowest(imp, k, keep_first, keep_last, tiebreak=cosine_tiebreak(scores.layers))
     options = {n: v for n, v in fusion.items() if n != "beta"}
     return Plan(
         model=scores.model, num_layers=L, removed_layers=removed, method="oneshot", criterion=criterion,

@@ -197,7 +197,7 @@ def build_report_html(scores, damage=None, plan=None, ppl=None, agreement: list 
 
 def write_report(path, scores, **kw) -> dict:
     """Write the HTML report atomically; returns {"out", "figures", "bytes"}."""
-    from .records import atomic_write_text
+    from .fileio import atomic_write_text
 
     doc, n = build_report_html(scores, **kw)
     atomic_write_text(Path(path), doc)

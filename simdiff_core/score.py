@@ -55,6 +55,8 @@ class Scores(JsonRecord):
     matrices: dict = field(default_factory=dict)
     calibration: dict = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
+    # Per-window sums of the per-block metrics, for bootstrap bands (uncertainty.py); {} in old files.
+    windows: dict = field(default_factory=dict)
 
     def importance(self, criterion: str, alpha: float = 0.5, **kw) -> np.ndarray:
         return importance(self.layers, criterion, alpha=alpha, **kw)
@@ -64,7 +66,7 @@ class Scores(JsonRecord):
         imp = simdiff_importance(self.layers, alpha=alpha, **kw)
         layers = [dict(l, simdiff=float(v)) for l, v in zip(self.layers, imp)]
         return Scores(self.model, self.num_layers, layers, self.matrices, self.calibration,
-                      dict(self.meta, simdiff_alpha=alpha))
+                      dict(self.meta, simdiff_alpha=alpha), self.windows)
 
     def table(self):
         import pandas as pd
@@ -83,7 +85,13 @@ class Scores(JsonRecord):
                     float(l[k])
         except (KeyError, TypeError, ValueError) as e:
             raise SimDiffError(f"malformed scores file: missing or bad field {e}") from None
-        return cls(d.get("model", "?"), n, layers, d.get("matrices", {}), d.get("calibration", {}), d.get("meta", {}))
+        windows = d.get("windows") or {}
+        if windows:
+            from .uncertainty import check_windows
+
+            check_windows(windows, n)
+        return cls(d.get("model", "?"), n, layers, d.get("matrices", {}), d.get("calibration", {}), d.get("meta", {}),
+                   windows)
 
 
 class _MatrixSampler:
@@ -179,12 +187,14 @@ def score_model(
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
     calibration: dict | None = None,
+    window_stats: bool = True,
 ) -> Scores:
     """Score every block of ``lm`` (a LoadedModel) on ``input_ids`` (N, S) in one pass.
 
     ``progress(fraction, message)`` is called after every block of every batch; ``should_stop()``
     is polled at the same points and raises ``Cancelled``. On CUDA out-of-memory the batch is
-    retried with half the batch size, down to 1.
+    retried with half the batch size, down to 1. ``window_stats`` keeps per-window sums of the
+    per-block metrics (``Scores.windows``, O(L x N) numbers) for bootstrap bands.
     """
     if input_ids.ndim != 2 or input_ids.shape[0] == 0:
         raise SimDiffError("calibration input must be a non-empty (N, S) tensor of token ids")
@@ -192,7 +202,7 @@ def score_model(
     L = len(blocks)
     N, S = input_ids.shape
     bs = batch_size or auto_batch_size(lm.device, S)
-    stats = BlockStats(L)
+    stats = BlockStats(L, windows=window_stats)
     sampler = _MatrixSampler(L, per_batch=max(1, math.ceil(matrix_tokens / N)), seq_len=S)
     taken = 0
     state = {"done": 0, "take": 0, "mask": None}
@@ -210,7 +220,7 @@ def score_model(
             raise Cancelled()
 
     start = 0
-    with torch.inference_mode(), block_hooks(blocks, on_block):
+    with torch.inference_mode(), block_hooks(blocks, on_block, name="score"):
         while start < N:
             end = min(start + bs, N)
             ids = input_ids[start:end].to(lm.device)
@@ -247,6 +257,7 @@ def score_model(
         meta={"seconds": round(time.perf_counter() - t0, 3), "batch_size": bs, "device": str(lm.device),
               "dtype": str(lm.dtype).replace("torch.", ""), "simdiff_alpha": 0.5,
               "family": lm.family, "version": _version()},
+        windows=stats.windows(),
     )
 
 

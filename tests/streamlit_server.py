@@ -1,7 +1,8 @@
 """Shared by the browser tests: start ``streamlit run app.py`` on a free loopback port, wait for health.
 
-The flags are the ones Streamlit's own end-to-end suite uses (headless, no file watcher, no usage
-stats); every wait is bounded and the server is always stopped.
+The flags are the ones Streamlit's own end-to-end suite uses (headless, no usage stats); the file
+watcher is left to the shipped ``.streamlit/config.toml`` (off), so the browser tests run the server
+exactly as ``bash scripts/setup.sh app`` does. Every wait is bounded and the server is always stopped.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def running_app(log_path: Path, env_extra: dict, extra_args=()):
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.address",
          "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",
-         "--server.fileWatcherType", "none", *extra_args],
+         *extra_args],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -63,6 +64,15 @@ def running_app(log_path: Path, env_extra: dict, extra_args=()):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+WATCHER_NOISE = ("Inotify", "inotify", "reconciling recursive watches", "watchdog")
+
+
+def watcher_lines(log_path: Path) -> list[str]:
+    """Lines of a server log that come from a file watcher (there must be none: the config turns it off)."""
+    text = Path(log_path).read_text(errors="replace") if Path(log_path).exists() else ""
+    return [line for line in text.splitlines() if any(w in line for w in WATCHER_NOISE)]
 
 
 def idle(page, timeout=240_000) -> None:
