@@ -54,8 +54,10 @@ def _stream_tokenizer(args):
 
 
 def cmd_score(args) -> int:
-    from .score import score_model
+    from .score import protocol, score_model
 
+    if getattr(args, "stream", False) and args.exclude_first_token:
+        raise SimDiffError("--exclude-first-token is not available with --stream (streamed scores include position 0)")
     if getattr(args, "stream", False):
         from .streaming import stream_score
 
@@ -66,14 +68,16 @@ def cmd_score(args) -> int:
                               progress=progress_printer("score"), calibration=calib, source=args.model)
         scores.save(args.out)
         print_result({"out": args.out, "num_layers": scores.num_layers, "seconds": scores.meta["seconds"],
-                      "stream": scores.meta["stream"]})
+                      "stream": scores.meta["stream"], "protocol": protocol(scores.calibration)})
         return 0
     lm = load_from_args(args)
     ids, calib = calib_from_args(args, lm)
     scores = score_model(lm, ids, batch_size=args.batch_size, matrix_tokens=args.matrix_tokens,
-                         progress=progress_printer("score"), calibration=calib)
+                         progress=progress_printer("score"), calibration=calib,
+                         first_token=not args.exclude_first_token)
     scores.save(args.out)
-    print_result({"out": args.out, "num_layers": scores.num_layers, "seconds": scores.meta["seconds"]})
+    print_result({"out": args.out, "num_layers": scores.num_layers, "seconds": scores.meta["seconds"],
+                  "protocol": protocol(scores.calibration)})
     return 0
 
 
@@ -204,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(s)
     add_calib_args(s)
     s.add_argument("--matrix-tokens", type=int, default=256, help="token subsample for the cosine/CKA heatmaps")
+    s.add_argument("--exclude-first-token", action="store_true",
+                   help="leave position 0 (BOS, massive activation) out of the per-block metrics (default: "
+                        "included, as ShortGPT's BI; the heatmaps always use positions 1..S-1)")
     s.add_argument("--out", required=True, help="scores.json to write")
     add_stream_args(s)
     s.set_defaults(func=cmd_score)

@@ -152,3 +152,29 @@ def test_auto_alpha_never_worse_than_cosine_with_robust_ties(tiny, ids):
     assert [t for t in trials if t["alpha"] == 1.0][0]["removed_layers"] == cos_plan.removed_layers
     cos_ppl = perplexity(pruned_model(lm, cos_plan.kept_layers), ids)["ppl"]
     assert trials_best(trials)["ppl"] <= cos_ppl * (1 + 1e-9)
+
+
+# ------------------------------------------------------------------ item 8a: position 0 is an option
+@pytest.mark.parametrize("first_token", [True, False])
+def test_first_token_option_matches_direct_computation(tiny, tokenizer, first_token):
+    import torch.nn.functional as F
+
+    from simdiff_core import score_model
+    from simdiff_core.score import protocol
+
+    lm = tiny("llama", 4)
+    ids = make_windows(tokenizer, "wikitext2", n=3, seq_len=20)
+    scores = score_model(lm, ids, batch_size=2, first_token=first_token)
+    with torch.no_grad():
+        hs = lm.model(ids, output_hidden_states=True, use_cache=False).hidden_states
+    start = 0 if first_token else 1
+    for i in range(lm.num_layers - 1):
+        x, y = hs[i][:, start:].double(), hs[i + 1][:, start:].double()
+        assert scores.layers[i]["cosine"] == pytest.approx(F.cosine_similarity(x, y, dim=-1).mean().item(), rel=1e-6)
+        assert scores.layers[i]["mssd_rel"] == pytest.approx(
+            ((y - x).pow(2).mean(-1) / x.pow(2).mean(-1)).mean().item(), rel=1e-5)
+    assert scores.calibration["tokens"] == 3 * (20 - start)
+    word = "included" if first_token else "excluded"
+    assert scores.calibration["first_token"] == word
+    line = protocol(scores.calibration)
+    assert f"position 0 / BOS {word}" in line and "heatmaps on a subsample of positions 1..S-1" in line
