@@ -65,6 +65,11 @@ with st.sidebar:
     c1, c2 = st.columns(2)
     samples = c1.number_input("Samples", 1, 4096, 8, key="samples", help="Number of calibration windows")
     seq_len = c2.number_input("Seq. length", 16, 8192, 256, step=16, key="seq_len", help="Tokens per window")
+    first_token = st.checkbox("Count position 0 (BOS) in the block metrics", key="first_token", value=True,
+                              disabled=stream,
+                              help="Position 0 carries the massive attention-sink activation. Included by default, "
+                                   "as ShortGPT's Block Influence averages over every token; the heatmaps always "
+                                   "use positions 1..S-1. The protocol line on Layer curves says which.")
     go = st.button("Load & calibrate", type="primary", key="calibrate", width="stretch")
 
 # ---- title ----
@@ -133,7 +138,7 @@ def run_calibration() -> None:
     # update; the flag set in the callback lets the new run say what happened.
     stop.button("Cancel", key="cancel_calib", on_click=state.put, args=("calib_cancelled", True))
     scores = score_model(lm, ids, progress=lambda f, msg: bar.progress(min(f, 1.0), text=f"Calibrating: {msg}"),
-                         calibration={"source": src.description})
+                         calibration={"source": src.description}, first_token=bool(first_token))
     bar.empty()
     stop.empty()
     state.put("scores", scores)

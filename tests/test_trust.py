@@ -102,3 +102,79 @@ def test_gguf_cache_written_by_a_bf16_load_serves_exact_float32(embedded_lm, tmp
     assert ref.keys() == got.keys()
     for k in ref:
         assert torch.equal(got[k], ref[k]), k
+
+
+# ------------------------------------------------------------------ item 6: alpha = 1 is cosine, any norm
+def _tie_scores(L=12):
+    """Per-block stats where robust z-scores of BI clip: blocks 1, 2 and 7 are far below the median,
+    so all three normalise to 0 (a tie); cosine ranks them 7 (most redundant), 2, 1."""
+    from simdiff_core.score import Scores
+
+    bi = [0.5, 0.004, 0.002, 0.30, 0.31, 0.32, 0.29, 0.001, 0.305, 0.295, 0.315, 0.6][:L]
+    layers = [{"index": i, "cosine": 1.0 - b, "bi": b, "mssd": 1.0 + ((i * 7) % L), "masd": 1.0 + ((i * 3) % L),
+               "mssd_rel": 0.1 + ((i * 7) % L) / 10, "masd_rel": 0.1 + ((i * 3) % L) / 10} for i, b in enumerate(bi)]
+    return Scores(model="tiny-llama", num_layers=L, layers=layers)
+
+
+@pytest.mark.parametrize("norm", ["rank", "robust"])
+def test_alpha_one_plan_is_the_cosine_plan_on_ties(norm):
+    from simdiff_core.metrics import normalise
+    from simdiff_core.plan import make_plan
+
+    scores = _tie_scores()
+    if norm == "robust":  # the constructed case really ties
+        n = normalise([l["bi"] for l in scores.layers], "robust")
+        assert n[1] == n[2] == n[7] == 0.0
+    for k in range(1, 11):
+        cos = make_plan(scores, "cosine", num=k).removed_layers
+        assert make_plan(scores, "simdiff", num=k, alpha=1.0, norm=norm).removed_layers == cos, k
+    assert make_plan(scores, "cosine", num=1).removed_layers == [7]
+
+
+@pytest.mark.parametrize("norm", ["rank", "robust"])
+def test_alpha_one_plan_is_the_cosine_plan_on_the_embedded_model(embedded_scores, norm):
+    from simdiff_core.plan import make_plan
+
+    for k in range(1, embedded_scores.num_layers - 2):
+        cos = make_plan(embedded_scores, "cosine", num=k).removed_layers
+        assert make_plan(embedded_scores, "simdiff", num=k, alpha=1.0, norm=norm).removed_layers == cos, k
+
+
+def test_auto_alpha_never_worse_than_cosine_with_robust_ties(tiny, ids):
+    from simdiff_core import perplexity, pruned_model
+    from simdiff_core.alpha import auto_alpha, trials_best
+    from simdiff_core.plan import make_plan
+
+    lm = tiny("llama", 12, seed=4)
+    scores = _tie_scores()
+    alpha, trials = auto_alpha(lm, scores, ids, num=2, norm="robust")
+    cos_plan = make_plan(scores, "cosine", num=2)
+    assert [t for t in trials if t["alpha"] == 1.0][0]["removed_layers"] == cos_plan.removed_layers
+    cos_ppl = perplexity(pruned_model(lm, cos_plan.kept_layers), ids)["ppl"]
+    assert trials_best(trials)["ppl"] <= cos_ppl * (1 + 1e-9)
+
+
+# ------------------------------------------------------------------ item 8a: position 0 is an option
+@pytest.mark.parametrize("first_token", [True, False])
+def test_first_token_option_matches_direct_computation(tiny, tokenizer, first_token):
+    import torch.nn.functional as F
+
+    from simdiff_core import score_model
+    from simdiff_core.score import protocol
+
+    lm = tiny("llama", 4)
+    ids = make_windows(tokenizer, "wikitext2", n=3, seq_len=20)
+    scores = score_model(lm, ids, batch_size=2, first_token=first_token)
+    with torch.no_grad():
+        hs = lm.model(ids, output_hidden_states=True, use_cache=False).hidden_states
+    start = 0 if first_token else 1
+    for i in range(lm.num_layers - 1):
+        x, y = hs[i][:, start:].double(), hs[i + 1][:, start:].double()
+        assert scores.layers[i]["cosine"] == pytest.approx(F.cosine_similarity(x, y, dim=-1).mean().item(), rel=1e-6)
+        assert scores.layers[i]["mssd_rel"] == pytest.approx(
+            ((y - x).pow(2).mean(-1) / x.pow(2).mean(-1)).mean().item(), rel=1e-5)
+    assert scores.calibration["tokens"] == 3 * (20 - start)
+    word = "included" if first_token else "excluded"
+    assert scores.calibration["first_token"] == word
+    line = protocol(scores.calibration)
+    assert f"position 0 / BOS {word}" in line and "heatmaps on a subsample of positions 1..S-1" in line
