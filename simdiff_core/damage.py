@@ -29,11 +29,9 @@ the number of windows; keep the calibration small (default 8 windows of 256 toke
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -42,6 +40,7 @@ import torch.nn.functional as F
 from .errors import Cancelled, SimDiffError
 from .hooks import block_io, hook_pass
 from .load import get_attr_path, text_config
+from .records import JsonRecord
 
 Progress = Callable[[float, str], None]
 DEFAULT_SAMPLES = 8
@@ -50,8 +49,10 @@ FINAL_NORM_NAMES = ("norm", "final_layernorm", "final_layer_norm", "ln_f", "fina
 
 
 @dataclass
-class Damage:
+class Damage(JsonRecord):
     """Measured leave-one-out damage of every block on one calibration set."""
+
+    KIND = "damage"
 
     model: str
     num_layers: int
@@ -97,14 +98,6 @@ class Damage:
         return cls(scores.model, scores.num_layers, dense, float(info.get("dense_ppl", float("nan"))), layers,
                    info.get("calibration", {}), {})
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def save(self, path: str | Path) -> None:
-        from .fileio import atomic_write_text
-
-        atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=1))
-
     @classmethod
     def from_dict(cls, d: dict) -> "Damage":
         try:
@@ -121,18 +114,6 @@ class Damage:
             raise
         except (KeyError, TypeError, ValueError) as e:
             raise SimDiffError(f"malformed damage file: missing or bad field {e}") from None
-
-    @classmethod
-    def load(cls, path: str | Path) -> "Damage":
-        try:
-            d = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise SimDiffError(f"no such damage file: {path}") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise SimDiffError(f"damage file {path} is not valid JSON: {e}") from None
-        if not isinstance(d, dict):
-            raise SimDiffError(f"damage file {path} must hold a JSON object")
-        return cls.from_dict(d)
 
 
 def _tail_modules(lm):

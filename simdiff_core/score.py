@@ -27,11 +27,9 @@ states of the current batch: it does not grow with the number of calibration tok
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -40,13 +38,16 @@ import torch
 from .errors import Cancelled, SimDiffError
 from .hooks import block_hooks
 from .metrics import BlockStats, importance, simdiff_importance
+from .records import JsonRecord
 
 Progress = Callable[[float, str], None]
 
 
 @dataclass
-class Scores:
+class Scores(JsonRecord):
     """Per-block metrics and cross-layer matrices for one model and one calibration set."""
+
+    KIND = "scores"
 
     model: str
     num_layers: int
@@ -72,14 +73,6 @@ class Scores:
 
         return pd.DataFrame(self.layers).set_index("index")
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def save(self, path: str | Path) -> None:
-        from .fileio import atomic_write_text
-
-        atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=1))
-
     @classmethod
     def from_dict(cls, d: dict) -> "Scores":
         try:
@@ -99,15 +92,6 @@ class Scores:
             check_windows(windows, n)
         return cls(d.get("model", "?"), n, layers, d.get("matrices", {}), d.get("calibration", {}), d.get("meta", {}),
                    windows)
-
-    @classmethod
-    def load(cls, path: str | Path) -> "Scores":
-        try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
-        except FileNotFoundError:
-            raise SimDiffError(f"no such scores file: {path}") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise SimDiffError(f"scores file {path} is not valid JSON: {e}") from None
 
 
 class _MatrixSampler:

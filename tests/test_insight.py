@@ -110,3 +110,46 @@ def test_scores_json_round_trips_windows_and_old_files_still_load(tiny, ids32, t
     d["windows"] = dict(sc.windows, cos=[[0.0]])
     with pytest.raises(SimDiffError, match="per-window"):
         Scores.from_dict(d)
+
+
+def test_cli_plan_stability_reports_membership_frequencies(tmp_path, tiny, ids32):
+    import json
+
+    from conftest import run_cli
+    from simdiff_core.uncertainty import plan_stability
+
+    sc = score_model(tiny("llama", 6), ids32[:6])
+    sc.save(tmp_path / "s.json")
+    r = run_cli("plan", "--scores", tmp_path / "s.json", "--num", 2, "--stability", 50, "--seed", 3,
+                "--out", tmp_path / "p.json", timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    direct = plan_stability(Scores.load(tmp_path / "s.json"), "simdiff", num=2, n_boot=50, seed=3)
+    assert out["stability"]["frequency"] == {str(i): round(f, 4) for i, f in enumerate(direct.frequency) if f > 0}
+    assert sum(out["stability"]["frequency"].values()) == pytest.approx(2.0, abs=1e-3)
+    assert json.loads((tmp_path / "p.json").read_text())["details"]["stability"]["frequency"] == direct.frequency
+    d = sc.to_dict()
+    d.pop("windows")
+    (tmp_path / "old.json").write_text(json.dumps(d))
+    r = run_cli("plan", "--scores", tmp_path / "old.json", "--num", 2, "--stability", 50, "--out", tmp_path / "q.json",
+                timeout=120)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: ") and "per-window" in r.stderr
+    assert not (tmp_path / "q.json").exists()
+
+
+@pytest.mark.parametrize("criterion,norm", [("simdiff", "rank"), ("simdiff", "robust"), ("cosine", "rank"),
+                                            ("mssd_rel", "rank")])
+def test_vectorised_replicates_equal_the_planner_per_replicate(tiny, ids32, criterion, norm):
+    from simdiff_core.metrics import importance
+    from simdiff_core.plan import select_lowest
+    from simdiff_core.uncertainty import replicate_importance, replicate_layers, select_lowest_cols
+
+    sc = score_model(tiny("llama", 6), ids32[:6])
+    reps = replicate_metrics(sc, n_boot=40, seed=1)
+    reps["mssd_rel"][:, 5] = 0.5  # all tied in one replicate: ties must average like metrics.normalise
+    vec = replicate_importance(reps, criterion, alpha=0.3, beta=0.7, norm=norm)
+    sel = select_lowest_cols(vec, 2, keep_first=True, keep_last=False)
+    for b in range(40):
+        one = importance(replicate_layers(reps, b), criterion, alpha=0.3, beta=0.7, norm=norm)
+        assert vec[:, b] == pytest.approx(one, abs=1e-12)
+        assert np.flatnonzero(sel[:, b]).tolist() == select_lowest(one, 2, keep_first=True, keep_last=False)
