@@ -58,6 +58,15 @@ def _style(fig: go.Figure, height: int) -> go.Figure:
     return fig
 
 
+def _fixed_margins(fig: go.Figure, left: int = 56, bottom: int = 48) -> go.Figure:
+    """Fixed margins, no automargin: plotly otherwise measures every tick label and redraws until the
+    margins settle, which was most of the browser's work per slider move (bench/browser_slider.py)."""
+    fig.update_layout(margin=dict(l=left, b=bottom, autoexpand=False))
+    fig.update_xaxes(automargin=False)
+    fig.update_yaxes(automargin=False)
+    return fig
+
+
 def curves_frame(layers: list[dict], simdiff: np.ndarray | None = None, dropped=()) -> pd.DataFrame:
     """The data behind the curve charts (what the CSV download holds)."""
     df = pd.DataFrame(layers).set_index("index")
@@ -116,7 +125,7 @@ def layer_curves(layers: list[dict], dropped=(), scale_free: bool = True, log_ms
         fig.update_yaxes(type="log", row=1, col=2)
     fig.update_xaxes(title_text="block")
     fig.update_layout(hovermode="closest")
-    return _style(fig, 340)
+    return _fixed_margins(_style(fig, 340))
 
 
 def importance_bars(values, dropped=(), title: str = "SimDiff importance (higher = keep)") -> go.Figure:
@@ -132,7 +141,7 @@ def importance_bars(values, dropped=(), title: str = "SimDiff importance (higher
                            hovertemplate="<b>block %{x}</b><br>importance %{customdata[1]:.4f}<br>%{customdata[0]}<extra></extra>"))
     fig.update_layout(title=dict(text=title, x=0, font=dict(size=15)), bargap=0.15)
     fig.update_xaxes(title_text="block", dtick=1 if len(v) <= 40 else None)
-    return _style(fig, 300)
+    return _fixed_margins(_style(fig, 300))
 
 
 def heatmap(matrix, title: str, x_title: str = "block", y_title: str = "block", x=None, y=None,
@@ -174,7 +183,7 @@ def overlap_matrix(sets: dict[str, list[int]], num_layers: int) -> go.Figure:
     fig.update_layout(title=dict(text="Blocks each criterion removes", x=0, font=dict(size=15)))
     fig.update_xaxes(title_text="block", dtick=1 if num_layers <= 40 else None, showspikes=False)
     fig.update_yaxes(autorange="reversed")
-    return _style(fig, 90 + 34 * len(names))
+    return _fixed_margins(_style(fig, 90 + 34 * len(names)), left=16 + 8 * max((len(str(n)) for n in names), default=4))
 
 
 # ---- cheap per-move figures (plain dicts over a once-validated base) ----
@@ -252,7 +261,7 @@ def _bars_layout(n: int) -> dict:
 
 
 def overlap_spec(sets: dict[str, list[int]], num_layers: int) -> dict:
-    """``overlap_matrix`` as a plain dict (layout template cached per block and row count)."""
+    """``overlap_matrix`` as a plain dict (layout template cached per block count and row names)."""
     names = list(sets)
     z = np.zeros((len(names), num_layers))
     for r, n in enumerate(names):
@@ -262,9 +271,9 @@ def overlap_spec(sets: dict[str, list[int]], num_layers: int) -> dict:
              "xgap": 2, "ygap": 2, "colorscale": [[0, "#f1f5f9"], [1, DROP]], "zmin": 0, "zmax": 1,
              "customdata": np.tile(counts, (len(names), 1)).tolist(),
              "hovertemplate": "%{y}<br>block %{x}: %{z:d} (chosen by %{customdata:d} criteria)<extra></extra>"}
-    return {"data": [trace], "layout": _overlap_layout(num_layers, len(names))}
+    return {"data": [trace], "layout": dict(_overlap_layout(num_layers, tuple(names)))}
 
 
 @lru_cache(maxsize=64)
-def _overlap_layout(num_layers: int, rows: int) -> dict:
-    return overlap_matrix({f"r{i}": [] for i in range(rows)}, num_layers).to_dict()["layout"]
+def _overlap_layout(num_layers: int, names: tuple[str, ...]) -> dict:
+    return overlap_matrix({n: [] for n in names}, num_layers).to_dict()["layout"]
