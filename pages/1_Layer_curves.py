@@ -12,6 +12,7 @@ import pandas as pd
 import streamlit as st
 
 from simdiff_core import SimDiffError
+from simdiff_core.score import protocol as score_protocol
 from ui import charts, state, views
 
 state.setup_page("Layer curves")
@@ -29,8 +30,7 @@ with st.sidebar:
 st.title("Layer curves")
 scores = state.require_scores()
 L = scores.num_layers
-st.caption(f"{scores.model} · {L} blocks · calibrated on {scores.calibration.get('samples')} × "
-           f"{scores.calibration.get('seq_len')} tokens ({scores.calibration.get('source', '?')})")
+st.caption(f"{scores.model} · {L} blocks · calibrated on {score_protocol(scores.calibration)}")
 damage = state.get("damage")
 damage = damage if damage is not None and len(damage) == scores.num_layers else None
 # The metric traces depend on the scores and the toggles only: built (and validated) once per

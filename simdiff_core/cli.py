@@ -10,17 +10,16 @@ stderr; bad input ends with ``error: <one line>`` on stderr and exit status 2 (n
 SIMDIFF_DEBUG=1 to see one). Results (JSON with ``--json``) are the last line of stdout.
 
 Other modules add subcommands by defining ``register(subparsers)`` and being listed in
-``COMMAND_MODULES``.
+``COMMAND_MODULES``; they take their shared argument helpers from ``cli_common`` (never from this
+module), so no subcommand module imports another.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import sys
-import time
 
 from .errors import SimDiffError
 
@@ -28,85 +27,11 @@ COMMAND_MODULES: list[str] = ["simdiff_core.cli_ground_truth", "simdiff_core.cli
                               "simdiff_core.cli_methods"]
 
 
-# ---------------------------------------------------------------- shared helpers (used by plugins)
-def add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument("--model", required=required, default=None if required else "default",
-                   help="'default' (embedded SmolLM2-135M GGUF), 'gemma3-270m', a .gguf path, a model directory, or a hub id")
-    p.add_argument("--device", default="auto", help="auto (CUDA -> MPS -> CPU), cpu, cuda, cuda:N, mps")
-    p.add_argument("--dtype", default="auto", help="auto (bf16/fp16 on GPU, fp32 on CPU), float32, float16, bfloat16")
-    p.add_argument("--trust-remote-code", action="store_true",
-                   help="allow the model repository's own Python code to run (off by default; only for code you trust)")
-    p.add_argument("--device-map", default=None,
-                   help="accelerate device map for models larger than one device, e.g. 'auto'")
-
-
-def add_calib_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--calib", default="wikitext2",
-                   help="calibration text: wikitext2 (shipped validation split), a file path, text:RAW, hf:DATASET[/CONFIG]/SPLIT")
-    p.add_argument("--samples", type=int, default=8, help="number of calibration windows (default 8)")
-    p.add_argument("--seq-len", type=int, default=256, help="tokens per calibration window (default 256)")
-    p.add_argument("--batch-size", type=int, default=None, help="windows per forward pass (default: automatic)")
-
-
-def add_ratio_args(p: argparse.ArgumentParser, required: bool = True) -> None:
-    g = p.add_mutually_exclusive_group(required=required)
-    g.add_argument("--ratio", type=float, help="fraction of blocks to remove, 0 < R < 1 (k = round(R * L))")
-    g.add_argument("--num", type=int, help="number of blocks to remove")
-    p.add_argument("--no-keep-first", dest="keep_first", action="store_false", help="allow removing block 0")
-    p.add_argument("--no-keep-last", dest="keep_last", action="store_false", help="allow removing the last block")
-
-
-def add_stream_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--stream", action="store_true",
-                   help="stream one decoder block at a time from the safetensors shards (models bigger than memory)")
-    p.add_argument("--memory-budget-mb", type=float, default=None,
-                   help="with --stream: refuse to hold more than this many MB of weights at once")
-
-
-def load_from_args(args):
-    from .load import load_model
-
-    progress_line(f"loading {args.model} ...")
-    if getattr(args, "trust_remote_code", False):
-        from .load import TRUST_REMOTE_CODE_WARNING
-
-        print(f"warning: {TRUST_REMOTE_CODE_WARNING}", file=sys.stderr, flush=True)
-    lm = load_model(args.model, device=args.device, dtype=args.dtype,
-                    trust_remote_code=getattr(args, "trust_remote_code", False),
-                    device_map=getattr(args, "device_map", None))
-    progress_line(f"loaded {lm.name}: {lm.num_layers} blocks on {lm.device} ({str(lm.dtype).replace('torch.', '')}) "
-                  f"in {lm.load_seconds:.1f}s", end=True)
-    return lm
-
-
-def calib_from_args(args, lm):
-    from .data import load_text, make_windows
-
-    src = load_text(args.calib, purpose="calib")
-    ids = make_windows(lm.tokenizer, src, args.samples, args.seq_len)
-    return ids, {"source": args.calib, "description": src.description}
-
-
-def progress_line(msg: str, end: bool = False) -> None:
-    sys.stderr.write("\r\033[K" + msg + ("\n" if end else "") if sys.stderr.isatty() else msg + "\n")
-    sys.stderr.flush()
-
-
-def progress_printer(label: str):
-    """A progress(fraction, message) callback printing to stderr (every 10% when not a tty)."""
-    state = {"last": -1.0, "t0": time.perf_counter()}
-
-    def cb(frac: float, msg: str = "") -> None:
-        tty = sys.stderr.isatty()
-        if tty or frac >= 1.0 or frac - state["last"] >= 0.1:
-            state["last"] = frac
-            progress_line(f"[{label}] {100 * frac:5.1f}% {msg} ({time.perf_counter() - state['t0']:.0f}s)",
-                          end=frac >= 1.0 and tty)
-    return cb
-
-
-def print_result(obj, as_json: bool = True) -> None:
-    print(json.dumps(obj) if as_json else obj, flush=True)
+# Shared argument helpers live in cli_common (which imports no subcommand module); re-exported here
+# because older callers import them from simdiff_core.cli.
+from .cli_common import (add_calib_args, add_model_args, add_ratio_args, add_stream_args,  # noqa: E402,F401
+                         calib_from_args, load_from_args, parse_alpha, print_result, progress_line,
+                         progress_printer)
 
 
 # ---------------------------------------------------------------- core subcommands
@@ -129,8 +54,10 @@ def _stream_tokenizer(args):
 
 
 def cmd_score(args) -> int:
-    from .score import score_model
+    from .score import protocol, score_model
 
+    if getattr(args, "stream", False) and args.exclude_first_token:
+        raise SimDiffError("--exclude-first-token is not available with --stream (streamed scores include position 0)")
     if getattr(args, "stream", False):
         from .streaming import stream_score
 
@@ -141,33 +68,25 @@ def cmd_score(args) -> int:
                               progress=progress_printer("score"), calibration=calib, source=args.model)
         scores.save(args.out)
         print_result({"out": args.out, "num_layers": scores.num_layers, "seconds": scores.meta["seconds"],
-                      "stream": scores.meta["stream"]})
+                      "stream": scores.meta["stream"], "protocol": protocol(scores.calibration)})
         return 0
     lm = load_from_args(args)
     ids, calib = calib_from_args(args, lm)
     scores = score_model(lm, ids, batch_size=args.batch_size, matrix_tokens=args.matrix_tokens,
-                         progress=progress_printer("score"), calibration=calib)
+                         progress=progress_printer("score"), calibration=calib,
+                         first_token=not args.exclude_first_token)
     scores.save(args.out)
-    print_result({"out": args.out, "num_layers": scores.num_layers, "seconds": scores.meta["seconds"]})
+    print_result({"out": args.out, "num_layers": scores.num_layers, "seconds": scores.meta["seconds"],
+                  "protocol": protocol(scores.calibration)})
     return 0
-
-
-def parse_alpha(value: str):
-    if value == "auto":
-        return "auto"
-    try:
-        a = float(value)
-    except ValueError:
-        raise SimDiffError(f"--alpha must be a number in [0, 1] or 'auto', got {value!r}") from None
-    if not 0.0 <= a <= 1.0:
-        raise SimDiffError(f"--alpha must lie in [0, 1], got {a}")
-    return a
 
 
 def cmd_plan(args) -> int:
     from .plan import make_plan
     from .score import Scores
 
+    if args.stability and (args.stability < 2 or (args.method not in (None, "oneshot"))):
+        raise SimDiffError("--stability needs N >= 2 resamples and a one-shot plan from --scores")
     if args.method is not None and (args.method != "oneshot" or args.scores is None):
         if args.model is None:
             raise SimDiffError(f"--method {args.method} runs the model: give --model too")
@@ -208,37 +127,51 @@ def cmd_plan(args) -> int:
     if trials is not None:
         plan.details["auto_alpha"] = {"chosen": alpha, "beta": fusion["beta"], "trials": trials,
                                       "objective": "calibration ppl"}
+    result = {"out": args.out, "removed_layers": plan.removed_layers, "kept_layers": plan.kept_layers,
+              "alpha": plan.alpha}
+    if args.stability:
+        from .uncertainty import plan_stability
+
+        stab = plan_stability(scores, args.criterion, num=plan.num_removed, alpha=plan.alpha,
+                              keep_first=args.keep_first, keep_last=args.keep_last, n_boot=args.stability,
+                              seed=args.seed, **fusion)
+        plan.details["stability"] = stab.to_dict()
+        result["stability"] = {"frequency": {str(i): round(f, 4) for i, f in enumerate(stab.frequency) if f > 0},
+                               "unstable": stab.unstable, "stable": stab.stable, "resamples": stab.n_boot,
+                               "seed": stab.seed}
+        for i, f in enumerate(stab.frequency):
+            if f > 0:
+                print(f"block {i:3d}: removed in {100 * f:5.1f}% of {stab.n_boot} resamples"
+                      f"{'  (in plan)' if i in plan.removed_layers else ''}", file=sys.stderr)
+        if not stab.stable:
+            print(f"warning: unstable plan: blocks {stab.unstable} are removed in fewer than "
+                  f"{100 * stab.threshold:.0f}% of the resamples", file=sys.stderr)
     plan.save(args.out)
-    print_result({"out": args.out, "removed_layers": plan.removed_layers, "kept_layers": plan.kept_layers,
-                  "alpha": plan.alpha})
+    print_result(result)
     return 0
 
 
 def cmd_prune(args) -> int:
-    from .evaluate import eval_windows, perplexity, protocol_note
-    from .export import build_pruned, export_pruned
     from .load import pick_dtype
     from .plan import Plan
     from .score import Scores
+    from .workflows import evaluate_plan, export_and_record
 
     plan = Plan.load(args.plan)
     out = os.path.abspath(args.out)
     if os.path.exists(out) and not args.force:
         raise SimDiffError(f"'{args.out}' already exists; use --force to replace it")
+    scores = Scores.load(args.scores) if args.scores else None
     lm = load_from_args(args)
     plan.validate(lm.num_layers)
-    report = {}
-    if args.scores:
-        report["scores"] = Scores.load(args.scores).to_dict()
+    evaluation = None
     if args.eval_windows > 0:
-        ids = eval_windows(lm.tokenizer, args.text, args.eval_seq_len, args.eval_windows)
-        dense = perplexity(lm.model, ids, device=lm.device, progress=progress_printer("ppl dense"))
-        pruned = perplexity(build_pruned(lm, plan), ids, device=lm.device, progress=progress_printer("ppl pruned"))
-        report["evaluation"] = {"ppl_dense": dense["ppl"], "ppl_pruned": pruned["ppl"], "tokens": dense["tokens"],
-                                "protocol": protocol_note(lm.tokenizer, args.text, args.eval_seq_len, args.eval_windows)}
+        evaluation = evaluate_plan(lm, plan, args.eval_windows, args.eval_seq_len, text=args.text,
+                                   progress=progress_printer("ppl dense/pruned"))
     dtype = pick_dtype(args.out_dtype) if args.out_dtype else None
-    path = export_pruned(lm, plan, out, force=args.force, make_zip=args.zip, report=report, dtype=dtype)
-    result = {"out": str(path), "num_layers": len(plan.kept_layers), **report.get("evaluation", {})}
+    path, report = export_and_record(lm, plan, out, evaluation=evaluation, scores=scores, force=args.force,
+                                     make_zip=args.zip, dtype=dtype)
+    result = {"out": str(path), "num_layers": len(plan.kept_layers), **report.to_dict().get("evaluation", {})}
     if args.zip:
         result["zip"] = str(path.with_suffix(".zip"))
     print_result(result)
@@ -295,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(s)
     add_calib_args(s)
     s.add_argument("--matrix-tokens", type=int, default=256, help="token subsample for the cosine/CKA heatmaps")
+    s.add_argument("--exclude-first-token", action="store_true",
+                   help="leave position 0 (BOS, massive activation) out of the per-block metrics (default: "
+                        "included, as ShortGPT's BI; the heatmaps always use positions 1..S-1)")
     s.add_argument("--out", required=True, help="scores.json to write")
     add_stream_args(s)
     s.set_defaults(func=cmd_score)
@@ -313,6 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "beta is tuned over 0, 0.5, 1 too)")
     s.add_argument("--norm", default="rank", choices=["rank", "robust"], help="SimDiff per-signal normalisation")
     s.add_argument("--raw", action="store_true", help="fuse raw MSSD/MASD instead of the scale-free variants")
+    s.add_argument("--stability", type=int, default=0, metavar="N",
+                   help="also report how often each block is removed when the plan is made from N bootstrap "
+                        "resamples of the calibration windows (needs scores with per-window statistics)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the --stability resampling (default 0)")
     add_ratio_args(s)
     add_model_args(s, required=False)
     s.set_defaults(model=None)

@@ -19,7 +19,7 @@ from .errors import SimDiffError
 
 
 def cmd_to_gguf(args) -> int:
-    from .cli import print_result, progress_line
+    from .cli_common import print_result, progress_line
     from .gguf_export import find_converter, install_converter, to_gguf
 
     if args.install_converter:
@@ -61,7 +61,7 @@ def verify_gguf(model_dir, gguf_path, text: str = "The quick brown fox jumps ove
 
 def _wrap_prune(original):
     def cmd_prune_ecosystem(args) -> int:
-        from .cli import print_result, progress_line
+        from .cli_common import print_result, progress_line
 
         token = None
         if args.push_to_hub:

@@ -17,8 +17,8 @@ import json
 import os
 from pathlib import Path
 
-from .cli import (add_calib_args, add_model_args, calib_from_args, load_from_args, print_result, progress_line,
-                  progress_printer)
+from .cli_common import (add_calib_args, add_model_args, calib_from_args, load_from_args, print_result, progress_line,
+                         progress_printer)
 from .errors import SimDiffError
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import math
 
-from .cli import (add_calib_args, add_model_args, calib_from_args, load_from_args, parse_alpha, print_result,
-                  progress_printer)
+from .cli_common import (add_calib_args, add_model_args, calib_from_args, load_from_args, parse_alpha, print_result,
+                         progress_printer)
 from .errors import SimDiffError
 
 

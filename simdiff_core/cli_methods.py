@@ -32,11 +32,13 @@ def add_method_args(p, with_method: bool = True) -> None:
                    help="max objective evaluations for greedy/search (local/evolutionary default 100)")
     p.add_argument("--time-limit", type=float, default=None, help="max seconds for greedy/search")
     p.add_argument("--threshold", type=float, default=None, help="slm: starting output-similarity threshold (default 0.9)")
+    p.add_argument("--merge-base", default=None, choices=["lowest", "highest"],
+                   help="slm: block of each window the deltas accumulate into (default lowest, as in the paper)")
 
 
 def method_plan(args, lm=None):
     """Build the plan for ``plan --model M --method X`` (used by cli.cmd_plan)."""
-    from .cli import calib_from_args, load_from_args, parse_alpha, progress_printer
+    from .cli_common import calib_from_args, load_from_args, parse_alpha, progress_printer
     from .methods import run_method
 
     alpha = parse_alpha(args.alpha)
@@ -50,14 +52,15 @@ def method_plan(args, lm=None):
                       keep_last=args.keep_last, progress=progress_printer(args.method), calibration=calib,
                       criterion=args.criterion, alpha=alpha, beta=args.beta, norm=args.norm,
                       scale_free=not args.raw, objective=args.objective, search=args.search, budget=args.budget,
-                      seconds=args.time_limit, threshold=args.threshold)
+                      seconds=args.time_limit, threshold=args.threshold,
+                      merge_base=args.merge_base)
 
 
 def cmd_compare(args) -> int:
-    from .cli import calib_from_args, load_from_args, print_result, progress_printer
+    from .cli_common import calib_from_args, load_from_args, print_result, progress_printer
     from .compare import parse_specs, run_compare, to_markdown, write_csv
     from .evaluate import eval_windows, protocol_note
-    from .export import atomic_write_text
+    from .fileio import atomic_write_text
 
     specs = parse_specs(args.methods)
     out = Path(args.out)
@@ -86,7 +89,7 @@ def cmd_compare(args) -> int:
 
 
 def register(sub) -> None:
-    from .cli import add_calib_args, add_model_args, add_ratio_args
+    from .cli_common import add_calib_args, add_model_args, add_ratio_args
     from .compare import DEFAULT_SPECS
 
     s = sub.add_parser("compare", help="shoot-out: several methods/criteria, same model and ratio, one table",

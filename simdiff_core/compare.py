@@ -170,7 +170,7 @@ def to_csv_text(rows: list[dict]) -> str:
 def write_csv(rows: list[dict], path) -> None:
     from pathlib import Path
 
-    from .export import atomic_write_text
+    from .fileio import atomic_write_text
 
     atomic_write_text(Path(path), to_csv_text(rows))
 

@@ -13,10 +13,12 @@ How (the order sequential pruning codebases use): the model skeleton is built on
 1. embeddings only: run the model's own forward with every block replaced by a recorder, which
    captures block 0's input hidden states and the exact keyword arguments every block receives
    (attention masks, sliding-window masks, rotary position embeddings: whatever the family passes);
-   the embeddings are released;
+   the embeddings are released (the recorders replace the blocks rather than hook them: a hook
+   cannot stop a block whose weights are still on ``meta`` from running; the skeleton belongs to
+   this call alone, so swapping its blocks touches nothing shared);
 2. for each block i: load block i, run *all* calibration batches through it (hidden states stay on
-   the device), feed ``metrics.BlockStats`` and the heatmap sampler of ``score.py`` exactly as the
-   in-memory hooks do, release block i;
+   the device), feed ``metrics.BlockStats`` and the heatmap sampler of ``score.py`` through the same
+   run-scoped block hook (``hooks.block_hooks``) as the in-memory pass, release block i;
 3. (perplexity only) load the final norm and LM head and run the model's own forward once more with
    the blocks replaced by replayers returning the streamed final hidden states, so family-specific
    head logic (logit soft-capping, scaled embeddings) is the model's own code.
@@ -46,6 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import Cancelled, SimDiffError
+from .hooks import block_hooks
 from .load import find_block_path, get_attr_path, pick_device, pick_dtype
 from .metrics import BlockStats
 from .score import Scores, _MatrixSampler, auto_batch_size
@@ -321,17 +324,18 @@ def _run_blocks(sm: StreamedModel, xs, calls, on_block, progress, should_stop):
     for i in range(L):
         names = sm.block_names(i)
         sm.load(names, f"block {i}")
+        batch = [0]
+        # the block's input and output reach on_block through the same run-scoped hook as in score.py
+        observe = (lambda _i, x, y: on_block(batch[0], _i, x, y)) if on_block is not None else (lambda *a: None)
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), block_hooks({i: sm.blocks[i]}, observe, name="stream"):
                 for b in range(nb):
                     if should_stop is not None and should_stop():
                         raise Cancelled()
                     args, kwargs = calls[b][i]
+                    batch[0] = b
                     out = sm.blocks[i](xs[b], *args, **kwargs)
-                    y = out[0] if isinstance(out, (tuple, list)) else out
-                    if on_block is not None:
-                        on_block(b, i, xs[b], y)
-                    xs[b] = y
+                    xs[b] = out[0] if isinstance(out, (tuple, list)) else out
                     if progress is not None:
                         progress((i * nb + b + 1) / (L * nb), f"block {i + 1}/{L} (streamed), batch {b + 1}/{nb}")
         finally:
@@ -387,10 +391,7 @@ def stream_score(
     total, sampler = BlockStats(L), samplers[0]
     for b in range(len(batches)):
         stats[b].commit()
-        for k in BlockStats.FIELDS:
-            total.total[k] = torch.maximum(total.total[k], stats[b].total[k]) if k == "maxdiff" \
-                else total.total[k] + stats[b].total[k]
-        total.tokens += stats[b].tokens
+        total.absorb(stats[b])
         samplers[b].commit()
         if b > 0:
             sampler.ang_sum += samplers[b].ang_sum
@@ -408,6 +409,7 @@ def stream_score(
               "dtype": str(sm.dtype).replace("torch.", ""), "simdiff_alpha": 0.5,
               "family": getattr(sm.model.config, "model_type", "unknown"), "version": _version(),
               "stream": stream_meta(sm)},
+        windows=total.windows(),
     )
 
 

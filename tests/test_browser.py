@@ -118,7 +118,7 @@ def test_full_flow_in_chromium(server, tmp_path):
         assert after["preview_fragment"] == before["preview_fragment"] + 4
         set_number(page, "Blocks to remove", round(0.25 * 30))
 
-        _goto_page(page, "Export and evaluate")
+        _goto_page(page, "Export & evaluate")
         set_number(page, "Windows", 2)
         set_number(page, "Seq. length", 64)
         for label in ("Generation sample", "Latency (prefill / decode)"):  # covered by the AppTest suite

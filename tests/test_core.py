@@ -16,7 +16,7 @@ from simdiff_core.export import export_pruned, safe_name, export_dir_under
 from simdiff_core.metrics import normalise, simdiff_importance
 from simdiff_core.plan import Plan, num_from_ratio, select_lowest
 from simdiff_core.prune import weights_fingerprint
-from tiny import FAMILIES
+from tiny import CORE_FAMILIES as FAMILIES
 
 
 def _ids(tokenizer, n=2, s=32):

@@ -148,8 +148,8 @@ def test_slm_merges_to_target(tiny, ids):
     p = run_method("slm", lm, ids, num=3, threshold=0.999)
     _check(p, 8, 3, "slm")
     assert p.merged_groups and weights_fingerprint(lm.model) == before
-    for g in p.merged_groups:  # windows grow downwards from their base
-        assert g["base"] == max(g["layers"]) and g["layers"] == list(range(min(g["layers"]), g["base"] + 1))
+    for g in p.merged_groups:  # consecutive windows, merged into their lowest block (the paper's base)
+        assert g["base"] == min(g["layers"]) and g["layers"] == list(range(g["base"], max(g["layers"]) + 1))
     assert sum(len(g["layers"]) - 1 for g in p.merged_groups) == 3
     assert p.details["threshold_final"] <= 0.999 and p.details["similarity"] >= p.details["threshold_final"] - 1e-9
     assert torch.isfinite(build_pruned(lm, p)(input_ids=ids, use_cache=False).logits).all()

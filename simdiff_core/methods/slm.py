@@ -1,10 +1,12 @@
 """Sliding Layer Merging (arXiv 2502.19159): merge windows of consecutive blocks, top-down.
 
-Start with the deepest removable block as the base of a window; grow the window downwards one
+Start a window at the deepest removable block; grow it downwards one
 block at a time while the merged model's final hidden states stay similar to the original model's
 (mean token cosine on the calibration windows >= ``threshold``); when the next block would drop the
 similarity below it, close the window (merge = base + sum of parameter deltas, see ``merge.py``)
-and start a new window at the block below. Stop once k blocks are merged away.
+and start a new window at the block below. The base is the *lowest* block of the window, as in the
+paper and LaCo's RDSC (``merge_base="highest"`` uses the top block instead); the plan records it in
+each group's ``base`` and in ``details["merge_base"]``. Stop once k blocks are merged away.
 
 The paper picks the threshold by hand; here the user asks for k blocks, so if a pass over the
 model merges fewer than k, the threshold is lowered to the highest similarity that was refused and
@@ -18,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import SimDiffError
-from ..merge import merged_model
+from ..merge import DEFAULT_BASE, group_for, merged_model
 from ..score import _forward_base
 
 
@@ -28,7 +30,8 @@ def _final_states(model, ids, device, bs: int = 4) -> list[torch.Tensor]:
             for i in range(0, ids.shape[0], bs)]
 
 
-def run(ctx, threshold: float = 0.9, max_passes: int = 50):
+def run(ctx, threshold: float = 0.9, max_passes: int = 50, merge_base: str = DEFAULT_BASE):
+    group_for([0], merge_base)  # validates the option before any work
     if not -1.0 <= float(threshold) <= 1.0:
         raise SimDiffError(f"SLM similarity threshold must lie in [-1, 1], got {threshold}")
     allowed = ctx.allowed
@@ -41,9 +44,9 @@ def run(ctx, threshold: float = 0.9, max_passes: int = 50):
     trace = []
 
     def groups_plan(groups):
-        removed = [i for g in groups for i in g if i != g[-1]]
-        return ctx.plan(removed, "slm", criterion="output_cosine",
-                        merged_groups=[{"base": g[-1], "layers": list(g)} for g in groups])
+        merged = [group_for(g, merge_base) for g in groups]
+        removed = [i for g in merged for i in g["layers"] if i != g["base"]]
+        return ctx.plan(removed, "slm", criterion="output_cosine", merged_groups=merged)
 
     def similarity(groups) -> float:
         key = tuple(tuple(g) for g in groups)
@@ -89,6 +92,8 @@ def run(ctx, threshold: float = 0.9, max_passes: int = 50):
     plan = groups_plan(groups)
     plan.details = {"threshold_start": float(threshold), "threshold_final": T, "passes": passes,
                     "similarity": similarity(groups), "evals": len(memo),
-                    "windows": [f"{g[0]}-{g[-1]} -> {g[-1]}" for g in groups],
-                    "merge": "base + sum(block_k - base) over every parameter of the window", "trace": trace}
+                    "windows": [f"{g['layers'][0]}-{g['layers'][-1]} -> {g['base']}" for g in plan.merged_groups],
+                    "merge_base": merge_base,
+                    "merge": f"base + sum(block_k - base) over every parameter of the window; base = {merge_base} "
+                             "block of the window", "trace": trace}
     return plan

@@ -1,0 +1,180 @@
+"""Issue 13 item checks that belong to no single module: merge base, GGUF cache dtype, α ties,
+position-0 option, compare's evaluation text, text chunking, export --force recovery, damage memory."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from simdiff_core import make_windows
+from simdiff_core.errors import SimDiffError
+from simdiff_core.export import build_pruned
+from simdiff_core.merge import group_for, merged_model
+from simdiff_core.methods import run_method
+from simdiff_core.plan import Plan
+
+
+@pytest.fixture
+def ids(tokenizer):
+    return make_windows(tokenizer, "wikitext2", n=2, seq_len=32)
+
+
+# ------------------------------------------------------------------ item 4: merge into the lowest block
+def _distinct_norms(lm):
+    with torch.no_grad():  # norms start as identical ones: make them differ so they are tested too
+        for i, b in enumerate(lm.blocks):
+            for p in b.parameters():
+                if p.ndim == 1:
+                    p.add_(0.1 * i)
+
+
+def _direct_merge(lm, base, layers):
+    """theta_base + sum_k (theta_k - theta_base), written out on the raw tensors."""
+    params = [dict(lm.blocks[k].named_parameters()) for k in layers]
+    low = dict(lm.blocks[base].named_parameters())
+    return {n: low[n].detach() + sum(p[n].detach() - low[n].detach() for p in params) for n in low}
+
+
+def test_slm_merges_into_the_lowest_block_by_default(tiny, ids):
+    lm = tiny("llama", 8, seed=0)
+    _distinct_norms(lm)
+    plan = run_method("slm", lm, ids, num=3, threshold=0.999)
+    d = json.loads(plan.to_json())
+    assert d["details"]["merge_base"] == "lowest" and Plan.from_dict(d).details["merge_base"] == "lowest"
+    assert plan.merged_groups
+    small = build_pruned(lm, plan)
+    new_blocks = small.model.layers
+    for g in plan.merged_groups:
+        assert g["base"] == min(g["layers"]) and g["base"] in plan.kept_layers
+        merged = dict(new_blocks[plan.kept_layers.index(g["base"])].named_parameters())
+        for name, want in _direct_merge(lm, min(g["layers"]), g["layers"]).items():
+            torch.testing.assert_close(merged[name], want, rtol=0, atol=1e-6)
+
+
+def test_merge_base_option_highest_and_bases_differ(tiny, ids):
+    lm = tiny("gemma3", 6, seed=1)
+    _distinct_norms(lm)
+    window = [2, 3, 4]
+    low = Plan(model="t", num_layers=6, removed_layers=[3, 4], merged_groups=[group_for(window)])
+    high = Plan(model="t", num_layers=6, removed_layers=[2, 3], merged_groups=[group_for(window, "highest")])
+    assert low.merged_groups[0]["base"] == 2 and high.merged_groups[0]["base"] == 4
+    m_low, m_high = merged_model(lm, low), merged_model(lm, high)
+    for m, base in ((m_low, 2), (m_high, 4)):
+        got = dict(m.model.layers[2].named_parameters())
+        for name, want in _direct_merge(lm, base, window).items():
+            torch.testing.assert_close(got[name], want, rtol=0, atol=1e-6)
+        # the merged block keeps its base's layer type (sliding vs full attention)
+        assert m.config.layer_types[2] == lm.model.config.layer_types[base]
+    with torch.no_grad():
+        assert not torch.allclose(m_low(ids, use_cache=False).logits, m_high(ids, use_cache=False).logits)
+    plan = run_method("slm", lm, ids, num=2, threshold=0.999, merge_base="highest")
+    assert plan.details["merge_base"] == "highest"
+    assert all(g["base"] == max(g["layers"]) for g in plan.merged_groups)
+    with pytest.raises(SimDiffError, match="merge base"):
+        run_method("slm", lm, ids, num=2, merge_base="middle")
+
+
+# ------------------------------------------------------------------ item 5: GGUF cache and dtype
+@pytest.mark.slow
+def test_gguf_cache_written_by_a_bf16_load_serves_exact_float32(embedded_lm, tmp_path, monkeypatch):
+    """A bf16 load into a fresh cache, then a float32 load from that cache: the float32 weights must
+    be the dequantised GGUF's, not bf16-rounded ones."""
+    from safetensors import safe_open
+
+    from simdiff_core import load_model
+    from simdiff_core.load import _gguf_cache_dir
+
+    monkeypatch.setenv("SIMDIFF_CACHE", str(tmp_path))
+    half = load_model("default", device="cpu", dtype="bfloat16")
+    assert half.model.dtype == torch.bfloat16 and any("cached dequantised" in n for n in half.notes)
+    del half
+    cache = _gguf_cache_dir(__import__("pathlib").Path(embedded_lm.gguf_file))
+    assert cache.is_relative_to(tmp_path)
+    for f in cache.glob("*.safetensors"):
+        with safe_open(f, "pt") as st:
+            assert {st.get_slice(k).get_dtype() for k in st.keys()} == {"F32"}
+    full = load_model("default", device="cpu", dtype="float32")
+    assert any("from cache" in n for n in full.notes)
+    ref = embedded_lm.model.state_dict()  # float32 load (session fixture)
+    got = full.model.state_dict()
+    assert ref.keys() == got.keys()
+    for k in ref:
+        assert torch.equal(got[k], ref[k]), k
+
+
+# ------------------------------------------------------------------ item 6: alpha = 1 is cosine, any norm
+def _tie_scores(L=12):
+    """Per-block stats where robust z-scores of BI clip: blocks 1, 2 and 7 are far below the median,
+    so all three normalise to 0 (a tie); cosine ranks them 7 (most redundant), 2, 1."""
+    from simdiff_core.score import Scores
+
+    bi = [0.5, 0.004, 0.002, 0.30, 0.31, 0.32, 0.29, 0.001, 0.305, 0.295, 0.315, 0.6][:L]
+    layers = [{"index": i, "cosine": 1.0 - b, "bi": b, "mssd": 1.0 + ((i * 7) % L), "masd": 1.0 + ((i * 3) % L),
+               "mssd_rel": 0.1 + ((i * 7) % L) / 10, "masd_rel": 0.1 + ((i * 3) % L) / 10} for i, b in enumerate(bi)]
+    return Scores(model="tiny-llama", num_layers=L, layers=layers)
+
+
+@pytest.mark.parametrize("norm", ["rank", "robust"])
+def test_alpha_one_plan_is_the_cosine_plan_on_ties(norm):
+    from simdiff_core.metrics import normalise
+    from simdiff_core.plan import make_plan
+
+    scores = _tie_scores()
+    if norm == "robust":  # the constructed case really ties
+        n = normalise([l["bi"] for l in scores.layers], "robust")
+        assert n[1] == n[2] == n[7] == 0.0
+    for k in range(1, 11):
+        cos = make_plan(scores, "cosine", num=k).removed_layers
+        assert make_plan(scores, "simdiff", num=k, alpha=1.0, norm=norm).removed_layers == cos, k
+    assert make_plan(scores, "cosine", num=1).removed_layers == [7]
+
+
+@pytest.mark.parametrize("norm", ["rank", "robust"])
+def test_alpha_one_plan_is_the_cosine_plan_on_the_embedded_model(embedded_scores, norm):
+    from simdiff_core.plan import make_plan
+
+    for k in range(1, embedded_scores.num_layers - 2):
+        cos = make_plan(embedded_scores, "cosine", num=k).removed_layers
+        assert make_plan(embedded_scores, "simdiff", num=k, alpha=1.0, norm=norm).removed_layers == cos, k
+
+
+def test_auto_alpha_never_worse_than_cosine_with_robust_ties(tiny, ids):
+    from simdiff_core import perplexity, pruned_model
+    from simdiff_core.alpha import auto_alpha, trials_best
+    from simdiff_core.plan import make_plan
+
+    lm = tiny("llama", 12, seed=4)
+    scores = _tie_scores()
+    alpha, trials = auto_alpha(lm, scores, ids, num=2, norm="robust")
+    cos_plan = make_plan(scores, "cosine", num=2)
+    assert [t for t in trials if t["alpha"] == 1.0][0]["removed_layers"] == cos_plan.removed_layers
+    cos_ppl = perplexity(pruned_model(lm, cos_plan.kept_layers), ids)["ppl"]
+    assert trials_best(trials)["ppl"] <= cos_ppl * (1 + 1e-9)
+
+
+# ------------------------------------------------------------------ item 8a: position 0 is an option
+@pytest.mark.parametrize("first_token", [True, False])
+def test_first_token_option_matches_direct_computation(tiny, tokenizer, first_token):
+    import torch.nn.functional as F
+
+    from simdiff_core import score_model
+    from simdiff_core.score import protocol
+
+    lm = tiny("llama", 4)
+    ids = make_windows(tokenizer, "wikitext2", n=3, seq_len=20)
+    scores = score_model(lm, ids, batch_size=2, first_token=first_token)
+    with torch.no_grad():
+        hs = lm.model(ids, output_hidden_states=True, use_cache=False).hidden_states
+    start = 0 if first_token else 1
+    for i in range(lm.num_layers - 1):
+        x, y = hs[i][:, start:].double(), hs[i + 1][:, start:].double()
+        assert scores.layers[i]["cosine"] == pytest.approx(F.cosine_similarity(x, y, dim=-1).mean().item(), rel=1e-6)
+        assert scores.layers[i]["mssd_rel"] == pytest.approx(
+            ((y - x).pow(2).mean(-1) / x.pow(2).mean(-1)).mean().item(), rel=1e-5)
+    assert scores.calibration["tokens"] == 3 * (20 - start)
+    word = "included" if first_token else "excluded"
+    assert scores.calibration["first_token"] == word
+    line = protocol(scores.calibration)
+    assert f"position 0 / BOS {word}" in line and "heatmaps on a subsample of positions 1..S-1" in line
