@@ -35,6 +35,10 @@ from .errors import SimDiffError
 DATA_DIR = Path(__file__).parent / "data"
 WIKITEXT_DIR = DATA_DIR / "wikitext-2"
 WIKITEXT_NOTE = "WikiText-2 word-level v1 release (with <unk> markers), CC BY-SA 3.0"
+# Small texts written for the project (CC0, data/calib/LICENSE), for calibration-sensitivity comparisons.
+CALIB_DIR = DATA_DIR / "calib"
+SHIPPED_SAMPLES = {"code": "shipped code sample (Python source, CC0)",
+                   "dialogue": "shipped dialogue sample (conversations, CC0)"}
 # Uploads and files larger than this are refused before reading (override with SIMDIFF_MAX_TEXT_MB).
 MAX_TEXT_MB = float(os.environ.get("SIMDIFF_MAX_TEXT_MB", "200"))
 _CHUNK_CHARS = 1 << 18  # tokenise ~256k characters at a time
@@ -93,6 +97,11 @@ def load_text(source: str, purpose: str = "calib") -> TextSource:
         return TextSource(source, f"{WIKITEXT_NOTE}, {split} split", path=WIKITEXT_DIR / f"{split}.txt")
     if source.startswith("hf:"):
         return _hf_source(source)
+    if source.startswith("shipped:"):
+        name = source.split(":", 1)[1]
+        if name not in SHIPPED_SAMPLES:
+            raise SimDiffError(f"unknown shipped text '{name}': choose from {', '.join(SHIPPED_SAMPLES)}")
+        return TextSource(source, SHIPPED_SAMPLES[name], path=CALIB_DIR / f"{name}.txt")
     p = Path(os.path.expanduser(source))
     if not p.exists():
         raise SimDiffError(f"no such text file: {source} (use wikitext2, text:..., hf:DATASET/SPLIT or a path)")

@@ -153,3 +153,45 @@ def test_vectorised_replicates_equal_the_planner_per_replicate(tiny, ids32, crit
         one = importance(replicate_layers(reps, b), criterion, alpha=0.3, beta=0.7, norm=norm)
         assert vec[:, b] == pytest.approx(one, abs=1e-12)
         assert np.flatnonzero(sel[:, b]).tolist() == select_lowest(one, 2, keep_first=True, keep_last=False)
+
+
+# ------------------------------------------------------------------ calibration sensitivity, overlays
+def test_sensitivity_identical_sources_agree_and_different_texts_are_measured(tiny, tokenizer):
+    from simdiff_core.data import load_text
+    from simdiff_core.sensitivity import sensitivity, spearman
+
+    lm = tiny("llama", 6)
+    wiki = score_model(lm, make_windows(tokenizer, "wikitext2", n=3, seq_len=32))
+    code = score_model(lm, make_windows(tokenizer, "shipped:code", n=3, seq_len=32))
+    dia = score_model(lm, make_windows(tokenizer, load_text("shipped:dialogue"), n=3, seq_len=32))
+    same = sensitivity({"a": wiki, "b": wiki}, num=2)
+    assert same.rho["a", "b"] == pytest.approx(1.0) and same.flips == {} and same.overlap["a", "b"]["jaccard"] == 1
+    rep = sensitivity({"wiki": wiki, "code": code, "dialogue": dia}, num=2)
+    import pandas as pd
+
+    for (a, b), rho in rep.rho.items():  # against pandas' Spearman (its own average ranks of ties)
+        assert rho == pytest.approx(pd.Series(rep.importance[a]).corr(pd.Series(rep.importance[b]), method="spearman"))
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    every = set(rep.removed["wiki"]) & set(rep.removed["code"]) & set(rep.removed["dialogue"])
+    assert set(rep.agreed) == every
+    for blk, who in rep.flips.items():
+        assert blk not in every and who == [n for n in rep.removed if blk in rep.removed[n]]
+
+
+def test_relative_depth_overlay_maps_block_counts():
+    from simdiff_core.sensitivity import overlay_frame, relative_depth
+
+    assert relative_depth(5).tolist() == [0, 0.25, 0.5, 0.75, 1.0]
+    assert relative_depth(1).tolist() == [0.0]
+
+    def fake(L):
+        return Scores(f"m{L}", L, [{"index": i, "cosine": float(i), "mssd": 1.0, "masd": 1.0} for i in range(L)])
+
+    df, rel = overlay_frame({"deep": fake(30), "shallow": fake(16)}, "cosine")
+    assert rel
+    deep, shallow = df[df.run == "deep"], df[df.run == "shallow"]
+    assert len(deep) == 30 and len(shallow) == 16
+    assert deep.x.iloc[0] == 0 and deep.x.iloc[-1] == 1 and shallow.x.iloc[-1] == 1
+    assert shallow.x.iloc[8] == pytest.approx(8 / 15) and deep.x.iloc[29 // 2] == pytest.approx(14 / 29)
+    df2, rel2 = overlay_frame({"a": fake(6), "b": fake(6)}, "cosine")
+    assert not rel2 and df2.x.tolist() == list(range(6)) * 2

@@ -178,3 +178,23 @@ def test_first_token_option_matches_direct_computation(tiny, tokenizer, first_to
     assert scores.calibration["first_token"] == word
     line = protocol(scores.calibration)
     assert f"position 0 / BOS {word}" in line and "heatmaps on a subsample of positions 1..S-1" in line
+
+
+# ------------------------------------------------------------------ item 8b: compare evaluates held-out text
+def test_compare_without_eval_ids_measures_held_out_test_windows(tiny, ids):
+    from simdiff_core import perplexity, pruned_model
+    from simdiff_core.compare import DEFAULT_EVAL_SEQ_LEN, DEFAULT_EVAL_WINDOWS, parse_specs, run_compare
+    from simdiff_core.data import load_text
+
+    lm = tiny("llama", 4, seed=0)
+    res = run_compare(lm, ids, parse_specs("oneshot:cosine"), num=1)
+    # independent: the first windows of the shipped WikiText-2 *test* split, tokenised here
+    held_out = make_windows(lm.tokenizer, load_text("wikitext2", purpose="eval"), DEFAULT_EVAL_WINDOWS,
+                            DEFAULT_EVAL_SEQ_LEN, purpose="eval")
+    assert not torch.equal(held_out[:, :ids.shape[1]], ids[:, :ids.shape[1]])
+    dense, pruned = res["rows"][0], res["rows"][1]
+    assert dense["ppl"] == pytest.approx(perplexity(lm.model, held_out)["ppl"], rel=1e-6)
+    assert dense["ppl"] != pytest.approx(perplexity(lm.model, ids)["ppl"], rel=1e-3)  # not in-sample
+    kept = res["plans"][0].kept_layers
+    assert pruned["ppl"] == pytest.approx(perplexity(pruned_model(lm, kept), held_out)["ppl"], rel=1e-6)
+    assert "test split" in res["eval_protocol"] and f"{DEFAULT_EVAL_WINDOWS} non-overlapping" in res["eval_protocol"]
