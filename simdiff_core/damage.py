@@ -10,8 +10,8 @@ Cosine, MSSD and MASD are proxies for how much a block matters; this is the thin
 
 How (cached prefix). Removing block i does not change anything *before* block i, so the hidden
 state entering block i is the same as in the dense model. One dense forward per batch of windows
-records every block's input ``x_i`` (forward hooks) and the keyword arguments every block was
-called with (forward pre-hooks with ``with_kwargs=True``: position embeddings, masks, position ids;
+records every block's input ``x_i`` (run-scoped forward hooks, ``hooks.hook_pass``) and the
+keyword arguments every block was called with (pre-hooks: position embeddings, masks, position ids;
 per block, because sliding-window families such as Gemma3 pass a different mask and rotary table to
 local and global layers). Then, for each i, we start from ``x_i``, skip block i, run blocks
 i+1..L-1 with their recorded kwargs, the final norm and the LM head, and accumulate the NLL exactly
@@ -29,19 +29,18 @@ the number of windows; keep the calibration small (default 8 windows of 256 toke
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from .errors import Cancelled, SimDiffError
-from .hooks import block_io
+from .hooks import block_io, hook_pass
 from .load import get_attr_path, text_config
+from .records import JsonRecord
 
 Progress = Callable[[float, str], None]
 DEFAULT_SAMPLES = 8
@@ -50,8 +49,10 @@ FINAL_NORM_NAMES = ("norm", "final_layernorm", "final_layer_norm", "ln_f", "fina
 
 
 @dataclass
-class Damage:
+class Damage(JsonRecord):
     """Measured leave-one-out damage of every block on one calibration set."""
+
+    KIND = "damage"
 
     model: str
     num_layers: int
@@ -97,14 +98,6 @@ class Damage:
         return cls(scores.model, scores.num_layers, dense, float(info.get("dense_ppl", float("nan"))), layers,
                    info.get("calibration", {}), {})
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def save(self, path: str | Path) -> None:
-        from .fileio import atomic_write_text
-
-        atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=1))
-
     @classmethod
     def from_dict(cls, d: dict) -> "Damage":
         try:
@@ -121,18 +114,6 @@ class Damage:
             raise
         except (KeyError, TypeError, ValueError) as e:
             raise SimDiffError(f"malformed damage file: missing or bad field {e}") from None
-
-    @classmethod
-    def load(cls, path: str | Path) -> "Damage":
-        try:
-            d = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise SimDiffError(f"no such damage file: {path}") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise SimDiffError(f"damage file {path} is not valid JSON: {e}") from None
-        if not isinstance(d, dict):
-            raise SimDiffError(f"damage file {path} must hold a JSON object")
-        return cls.from_dict(d)
 
 
 def _tail_modules(lm):
@@ -176,7 +157,6 @@ def _capture(lm, ids: torch.Tensor):
     L = len(blocks)
     xs: list[torch.Tensor | None] = [None] * (L + 1)
     kws: list[dict | None] = [None] * L
-    handles = []
 
     def pre(module, args, kwargs, _i):
         # hidden states arrive positionally or as a kwarg; keep every other kwarg as the block saw it
@@ -193,14 +173,11 @@ def _capture(lm, ids: torch.Tensor):
         xs[_i] = x
         xs[_i + 1] = y
 
-    try:
-        for i, b in enumerate(blocks):
-            handles.append(b.register_forward_pre_hook(lambda m, a, k, _i=i: pre(m, a, k, _i), with_kwargs=True))
-            handles.append(b.register_forward_hook(lambda m, a, k, o, _i=i: post(m, a, k, o, _i), with_kwargs=True))
+    # run-scoped (hooks.py): other sessions' forwards on the shared model never reach these callbacks
+    with hook_pass(pre={b: (lambda m, a, k, _i=i: pre(m, a, k, _i)) for i, b in enumerate(blocks)},
+                   post={b: (lambda m, a, k, o, _i=i: post(m, a, k, o, _i)) for i, b in enumerate(blocks)},
+                   name="damage"):
         out = lm.model(input_ids=ids, use_cache=False)
-    finally:
-        for h in handles:
-            h.remove()
     if any(x is None for x in xs) or any(k is None for k in kws):
         raise SimDiffError(f"{lm.name}: not every block ran in the forward pass; cannot measure damage")
     return xs, kws, out.logits
