@@ -27,7 +27,7 @@ import numpy as np
 
 from .errors import SimDiffError
 from .metrics import importance
-from .plan import num_from_ratio, select_lowest
+from .plan import cosine_tiebreak, num_from_ratio, select_lowest
 
 # Criteria compared with damage, in table order ("simdiff" uses the given alpha).
 AGREEMENT_CRITERIA = ("cosine", "bi", "angular", "mssd", "masd", "mssd_rel", "masd_rel", "simdiff")
@@ -86,9 +86,10 @@ def kendall_tau_b(a, b) -> float:
     return s / den if den > 0 else float("nan")
 
 
-def topk_overlap(imp, damage, k: int, keep_first: bool = True, keep_last: bool = True) -> dict:
-    """The k blocks a criterion removes vs the k blocks whose single removal hurts least."""
-    by_crit = select_lowest(imp, k, keep_first, keep_last)
+def topk_overlap(imp, damage, k: int, keep_first: bool = True, keep_last: bool = True, tiebreak=None) -> dict:
+    """The k blocks a criterion removes (ties as in ``plan.make_plan``: ``tiebreak``) vs the k blocks
+    whose single removal hurts least."""
+    by_crit = select_lowest(imp, k, keep_first, keep_last, tiebreak=tiebreak)
     by_damage = select_lowest(damage, k, keep_first, keep_last)
     common = sorted(set(by_crit) & set(by_damage))
     return {"k": k, "overlap": len(common), "fraction": len(common) / k if k else float("nan"),
@@ -122,7 +123,7 @@ def agreement_table(scores, damage, alpha: float = 0.5, ratio=None, num=None, cr
         row = {"criterion": c if c != "simdiff" else f"simdiff (alpha={alpha:g})", "key": c,
                "spearman": spearman(imp, d), "kendall": kendall_tau_b(imp, d)}
         if k is not None:
-            ov = topk_overlap(imp, d, k, keep_first, keep_last)
+            ov = topk_overlap(imp, d, k, keep_first, keep_last, tiebreak=cosine_tiebreak(scores.layers))
             row.update(k=k, topk_overlap=ov["overlap"], topk_fraction=ov["fraction"],
                        criterion_blocks=ov["criterion_blocks"], damage_blocks=ov["damage_blocks"])
         rows.append(row)

@@ -9,7 +9,8 @@ For each (alpha, beta) on the grid (alpha in 0, 0.1, ..., 1; beta in ``betas``, 
 given ``beta``) the one-shot SimDiff plan is computed from the cached scores (free); the *distinct*
 plans are then evaluated once each by perplexity on the calibration windows. The grid contains
 alpha = 1 (cosine-only ranking), so the chosen plan is never worse than cosine-only *on the
-calibration data*. ``betas=AUTO_BETAS`` (0, 0.5, 1) also lets the difference view lean entirely on
+calibration data*, for either normalisation (plans break importance ties by the cosine order, so
+alpha = 1 is exactly the cosine plan; see ``plan.cosine_tiebreak``). ``betas=AUTO_BETAS`` (0, 0.5, 1) also lets the difference view lean entirely on
 MSSD or MASD, which is what rescues models where cosine picks badly (e.g. Gemma3-270M: the
 scale-free MSSD view nearly halves the pruned perplexity there). Ties go to the alpha closest to
 0.5, then beta closest to 0.5 (all views in play).

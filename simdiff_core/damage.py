@@ -39,10 +39,8 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from .errors import Cancelled, SimDiffError
-from .load import text_config
 
 Progress = Callable[[float, str], None]
 DEFAULT_SAMPLES = 8
@@ -150,13 +148,32 @@ def block_executions(num_layers: int, batches: int = 1) -> dict:
             "saving": 1.0 - cached / naive if naive else 0.0}
 
 
+def memory_estimate(lm, batch: int, seq_len: int) -> dict:
+    """Peak extra memory of one damage batch in bytes: ``cache_bytes`` (the L+1 hidden states of
+    (batch, S, H) the evaluator keeps per batch), ``logits_bytes`` (the largest head call: one row
+    chunk of the batch's B x (S-1) predicted positions, ``evaluator.head_chunk_rows``, as the head
+    returns it plus the float32 log-softmax of the cross-entropy, and a float32 copy when the model
+    dtype is not float32) and ``total_bytes``. The dense pass asks the model for the logits of only
+    a few positions (``logits_to_keep``), so no (B, S, V) tensor exists at any time."""
+    from .evaluator import DEFAULT_HEAD_CHUNK_BYTES, head_chunk_rows
+
+    cfg = lm.model.config.get_text_config()
+    hidden = int(cfg.hidden_size)
+    vocab = int(getattr(cfg, "vocab_size", 0) or lm.model.get_output_embeddings().weight.shape[0])
+    elt = torch.finfo(lm.dtype).bits // 8 if lm.dtype.is_floating_point else 4
+    cache = (lm.num_layers + 1) * batch * seq_len * hidden * elt
+    rows = min(batch * (seq_len - 1), head_chunk_rows(vocab, DEFAULT_HEAD_CHUNK_BYTES))
+    logits = rows * vocab * (elt + 4 + (4 if elt != 4 else 0))
+    return {"cache_bytes": cache, "logits_bytes": logits, "total_bytes": cache + logits}
+
+
 def measure_damage(lm, input_ids: torch.Tensor, batch_size: int | None = None,
                    progress: Progress | None = None, should_stop: Callable[[], bool] | None = None,
                    calibration: dict | None = None, evaluator=None) -> Damage:
     """Leave-one-out damage of every block of ``lm`` (a LoadedModel) on windows ``input_ids`` (N, S).
 
     ``progress(fraction, message)`` is called after every leave-one-out tail; ``should_stop()`` is
-    polled at the same points and raises ``Cancelled``. Runs through ``evaluator.PrefixEvaluator``
+    polled at the same points and raises ``Cancelled``. Memory: ``memory_estimate``. Runs through ``evaluator.PrefixEvaluator``
     (pass one built on the same windows to share its cache); memory: see that module.
     """
     from .evaluator import PrefixEvaluator
@@ -189,7 +206,7 @@ def measure_damage(lm, input_ids: torch.Tensor, batch_size: int | None = None,
                        "delta_ppl": ppl - dense_ppl})
     n_batches = math.ceil(N / ev.bs)
     counts = block_executions(L, n_batches)
-    vocab = int(text_config(lm.model.config).vocab_size)
+    mem = memory_estimate(lm, min(ev.bs, N), S)
     return Damage(
         model=lm.source, num_layers=L, dense_loss=dense_loss, dense_ppl=dense_ppl, layers=layers,
         calibration=dict(calibration or {}, samples=int(N), seq_len=int(S), tokens=int(tokens)),
@@ -197,8 +214,8 @@ def measure_damage(lm, input_ids: torch.Tensor, batch_size: int | None = None,
               "dtype": str(lm.dtype).replace("torch.", ""),
               "block_executions": L * n_batches + ev.stats["block_calls"] - calls0,
               "naive_block_executions": counts["naive"], "saving": round(counts["saving"], 4),
-              "cache_bytes_per_batch": ev.path_bytes,
-              "logits_bytes_per_chunk": min(ev.head_chunk_bytes, min(ev.bs, N) * (S - 1) * vocab * 4),
+              "cache_bytes_per_batch": mem["cache_bytes"], "logits_bytes_per_batch": mem["logits_bytes"],
+              "memory_bytes_per_batch": mem["total_bytes"],
               "method": "prefix-cached evaluator: one dense pass per batch, then blocks i+1..L-1 for each i "
                         "(reusing the previous tail's states), LM head in row chunks"},
     )

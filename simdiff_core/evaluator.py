@@ -29,7 +29,8 @@ post-processing is applied (Gemma2/3 final soft-capping, Granite ``logits_scalin
 model's own logits on the first batch and refuses (SimDiffError) a model whose logits it does not
 reproduce, instead of returning silently different numbers.
 
-Cost. Per batch, construction runs one dense forward. A layout first differing from the cached path
+Cost. Per batch, construction runs one dense forward (the model returns logits for only
+``CHECK_ROWS`` positions; the dense loss comes from the chunked tail). A layout first differing from the cached path
 at position i costs the kept blocks among i..L-1 plus the head; ``stats`` counts block calls.
 
 Memory bound. Per batch: its token ids, its recorded kwargs (shared tensors: rotary tables, masks)
@@ -59,6 +60,12 @@ FINAL_NORM_NAMES = ("norm", "final_layernorm", "final_layer_norm", "ln_f", "fina
 DEFAULT_CACHE_BYTES = 256 * 2 ** 20
 DEFAULT_HEAD_CHUNK_BYTES = 32 * 2 ** 20
 Progress = Callable[[float, str], None]
+CHECK_ROWS = 8  # positions whose logits the dense pass asks the model for (the tail check)
+
+
+def head_chunk_rows(vocab: int, head_chunk_bytes: int = DEFAULT_HEAD_CHUNK_BYTES) -> int:
+    """Rows of the LM head computed at once: their float32 logits stay under ``head_chunk_bytes``."""
+    return max(1, int(head_chunk_bytes) // (4 * max(1, int(vocab))))
 
 
 def tail_modules(lm):
@@ -134,11 +141,10 @@ class PrefixEvaluator:
                     raise Cancelled()
                 ids = input_ids[start:start + self.bs].to(lm.device)
                 calls, states, logits = self._capture(ids)
-                dense_nll += float(F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
-                                                   ids[:, 1:].reshape(-1), reduction="sum"))
                 if check_logits and b == 0:
                     self._check_tail(states[-1], logits)
                 del logits
+                dense_nll += self._nll_sum(states[-1], ids)
                 hidden = states[0].shape[-1]
                 self._batches.append({"ids": ids, "calls": calls, "x0": states[0],
                                       "path": (self._dense_key(), tuple(self.blocks), states)})
@@ -183,14 +189,17 @@ class PrefixEvaluator:
             states[i + 1] = y
 
         with hook_pass(pre={b: pre for b in self.blocks}, post={b: post for b in self.blocks}, name="evaluator"):
-            out = self.lm.model(input_ids=ids, use_cache=False)
+            try:  # the loss comes from the chunked tail; the model's logits only for the check
+                out = self.lm.model(input_ids=ids, use_cache=False, logits_to_keep=CHECK_ROWS)
+            except TypeError:  # model code without logits_to_keep
+                out = self.lm.model(input_ids=ids, use_cache=False)
         if any(s is None for s in states) or any(c is None for c in calls):
             raise SimDiffError(f"{self.lm.name}: not every block ran in the forward pass; cannot evaluate prunings")
         return calls, states, out.logits
 
     def _check_tail(self, last: torch.Tensor, logits: torch.Tensor) -> None:
         """Refuse a model whose logits the cached tail (norm, head, post-processing) does not reproduce."""
-        rows = min(8, last.shape[1])
+        rows = min(CHECK_ROWS, last.shape[1], logits.shape[1])
         mine = self._logits(last[:1, -rows:]).float()
         ref = logits[:1, -rows:].float()
         tol = 1e-3 if self.lm.dtype == torch.float32 else 5e-2
@@ -218,7 +227,7 @@ class PrefixEvaluator:
         h = last[:, :-1].reshape(-1, last.shape[-1])
         tgt = ids[:, 1:].reshape(-1)
         V = int(getattr(self.head, "out_features", 0) or self.head.weight.shape[0])
-        rows = max(1, self.head_chunk_bytes // (4 * V))
+        rows = head_chunk_rows(V, self.head_chunk_bytes)
         total = torch.zeros((), dtype=torch.float64, device=h.device)
         for s in range(0, h.shape[0], rows):
             logits = self._logits(h[s:s + rows]).float()

@@ -9,8 +9,8 @@
 A model spec is one of: ``default`` (or ``smollm2-135m``), ``gemma3-270m`` (the second embedded
 GGUF, assembled from its chunk packages), a path to a ``.gguf`` file, a local model directory, or a
 Hugging Face hub id. GGUF files are dequantised by transformers on load, which is slow (~30 s for
-the embedded model on 2 cores); the dequantised weights and tokenizer are therefore cached as a
-plain safetensors directory under ``$SIMDIFF_CACHE`` (default ``~/.cache/simdiff``) and later loads
+the embedded model on 2 cores); the dequantised weights (always float32, whatever dtype the load
+asks for) and tokenizer are therefore cached as a plain safetensors directory under ``$SIMDIFF_CACHE`` (default ``~/.cache/simdiff``) and later loads
 read that instead.
 
 Nothing here mutates a loaded model afterwards: pruning builds a new view (see ``prune.py``).
@@ -218,7 +218,9 @@ def embedded_gguf(name: str) -> Path:
 
 def _gguf_cache_dir(gguf: Path) -> Path:
     st = gguf.stat()
-    key = hashlib.sha256(f"{gguf.resolve()}|{st.st_size}|{int(st.st_mtime)}".encode()).hexdigest()[:16]
+    # "float32" is part of the key: the cache always holds float32 weights (caches from versions that
+    # saved whatever dtype the first load asked for, e.g. bf16-rounded, are never reused).
+    key = hashlib.sha256(f"{gguf.resolve()}|{st.st_size}|{int(st.st_mtime)}|float32".encode()).hexdigest()[:16]
     return cache_root() / "dequantized" / f"{gguf.stem}-{key}"
 
 
@@ -308,7 +310,12 @@ def _from_pretrained(where: str, *, dtype, trust_remote_code, device_map=None, l
 
 
 def _load_gguf(gguf: Path, dtype, use_cache: bool):
-    """Load a GGUF file, going through the dequantised safetensors cache when allowed."""
+    """Load a GGUF file, going through the dequantised safetensors cache when allowed.
+
+    The cache always holds float32 weights, whatever ``dtype`` this load asks for: a bf16 load must
+    not leave bf16-rounded weights that a later float32 load would silently reuse. The model is
+    dequantised in float32 and converted to ``dtype`` by the caller.
+    """
     cache = _gguf_cache_dir(gguf)
     if use_cache and (cache / "config.json").is_file():
         model, tok = _from_pretrained(str(cache), dtype=dtype, trust_remote_code=False)
@@ -319,8 +326,8 @@ def _load_gguf(gguf: Path, dtype, use_cache: bool):
                 raise SimDiffError(f"'{gguf}' is not a GGUF file (bad magic bytes)")
     except OSError as e:
         raise SimDiffError(f"cannot read '{gguf}': {_one_line(e)}") from None
-    model, tok = _from_pretrained(str(gguf.parent), dtype=dtype, trust_remote_code=False, gguf_file=gguf.name,
-                                  label=str(gguf))
+    model, tok = _from_pretrained(str(gguf.parent), dtype=torch.float32 if use_cache else dtype,
+                                  trust_remote_code=False, gguf_file=gguf.name, label=str(gguf))
     strip_gguf_quantizer(model)
     notes = ["dequantised GGUF " + gguf.name]
     if use_cache:
@@ -337,6 +344,8 @@ def _write_cache(model, tok, cache: Path) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=cache.parent))
     try:
         # Save in float32 so the cache serves every later dtype choice losslessly.
+        if model.dtype != torch.float32:
+            raise SimDiffError(f"internal: GGUF cache must be written in float32, got {model.dtype}")
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         try:

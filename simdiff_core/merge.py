@@ -26,13 +26,11 @@ unchanged (tests check its weight fingerprint).
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from torch import nn
 
 from .errors import SimDiffError
-from .prune import pruned_model
+from .prune import block_weights, private_block, pruned_model
 
 MERGE_BASES = ("lowest", "highest")
 DEFAULT_BASE = "lowest"  # the papers' choice: accumulate into the lowest block of the window
@@ -49,8 +47,8 @@ def group_for(layers, base: str = DEFAULT_BASE) -> dict:
 @torch.no_grad()
 def merge_block_params(blocks, base: int, layers) -> dict[str, torch.Tensor]:
     """The merged parameters ``{name: tensor}`` of ``layers`` folded into ``base`` (new tensors)."""
-    ref = dict(blocks[base].named_parameters())
-    others = [dict(blocks[k].named_parameters()) for k in layers if k != base]
+    ref = block_weights(blocks[base])  # real values also where accelerate offloaded them
+    others = [block_weights(blocks[k]) for k in layers if k != base]
     out = {}
     for name, p in ref.items():
         acc = p.detach().clone().float()
@@ -79,9 +77,6 @@ def merged_model(lm, plan) -> nn.Module:
         if layers != list(range(layers[0], layers[-1] + 1)):
             raise SimDiffError(f"merged group {layers} is not a run of consecutive blocks")
         params = merge_block_params(blocks, base, layers)
-        # deepcopy of the (already re-indexed) view block: private tensors, layer_idx kept
-        private = copy.deepcopy(new_blocks[pos[base]])
-        for name, p in private.named_parameters():
-            p.data = params[name].to(p.device)
-        new_blocks[pos[base]] = private
+        # private copy of the (already re-indexed) view block: own tensors, layer_idx kept, no offload hooks
+        new_blocks[pos[base]] = private_block(new_blocks[pos[base]], params)
     return small

@@ -64,17 +64,24 @@ class BlockStats:
     """
 
     FIELDS = ("cos", "sq", "ab", "x2", "xa", "sq_rel", "ab_rel", "maxdiff")
+    # Per-window sums kept for the bootstrap (``uncertainty.py``): O(L x windows) numbers per field.
+    WINDOW_FIELDS = ("cos", "sq", "ab", "x2", "xa", "sq_rel", "ab_rel")
 
-    def __init__(self, num_layers: int):
+    def __init__(self, num_layers: int, windows: bool = True):
         self.L = num_layers
         self.total = {k: torch.zeros(num_layers, dtype=torch.float64) for k in self.FIELDS}
         self.tokens = 0
+        self.keep_windows = windows
+        self.window_sums: list[torch.Tensor] = []  # per committed batch: (fields, L, B) float64
+        self.window_tokens: list[torch.Tensor] = []  # per committed batch: (B,) token counts
         self._batch: dict[str, list] = {}
         self._batch_tokens = 0
         self.rollback()
 
     def rollback(self) -> None:
         self._batch = {k: [None] * self.L for k in self.FIELDS}
+        self._win: list = [None] * self.L
+        self._win_tokens = None
         self._batch_tokens = 0
 
     @torch.no_grad()
@@ -116,11 +123,18 @@ class BlockStats:
             maxdiff = (d_inf * m).max()
             if i == 0:
                 self._batch_tokens = int(m.sum().item())
+                if self.keep_windows:
+                    self._win_tokens = m.sum(-1)
         else:
             sums = {k: v.sum() for k, v in per_tok.items()}
             maxdiff = d_inf.max()
             if i == 0:
                 self._batch_tokens = cos.numel()
+                if self.keep_windows:
+                    self._win_tokens = torch.full((cos.shape[0],), float(cos.shape[-1]), device=cos.device)
+        if self.keep_windows:  # (fields, B): one sum per calibration window, stays on the device until commit
+            self._win[i] = torch.stack([(per_tok[k] * m if mask is not None else per_tok[k]).sum(-1)
+                                        for k in self.WINDOW_FIELDS])
         # Keep the sums as (device) tensors: no host sync per block, which keeps GPU overhead low.
         for k, v in sums.items():
             self._batch[k][i] = v
@@ -135,7 +149,32 @@ class BlockStats:
             else:
                 self.total[k] += t
         self.tokens += self._batch_tokens
+        if self.keep_windows and self._win_tokens is not None:
+            B = self._win_tokens.shape[0]
+            wins = [w.double().cpu() if w is not None else torch.zeros(len(self.WINDOW_FIELDS), B, dtype=torch.float64)
+                    for w in self._win]
+            self.window_sums.append(torch.stack(wins, dim=1))  # (fields, L, B)
+            self.window_tokens.append(self._win_tokens.double().cpu())
         self.rollback()
+
+    def windows(self) -> dict:
+        """Per-window sums as plain lists: ``{"tokens": [N], field: [L][N], ...}`` (empty if not kept)."""
+        if not self.window_sums:
+            return {}
+        sums = torch.cat(self.window_sums, dim=2)  # (fields, L, N)
+        out = {"tokens": torch.cat(self.window_tokens).tolist()}
+        for f, k in enumerate(self.WINDOW_FIELDS):
+            out[k] = sums[f].tolist()
+        return out
+
+    def absorb(self, other: "BlockStats") -> None:
+        """Fold a committed accumulator of later windows into this one (streamed scoring, batch order)."""
+        for k in self.FIELDS:
+            self.total[k] = torch.maximum(self.total[k], other.total[k]) if k == "maxdiff" \
+                else self.total[k] + other.total[k]
+        self.tokens += other.tokens
+        self.window_sums.extend(other.window_sums)
+        self.window_tokens.extend(other.window_tokens)
 
     def layers(self) -> list[dict]:
         n = max(self.tokens, 1)

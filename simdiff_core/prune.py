@@ -11,6 +11,17 @@ new ``ModuleList`` of the kept blocks in place. Parameters are shared, not copie
 a 7B model costs no extra weight memory. Code that *changes* weights (merging, LoRA merge) must use
 ``materialize=True`` to get private copies first.
 
+Each copied module also gets its own hook dictionaries (forward, pre, with-kwargs, always-called,
+backward, state-dict), starting as a copy of the original's: a hook added to or removed from the
+view never reaches the original, and vice versa. (Modules below a block that are not copied, such
+as the MLP, are the same objects in both; scope hooks on them with ``hooks.hook_pass``.)
+
+Under accelerate dispatch (``--device-map``) each module's ``forward`` is an instance attribute
+bound to that module, and offloaded weights live in the hook's weight map with ``meta``
+placeholders in the module: the copies are re-bound to themselves (``_rebind``), the view's
+``hf_device_map`` is renumbered like its blocks, and merged blocks are built by ``private_block``
+from the real (offloaded) values, so every result equals the one without a device map.
+
 What has to be fixed after removing blocks, or generation with a KV cache silently breaks:
 
 * ``self_attn.layer_idx`` (and ``layer_idx`` on the block) — the cache is indexed by it;
@@ -21,6 +32,8 @@ What has to be fixed after removing blocks, or generation with a KV cache silent
 from __future__ import annotations
 
 import copy
+import functools
+import types
 
 import torch
 from torch import nn
@@ -30,12 +43,40 @@ from .load import LoadedModel, find_block_path, get_attr_path, text_config
 
 
 def _shallow(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` that shares its tensors and children but nothing it can be changed through."""
     new = copy.copy(module)
-    # copy.copy shares __dict__'s containers: give the copy its own so edits stay local.
-    new._modules = dict(module._modules)
-    new._parameters = dict(module._parameters)
-    new._buffers = dict(module._buffers)
+    d = new.__dict__
+    # copy.copy shares __dict__'s containers: give the copy its own so edits stay local. That
+    # includes every hook dict (forward/pre/with-kwargs/always-called/backward/state-dict): a hook
+    # added to or removed from the view never reaches the original, and vice versa.
+    for k, v in module.__dict__.items():
+        if isinstance(v, dict) and (k in ("_modules", "_parameters", "_buffers") or "hooks" in k):
+            d[k] = type(v)(v)
+        elif isinstance(v, set) and k.startswith("_"):  # _non_persistent_buffers_set
+            d[k] = set(v)
+    _rebind(module, new)
     return new
+
+
+def _rebind(old: nn.Module, new: nn.Module) -> None:
+    """Point instance-level methods of the copy at the copy (accelerate dispatch stores them).
+
+    ``dispatch_model`` replaces ``module.forward`` with ``partial(new_forward, module)`` and keeps
+    the class forward, bound to ``module``, as ``_old_forward``. A plain copy would carry both, so
+    calling the view would run the *original* module's forward with the original's children and
+    ``layer_idx`` (generate with a KV cache then indexes past the pruned cache; a merged block is
+    never used). The hook object is copied too: it keeps per-call state.
+    """
+    d = new.__dict__
+    for k, v in list(d.items()):
+        if isinstance(v, types.MethodType) and v.__self__ is old:
+            d[k] = types.MethodType(v.__func__, new)
+    fwd = d.get("forward")
+    if isinstance(fwd, functools.partial) and fwd.args and fwd.args[0] is old:
+        d["forward"] = functools.update_wrapper(functools.partial(fwd.func, new, *fwd.args[1:], **fwd.keywords),
+                                                d.get("_old_forward", fwd))
+    if d.get("_hf_hook") is not None:
+        d["_hf_hook"] = copy.copy(d["_hf_hook"])
 
 
 def _fix_layer_idx(block: nn.Module, new_idx: int) -> nn.Module:
@@ -107,11 +148,29 @@ def pruned_model(source, kept_layers, materialize: bool = False) -> nn.Module:
         cfg = getattr(m, "config", None)
         if cfg is not None and id(cfg) in new_cfgs:
             m.config = new_cfgs[id(cfg)]
+    dmap = getattr(model, "hf_device_map", None)
+    if isinstance(dmap, dict):  # accelerate's map names blocks by index: renumber it like the blocks
+        new_top.hf_device_map = _renumber_device_map(dmap, path, kept)
     if hasattr(new_top, "generation_config") and new_top.generation_config is not None:
         new_top.generation_config = copy.deepcopy(new_top.generation_config)
     if materialize:
         new_top = copy.deepcopy(new_top)
     return new_top
+
+
+def _renumber_device_map(dmap: dict, path: str, kept: list[int]) -> dict:
+    """``hf_device_map`` of the view: entries of removed blocks dropped, kept blocks renumbered."""
+    pos = {orig: j for j, orig in enumerate(kept)}
+    out = {}
+    for name, dev in dmap.items():
+        if name.startswith(path + "."):
+            idx, _, rest = name[len(path) + 1:].partition(".")
+            if idx.isdigit():
+                if int(idx) not in pos:
+                    continue
+                name = f"{path}.{pos[int(idx)]}" + (f".{rest}" if rest else "")
+        out[name] = dev
+    return out
 
 
 def _path_modules(top: nn.Module, parts):
@@ -121,6 +180,88 @@ def _path_modules(top: nn.Module, parts):
         m = getattr(m, part)
         mods.append(m)
     return mods
+
+
+def _offload_maps(block: nn.Module) -> list[tuple[str, object]]:
+    """(module prefix, weights map) of every accelerate offload hook in ``block``, deepest first."""
+    maps = []
+    for name, m in block.named_modules():
+        hook = getattr(m, "_hf_hook", None)
+        for h in getattr(hook, "hooks", None) or [hook]:  # SequentialHook holds several
+            if getattr(h, "offload", False) and getattr(h, "weights_map", None) is not None:
+                maps.append((name, h.weights_map))
+    return sorted(maps, key=lambda t: -len(t[0]))
+
+
+def block_weights(block: nn.Module, buffers: bool = False) -> dict[str, torch.Tensor]:
+    """Every parameter (and buffer) of ``block`` by name, with real values.
+
+    Under accelerate offloading (``--device-map`` with ``cpu``/``disk`` entries) a block's tensors
+    are ``meta`` placeholders and the values live in its hooks' weight maps; this reads them there.
+    """
+    maps = None
+    out = {}
+    for mname, m in block.named_modules():
+        items = list(m.named_parameters(recurse=False)) + (list(m.named_buffers(recurse=False)) if buffers else [])
+        for pname, t in items:
+            full = f"{mname}.{pname}" if mname else pname
+            if t.device.type == "meta":
+                maps = _offload_maps(block) if maps is None else maps
+                for prefix, wm in maps:
+                    if not prefix or full.startswith(prefix + "."):
+                        key = full[len(prefix) + 1:] if prefix else full
+                        if key in wm:
+                            t = wm[key]
+                            break
+                else:
+                    raise SimDiffError(f"'{full}' has no value: it is on the meta device and no offload map holds it")
+            out[full] = t
+    return out
+
+
+def private_block(block: nn.Module, params: dict[str, torch.Tensor] | None = None) -> nn.Module:
+    """A deep copy of ``block`` that owns real tensors (``params`` where given) and no offload hooks.
+
+    For merging: the merged block must not share weights with the shared model, and under
+    accelerate offloading it must not reload its old weights from the offload map before each call.
+    Its tensors go to the block's execution device; if the block was dispatched, a plain
+    device-alignment hook (no offload) moves its inputs there as before.
+    """
+    from accelerate.hooks import AlignDevicesHook, add_hook_to_module
+
+    hook = getattr(block, "_hf_hook", None)
+    dev = getattr(hook, "execution_device", None)
+    values = block_weights(block, buffers=True)
+    if dev is None:
+        dev = next((t.device for t in values.values()), torch.device("cpu"))
+    dev = torch.device(dev) if not isinstance(dev, torch.device) else dev
+    # the copy must not drag the hooks (and their weight maps: possibly the whole offloaded model) along
+    memo = {id(m.__dict__["_hf_hook"]): None for m in block.modules() if "_hf_hook" in m.__dict__}
+    private = copy.deepcopy(block, memo)
+    for m in private.modules():
+        for attr in ("_hf_hook", "_old_forward", "forward"):
+            m.__dict__.pop(attr, None)
+    params = params or {}
+    with torch.no_grad():
+        for name, t in values.items():
+            owner, _, leaf = name.rpartition(".")
+            mod = private.get_submodule(owner) if owner else private
+            current = mod._parameters[leaf] if leaf in mod._parameters else mod._buffers[leaf]
+            if name in params:
+                t = params[name].detach().to(dev)
+            elif current.device.type == "meta":  # offloaded: a private copy of the stored value
+                t = t.detach().to(dev, copy=True)
+            elif current.device != dev:
+                t = current.detach().to(dev)
+            else:
+                continue  # deepcopy already made it private
+            if leaf in mod._parameters:
+                mod._parameters[leaf] = nn.Parameter(t, requires_grad=False)
+            else:
+                mod._buffers[leaf] = t
+    if hook is not None:
+        add_hook_to_module(private, AlignDevicesHook(execution_device=dev))
+    return private
 
 
 def block_parameter_count(source) -> list[int]:

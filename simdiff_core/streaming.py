@@ -391,10 +391,7 @@ def stream_score(
     total, sampler = BlockStats(L), samplers[0]
     for b in range(len(batches)):
         stats[b].commit()
-        for k in BlockStats.FIELDS:
-            total.total[k] = torch.maximum(total.total[k], stats[b].total[k]) if k == "maxdiff" \
-                else total.total[k] + stats[b].total[k]
-        total.tokens += stats[b].tokens
+        total.absorb(stats[b])
         samplers[b].commit()
         if b > 0:
             sampler.ang_sum += samplers[b].ang_sum
@@ -412,6 +409,7 @@ def stream_score(
               "dtype": str(sm.dtype).replace("torch.", ""), "simdiff_alpha": 0.5,
               "family": getattr(sm.model.config, "model_type", "unknown"), "version": _version(),
               "stream": stream_meta(sm)},
+        windows=total.windows(),
     )
 
 

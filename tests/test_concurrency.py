@@ -13,6 +13,7 @@ import threading
 import pytest
 import torch
 
+from simdiff_core.damage import measure_damage
 from simdiff_core.evaluate import perplexity
 from simdiff_core.hooks import block_hooks, hook_pass, user_hooks
 from simdiff_core.prune import pruned_model
@@ -155,3 +156,56 @@ def test_passes_nest_and_callbacks_can_edit(tiny):
     assert order == [0, "outer", 1, 2]  # outer pass first, then the inner one
     assert torch.allclose(edited, skipped, atol=1e-5) and not torch.allclose(edited, ref, atol=1e-3)
     assert torch.equal(after, ref)
+
+
+def _held_inside_forward(block, barrier, fn):
+    """Run ``fn()`` with this thread held, once, inside its first forward of ``block`` until all arrive."""
+    waited = []
+
+    def wait_once(module, args, kwargs):
+        if not waited:
+            waited.append(1)
+            barrier.wait(TIMEOUT)
+
+    with hook_pass(pre={block: wait_once}, name="barrier"):
+        return fn()
+
+
+def test_concurrent_damage_equals_solo_runs_exactly(tiny):
+    lm = tiny("llama", num_layers=4)
+    texts = [_ids(20 + s, n=2, s=16) for s in range(THREADS)]
+    solo = [measure_damage(lm, t, batch_size=1) for t in texts]
+    barrier = threading.Barrier(THREADS)
+    out = _run_together([lambda t=t: _held_inside_forward(lm.blocks[0], barrier, lambda: measure_damage(lm, t, batch_size=1))
+                         for t in texts])
+    for a, b in zip(solo, out):
+        assert (a.dense_loss, a.layers) == (b.dense_loss, b.layers)
+
+
+def test_hooks_on_a_view_never_fire_on_the_original_and_vice_versa(tiny):
+    lm = tiny("llama", num_layers=4)
+    view = pruned_model(lm, [0, 1, 3])
+    ids = _ids(3, n=1, s=8)
+    fired = []
+
+    def add(module, tag):  # every kind torch keeps in a separate dict: plain, with kwargs, pre, always-called
+        return [module.register_forward_hook(lambda m, a, o: fired.append(tag)),
+                module.register_forward_hook(lambda m, a, k, o: fired.append(tag + "+kw"), with_kwargs=True),
+                module.register_forward_pre_hook(lambda m, a, k: fired.append(tag + "-pre"), with_kwargs=True),
+                module.register_forward_hook(lambda m, a, o: fired.append(tag + "!"), always_call=True)]
+
+    def run(model):
+        fired.clear()
+        with torch.no_grad():
+            model(ids)
+        return sorted(set(fired))
+
+    on_view = add(view.model.layers[2], "view") + add(view.model, "view-base") + add(view.model.layers[1].self_attn, "view-attn")
+    assert run(lm.model) == []
+    assert len(run(view)) == 12
+    on_orig = add(lm.blocks[3], "orig") + add(lm.model.model, "orig-base") + add(lm.blocks[1].self_attn, "orig-attn")
+    assert all(not t.startswith("orig") for t in run(view))
+    assert len(run(lm.model)) == 12 and all(t.startswith("orig") for t in run(lm.model))
+    for h in on_view + on_orig:
+        h.remove()
+    assert run(lm.model) == [] and run(view) == []

@@ -28,12 +28,21 @@ from simdiff_core import SimDiffError, load_model
 from simdiff_core.plan import make_plan
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = {
-    "load": "app.py",
-    "curves": "pages/1_Layer_curves.py",
-    "preview": "pages/2_Prune_preview.py",
-    "export": "pages/3_Export_and_evaluate.py",
+# The navigation of app.py: section -> (key, page file, title, icon). PAGES maps a key to its file.
+NAV = {
+    "Explore": [
+        ("load", "pages/0_Load_and_calibrate.py", "Load & calibrate", ":material/science:"),
+        ("curves", "pages/1_Layer_curves.py", "Layer curves", ":material/show_chart:"),
+        ("preview", "pages/2_Prune_preview.py", "Prune preview", ":material/content_cut:"),
+    ],
+    "Evaluate": [
+        ("export", "pages/3_Export_and_evaluate.py", "Export & evaluate", ":material/inventory_2:"),
+        ("shootout", "pages/4_Shootout.py", "Shootout", ":material/leaderboard:"),
+        ("recovery", "pages/5_Recovery_and_accuracy.py", "Recovery & accuracy", ":material/healing:"),
+        ("ground_truth", "pages/6_Ground_truth_and_report.py", "Ground truth & report", ":material/fact_check:"),
+    ],
 }
+PAGES = {key: path for entries in NAV.values() for key, path, _, _ in entries}
 DEFAULTS = {
     "model_spec": None, "scores": None, "calib_ids": None, "calib_info": None,
     "alpha": 0.5, "beta": 0.5, "auto_alpha": None, "criterion": "simdiff", "ratio": 0.25, "keep_first": True, "keep_last": True,
@@ -50,6 +59,29 @@ def setup_page(title: str, icon: str = "assets/favicon.png") -> None:
     if logo.is_file():
         st.logo(str(logo), size="large")
     init()
+
+
+def session_summary() -> str:
+    """One line for the shared sidebar: what this session has loaded and calibrated."""
+    scores = st.session_state.get("scores")
+    if scores is None:
+        spec = st.session_state.get("model_spec")
+        return f"Loaded: {spec['spec']} · not calibrated" if spec else "Session: no model loaded."
+    info = st.session_state.get("calib_info") or {}
+    src = str(info.get("source", "?"))
+    src = src if len(src) <= 40 else src[:39] + "…"
+    return (f"Scored: {scores.model} · {scores.num_layers} blocks · {info.get('samples', '?')} × "
+            f"{info.get('seq_len', '?')} tokens of {src}")
+
+
+def show_status(slot=None) -> None:
+    """Write ``session_summary`` into the shared sidebar slot (app.py makes it; a page that changes
+    the session, e.g. a calibration, calls this again without ``slot`` to refresh it in the same run)."""
+    if slot is not None:
+        st.session_state["_status_slot"] = slot
+    slot = st.session_state.get("_status_slot")
+    if slot is not None:
+        slot.caption(session_summary())
 
 
 def init() -> None:
@@ -192,6 +224,50 @@ def require_plan(scores, lm):
     return plan
 
 
+def per_scores(scores, key, build):
+    """``build()`` memoised for this session's current ``scores`` object (figure bases, heatmap specs).
+
+    Rebuilt only when the scores object changes (a new calibration), so a slider move never redoes
+    work that depends on the scores alone.
+    """
+    memo = st.session_state.get("_per_scores")
+    if memo is None or memo[0] is not scores:
+        memo = (scores, {})
+        st.session_state["_per_scores"] = memo
+    if key not in memo[1]:
+        memo[1][key] = build()
+    return memo[1][key]
+
+
+def count_run(name: str) -> int:
+    """Count script runs of ``name`` (a page, or a fragment) in this session: the browser test reads it
+    to prove a slider move reran only the fragment, never the whole page."""
+    runs = st.session_state.setdefault("_runs", {})
+    runs[name] = runs.get(name, 0) + 1
+    return runs[name]
+
+
 def export_root() -> Path:
     """Where exports go: $SIMDIFF_EXPORT_DIR or ./exports under the project."""
     return Path(os.environ.get("SIMDIFF_EXPORT_DIR", ROOT / "exports"))
+
+
+def plan_evaluation(plan):
+    """The Export page's last ``records.Evaluation`` of ``plan`` in this session (any windows), or None."""
+    found = None
+    for key, ev in (st.session_state.get("evals") or {}).items():
+        if isinstance(key, tuple) and key and key[0] == tuple(plan.removed_layers):
+            found = ev
+    return found
+
+
+def record_export(exports: list, out: Path, plan, evaluation=None, recovered: bool = False) -> list:
+    """The session's export list with ``out`` (re)placed last: one row for the exports table."""
+    zp = Path(out).with_suffix(".zip")
+    ev = evaluation
+    row = {"name": Path(out).name, "path": str(out), "zip": str(zp), "criterion": plan.criterion,
+           "alpha": plan.alpha, "removed": plan.num_removed, "of": plan.num_layers, "blocks": plan.removed_layers,
+           "ppl_dense": ev.ppl_dense if ev else None,
+           "ppl_pruned": (ev.ppl_recovered if recovered else ev.ppl_pruned) if ev else None,
+           "zip_MB": round(zp.stat().st_size / 2**20, 1) if zp.is_file() else None}
+    return [e for e in exports if e["path"] != str(out)] + [row]

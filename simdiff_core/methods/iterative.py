@@ -8,7 +8,7 @@ Step 1 equals the one-shot choice (the dense scores are reused when given).
 from __future__ import annotations
 
 from ..load import LoadedModel
-from ..plan import select_lowest
+from ..plan import cosine_tiebreak, select_lowest
 from ..prune import pruned_model
 from ..score import score_model
 
@@ -30,7 +30,7 @@ def run(ctx, criterion: str = "simdiff", alpha: float = 0.5, matrix_tokens: int 
             scores = score_model(sub, ctx.calib_ids, matrix_tokens=matrix_tokens, should_stop=ctx.should_stop)
         imp = scores.importance(criterion, alpha=alpha, **fusion)
         # Locked first/last blocks are never removed, so they stay the first/last of the pruned model.
-        j = select_lowest(imp, 1, ctx.keep_first, ctx.keep_last)[0]
+        j = select_lowest(imp, 1, ctx.keep_first, ctx.keep_last, tiebreak=cosine_tiebreak(scores.layers))[0]
         trace.append({"step": step + 1, "removed": kept[j], "kept_before": list(kept),
                       "importance": [round(float(v), 6) for v in imp]})
         kept.pop(j)

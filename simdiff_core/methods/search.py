@@ -31,7 +31,7 @@ import time
 
 from ..errors import SimDiffError
 from ..objectives import make_objective
-from ..plan import select_lowest
+from ..plan import cosine_tiebreak, select_lowest
 from ..prune import pruned_model
 
 ALGORITHMS = {
@@ -177,7 +177,8 @@ def _seed_plans(ctx, criteria=("simdiff", "cosine", "mssd_rel", "masd_rel")) -> 
     sc = ctx.get_scores()
     out = []
     for c in criteria:
-        s = tuple(select_lowest(sc.importance(c), ctx.k, ctx.keep_first, ctx.keep_last))
+        s = tuple(select_lowest(sc.importance(c), ctx.k, ctx.keep_first, ctx.keep_last,
+                                tiebreak=cosine_tiebreak(sc.layers)))
         if s not in out:
             out.append(s)
     return out

@@ -1,0 +1,197 @@
+"""Uncertainty (bootstrap bands, plan stability), calibration sensitivity, run overlays and the block
+drill-down: library checks against independent computations on tiny models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from simdiff_core import SimDiffError, make_windows, score_model
+from simdiff_core.score import Scores
+from simdiff_core.uncertainty import bands, plan_stability, replicate_metrics, resample_weights
+
+
+@pytest.fixture(scope="module")
+def ids32(tokenizer):
+    return make_windows(tokenizer, "wikitext2", n=32, seq_len=24)
+
+
+def test_window_sums_equal_a_direct_per_window_computation(tiny, ids32):
+    lm = tiny("llama", 4)
+    ids = ids32[:3]
+    sc = score_model(lm, ids, batch_size=2)
+    with torch.no_grad():
+        hs = lm.model(ids, output_hidden_states=True).hidden_states  # entry i+1 = output of block i (not the last)
+    for i in range(3):
+        x, y = hs[i].double(), hs[i + 1].double()
+        cos = torch.nn.functional.cosine_similarity(x, y, dim=-1)  # (N, S)
+        rel = ((y - x) ** 2).sum(-1) / (x ** 2).sum(-1)
+        for w in range(3):
+            n = sc.windows["tokens"][w]
+            assert n == ids.shape[1]
+            assert sc.windows["cos"][i][w] / n == pytest.approx(cos[w].mean().item(), abs=1e-5)
+            assert sc.windows["sq_rel"][i][w] / n == pytest.approx(rel[w].mean().item(), rel=1e-4)
+
+
+def test_a_bootstrap_replicate_equals_scoring_the_resampled_windows(tiny, ids32):
+    """Replicate b is defined as scoring the windows drawn with replacement: check it by doing exactly that."""
+    lm = tiny("llama", 4)
+    ids = ids32[:5]
+    sc = score_model(lm, ids)
+    reps = replicate_metrics(sc, n_boot=3, seed=7)
+    W = resample_weights(5, 3, seed=7)
+    for b in range(3):
+        drawn = torch.cat([ids[w:w + 1].repeat(int(W[w, b]), 1) for w in range(5) if W[w, b] > 0])
+        direct = score_model(lm, drawn).layers
+        for k in ("cosine", "mssd", "masd_rel", "angular"):
+            assert reps[k][:, b] == pytest.approx([l[k] for l in direct], rel=1e-4, abs=1e-6)
+
+
+def test_bands_contain_the_full_value_and_shrink_with_more_windows(tiny, ids32):
+    lm = tiny("llama", 6)
+    few, many = score_model(lm, ids32[:4]), score_model(lm, ids32)
+    bf, bm = bands(few), bands(many)
+    for sc, b in ((few, bf), (many, bm)):
+        for k in ("cosine", "mssd", "masd", "mssd_rel", "masd_rel"):
+            full = np.array([l[k] for l in sc.layers])
+            lo, hi = np.array(b[k]["lo"]), np.array(b[k]["hi"])
+            assert np.all(lo <= full * (1 + 1e-6) + 1e-9) and np.all(full <= hi * (1 + 1e-6) + 1e-9), k
+            assert np.allclose(b[k]["value"], full, rtol=1e-5, atol=1e-7)
+        fused = sc.importance("simdiff", alpha=0.5)
+        assert np.allclose(b["simdiff"]["value"], fused)
+    for k in ("cosine", "mssd_rel", "masd_rel"):
+        width = lambda b: np.mean(np.array(b[k]["hi"]) - np.array(b[k]["lo"]))  # noqa: E731
+        assert width(bm) < 0.75 * width(bf), k  # 8x the windows: about 1/sqrt(8) the width
+    assert bands(many) == bm  # seeded: the same bands twice
+
+
+def _constructed(cos_by_block: list[list[float]]) -> Scores:
+    """Scores whose window sums are given (one token per window): block i's cosine in window w."""
+    L, N = len(cos_by_block), len(cos_by_block[0])
+    win = {"tokens": [1.0] * N}
+    for k in ("sq", "ab", "x2", "xa", "sq_rel", "ab_rel"):
+        win[k] = [[1.0] * N for _ in range(L)]
+    win["cos"] = [list(r) for r in cos_by_block]
+    layers = []
+    for i, r in enumerate(cos_by_block):
+        c = float(np.mean(r))
+        layers.append({"index": i, "cosine": c, "bi": 1 - c, "angular": float(np.arccos(c) / np.pi), "mssd": 1.0,
+                       "masd": 1.0, "mssd_rel": 1.0, "masd_rel": 1.0})
+    return Scores("constructed", L, layers, windows=win)
+
+
+def test_stability_is_one_for_a_block_removed_in_every_resample():
+    rng = np.random.default_rng(0)
+    cos = [list(0.5 + 0.05 * rng.standard_normal(10)) for _ in range(6)]
+    cos[2] = [0.99] * 10           # always the most redundant block
+    cos[3] = [0.80, 0.20] * 5      # average 0.5 like the others, but noisy: sometimes picked
+    sc = _constructed(cos)
+    s = plan_stability(sc, "cosine", num=1, n_boot=100)
+    assert s.removed == [2] and s.frequency[2] == 1.0 and s.stable and s.unstable == []
+    s2 = plan_stability(sc, "cosine", num=2, n_boot=100)
+    # the second block is whichever of the noisy ones wins a resample: never certain
+    assert s2.frequency[2] == 1.0 and sum(s2.frequency) == pytest.approx(2.0)
+    assert any(0 < f < 1 for f in s2.frequency) and s2.contenders
+    assert s2.unstable == [i for i in s2.removed if s2.frequency[i] < 0.75]
+
+
+def test_scores_json_round_trips_windows_and_old_files_still_load(tiny, ids32, tmp_path):
+    sc = score_model(tiny("llama", 4), ids32[:3])
+    sc.save(tmp_path / "s.json")
+    back = Scores.load(tmp_path / "s.json")
+    assert back.windows == sc.windows and bands(back) == bands(sc)
+    d = sc.to_dict()
+    d.pop("windows")
+    old = Scores.from_dict(d)  # a file written before per-window statistics existed
+    assert old.windows == {}
+    with pytest.raises(SimDiffError, match="per-window"):
+        bands(old)
+    d["windows"] = dict(sc.windows, cos=[[0.0]])
+    with pytest.raises(SimDiffError, match="per-window"):
+        Scores.from_dict(d)
+
+
+def test_cli_plan_stability_reports_membership_frequencies(tmp_path, tiny, ids32):
+    import json
+
+    from conftest import run_cli
+    from simdiff_core.uncertainty import plan_stability
+
+    sc = score_model(tiny("llama", 6), ids32[:6])
+    sc.save(tmp_path / "s.json")
+    r = run_cli("plan", "--scores", tmp_path / "s.json", "--num", 2, "--stability", 50, "--seed", 3,
+                "--out", tmp_path / "p.json", timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    direct = plan_stability(Scores.load(tmp_path / "s.json"), "simdiff", num=2, n_boot=50, seed=3)
+    assert out["stability"]["frequency"] == {str(i): round(f, 4) for i, f in enumerate(direct.frequency) if f > 0}
+    assert sum(out["stability"]["frequency"].values()) == pytest.approx(2.0, abs=1e-3)
+    assert json.loads((tmp_path / "p.json").read_text())["details"]["stability"]["frequency"] == direct.frequency
+    d = sc.to_dict()
+    d.pop("windows")
+    (tmp_path / "old.json").write_text(json.dumps(d))
+    r = run_cli("plan", "--scores", tmp_path / "old.json", "--num", 2, "--stability", 50, "--out", tmp_path / "q.json",
+                timeout=120)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: ") and "per-window" in r.stderr
+    assert not (tmp_path / "q.json").exists()
+
+
+@pytest.mark.parametrize("criterion,norm", [("simdiff", "rank"), ("simdiff", "robust"), ("cosine", "rank"),
+                                            ("mssd_rel", "rank")])
+def test_vectorised_replicates_equal_the_planner_per_replicate(tiny, ids32, criterion, norm):
+    from simdiff_core.metrics import importance
+    from simdiff_core.plan import select_lowest
+    from simdiff_core.uncertainty import replicate_importance, replicate_layers, select_lowest_cols
+
+    sc = score_model(tiny("llama", 6), ids32[:6])
+    reps = replicate_metrics(sc, n_boot=40, seed=1)
+    reps["mssd_rel"][:, 5] = 0.5  # all tied in one replicate: ties must average like metrics.normalise
+    vec = replicate_importance(reps, criterion, alpha=0.3, beta=0.7, norm=norm)
+    sel = select_lowest_cols(vec, 2, keep_first=True, keep_last=False)
+    for b in range(40):
+        one = importance(replicate_layers(reps, b), criterion, alpha=0.3, beta=0.7, norm=norm)
+        assert vec[:, b] == pytest.approx(one, abs=1e-12)
+        assert np.flatnonzero(sel[:, b]).tolist() == select_lowest(one, 2, keep_first=True, keep_last=False)
+
+
+# ------------------------------------------------------------------ calibration sensitivity, overlays
+def test_sensitivity_identical_sources_agree_and_different_texts_are_measured(tiny, tokenizer):
+    from simdiff_core.data import load_text
+    from simdiff_core.sensitivity import sensitivity, spearman
+
+    lm = tiny("llama", 6)
+    wiki = score_model(lm, make_windows(tokenizer, "wikitext2", n=3, seq_len=32))
+    code = score_model(lm, make_windows(tokenizer, "shipped:code", n=3, seq_len=32))
+    dia = score_model(lm, make_windows(tokenizer, load_text("shipped:dialogue"), n=3, seq_len=32))
+    same = sensitivity({"a": wiki, "b": wiki}, num=2)
+    assert same.rho["a", "b"] == pytest.approx(1.0) and same.flips == {} and same.overlap["a", "b"]["jaccard"] == 1
+    rep = sensitivity({"wiki": wiki, "code": code, "dialogue": dia}, num=2)
+    import pandas as pd
+
+    for (a, b), rho in rep.rho.items():  # against pandas' Spearman (its own average ranks of ties)
+        assert rho == pytest.approx(pd.Series(rep.importance[a]).corr(pd.Series(rep.importance[b]), method="spearman"))
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    every = set(rep.removed["wiki"]) & set(rep.removed["code"]) & set(rep.removed["dialogue"])
+    assert set(rep.agreed) == every
+    for blk, who in rep.flips.items():
+        assert blk not in every and who == [n for n in rep.removed if blk in rep.removed[n]]
+
+
+def test_relative_depth_overlay_maps_block_counts():
+    from simdiff_core.sensitivity import overlay_frame, relative_depth
+
+    assert relative_depth(5).tolist() == [0, 0.25, 0.5, 0.75, 1.0]
+    assert relative_depth(1).tolist() == [0.0]
+
+    def fake(L):
+        return Scores(f"m{L}", L, [{"index": i, "cosine": float(i), "mssd": 1.0, "masd": 1.0} for i in range(L)])
+
+    df, rel = overlay_frame({"deep": fake(30), "shallow": fake(16)}, "cosine")
+    assert rel
+    deep, shallow = df[df.run == "deep"], df[df.run == "shallow"]
+    assert len(deep) == 30 and len(shallow) == 16
+    assert deep.x.iloc[0] == 0 and deep.x.iloc[-1] == 1 and shallow.x.iloc[-1] == 1
+    assert shallow.x.iloc[8] == pytest.approx(8 / 15) and deep.x.iloc[29 // 2] == pytest.approx(14 / 29)
+    df2, rel2 = overlay_frame({"a": fake(6), "b": fake(6)}, "cosine")
+    assert not rel2 and df2.x.tolist() == list(range(6)) * 2
