@@ -222,6 +222,30 @@ def write_section(path: Path, text: str) -> None:
     path.write_text(doc)
 
 
+def run_all(lm, ids, num: int = 7, parts=("damage", "greedy", "alpha", "shootout", "omp")) -> dict:
+    """Every eval-bench key on ``lm`` with calibration ``ids`` (one batch); used by bench/run.py too."""
+    res = {"model": lm.name, "threads": torch.get_num_threads(),
+           "calib": f"{ids.shape[0]} x {ids.shape[1]} tokens, batch {ids.shape[0]}"}
+    load0 = os.getloadavg()[0]
+    if "damage" in parts:
+        res.update(bench_damage(lm, ids, ids.shape[0]))
+        log(f"damage_vs_floor {res['damage_vs_floor']}")
+    if "greedy" in parts:
+        res.update(bench_greedy(lm, ids, num))
+        log(f"greedy_cost_vs_naive {res['greedy_cost_vs_naive']}")
+    if "alpha" in parts:
+        res.update(bench_alpha(lm, ids, num))
+        log(f"auto_alpha_cost_vs_naive {res['auto_alpha_cost_vs_naive']}")
+    if "shootout" in parts:
+        res.update(bench_shootout(lm))
+        log(f"shootout_default_s {res['shootout_default_s']}")
+    if "omp" in parts:
+        res.update(bench_omp())
+        log(f"omp_passive_speedup {res['omp_passive_speedup']}")
+    res["loadavg"] = [load0, os.getloadavg()[0]]
+    return res
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, default=2)
@@ -249,24 +273,8 @@ def main() -> int:
         only.discard("shootout")
     if a.no_omp:
         only.discard("omp")
-    res = {"model": lm.name, "threads": threads, "calib": f"{a.samples} x {a.seq_len} tokens, batch {a.samples}"}
     t0 = time.perf_counter()
-    if "damage" in only:
-        res.update(bench_damage(lm, ids, a.samples))
-        log(f"damage_vs_floor {res['damage_vs_floor']}")
-    if "greedy" in only:
-        res.update(bench_greedy(lm, ids, a.num))
-        log(f"greedy_cost_vs_naive {res['greedy_cost_vs_naive']}")
-    if "alpha" in only:
-        res.update(bench_alpha(lm, ids, a.num))
-        log(f"auto_alpha_cost_vs_naive {res['auto_alpha_cost_vs_naive']}")
-    if "shootout" in only:
-        res.update(bench_shootout(lm))
-        log(f"shootout_default_s {res['shootout_default_s']}")
-    if "omp" in only:
-        res.update(bench_omp())
-        log(f"omp_passive_speedup {res['omp_passive_speedup']}")
-    res["loadavg"] = [load0, os.getloadavg()[0]]
+    res = run_all(lm, ids, a.num, tuple(only))
     res["bench_seconds"] = round(time.perf_counter() - t0, 1)
     if a.results:
         write_section(ROOT / "bench" / "RESULTS.md", results_section(res))

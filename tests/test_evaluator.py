@@ -139,3 +139,18 @@ def test_one_evaluator_shared_between_methods(tiny, ids):
         run_method("greedy", lm, ids[:2], num=2, evaluator=ev)
     with torch.no_grad():
         assert ev.dense_loss == pytest.approx(perplexity(lm.model, ids)["nll"], rel=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMS)
+def test_slm_cached_similarity_equals_building_each_merged_model(tiny, ids, family):
+    from simdiff_core.prune import weights_fingerprint
+
+    lm = tiny(family, num_layers=7, seed=6)
+    before = weights_fingerprint(lm.model)
+    c = run_method("slm", lm, ids, num=2, threshold=0.999)
+    n = run_method("slm", lm, ids, num=2, threshold=0.999, cached=False)
+    assert c.merged_groups == n.merged_groups and c.removed_layers == n.removed_layers
+    assert [t["groups"] for t in c.details["trace"]] == [t["groups"] for t in n.details["trace"]]
+    for a, b in zip(c.details["trace"], n.details["trace"]):
+        assert a["similarity"] == pytest.approx(b["similarity"], abs=1e-5)
+    assert weights_fingerprint(lm.model) == before  # merged blocks are private copies
