@@ -1,8 +1,9 @@
 """Page 2: per-block cosine / MSSD / MASD curves, the fused SimDiff score, cross-layer heatmaps.
 
-Everything here is recomputed from the stored Scores (no forward pass): moving a slider re-renders
-in milliseconds. The blocks the current plan (criterion, ratio, locks from the Prune preview) would
-drop are marked on every curve.
+Everything here is recomputed from the stored Scores (no forward pass). The ratio and α sliders sit in
+a fragment with the charts they change: a move reruns only that fragment, on top of figure bases and
+heatmaps built once per calibration (ui/charts.py), so it repaints in milliseconds. The blocks the
+current plan (criterion, ratio, locks from the Prune preview) would drop are marked on every curve.
 """
 
 from __future__ import annotations
@@ -18,45 +19,58 @@ state.setup_page("Layer curves")
 
 with st.sidebar:
     st.subheader("Curves")
-    alpha = st.slider("SimDiff α", 0.0, 1.0, step=0.05, **state.bound("alpha"),
-                      help="Weight of similarity (1 − cosine) against difference (MSSD, MASD). α = 1 is cosine-only.")
-    state.put("alpha", alpha)
     scale_free = st.toggle("Scale-free MSSD/MASD", **state.bound("scale_free"),
                            help="Divide each token's difference by its input norm (hidden-state norms grow with "
                                 "depth). Off: raw MSSD/MASD.")
     state.put("scale_free", scale_free)
     log_mssd = st.toggle("Log scale for MSSD", key="log_mssd", value=False,
                          help="MSSD is dominated by a few outlier blocks; a log axis shows the rest.")
-    ratio = st.slider("Pruning ratio", 0.01, 1.0, step=0.01, **state.bound("ratio"),
-                      help="Fraction of blocks the highlighted plan removes (shared with Prune preview).")
-    state.put("ratio", ratio)
+    views.run_marker("curves_page", state.count_run("curves_page"))
 
 st.title("Layer curves")
 scores = state.require_scores()
 L = scores.num_layers
 st.caption(f"{scores.model} · {L} blocks · calibrated on {score_protocol(scores.calibration)}")
-
-dropped = []
-try:
-    plan = state.current_plan(scores)
-    dropped = plan.removed_layers
-    st.markdown(f"Highlighted: the **{len(dropped)}** blocks that **{plan.criterion}** at ratio {ratio:.2f} "
-                f"would drop: `{dropped}`")
-except SimDiffError as e:
-    views.show_error(e)
-
 damage = state.get("damage")
-fig = charts.layer_curves(scores.layers, dropped=dropped, scale_free=scale_free, log_mssd=log_mssd,
-                          damage=damage if damage is not None and len(damage) == scores.num_layers else None)
-st.plotly_chart(fig, key="curves", config=charts.plot_config("layer_curves"))
+damage = damage if damage is not None and len(damage) == scores.num_layers else None
+# The metric traces depend on the scores and the toggles only: built (and validated) once per
+# calibration; a slider move adds the dropped markers to this base (ui/charts.py: curves_spec).
+base = state.per_scores(scores, ("curves", scale_free, log_mssd, None if damage is None else tuple(damage)),
+                        lambda: charts.curves_base(scores.layers, scale_free=scale_free, log_mssd=log_mssd,
+                                                   damage=damage))
 
-imp = scores.importance("simdiff", alpha=alpha, scale_free=scale_free, beta=float(state.get("beta", 0.5)))
-fused = charts.importance_bars(imp, dropped, title=f"SimDiff importance, α = {alpha:.2f} (higher = keep)")
-st.plotly_chart(fused, key="simdiff", config=charts.plot_config("simdiff_importance"))
-frame = charts.curves_frame(scores.layers, imp, dropped)
-st.download_button("Curves data (CSV)", frame.to_csv().encode(), "layer_curves.csv", "text/csv", key="dl_curves",
-                   help="Per-block metrics, the fused score at this α and the dropped flag. "
-                        "PNG: use the camera icon on each chart.")
+
+@st.fragment
+def curves_panel():
+    """The ratio and α sliders with everything they change: a move reruns only this function."""
+    views.run_marker("curves_fragment", state.count_run("curves_fragment"))
+    c1, c2 = st.columns(2)
+    ratio = c1.slider("Pruning ratio", 0.01, 1.0, step=0.01, **state.bound("ratio"),
+                      help="Fraction of blocks the highlighted plan removes (shared with Prune preview).")
+    state.put("ratio", ratio)
+    alpha = c2.slider("SimDiff α", 0.0, 1.0, step=0.05, **state.bound("alpha"),
+                      help="Weight of similarity (1 − cosine) against difference (MSSD, MASD). α = 1 is cosine-only.")
+    state.put("alpha", alpha)
+    dropped = []
+    try:
+        plan = state.current_plan(scores)
+        dropped = plan.removed_layers
+        st.markdown(f"Highlighted: the **{len(dropped)}** blocks that **{plan.criterion}** at ratio {ratio:.2f} "
+                    f"would drop: `{dropped}`")
+    except SimDiffError as e:
+        views.show_error(e)
+    st.plotly_chart(charts.Spec(charts.curves_spec(base, dropped)), key="curves",
+                    config=charts.plot_config("layer_curves"))
+    imp = scores.importance("simdiff", alpha=alpha, scale_free=scale_free, beta=float(state.get("beta", 0.5)))
+    fused = charts.bars_spec(imp, dropped, title=f"SimDiff importance, α = {alpha:.2f} (higher = keep)")
+    st.plotly_chart(charts.Spec(fused), key="simdiff", config=charts.plot_config("simdiff_importance"))
+    frame = charts.curves_frame(scores.layers, imp, dropped)
+    st.download_button("Curves data (CSV)", frame.to_csv().encode(), "layer_curves.csv", "text/csv",
+                       key="dl_curves", help="Per-block metrics, the fused score at this α and the dropped flag. "
+                                             "PNG: use the camera icon on each chart.")
+
+
+curves_panel()
 
 if damage is None:
     st.caption("Add the measured ground truth (loss with each block removed) as a fourth curve, with "
@@ -67,24 +81,31 @@ st.page_link("pages/6_Ground_truth_and_report.py", label="Ground truth: measured
 st.header("Cross-layer heatmaps")
 m = scores.matrices
 tabs = st.tabs(["Output cosine", "n-block angular distance", "CKA"])
-views_def = []
-if "output_cosine" in m:
-    views_def.append((tabs[0], "output_cosine", charts.heatmap(m["output_cosine"], "Cosine between block outputs",
-                                                               zmin=None, zmax=1, hover_label="cosine"),
-                      pd.DataFrame(m["output_cosine"])))
-if "angular_boundaries" in m:
-    D, x, y = charts.nblock_angular(m["angular_boundaries"])
-    views_def.append((tabs[1], "angular", charts.heatmap(D, "Angular distance across n blocks (PruneMe): low = "
-                                                          "removable window", x_title="first block l",
-                                                          y_title="n blocks", x=x, y=y, colorscale="Magma",
-                                                          hover_label="distance"),
-                      pd.DataFrame(D, index=pd.Index(y, name="n"), columns=x)))
-if "cka" in m:
-    views_def.append((tabs[2], "cka", charts.heatmap(m["cka"], "Linear CKA between block outputs", zmin=0, zmax=1,
-                                                     hover_label="CKA"), pd.DataFrame(m["cka"])))
-for tab, name, fig, df in views_def:
-    with tab:
-        st.plotly_chart(fig, key=f"hm_{name}", config=charts.plot_config(name))
+
+
+def _heatmaps() -> list[tuple[int, str, dict, pd.DataFrame]]:
+    """The heatmap specs and CSV frames: they depend on the scores alone, so built once per calibration."""
+    out = []
+    if "output_cosine" in m:
+        out.append((0, "output_cosine", charts.heatmap(m["output_cosine"], "Cosine between block outputs", zmin=None,
+                                                       zmax=1, hover_label="cosine").to_dict(),
+                    pd.DataFrame(m["output_cosine"])))
+    if "angular_boundaries" in m:
+        D, x, y = charts.nblock_angular(m["angular_boundaries"])
+        out.append((1, "angular", charts.heatmap(D, "Angular distance across n blocks (PruneMe): low = "
+                                                 "removable window", x_title="first block l", y_title="n blocks", x=x,
+                                                 y=y, colorscale="Magma", hover_label="distance").to_dict(),
+                    pd.DataFrame(D, index=pd.Index(y, name="n"), columns=x)))
+    if "cka" in m:
+        out.append((2, "cka", charts.heatmap(m["cka"], "Linear CKA between block outputs", zmin=0, zmax=1,
+                                             hover_label="CKA").to_dict(), pd.DataFrame(m["cka"])))
+    return out
+
+
+views_def = state.per_scores(scores, "heatmaps", _heatmaps)
+for t, name, spec, df in views_def:
+    with tabs[t]:
+        st.plotly_chart(charts.Spec(spec), key=f"hm_{name}", config=charts.plot_config(name))
         st.download_button("Matrix (CSV)", df.to_csv().encode(), f"{name}.csv", "text/csv", key=f"dl_{name}")
 if "method" in m:
     st.caption(m["method"])

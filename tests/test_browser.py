@@ -51,6 +51,12 @@ def _shot(page, name: str):
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
+def _runs(page) -> dict:
+    """The page's run counters (ui.state.count_run): full page runs and fragment runs, by name."""
+    return page.evaluate("() => Object.fromEntries([...document.querySelectorAll('.sd-runs')]"
+                         ".map(e => [e.dataset.name, +e.dataset.count]))")
+
+
 def _goto_page(page, label: str):
     page.locator("[data-testid=stSidebarNav] a", has_text=label).first.click()
     idle(page)
@@ -81,11 +87,36 @@ def test_full_flow_in_chromium(server, tmp_path):
         assert page.locator("[data-testid=stPlotlyChart]").count() >= 3
         page.wait_for_selector(".js-plotly-plot .scatterlayer .trace", timeout=60_000)
         _shot(page, "03_layer_curves")
+        # the ratio slider reruns only its fragment; the curves' drawn markers follow every move
+        before = _runs(page)
+        thumb = page.get_by_role("slider", name="Pruning ratio")
+        for key, ratio in (("PageUp", 0.35), ("PageUp", 0.45), ("PageDown", 0.35)):
+            thumb.focus()
+            thumb.press(key)
+            idle(page)
+            k = max(1, round(ratio * 30))
+            expect(page.get_by_text(f"Highlighted: the {k} blocks")).to_be_visible()
+            # drawn points on the curves chart: 30 per metric panel + k dropped markers per panel
+            drawn = page.evaluate("() => document.querySelector('.js-plotly-plot').querySelectorAll("
+                                  "'.scatterlayer .point').length")
+            assert drawn == 3 * (30 + k)
+        after = _runs(page)
+        assert after["curves_page"] == before["curves_page"], "a slider move must not rerun the page"
+        assert after["curves_fragment"] == before["curves_fragment"] + 3
 
         _goto_page(page, "Prune preview")
         expect(page.get_by_text("Est. speedup")).to_be_visible()
         _shot(page, "04_prune_preview")
-        assert page.locator(".sd-block.sd-gone").count() == round(0.25 * 30)
+        assert page.locator(".sd-block.sd-gone").count() == round(0.35 * 30)
+        before = _runs(page)
+        for k in (5, 9, 12, 4):
+            set_number(page, "Blocks to remove", k)
+            assert page.locator(".sd-block.sd-gone").count() == k
+            expect(page.get_by_text(f"removes {k} of 30")).to_be_visible()
+        after = _runs(page)
+        assert after["preview_page"] == before["preview_page"], "a count change must not rerun the page"
+        assert after["preview_fragment"] == before["preview_fragment"] + 4
+        set_number(page, "Blocks to remove", round(0.25 * 30))
 
         _goto_page(page, "Export & evaluate")
         set_number(page, "Windows", 2)

@@ -198,3 +198,30 @@ def test_compare_without_eval_ids_measures_held_out_test_windows(tiny, ids):
     kept = res["plans"][0].kept_layers
     assert pruned["ppl"] == pytest.approx(perplexity(pruned_model(lm, kept), held_out)["ppl"], rel=1e-6)
     assert "test split" in res["eval_protocol"] and f"{DEFAULT_EVAL_WINDOWS} non-overlapping" in res["eval_protocol"]
+
+
+# ------------------------------------------------------------------ item 8c: text chunks end between words
+def test_chunked_tokenisation_equals_whole_text_in_memory_and_from_file(tokenizer, tmp_path):
+    import random
+
+    from simdiff_core.data import _CHUNK_CHARS, iter_tokens, load_text, text_source
+
+    rng = random.Random(0)
+    words = ["layer", "pruning", "redundant", "transformer", "blocks", "cosine", "similarity", "3.14", "(MSSD)"]
+    seps = [" ", " ", " ", "\n", "\n\n", " \n ", "  "]
+    parts, n = [], 0
+    while n < int(2.3 * _CHUNK_CHARS):
+        w = rng.choice(words) + rng.choice(seps)
+        parts.append(w)
+        n += len(w)
+    text = "".join(parts)
+    # the old fixed cut fell inside a word here (the test needs a case where that matters)
+    assert not text[_CHUNK_CHARS - 1].isspace() and not text[_CHUNK_CHARS].isspace()
+    whole = tokenizer(text, add_special_tokens=False).input_ids
+    f = tmp_path / "t.txt"
+    f.write_text(text, encoding="utf-8")
+    for src in (text_source(text), load_text(str(f))):
+        chunks = list(src.chunks())
+        assert "".join(chunks) == text and len(chunks) >= 2
+        assert all(c[-1].isspace() is False and nxt[0].isspace() for c, nxt in zip(chunks, chunks[1:]))
+        assert [t for part in iter_tokens(tokenizer, src) for t in part] == whole

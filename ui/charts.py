@@ -5,9 +5,18 @@
     fig = charts.heatmap(scores.matrices["cka"], "CKA between block outputs")
 
 Every figure uses the block index (0-based, as in plans and exports) on its x axis.
+
+Slider moves must repaint in milliseconds, and building a plotly figure (plus the validation
+``st.plotly_chart`` runs on it) costs 25-120 ms. So what a move changes is built as plain dicts on top
+of a figure validated once: ``curves_base`` + ``curves_spec`` (the dropped-block markers and bands),
+``bars_spec`` (importance bars) and ``overlap_spec`` (criteria overlap); ``Spec`` hands such a dict to
+``st.plotly_chart`` without a second validation. tests/test_charts.py checks each against the plotly-
+built figure (same traces, and plotly validates the dict).
 """
 
 from __future__ import annotations
+
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
@@ -25,6 +34,20 @@ def plot_config(filename: str) -> dict:
             "modeBarButtonsToRemove": ["lasso2d", "select2d"]}
 
 
+class Spec(go.Figure):
+    """A finished plotly figure dict that ``st.plotly_chart`` uses as is (a plain dict would be re-validated
+    through ``go.Figure(**dict)``, 25-40 ms per chart). Only ``to_dict``/``to_plotly_json`` are supported."""
+
+    def __init__(self, spec: dict):  # noqa: D107 - deliberately skips go.Figure's validating __init__
+        object.__setattr__(self, "_sd_spec", spec)
+
+    def to_dict(self) -> dict:
+        return self._sd_spec
+
+    def to_plotly_json(self) -> dict:
+        return self._sd_spec
+
+
 def _style(fig: go.Figure, height: int) -> go.Figure:
     fig.update_layout(height=height, margin=dict(l=10, r=10, t=60, b=10), font=dict(family=FONT, size=13),
                       plot_bgcolor="white", paper_bgcolor="white", hoverlabel=dict(font_size=12),
@@ -32,6 +55,15 @@ def _style(fig: go.Figure, height: int) -> go.Figure:
     fig.update_xaxes(showgrid=True, gridcolor="#eef2f7", zeroline=False, showspikes=True, spikemode="across",
                      spikethickness=1, spikecolor=MUTED, spikedash="dot")
     fig.update_yaxes(showgrid=True, gridcolor="#eef2f7", zeroline=False)
+    return fig
+
+
+def _fixed_margins(fig: go.Figure, left: int = 56, bottom: int = 48) -> go.Figure:
+    """Fixed margins, no automargin: plotly otherwise measures every tick label and redraws until the
+    margins settle, which was most of the browser's work per slider move (bench/browser_slider.py)."""
+    fig.update_layout(margin=dict(l=left, b=bottom, autoexpand=False))
+    fig.update_xaxes(automargin=False)
+    fig.update_yaxes(automargin=False)
     return fig
 
 
@@ -93,7 +125,7 @@ def layer_curves(layers: list[dict], dropped=(), scale_free: bool = True, log_ms
         fig.update_yaxes(type="log", row=1, col=2)
     fig.update_xaxes(title_text="block")
     fig.update_layout(hovermode="closest")
-    return _style(fig, 340)
+    return _fixed_margins(_style(fig, 340))
 
 
 def importance_bars(values, dropped=(), title: str = "SimDiff importance (higher = keep)") -> go.Figure:
@@ -109,7 +141,7 @@ def importance_bars(values, dropped=(), title: str = "SimDiff importance (higher
                            hovertemplate="<b>block %{x}</b><br>importance %{customdata[1]:.4f}<br>%{customdata[0]}<extra></extra>"))
     fig.update_layout(title=dict(text=title, x=0, font=dict(size=15)), bargap=0.15)
     fig.update_xaxes(title_text="block", dtick=1 if len(v) <= 40 else None)
-    return _style(fig, 300)
+    return _fixed_margins(_style(fig, 300))
 
 
 def heatmap(matrix, title: str, x_title: str = "block", y_title: str = "block", x=None, y=None,
@@ -151,4 +183,97 @@ def overlap_matrix(sets: dict[str, list[int]], num_layers: int) -> go.Figure:
     fig.update_layout(title=dict(text="Blocks each criterion removes", x=0, font=dict(size=15)))
     fig.update_xaxes(title_text="block", dtick=1 if num_layers <= 40 else None, showspikes=False)
     fig.update_yaxes(autorange="reversed")
-    return _style(fig, 90 + 34 * len(names))
+    return _fixed_margins(_style(fig, 90 + 34 * len(names)), left=16 + 8 * max((len(str(n)) for n in names), default=4))
+
+
+# ---- cheap per-move figures (plain dicts over a once-validated base) ----
+
+def _runs(drop: list[int]) -> list[list[int]]:
+    runs: list[list[int]] = []
+    for i in drop:
+        if runs and runs[-1][1] == i - 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    return runs
+
+
+def curves_base(layers: list[dict], scale_free: bool = True, log_mssd: bool = False, damage=None) -> dict:
+    """The static part of ``layer_curves`` (the metric traces, axes, style) as a validated dict.
+
+    Built once per scores object and toggle setting; ``curves_spec`` adds the dropped blocks per move.
+    """
+    spec = layer_curves(layers, dropped=(), scale_free=scale_free, log_mssd=log_mssd, damage=damage).to_dict()
+    panels = [t for t in spec["data"] if t.get("name") != "dropped"]
+    spec["_panels"] = [{"x": np.asarray(_plain(t["x"])), "y": np.asarray(_plain(t["y"]), dtype=float),
+                        "customdata": np.asarray(_plain(t["customdata"]), dtype=float),
+                        "xaxis": t.get("xaxis", "x"), "yaxis": t.get("yaxis", "y"),
+                        "hovertemplate": t["hovertemplate"]} for t in panels]
+    return spec
+
+
+def _plain(v):
+    """An array from a figure dict (ndarray, list, or plotly's base64 typed-array dict)."""
+    if isinstance(v, dict) and "bdata" in v:
+        import base64
+
+        a = np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]))
+        return a.reshape([int(n) for n in str(v["shape"]).split(",")]) if "shape" in v else a
+    return v
+
+
+def curves_spec(base: dict, dropped=()) -> dict:
+    """``layer_curves`` for this dropped set, from ``curves_base``: microseconds, no plotly objects."""
+    drop = sorted(set(int(i) for i in dropped))
+    data = [t for t in base["data"]]
+    if drop:
+        for c, p in enumerate(base["_panels"]):
+            data.append({"type": "scatter", "x": drop, "y": p["y"][drop].tolist(), "mode": "markers",
+                         "name": "dropped", "xaxis": p["xaxis"], "yaxis": p["yaxis"],
+                         "marker": {"color": DROP, "size": 11, "symbol": "x", "line": {"width": 1, "color": "white"}},
+                         "customdata": p["customdata"][drop].tolist(), "hovertemplate": p["hovertemplate"],
+                         "showlegend": c == 0})
+    # one shaded band per run of dropped blocks per panel
+    shapes = [{"type": "rect", "xref": p["xaxis"], "yref": f"{p['yaxis']} domain", "x0": a - 0.5, "x1": b + 0.5,
+               "y0": 0, "y1": 1, "fillcolor": DROP, "opacity": 0.08, "line": {"width": 0}, "layer": "below"}
+              for p in base["_panels"] for a, b in _runs(drop)]
+    return {"data": data, "layout": dict(base["layout"], shapes=shapes)}
+
+
+def bars_spec(values, dropped=(), title: str = "SimDiff importance (higher = keep)") -> dict:
+    """``importance_bars`` as a plain dict (the layout comes from a once-built template per block count)."""
+    v = np.asarray(values, dtype=float)
+    drop = set(int(i) for i in dropped)
+    stub = 0.015 * (float(np.abs(v).max()) or 1.0)  # near-zero bars stay visible (see importance_bars)
+    shown = np.where(np.abs(v) < stub, stub, v)
+    trace = {"type": "bar", "x": list(range(len(v))), "y": shown.tolist(),
+             "marker": {"color": [DROP if i in drop else KEEP for i in range(len(v))]},
+             "customdata": [["dropped" if i in drop else "kept", float(v[i])] for i in range(len(v))],
+             "hovertemplate": "<b>block %{x}</b><br>importance %{customdata[1]:.4f}<br>%{customdata[0]}<extra></extra>"}
+    layout = dict(_bars_layout(len(v)))
+    layout["title"] = dict(layout["title"], text=title)
+    return {"data": [trace], "layout": layout}
+
+
+@lru_cache(maxsize=64)
+def _bars_layout(n: int) -> dict:
+    return importance_bars(np.zeros(n)).to_dict()["layout"]
+
+
+def overlap_spec(sets: dict[str, list[int]], num_layers: int) -> dict:
+    """``overlap_matrix`` as a plain dict (layout template cached per block count and row names)."""
+    names = list(sets)
+    z = np.zeros((len(names), num_layers))
+    for r, n in enumerate(names):
+        z[r, list(sets[n])] = 1
+    counts = z.sum(0)
+    trace = {"type": "heatmap", "z": z.tolist(), "x": list(range(num_layers)), "y": names, "showscale": False,
+             "xgap": 2, "ygap": 2, "colorscale": [[0, "#f1f5f9"], [1, DROP]], "zmin": 0, "zmax": 1,
+             "customdata": np.tile(counts, (len(names), 1)).tolist(),
+             "hovertemplate": "%{y}<br>block %{x}: %{z:d} (chosen by %{customdata:d} criteria)<extra></extra>"}
+    return {"data": [trace], "layout": dict(_overlap_layout(num_layers, tuple(names)))}
+
+
+@lru_cache(maxsize=64)
+def _overlap_layout(num_layers: int, names: tuple[str, ...]) -> dict:
+    return overlap_matrix({n: [] for n in names}, num_layers).to_dict()["layout"]

@@ -224,6 +224,29 @@ def require_plan(scores, lm):
     return plan
 
 
+def per_scores(scores, key, build):
+    """``build()`` memoised for this session's current ``scores`` object (figure bases, heatmap specs).
+
+    Rebuilt only when the scores object changes (a new calibration), so a slider move never redoes
+    work that depends on the scores alone.
+    """
+    memo = st.session_state.get("_per_scores")
+    if memo is None or memo[0] is not scores:
+        memo = (scores, {})
+        st.session_state["_per_scores"] = memo
+    if key not in memo[1]:
+        memo[1][key] = build()
+    return memo[1][key]
+
+
+def count_run(name: str) -> int:
+    """Count script runs of ``name`` (a page, or a fragment) in this session: the browser test reads it
+    to prove a slider move reran only the fragment, never the whole page."""
+    runs = st.session_state.setdefault("_runs", {})
+    runs[name] = runs.get(name, 0) + 1
+    return runs[name]
+
+
 def export_root() -> Path:
     """Where exports go: $SIMDIFF_EXPORT_DIR or ./exports under the project."""
     return Path(os.environ.get("SIMDIFF_EXPORT_DIR", ROOT / "exports"))

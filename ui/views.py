@@ -88,6 +88,11 @@ def block_diagram(num_layers: int, removed, scores=None) -> str:
     )
 
 
+def run_marker(name: str, count: int) -> None:
+    """An invisible marker carrying a run counter (``state.count_run``), read by the browser test."""
+    st.html(f'<span class="sd-runs" data-name="{html.escape(name)}" data-count="{int(count)}" hidden></span>')
+
+
 def estimate_cost(lm, removed) -> dict:
     """Parameters before/after and the speedup estimated from per-token matmul work (no forward pass).
 
