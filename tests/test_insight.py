@@ -60,6 +60,7 @@ def test_bands_contain_the_full_value_and_shrink_with_more_windows(tiny, ids32):
             assert np.allclose(b[k]["value"], full, rtol=1e-5, atol=1e-7)
         fused = sc.importance("simdiff", alpha=0.5)
         assert np.allclose(b["simdiff"]["value"], fused)
+        assert np.all(np.array(b["simdiff"]["lo"]) <= np.array(b["simdiff"]["hi"]))
     for k in ("cosine", "mssd_rel", "masd_rel"):
         width = lambda b: np.mean(np.array(b[k]["hi"]) - np.array(b[k]["lo"]))  # noqa: E731
         assert width(bm) < 0.75 * width(bf), k  # 8x the windows: about 1/sqrt(8) the width
@@ -216,3 +217,15 @@ def test_drill_down_tokens_equal_a_direct_computation(tiny, ids32):
     assert t0["token"] == lm.tokenizer.decode([int(ids[t0["window"], t0["position"]])])
     with pytest.raises(SimDiffError, match="does not exist"):
         drill_down(lm, ids, block=5)
+
+
+def test_removed_blocks_are_marked_whatever_their_importance():
+    from ui import charts
+
+    v = np.array([0.0, 0.5, 0.9, 0.0, 0.3])
+    spec = charts.bars_spec(v, [0, 3])
+    marks = [t for t in spec["data"] if t.get("name") == "removed"]
+    assert len(marks) == 1 and marks[0]["x"] == [0, 3] and all(y > 0 for y in marks[0]["y"])
+    assert marks[0]["customdata"] == [0.0, 0.0]  # the hover keeps the true value
+    assert charts.outliers([1, 1.1, 0.9, 1.2, 40, 1.0, 0.95, 1.05, 1.1, 1.0]) == [4]
+    assert charts.outliers(np.linspace(1, 2, 30)) == []
