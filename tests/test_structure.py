@@ -19,7 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PKG = ROOT / "simdiff_core"
-STAGES = ["common", "models", "data", "analysis", "pruning", "evaluation", "methods", "export", "cli"]
+STAGES = ["common", "models", "data", "analysis", "pruning", "evaluation", "methods", "export", "workflows", "cli"]
 FORBIDDEN = {"streamlit", "ui", "pages", "bench", "app", "tests", "conftest"}
 _MODULE_STRING = re.compile(r"simdiff_core(\.\w+)+")
 
