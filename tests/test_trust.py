@@ -179,6 +179,10 @@ def test_first_token_option_matches_direct_computation(tiny, tokenizer, first_to
     assert scores.calibration["first_token"] == word
     line = protocol(scores.calibration)
     assert f"position 0 / BOS {word}" in line and "heatmaps on a subsample of positions 1..S-1" in line
+    if not first_token:  # the HTML report states it too
+        from simdiff_core.report import build_report_html
+
+        assert f"position 0 / BOS {word}" in build_report_html(scores)
 
 
 # ------------------------------------------------------------------ item 8b: compare evaluates held-out text
@@ -257,3 +261,31 @@ def test_export_force_restores_the_previous_export_when_the_final_rename_fails(t
     monkeypatch.setattr(export_mod.os, "rename", real_rename)
     export_mod.export_pruned(lm, second, out, force=True)  # and a later --force works
     assert json.loads((out / "plan.json").read_text())["removed_layers"] == [2]
+
+
+# ------------------------------------------------------------------ item 8e: damage memory counts the logits
+def test_damage_memory_estimate_counts_the_cache_and_the_logits(tiny, tokenizer):
+    from simdiff_core.damage import measure_damage
+
+    lm = tiny("llama", 4)
+    ids = make_windows(tokenizer, "wikitext2", n=2, seq_len=16)
+    seen = {"head": [], "block": []}
+    head = lm.model.get_output_embeddings()
+    hooks = [head.register_forward_hook(lambda m, a, out: seen["head"].append((out.shape, out.element_size())))]
+    hooks += [b.register_forward_hook(lambda m, a, out: seen["block"].append(
+        ((out[0] if isinstance(out, tuple) else out).shape, (out[0] if isinstance(out, tuple) else out).element_size())))
+        for b in lm.blocks]
+    try:
+        dmg = measure_damage(lm, ids, batch_size=2)
+    finally:
+        for h in hooks:
+            h.remove()
+    (B, S, V), elt = seen["head"][0]
+    assert (B, S) == (2, 16) and V == 49152
+    (_, _, H), helt = seen["block"][0]
+    meta = dmg.meta
+    assert meta["cache_bytes_per_batch"] == (lm.num_layers + 1) * B * S * H * helt
+    # the logits of one loss: (B, S, V) as the head returns them, plus float32 (B, S-1, V) slice and log-softmax
+    assert meta["logits_bytes_per_batch"] == B * S * V * elt + 2 * B * (S - 1) * V * 4
+    assert meta["memory_bytes_per_batch"] == meta["cache_bytes_per_batch"] + meta["logits_bytes_per_batch"]
+    assert meta["logits_bytes_per_batch"] > meta["cache_bytes_per_batch"]  # what the old estimate left out
