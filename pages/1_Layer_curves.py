@@ -13,6 +13,7 @@ import streamlit as st
 
 from simdiff_core import SimDiffError
 from simdiff_core.score import protocol as score_protocol
+from simdiff_core import uncertainty
 from ui import charts, state, views
 
 state.setup_page("Layer curves")
@@ -23,21 +24,44 @@ with st.sidebar:
                            help="Divide each token's difference by its input norm (hidden-state norms grow with "
                                 "depth). Off: raw MSSD/MASD.")
     state.put("scale_free", scale_free)
-    log_mssd = st.toggle("Log scale for MSSD", key="log_mssd", value=False,
-                         help="MSSD is dominated by a few outlier blocks; a log axis shows the rest.")
+    log_mssd = st.toggle("Log scale for MSSD/MASD", key="log_mssd", value=False,
+                         help="MSSD and MASD are dominated by a few outlier blocks; a log axis shows the rest.")
+    clip = st.toggle("Clip outlier blocks", key="clip_outliers", value=True, disabled=log_mssd,
+                     help="Fit the MSSD/MASD axes to the other blocks and write the outliers' values (▲) at the top "
+                          "edge. Outlier: above 5 × the 90th percentile of the blocks.")
+    show_bands = st.toggle("Bootstrap bands", key="show_bands", value=True,
+                           help="Shade each curve's confidence band: percentile bootstrap over the calibration windows "
+                                "(200 resamples, seed 0). Needs at least 2 windows.")
+    level = st.select_slider("Band level", [0.8, 0.9, 0.95], value=0.9, key="band_level", disabled=not show_bands,
+                             format_func=lambda v: f"{v:.0%}")
     views.run_marker("curves_page", state.count_run("curves_page"))
 
 st.title("Layer curves")
 scores = state.require_scores()
 L = scores.num_layers
 st.caption(f"{scores.model} · {L} blocks · calibrated on {score_protocol(scores.calibration)}")
+if scores.meta.get("partial"):
+    part = scores.meta["partial"]
+    st.warning(f"Partial scores: calibration was cancelled after {part['windows']} of {part['of']} windows.",
+               icon=":material/hourglass_bottom:")
 damage = state.get("damage")
 damage = damage if damage is not None and len(damage) == scores.num_layers else None
 # The metric traces depend on the scores and the toggles only: built (and validated) once per
 # calibration; a slider move adds the dropped markers to this base (ui/charts.py: curves_spec).
-base = state.per_scores(scores, ("curves", scale_free, log_mssd, None if damage is None else tuple(damage)),
+bands = None
+if show_bands:
+    if uncertainty.has_windows(scores):
+        bands = state.per_scores(scores, ("bands", level), lambda: uncertainty.bands(scores, level=level))
+    else:
+        st.caption("No bootstrap bands: these scores carry no per-window statistics (calibrate again with at "
+                   "least 2 windows).")
+base = state.per_scores(scores, ("curves", scale_free, log_mssd, clip, level if bands else None,
+                                 None if damage is None else tuple(damage)),
                         lambda: charts.curves_base(scores.layers, scale_free=scale_free, log_mssd=log_mssd,
-                                                   damage=damage))
+                                                   damage=damage, bands=bands, clip=clip))
+if bands:
+    st.caption(f"Shaded: {level:.0%} percentile-bootstrap band over the {len(scores.windows['tokens'])} calibration "
+               "windows (200 resamples, seed 0); error bars on the fused importance likewise.")
 
 
 @st.fragment
@@ -59,15 +83,20 @@ def curves_panel():
                     f"would drop: `{dropped}`")
     except SimDiffError as e:
         views.show_error(e)
-    st.plotly_chart(charts.Spec(charts.curves_spec(base, dropped)), key="curves",
-                    config=charts.plot_config("layer_curves"))
-    imp = scores.importance("simdiff", alpha=alpha, scale_free=scale_free, beta=float(state.get("beta", 0.5)))
-    fused = charts.bars_spec(imp, dropped, title=f"SimDiff importance, α = {alpha:.2f} (higher = keep)")
-    st.plotly_chart(charts.Spec(fused), key="simdiff", config=charts.plot_config("simdiff_importance"))
+    beta = float(state.get("beta", 0.5))
+    imp = scores.importance("simdiff", alpha=alpha, scale_free=scale_free, beta=beta)
     frame = charts.curves_frame(scores.layers, imp, dropped)
-    st.download_button("Curves data (CSV)", frame.to_csv().encode(), "layer_curves.csv", "text/csv",
-                       key="dl_curves", help="Per-block metrics, the fused score at this α and the dropped flag. "
-                                             "PNG: use the camera icon on each chart.")
+    fband = None
+    if bands:
+        fband = state.per_scores(scores, ("fused_band", level, alpha, beta, scale_free),
+                                 lambda: uncertainty.fused_band(scores, alpha=alpha, beta=beta, scale_free=scale_free,
+                                                                level=level))
+        for k, b in list(bands.items()) + [("simdiff", fband)]:
+            if k in frame.columns and isinstance(b, dict):
+                frame[f"{k}_lo"], frame[f"{k}_hi"] = b["lo"], b["hi"]
+    views.chart(charts.Spec(charts.curves_spec(base, dropped)), "layer_curves", "curves", frame=frame)
+    fused = charts.bars_spec(imp, dropped, title=f"SimDiff importance, α = {alpha:.2f} (higher = keep)")
+    views.chart(charts.Spec(charts.with_band(fused, fband)), "simdiff_importance", "simdiff", frame=frame)
 
 
 curves_panel()
@@ -105,8 +134,7 @@ def _heatmaps() -> list[tuple[int, str, dict, pd.DataFrame]]:
 views_def = state.per_scores(scores, "heatmaps", _heatmaps)
 for t, name, spec, df in views_def:
     with tabs[t]:
-        st.plotly_chart(charts.Spec(spec), key=f"hm_{name}", config=charts.plot_config(name))
-        st.download_button("Matrix (CSV)", df.to_csv().encode(), f"{name}.csv", "text/csv", key=f"dl_{name}")
+        views.chart(charts.Spec(spec), name, f"hm_{name}", frame=df)
 if "method" in m:
     st.caption(m["method"])
 if not views_def:

@@ -13,6 +13,7 @@ import pandas as pd
 import streamlit as st
 
 from simdiff_core import CRITERIA, SimDiffError
+from simdiff_core import uncertainty
 from simdiff_core.plan import make_plan
 from ui import charts, state, views
 
@@ -86,6 +87,35 @@ if criterion == "simdiff" and auto:
                f"{auto['k']} blocks, best of {auto['trials']} distinct prunings).")
 
 
+def stability_section(plan, alpha: float) -> None:
+    """How often each block is removed across bootstrap resamples of the windows, at these settings."""
+    st.subheader("Plan stability")
+    if plan.criterion not in CRITERIA or not uncertainty.has_windows(scores):
+        st.caption("No stability: these scores carry no per-window statistics (calibrate again with ≥ 2 windows).")
+        return
+    fusion = state.fusion_kwargs() if plan.criterion == "simdiff" else {}
+    key = ("stability", plan.criterion, plan.num_removed, alpha, tuple(sorted(fusion.items())), kf, kl)
+    stab = state.per_scores(scores, key, lambda: uncertainty.plan_stability(
+        scores, plan.criterion, num=plan.num_removed, alpha=alpha, keep_first=kf, keep_last=kl, **fusion))
+    if stab.removed != plan.removed_layers:  # same selection rule on the same numbers: never expected
+        st.error("internal: the stability plan differs from the preview plan")
+    low = min(stab.frequency[i] for i in stab.removed)
+    if stab.stable:
+        st.success(f"Stable plan: every removed block is removed in at least {low:.0%} of {stab.n_boot} bootstrap "
+                   f"resamples of the calibration windows (threshold {stab.threshold:.0%}).",
+                   icon=":material/verified:")
+    else:
+        rival = ", ".join(f"{i} ({stab.frequency[i]:.0%})" if stab.frequency[i] >= 0.01 else f"{i} (<1%)"
+                          for i in stab.contenders[:5])
+        st.warning(f"Unstable plan: blocks {stab.unstable} are removed in fewer than {stab.threshold:.0%} of "
+                   f"{stab.n_boot} resamples (lowest {low:.0%}). Contenders: {rival or 'none'}. More calibration "
+                   "windows would make the choice firmer.", icon=":material/warning:")
+    freq = pd.DataFrame({"block": range(L), "removal_frequency": stab.frequency,
+                         "in_plan": [i in stab.removed for i in range(L)]}).set_index("block")
+    views.chart(charts.Spec(charts.stability_spec(stab.frequency, stab.removed, stab.threshold, stab.n_boot)),
+                "plan_stability", "stability", frame=freq)
+
+
 @st.fragment
 def preview():
     """The ratio / count / α controls and everything they change: a move reruns only this function."""
@@ -124,6 +154,8 @@ def preview():
                     "measure it for real on Export & evaluate.")
     m[3].metric("Removed", f"{k / L:.0%}")
 
+    stability_section(plan, alpha)
+
     st.subheader("Removed blocks")
     table = pd.DataFrame([{**{key: l[key] for key in ("index", "cosine", "mssd_rel", "masd_rel", "mssd", "masd")},
                            "importance": plan.scores[l["index"]]} for l in scores.layers
@@ -147,8 +179,7 @@ def preview():
         rows.append({"criterion": other, "shared with " + criterion: len(shared),
                      "only here": sorted(set(p.removed_layers) - shared),
                      f"only in {criterion}": sorted(set(plan.removed_layers) - shared)})
-    st.plotly_chart(charts.Spec(charts.overlap_spec(sets, L)), key="overlap",
-                    config=charts.plot_config("criteria_overlap"))
+    views.chart(charts.Spec(charts.overlap_spec(sets, L)), "criteria_overlap", "overlap")
     if rows:
         st.dataframe(pd.DataFrame(rows).set_index("criterion"), width="stretch", key="overlap_table")
 

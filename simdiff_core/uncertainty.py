@@ -172,7 +172,8 @@ def bands(scores, level: float = DEFAULT_LEVEL, n_boot: int = DEFAULT_BOOT, seed
     """Percentile bootstrap bands of every per-block metric (and the fused SimDiff importance).
 
     Returns ``{metric: {"value": [L], "lo": [L], "hi": [L]}}`` for ``METRICS`` plus ``"simdiff"``
-    (fused with ``fused`` = dict(alpha=, beta=, scale_free=, norm=), default alpha = beta = 0.5).
+    (fused with ``fused`` = dict(alpha=, beta=, scale_free=, norm=), default alpha = beta = 0.5),
+    and ``"_level"``.
     """
     if not 0.0 < level < 1.0:
         raise SimDiffError(f"band level must lie in (0, 1), got {level}")
@@ -183,14 +184,21 @@ def bands(scores, level: float = DEFAULT_LEVEL, n_boot: int = DEFAULT_BOOT, seed
     for k in METRICS:
         lo, hi = _interval(reps[k], level)
         out[k] = {"value": full[k][:, 0].tolist(), "lo": lo.tolist(), "hi": hi.tolist()}
-    fk = dict(alpha=0.5, beta=0.5, scale_free=True, norm="rank", **(fused or {}))
-    alpha = fk.pop("alpha")
-    fused_reps = replicate_importance(reps, "simdiff", alpha=alpha, **fk)
-    lo, hi = _interval(fused_reps, level)
-    full_layers = replicate_layers(full, 0)
-    out["simdiff"] = {"value": importance(full_layers, "simdiff", alpha=alpha, **fk).tolist(),
-                      "lo": lo.tolist(), "hi": hi.tolist()}
+    out["simdiff"] = fused_band(scores, level=level, n_boot=n_boot, seed=seed, _reps=reps, **(fused or {}))
+    out["_level"] = level
     return out
+
+
+def fused_band(scores, alpha: float = 0.5, beta: float = 0.5, scale_free: bool = True, norm: str = "rank",
+               level: float = DEFAULT_LEVEL, n_boot: int = DEFAULT_BOOT, seed: int = DEFAULT_SEED,
+               _reps: dict | None = None) -> dict[str, list[float]]:
+    """Bootstrap band of the fused SimDiff importance at these weights: ``{"value", "lo", "hi"}`` per block.
+
+    ``value`` is the importance of the stored (full-data) metrics, as the planner computes it."""
+    reps = _reps if _reps is not None else replicate_metrics(scores, n_boot, seed)
+    fk = dict(alpha=alpha, beta=beta, scale_free=scale_free, norm=norm)
+    lo, hi = _interval(replicate_importance(reps, "simdiff", **fk), level)
+    return {"value": importance(scores.layers, "simdiff", **fk).tolist(), "lo": lo.tolist(), "hi": hi.tolist()}
 
 
 @dataclass

@@ -60,6 +60,7 @@ def test_bands_contain_the_full_value_and_shrink_with_more_windows(tiny, ids32):
             assert np.allclose(b[k]["value"], full, rtol=1e-5, atol=1e-7)
         fused = sc.importance("simdiff", alpha=0.5)
         assert np.allclose(b["simdiff"]["value"], fused)
+        assert np.all(np.array(b["simdiff"]["lo"]) <= np.array(b["simdiff"]["hi"]))
     for k in ("cosine", "mssd_rel", "masd_rel"):
         width = lambda b: np.mean(np.array(b[k]["hi"]) - np.array(b[k]["lo"]))  # noqa: E731
         assert width(bm) < 0.75 * width(bf), k  # 8x the windows: about 1/sqrt(8) the width
@@ -195,3 +196,36 @@ def test_relative_depth_overlay_maps_block_counts():
     assert shallow.x.iloc[8] == pytest.approx(8 / 15) and deep.x.iloc[29 // 2] == pytest.approx(14 / 29)
     df2, rel2 = overlay_frame({"a": fake(6), "b": fake(6)}, "cosine")
     assert not rel2 and df2.x.tolist() == list(range(6)) * 2
+
+
+# ------------------------------------------------------------------ block drill-down
+def test_drill_down_tokens_equal_a_direct_computation(tiny, ids32):
+    from simdiff_core.drilldown import drill_down
+
+    lm = tiny("qwen2", 5)
+    ids = ids32[:3]
+    d = drill_down(lm, ids, block=2, windows=2, top=7)
+    with torch.no_grad():
+        hs = lm.model(ids[:2], output_hidden_states=True).hidden_states
+    x, y = hs[2].double(), hs[3].double()  # input and output of block 2 (not the last block: no final norm)
+    r = ((y - x).norm(dim=-1) / x.norm(dim=-1)).numpy()
+    assert d.values.shape == (2, ids.shape[1]) and np.allclose(d.values, r, rtol=1e-4)
+    want = sorted(((r[w, p], w, p) for w in range(2) for p in range(ids.shape[1])), reverse=True)[:7]
+    assert [(t["window"], t["position"]) for t in d.top] == [(w, p) for _, w, p in want]
+    assert [t["value"] for t in d.top] == pytest.approx([v for v, _, _ in want], rel=1e-4)
+    t0 = d.top[0]
+    assert t0["token"] == lm.tokenizer.decode([int(ids[t0["window"], t0["position"]])])
+    with pytest.raises(SimDiffError, match="does not exist"):
+        drill_down(lm, ids, block=5)
+
+
+def test_removed_blocks_are_marked_whatever_their_importance():
+    from ui import charts
+
+    v = np.array([0.0, 0.5, 0.9, 0.0, 0.3])
+    spec = charts.bars_spec(v, [0, 3])
+    marks = [t for t in spec["data"] if t.get("name") == "removed"]
+    assert len(marks) == 1 and marks[0]["x"] == [0, 3] and all(y > 0 for y in marks[0]["y"])
+    assert marks[0]["customdata"] == [0.0, 0.0]  # the hover keeps the true value
+    assert charts.outliers([1, 1.1, 0.9, 1.2, 40, 1.0, 0.95, 1.05, 1.1, 1.0]) == [4]
+    assert charts.outliers(np.linspace(1, 2, 30)) == []

@@ -76,12 +76,28 @@ def curves_frame(layers: list[dict], simdiff: np.ndarray | None = None, dropped=
     return df
 
 
+def outliers(values, factor: float = 5.0) -> list[int]:
+    """Blocks far above the rest: value above ``factor`` x the 90th percentile of all blocks (at most 10 %
+    of the blocks can be outliers). [] when nothing stands out or the values are not positive."""
+    v = np.asarray(values, dtype=float)
+    if v.size < 5:
+        return []
+    p90 = float(np.quantile(v, 0.9))
+    if not p90 > 0:
+        return []
+    return [int(i) for i in np.flatnonzero(v > factor * p90)]
+
+
 def layer_curves(layers: list[dict], dropped=(), scale_free: bool = True, log_mssd: bool = False,
-                 damage=None) -> go.Figure:
+                 damage=None, bands: dict | None = None, clip: bool = True) -> go.Figure:
     """Cosine, MSSD and MASD per block, side by side on a shared block axis.
 
     Hover is linked through the data: every point's tooltip carries all three metrics of its block,
-    and a dotted spike line marks the block across all three panels.
+    and a dotted spike line marks the block across all three panels. ``bands`` (from
+    ``uncertainty.bands``) draws each metric's bootstrap band. ``clip`` (default; ignored with the log
+    axis) fits the MSSD/MASD axes to the non-outlier blocks (``outliers``) and writes the outliers'
+    values at the top edge, so one or two huge blocks no longer flatten the rest. ``log_mssd``: log
+    axes for MSSD and MASD.
     """
     df = pd.DataFrame(layers)
     sfx = "_rel" if scale_free else ""
@@ -98,7 +114,31 @@ def layer_curves(layers: list[dict], dropped=(), scale_free: bool = True, log_ms
     hover = ("<b>block %{x}</b><br>cosine %{customdata[0]:.4f}<br>MSSD %{customdata[1]:.4g}"
              "<br>MASD %{customdata[2]:.4g}<extra></extra>")
     drop = sorted(set(int(i) for i in dropped))
+    notes = []
     for c, (key, title) in enumerate(cols, start=1):
+        band = (bands or {}).get(key)
+        if band is not None:  # hi edge first, then lo filled up to it
+            fig.add_trace(go.Scatter(x=idx, y=band["hi"], mode="lines", line=dict(width=0, color=KEEP),
+                                     hoverinfo="skip", showlegend=False, legendgroup="band", name="band hi"),
+                          row=1, col=c)
+            fig.add_trace(go.Scatter(x=idx, y=band["lo"], mode="lines", line=dict(width=0, color=KEEP),
+                                     fill="tonexty", fillcolor="rgba(37, 99, 235, 0.18)", hoverinfo="skip",
+                                     showlegend=(c == 1), legendgroup="band",
+                                     name=f"{bands.get('_level', 0.9):.0%} bootstrap band"), row=1, col=c)
+        if clip and not log_mssd and c in (2, 3):
+            vals = df[key].to_numpy(dtype=float)
+            out = outliers(vals)
+            if out:
+                rest = np.delete(vals, out)
+                top = np.delete(np.asarray(band["hi"], float), out) if band is not None else rest
+                lo = min(0.0, float(rest.min()))
+                hi = float(max(rest.max(), top.max()))
+                hi = hi + 0.12 * (hi - lo or 1.0)
+                fig.update_yaxes(range=[lo, hi], row=1, col=c)
+                notes += [dict(x=int(idx[i]), y=hi, xref=f"x{'' if c == 1 else c}", yref=f"y{'' if c == 1 else c}",
+                               text=f"▲ {vals[i]:.3g}", showarrow=False, yanchor="top", font=dict(size=10, color=DROP),
+                               hovertext=f"block {int(idx[i])}: {vals[i]:.4g} (outlier, off the clipped axis)")
+                          for i in out]
         fig.add_trace(go.Scatter(x=idx, y=df[key], mode="lines+markers", name=title, line=dict(color=KEEP, width=2),
                                  marker=dict(size=6), customdata=custom, hovertemplate=hover, showlegend=False),
                       row=1, col=c)
@@ -121,8 +161,11 @@ def layer_curves(layers: list[dict], dropped=(), scale_free: bool = True, log_ms
                    fillcolor=DROP, opacity=0.08, line_width=0, layer="below")
               for c in range(1, len(cols) + 1) for a, b in runs]
     fig.update_layout(shapes=shapes)
+    if notes:
+        fig.update_layout(annotations=list(fig.layout.annotations) + notes)
     if log_mssd:
         fig.update_yaxes(type="log", row=1, col=2)
+        fig.update_yaxes(type="log", row=1, col=3)
     fig.update_xaxes(title_text="block")
     fig.update_layout(hovermode="closest")
     return _fixed_margins(_style(fig, 340))
@@ -139,9 +182,20 @@ def importance_bars(values, dropped=(), title: str = "SimDiff importance (higher
     fig = go.Figure(go.Bar(x=list(range(len(v))), y=shown, marker_color=colors,
                            customdata=[["dropped" if i in drop else "kept", float(v[i])] for i in range(len(v))],
                            hovertemplate="<b>block %{x}</b><br>importance %{customdata[1]:.4f}<br>%{customdata[0]}<extra></extra>"))
+    if drop:
+        fig.add_trace(go.Scatter(_removed_marks(v, shown, drop)))
     fig.update_layout(title=dict(text=title, x=0, font=dict(size=15)), bargap=0.15)
     fig.update_xaxes(title_text="block", dtick=1 if len(v) <= 40 else None)
     return _fixed_margins(_style(fig, 300))
+
+
+def _removed_marks(v: np.ndarray, shown: np.ndarray, drop: set) -> dict:
+    """A ✕ on every removed block's bar, whatever its value (a zero-importance bar is only a stub)."""
+    d = sorted(drop)
+    return {"x": d, "y": [float(shown[i]) for i in d], "mode": "markers", "name": "removed",
+            "marker": {"color": DROP, "size": 10, "symbol": "x", "line": {"width": 1, "color": "white"}},
+            "customdata": [float(v[i]) for i in d], "showlegend": True,
+            "hovertemplate": "<b>block %{x}</b> removed<br>importance %{customdata:.4f}<extra></extra>"}
 
 
 def heatmap(matrix, title: str, x_title: str = "block", y_title: str = "block", x=None, y=None,
@@ -198,13 +252,15 @@ def _runs(drop: list[int]) -> list[list[int]]:
     return runs
 
 
-def curves_base(layers: list[dict], scale_free: bool = True, log_mssd: bool = False, damage=None) -> dict:
-    """The static part of ``layer_curves`` (the metric traces, axes, style) as a validated dict.
+def curves_base(layers: list[dict], scale_free: bool = True, log_mssd: bool = False, damage=None,
+                bands: dict | None = None, clip: bool = True) -> dict:
+    """The static part of ``layer_curves`` (the metric traces, bands, axes, style) as a validated dict.
 
     Built once per scores object and toggle setting; ``curves_spec`` adds the dropped blocks per move.
     """
-    spec = layer_curves(layers, dropped=(), scale_free=scale_free, log_mssd=log_mssd, damage=damage).to_dict()
-    panels = [t for t in spec["data"] if t.get("name") != "dropped"]
+    spec = layer_curves(layers, dropped=(), scale_free=scale_free, log_mssd=log_mssd, damage=damage, bands=bands,
+                        clip=clip).to_dict()
+    panels = [t for t in spec["data"] if t.get("name") != "dropped" and t.get("legendgroup") != "band"]
     spec["_panels"] = [{"x": np.asarray(_plain(t["x"])), "y": np.asarray(_plain(t["y"]), dtype=float),
                         "customdata": np.asarray(_plain(t["customdata"]), dtype=float),
                         "xaxis": t.get("xaxis", "x"), "yaxis": t.get("yaxis", "y"),
@@ -252,7 +308,19 @@ def bars_spec(values, dropped=(), title: str = "SimDiff importance (higher = kee
              "hovertemplate": "<b>block %{x}</b><br>importance %{customdata[1]:.4f}<br>%{customdata[0]}<extra></extra>"}
     layout = dict(_bars_layout(len(v)))
     layout["title"] = dict(layout["title"], text=title)
-    return {"data": [trace], "layout": layout}
+    data = [trace] + ([dict(_removed_marks(v, shown, drop), type="scatter")] if drop else [])
+    return {"data": data, "layout": layout}
+
+
+def with_band(spec: dict, band: dict | None) -> dict:
+    """Bootstrap band of the bar values as error bars on ``bars_spec``'s bars (a new dict; ``band``: lo/hi/value)."""
+    if not band:
+        return spec
+    v, lo, hi = (np.asarray(band[k], dtype=float) for k in ("value", "lo", "hi"))
+    bars = dict(spec["data"][0], error_y={"type": "data", "symmetric": False, "array": np.maximum(hi - v, 0).tolist(),
+                                          "arrayminus": np.maximum(v - lo, 0).tolist(), "color": MUTED,
+                                          "thickness": 1.2, "width": 3})
+    return {"data": [bars] + spec["data"][1:], "layout": spec["layout"]}
 
 
 @lru_cache(maxsize=64)
@@ -277,3 +345,28 @@ def overlap_spec(sets: dict[str, list[int]], num_layers: int) -> dict:
 @lru_cache(maxsize=64)
 def _overlap_layout(num_layers: int, names: tuple[str, ...]) -> dict:
     return overlap_matrix({n: [] for n in names}, num_layers).to_dict()["layout"]
+
+
+def stability_spec(frequency, removed, threshold: float = 0.75, n_boot: int = 200) -> dict:
+    """Plan stability as a plain dict: per block, the share of bootstrap resamples whose plan removes it.
+
+    Blocks of the current plan in rose (hatched below ``threshold``: unstable), others grey; a dotted
+    line at the threshold."""
+    f = np.asarray(frequency, dtype=float)
+    rem = set(int(i) for i in removed)
+    colors = [DROP if i in rem else MUTED for i in range(len(f))]
+    pattern = ["/" if i in rem and f[i] < threshold else "" for i in range(len(f))]
+    # a removed block with frequency ~0 still gets a visible stub
+    shown = [max(float(f[i]), 0.015) if i in rem else float(f[i]) for i in range(len(f))]
+    trace = {"type": "bar", "x": list(range(len(f))), "y": shown,
+             "marker": {"color": colors, "pattern": {"shape": pattern}}, "name": "removal frequency",
+             "customdata": [[float(f[i]), "in plan" if i in rem else "not in plan"] for i in range(len(f))],
+             "hovertemplate": "<b>block %{x}</b><br>removed in %{customdata[0]:.0%} of " + str(n_boot)
+                              + " resamples<br>%{customdata[1]}<extra></extra>"}
+    layout = dict(_bars_layout(len(f)))
+    layout["title"] = dict(layout["title"], text=f"Plan stability: how often each block is removed ({n_boot} "
+                                                 "bootstrap resamples of the calibration windows)")
+    layout["yaxis"] = dict(layout.get("yaxis", {}), range=[0, 1.05], tickformat=".0%")
+    layout["shapes"] = [{"type": "line", "xref": "paper", "x0": 0, "x1": 1, "yref": "y", "y0": threshold,
+                         "y1": threshold, "line": {"color": MUTED, "dash": "dot", "width": 1}}]
+    return {"data": [trace], "layout": layout}
