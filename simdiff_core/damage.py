@@ -40,7 +40,8 @@ from typing import Callable
 
 import torch
 
-from .errors import Cancelled, SimDiffError
+from .errors import SimDiffError
+from .evaluator import PrefixEvaluator, auto_batch_size  # noqa: F401  (auto_batch_size: public here too)
 
 Progress = Callable[[float, str], None]
 DEFAULT_SAMPLES = 8
@@ -133,12 +134,6 @@ class Damage:
         return cls.from_dict(d)
 
 
-def auto_batch_size(device: torch.device, seq_len: int) -> int:
-    if device.type == "cuda":
-        return max(1, min(8, 8192 // max(seq_len, 1)))
-    return max(1, min(4, 1024 // max(seq_len, 1)))
-
-
 def block_executions(num_layers: int, batches: int = 1) -> dict:
     """Block forward calls of the naive and the cached leave-one-out computation."""
     L = num_layers
@@ -155,7 +150,7 @@ def memory_estimate(lm, batch: int, seq_len: int) -> dict:
     returns it plus the float32 log-softmax of the cross-entropy, and a float32 copy when the model
     dtype is not float32) and ``total_bytes``. The dense pass asks the model for the logits of only
     a few positions (``logits_to_keep``), so no (B, S, V) tensor exists at any time."""
-    from .evaluator import DEFAULT_HEAD_CHUNK_BYTES, head_chunk_rows
+    from .evaluator import DEFAULT_HEAD_CHUNK_BYTES, head_chunk_rows  # noqa: I001
 
     cfg = lm.model.config.get_text_config()
     hidden = int(cfg.hidden_size)
@@ -176,8 +171,6 @@ def measure_damage(lm, input_ids: torch.Tensor, batch_size: int | None = None,
     polled at the same points and raises ``Cancelled``. Memory: ``memory_estimate``. Runs through ``evaluator.PrefixEvaluator``
     (pass one built on the same windows to share its cache); memory: see that module.
     """
-    from .evaluator import PrefixEvaluator
-
     if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.shape[0] == 0 \
             or input_ids.shape[1] < 2:
         raise SimDiffError("calibration input must be a non-empty (N, S) tensor of token ids with S >= 2")

@@ -63,6 +63,13 @@ Progress = Callable[[float, str], None]
 CHECK_ROWS = 8  # positions whose logits the dense pass asks the model for (the tail check)
 
 
+def auto_batch_size(device: torch.device, seq_len: int) -> int:
+    """Windows per batch: small on CPU (the cached path grows with the batch), larger on GPU."""
+    if device.type == "cuda":
+        return max(1, min(8, 8192 // max(seq_len, 1)))
+    return max(1, min(4, 1024 // max(seq_len, 1)))
+
+
 def head_chunk_rows(vocab: int, head_chunk_bytes: int = DEFAULT_HEAD_CHUNK_BYTES) -> int:
     """Rows of the LM head computed at once: their float32 logits stay under ``head_chunk_bytes``."""
     return max(1, int(head_chunk_bytes) // (4 * max(1, int(vocab))))
@@ -124,8 +131,6 @@ class PrefixEvaluator:
         self.norm, self.proj, self.head, self.post = tail_modules(lm)
         self.should_stop = should_stop
         N, S = input_ids.shape
-        from .damage import auto_batch_size
-
         self.bs = max(1, int(batch_size or auto_batch_size(lm.device, S)))
         self.tokens = N * (S - 1)
         self.shape = (N, S)
