@@ -35,6 +35,11 @@ NAV = {
         ("curves", "pages/1_Layer_curves.py", "Layer curves", ":material/show_chart:"),
         ("preview", "pages/2_Prune_preview.py", "Prune preview", ":material/content_cut:"),
     ],
+    "Insight": [
+        ("sensitivity", "pages/7_Calibration_sensitivity.py", "Calibration sensitivity", ":material/tune:"),
+        ("compare_runs", "pages/8_Compare_runs.py", "Compare runs", ":material/compare:"),
+        ("drilldown", "pages/9_Block_drill_down.py", "Block drill-down", ":material/zoom_in:"),
+    ],
     "Evaluate": [
         ("export", "pages/3_Export_and_evaluate.py", "Export & evaluate", ":material/inventory_2:"),
         ("shootout", "pages/4_Shootout.py", "Shootout", ":material/leaderboard:"),
