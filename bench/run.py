@@ -393,6 +393,17 @@ def bench_ttfc(n: int, s: int, cold: bool) -> dict:
     return out
 
 
+def first_curves_after() -> dict:
+    """Warm start (issue 14): click -> first partial curves, in plain forward batches (bench/first_curves.py)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from first_curves import bench_first_curves
+
+    out = bench_first_curves()
+    log(f"first curves after {out.get('click_to_first_curves_s')} s = {out.get('ratio_to_forward_batch')} forward "
+        f"batches (without prewarm: {out.get('no_prewarm', {}).get('ratio_to_forward_batch')})")
+    return out
+
+
 def bench_streaming(num_layers, hidden, n, seq_len) -> dict:
     import numpy as np
 
@@ -626,6 +637,7 @@ def main() -> int:
     if not args.smoke and device == "cpu" and not args.gpu_model_layers:
         n_calib, s_calib = (8, 256)
         res["ttfc"] = bench_ttfc(n_calib, s_calib, cold=not args.no_cold)
+        res["first_curves"] = first_curves_after()
 
     res["streaming"] = bench_streaming(*stream_cfg)
     log(f"streaming diff {res['streaming']['streaming_max_abs_diff']} peak {res['streaming']['streaming_peak_mb']} MB "
@@ -659,6 +671,9 @@ def main() -> int:
         "bootstrap_seconds": res["uncertainty"]["bootstrap_seconds"],
         "bench_seconds": round(time.perf_counter() - t_start, 1),
     }
+    if "first_curves" in res:
+        summary["first_curves_after_s"] = res["first_curves"].get("ratio_to_forward_batch")
+        summary["first_curves_detail"] = res["first_curves"]
     print(json.dumps(summary), flush=True)
     return 0
 

@@ -40,6 +40,10 @@ st.title("Layer curves")
 scores = state.require_scores()
 L = scores.num_layers
 st.caption(f"{scores.model} · {L} blocks · calibrated on {score_protocol(scores.calibration)}")
+if scores.meta.get("partial"):
+    part = scores.meta["partial"]
+    st.warning(f"Partial scores: calibration was cancelled after {part['windows']} of {part['of']} windows.",
+               icon=":material/hourglass_bottom:")
 damage = state.get("damage")
 damage = damage if damage is not None and len(damage) == scores.num_layers else None
 # The metric traces depend on the scores and the toggles only: built (and validated) once per

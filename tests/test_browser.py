@@ -148,3 +148,39 @@ def test_full_flow_in_chromium(server, tmp_path):
     assert (exports / folder / "config.json").is_file()
     # the server ran with the shipped config: no file watcher, so no "Inotify queue overflowed" flood
     assert watcher_lines(log) == []
+
+
+def test_live_curves_appear_after_the_first_batch_and_cancel_keeps_them(server):
+    """Calibrating 48 windows (12 batches): partial curves show up while the pass runs; Cancel keeps
+    the windows scored so far as usable (partial) scores for the curves and the preview."""
+    import re
+
+    from playwright.sync_api import expect, sync_playwright
+
+    url, _, _ = server
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"])
+        page = browser.new_page(viewport={"width": 1440, "height": 1000})
+        page.set_default_timeout(240_000)
+        page.goto(url)
+        idle(page)
+        set_number(page, "Samples", 48)
+        set_number(page, "Seq. length", 64)
+        page.get_by_role("button", name="Load & calibrate").click()
+        expect(page.get_by_text(re.compile(r"Partial curves after \d+ of 48"))).to_be_visible(timeout=300_000)
+        page.wait_for_function("() => [...document.querySelectorAll('.js-plotly-plot')].some(g => "
+                               "g.layout && g.layout.title && String(g.layout.title.text).includes('Partial:'))")
+        _shot(page, "06_live_curves")
+        page.get_by_role("button", name="Cancel").click()
+        note = page.get_by_text(re.compile(r"Calibration cancelled after \d+ of 48 windows"))
+        expect(note).to_be_visible(timeout=120_000)
+        done = int(re.search(r"after (\d+) of 48", note.inner_text()).group(1))
+        assert 1 <= done < 48
+        idle(page)
+        _goto_page(page, "Layer curves")
+        expect(page.get_by_text(f"cancelled after {done} of 48 windows")).to_be_visible()
+        page.wait_for_selector(".js-plotly-plot .scatterlayer .trace", timeout=60_000)
+        _goto_page(page, "Prune preview")
+        expect(page.get_by_text("Est. speedup")).to_be_visible()
+        assert not page.locator("[data-testid=stException]").count()
+        browser.close()

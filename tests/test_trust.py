@@ -179,6 +179,10 @@ def test_first_token_option_matches_direct_computation(tiny, tokenizer, first_to
     assert scores.calibration["first_token"] == word
     line = protocol(scores.calibration)
     assert f"position 0 / BOS {word}" in line and "heatmaps on a subsample of positions 1..S-1" in line
+    if not first_token:  # the HTML report states it too
+        from simdiff_core.report import build_report_html
+
+        assert f"position 0 / BOS {word}" in build_report_html(scores)[0]
 
 
 # ------------------------------------------------------------------ item 8b: compare evaluates held-out text

@@ -64,6 +64,26 @@ def setup_page(title: str, icon: str = "assets/favicon.png") -> None:
     if logo.is_file():
         st.logo(str(logo), size="large")
     init()
+    prewarm_once()
+
+
+@st.cache_resource(show_spinner=False)
+def prewarm_once():
+    """Once per server process, in a background thread: the imports and page-cache reads that would
+    otherwise sit between the first Load click and the first forward (``simdiff_core.load.prewarm``)."""
+    import threading
+
+    from simdiff_core.load import prewarm
+
+    def run():
+        try:
+            prewarm("default")
+        except Exception:  # noqa: BLE001 - best effort: the real load reports any problem
+            pass
+
+    t = threading.Thread(target=run, name="simdiff-prewarm", daemon=True)
+    t.start()
+    return t
 
 
 def session_summary() -> str:
