@@ -154,12 +154,16 @@ def set_widget(name: str, value) -> None:
 @st.cache_resource(show_spinner=False, max_entries=2)
 def cached_model(spec: str, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False):
     """One shared, read-only LoadedModel per (spec, device, dtype): never mutate it (prune makes views)."""
+    # transformers' lazy imports are not safe to run from two threads at once ("cannot import name
+    # AutoModelForCausalLM"): let the prewarm thread finish its imports before loading.
+    prewarm_once().join()
     return load_model(spec, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
 def cached_tokenizer(model_dir: str):
     """Tokenizer alone, for streamed scoring (the model itself is never loaded)."""
+    prewarm_once().join()  # see cached_model
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(model_dir)
