@@ -140,3 +140,20 @@ def test_prune_preview_parameter_estimate_equals_the_pruned_model(tiny):
     blocks = [sum(p.numel() for p in b.parameters()) for b in lm.blocks]
     head = lm.model.get_output_embeddings().weight.numel()
     assert cost["speedup"] == pytest.approx((sum(blocks) + head) / (sum(blocks) + head - sum(blocks[i] for i in removed)))
+
+
+def test_streamed_scores_keep_the_same_per_window_sums_as_in_memory(tmp_path):
+    """Bootstrap bands and plan stability of streamed scores rest on their per-window sums."""
+    import torch
+
+    from simdiff_core.load import wrap_model
+    from simdiff_core.score import score_model
+    from simdiff_core.streaming import stream_score
+    from tiny import tiny_model
+
+    model = tiny_model("llama", num_layers=3, seed=2).eval()
+    model.save_pretrained(tmp_path)
+    ids = torch.randint(0, 1024, (5, 16), generator=torch.Generator().manual_seed(0))
+    ref = score_model(wrap_model(model, None, str(tmp_path)), ids, batch_size=2, matrix_tokens=16)
+    got = stream_score(tmp_path, ids, device="cpu", dtype="float32", batch_size=2, matrix_tokens=16)
+    assert len(ref.windows["tokens"]) == 5 and got.windows == ref.windows
