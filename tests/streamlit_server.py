@@ -36,13 +36,16 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_app(log_path: Path, env_extra: dict, extra_args=()):
-    """Yield (url, process) of a running app; stop it afterwards whatever happened."""
+def running_app(log_path: Path, env_extra: dict, extra_args=(), launcher=None):
+    """Yield (url, process) of a running app; stop it afterwards whatever happened.
+
+    ``launcher`` replaces ``python -m streamlit`` (e.g. ``tests/leak_probe.py``, which adds a probe).
+    """
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT), TOKENIZERS_PARALLELISM="false", **env_extra)
     log = open(log_path, "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.address",
+        [*(launcher or [sys.executable, "-m", "streamlit"]), "run", "app.py", "--server.headless", "true", "--server.address",
          "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",
          *extra_args],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
