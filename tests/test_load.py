@@ -32,7 +32,7 @@ from streamlit_server import CHROMIUM, idle, require_browser, running_app, set_n
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = ((2, 32), (3, 32), (2, 48))  # (samples, seq. length): a different calibration per session
 COUNTS = (3, 6, 9)  # blocks each concurrent session previews removing (of 30)
-ROUNDS = 1  # each round: one concurrent session per setting; base already holds the solo sessions
+ROUNDS = 1  # enough: a per-session leak makes the round differ from the baseline taken after the solo runs
 COMPARED = ("model", "num_layers", "layers", "matrices", "calibration")
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
