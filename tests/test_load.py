@@ -94,8 +94,11 @@ def _open(browser, url, samples: int, seq_len: int):
 def _calibrated(page, samples: int, seq_len: int) -> None:
     from playwright.sync_api import expect
 
-    expect(page.get_by_text(f"Calibrated on {samples} × {seq_len}")).to_be_visible(timeout=300_000)
+    done = page.get_by_text(f"Calibrated on {samples} × {seq_len}")
+    failed = page.locator("[data-testid=stAlertContentError], [data-testid=stException]")
+    expect(done.or_(failed).first).to_be_visible(timeout=300_000)  # an error fails now, not at the timeout
     idle(page)
+    _no_errors(page)
 
 
 def _preview(page, k: int) -> int:
