@@ -15,7 +15,7 @@ import streamlit as st
 from simdiff_core import SimDiffError, make_windows, score_model
 from simdiff_core.data import load_text, text_source
 from simdiff_core.load import display_name
-from ui import state, views
+from ui import charts, state, views
 
 EMBEDDED = {"Embedded SmolLM2-135M (default, offline)": "default", "Embedded Gemma3-270M (offline)": "gemma3-270m"}
 OTHER = ["Hugging Face hub id", "Local model directory", "GGUF file"]
@@ -65,6 +65,11 @@ with st.sidebar:
     c1, c2 = st.columns(2)
     samples = c1.number_input("Samples", 1, 4096, 8, key="samples", help="Number of calibration windows")
     seq_len = c2.number_input("Seq. length", 16, 8192, 256, step=16, key="seq_len", help="Tokens per window")
+    first_token = st.checkbox("Count position 0 (BOS) in the block metrics", key="first_token", value=True,
+                              disabled=stream,
+                              help="Position 0 carries the massive attention-sink activation. Included by default, "
+                                   "as ShortGPT's Block Influence averages over every token; the heatmaps always "
+                                   "use positions 1..S-1. The protocol line on Layer curves says which.")
     go = st.button("Load & calibrate", type="primary", key="calibrate", width="stretch")
 
 # ---- title ----
@@ -132,10 +137,32 @@ def run_calibration() -> None:
     # A click on Cancel makes Streamlit rerun the page, which interrupts the pass at the next progress
     # update; the flag set in the callback lets the new run say what happened.
     stop.button("Cancel", key="cancel_calib", on_click=state.put, args=("calib_cancelled", True))
-    scores = score_model(lm, ids, progress=lambda f, msg: bar.progress(min(f, 1.0), text=f"Calibrating: {msg}"),
-                         calibration={"source": src.description})
+    live = st.empty()
+
+    def on_batch(partial) -> None:
+        # Live curves: the per-block means of the windows scored so far, after every batch. Kept in the
+        # session so that Cancel (which interrupts this run) can keep them as usable partial scores.
+        done, total = partial.meta["partial"]["windows"], partial.meta["partial"]["of"]
+        state.put("_partial_calib", {"scores": partial, "ids": ids[:done], "source": src.description, "t0": t0})
+        spec = charts.curves_spec(charts.curves_base(partial.layers, scale_free=bool(state.get("scale_free", True))))
+        spec["layout"] = dict(spec["layout"], title={"text": f"Partial: {done} of {total} windows", "x": 0})
+        with live.container():
+            st.caption(f"**Partial** curves after {done} of {total} calibration windows (they settle as the pass "
+                       "goes on; **Cancel** keeps them as partial scores).")
+            st.plotly_chart(charts.Spec(spec), key=f"live_curves_{done}", config=charts.plot_config("partial_curves"))
+
+    state.put("_partial_calib", None)
+    try:
+        scores = score_model(lm, ids, progress=lambda f, msg: bar.progress(min(f, 1.0), text=f"Calibrating: {msg}"),
+                             calibration={"source": src.description}, first_token=bool(first_token),
+                             on_batch=on_batch)
+    except Exception:
+        state.put("_partial_calib", None)  # a failed pass keeps nothing half-computed
+        raise
+    state.put("_partial_calib", None)
     bar.empty()
     stop.empty()
+    live.empty()
     state.put("scores", scores)
     state.put("calib_ids", ids)
     state.put("calib_info", {"source": src.description, "samples": int(ids.shape[0]), "seq_len": int(ids.shape[1]),
@@ -146,7 +173,25 @@ def run_calibration() -> None:
 
 if state.get("calib_cancelled"):
     state.put("calib_cancelled", False)
-    st.warning("Calibration cancelled; the previous results (if any) are kept.", icon=":material/stop_circle:")
+    part = state.get("_partial_calib")
+    state.put("_partial_calib", None)
+    if part is not None:
+        # keep what the interrupted pass measured: usable scores over the windows scored so far
+        ps = part["scores"]
+        done, total = ps.meta["partial"]["windows"], ps.meta["partial"]["of"]
+        state.put("scores", ps)
+        state.put("calib_ids", part["ids"])
+        state.put("calib_info", {"source": part["source"], "samples": done, "seq_len": int(part["ids"].shape[1]),
+                                 "seconds": round(time.perf_counter() - part["t0"], 1), "forward_seconds": 0.0,
+                                 "partial": f"{done} of {total} windows"})
+        state.put("plan", None)
+        state.put("evals", {})
+        state.show_status()
+        st.warning(f"Calibration cancelled after {done} of {total} windows: the curves and the preview use those "
+                   f"{done} windows (partial scores, no heatmaps). Calibrate again for the full set.",
+                   icon=":material/stop_circle:")
+    else:
+        st.warning("Calibration cancelled; the previous results (if any) are kept.", icon=":material/stop_circle:")
 
 if go:
     try:
@@ -186,8 +231,13 @@ if scores is None:
     st.info("Model loaded. Press **Load & calibrate** to measure its blocks.", icon=":material/arrow_back:")
     st.stop()
 info = state.get("calib_info") or {}
-st.success(f"Calibrated on {info.get('samples')} × {info.get('seq_len')} tokens of {info.get('source')} "
-           f"in {info.get('seconds')} s (forward pass {info.get('forward_seconds', 0):.1f} s).", icon=":material/check_circle:")
+if info.get("partial"):
+    st.info(f"Partial calibration ({info['partial']}, cancelled): {info.get('samples')} × {info.get('seq_len')} "
+            f"tokens of {info.get('source')}.", icon=":material/hourglass_bottom:")
+else:
+    st.success(f"Calibrated on {info.get('samples')} × {info.get('seq_len')} tokens of {info.get('source')} "
+               f"in {info.get('seconds')} s (forward pass {info.get('forward_seconds', 0):.1f} s).",
+               icon=":material/check_circle:")
 st.markdown("**Next:**")
 n1, n2, n3 = st.columns(3)
 n1.page_link(state.PAGES["curves"], label="Layer curves & heatmaps", icon=":material/show_chart:")

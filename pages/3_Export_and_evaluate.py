@@ -13,9 +13,9 @@ import pandas as pd
 import streamlit as st
 import torch
 
-from simdiff_core import eval_windows, generate_sample, measure_latency, perplexity
-from simdiff_core.evaluate import protocol_note
-from simdiff_core.export import build_pruned, export_dir_under, export_pruned
+from simdiff_core import generate_sample, measure_latency
+from simdiff_core.export import build_pruned, export_dir_under
+from simdiff_core.workflows import evaluate_plan, export_and_record
 from ui import state, views
 
 state.setup_page("Export & evaluate")
@@ -41,24 +41,19 @@ st.markdown(f"Plan: **{plan.criterion}** removes **{k} of {L}** blocks `{plan.re
             f"(change it on the Prune preview page).")
 
 evals = state.get("evals") or {}
-dense_key = ("dense", int(windows), int(seq_len))
 pruned_key = (tuple(plan.removed_layers), int(windows), int(seq_len))
 
 st.header("Evaluate")
 if st.button("Evaluate dense vs pruned", type="primary", key="evaluate"):
     try:
-        small = build_pruned(lm, plan)
         bar = st.progress(0.0, text="Perplexity…")
-        with st.spinner("Tokenising WikiText-2 test…"):
-            ids = eval_windows(lm.tokenizer, "wikitext2", int(seq_len), int(windows))
-        bs = 4 if gpu else 2
-        if dense_key not in evals:  # the dense number does not depend on the plan: compute it once
-            evals[dense_key] = perplexity(lm.model, ids, bs, lm.device,
-                                          progress=lambda f, m: bar.progress(f / 2, text=f"Dense model: {m}"))
-        evals[pruned_key] = perplexity(small, ids, bs, lm.device,
-                                       progress=lambda f, m: bar.progress(0.5 + f / 2, text=f"Pruned model: {m}"))
-        evals["protocol"] = protocol_note(lm.tokenizer, "wikitext2", int(seq_len), int(windows))
+        # the dense number does not depend on the plan: an earlier evaluation on these windows is reused
+        earlier = next((e for k, e in evals.items() if k[1:] == pruned_key[1:]), None)
+        ev = evaluate_plan(lm, plan, int(windows), int(seq_len), dense=earlier,
+                           progress=lambda f, m: bar.progress(f, text=m))
         extra = {}
+        if do_gen or do_lat:
+            small = build_pruned(lm, plan)
         if do_gen:
             bar.progress(1.0, text="Generating samples…")
             extra["gen"] = (prompt, generate_sample(lm.model, lm.tokenizer, prompt, 40, lm.device),
@@ -67,20 +62,21 @@ if st.button("Evaluate dense vs pruned", type="primary", key="evaluate"):
             bar.progress(1.0, text="Measuring latency…")
             extra["lat"] = (measure_latency(lm.model, 128, 16, repeats=2, device=lm.device),
                             measure_latency(small, 128, 16, repeats=2, device=lm.device))
+        evals[pruned_key] = ev
         evals[("extra",) + pruned_key] = extra
         state.put("evals", evals)
         bar.empty()
     except Exception as e:  # noqa: BLE001
         views.show_error(e)
 
-dense, pruned = evals.get(dense_key), evals.get(pruned_key)
-if dense and pruned:
+ev = evals.get(pruned_key)
+if ev is not None:
     c = st.columns(3)
-    c[0].metric("Perplexity, dense", f"{dense['ppl']:.2f}")
-    c[1].metric("Perplexity, pruned", f"{pruned['ppl']:.2f}", delta=f"{pruned['ppl'] - dense['ppl']:+.2f}",
+    c[0].metric("Perplexity, dense", f"{ev.ppl_dense:.2f}")
+    c[1].metric("Perplexity, pruned", f"{ev.ppl_pruned:.2f}", delta=f"{ev.ppl_pruned - ev.ppl_dense:+.2f}",
                 delta_color="inverse")
-    c[2].metric("Ratio", f"{pruned['ppl'] / dense['ppl']:.2f}×")
-    st.caption(f"Protocol: {evals.get('protocol')}; {pruned['tokens']} predicted tokens.")
+    c[2].metric("Ratio", f"{ev.ppl_pruned / ev.ppl_dense:.2f}×")
+    st.caption(f"Protocol: {ev.protocol}; {ev.tokens} predicted tokens.")
     extra = evals.get(("extra",) + pruned_key, {})
     if "gen" in extra:
         p, a, b = extra["gen"]
@@ -114,19 +110,9 @@ if st.button("Export pruned checkpoint", type="primary", key="export"):
         with st.spinner("Writing safetensors, config, tokenizer and report…"):
             target = export_dir_under(state.export_root(), name)
             target.parent.mkdir(parents=True, exist_ok=True)
-            report = {}
-            if dense and pruned:
-                report = {"ppl_dense": dense["ppl"], "ppl_pruned": pruned["ppl"], "ppl_protocol": evals.get("protocol")}
-            out = export_pruned(lm, plan, target, force=force, make_zip=True, report=report,
-                                dtype=getattr(torch, out_dtype))
-        exports = state.get("exports") or []
-        zip_path = out.with_suffix(".zip")
-        exports = [e for e in exports if e["path"] != str(out)] + [{
-            "name": out.name, "path": str(out), "zip": str(zip_path), "criterion": plan.criterion,
-            "alpha": plan.alpha, "removed": len(plan.removed_layers), "of": L, "blocks": plan.removed_layers,
-            "ppl_dense": report.get("ppl_dense"), "ppl_pruned": report.get("ppl_pruned"),
-            "zip_MB": round(zip_path.stat().st_size / 2**20, 1)}]
-        state.put("exports", exports)
+            out, report = export_and_record(lm, plan, target, evaluation=ev, scores=scores, force=force,
+                                            make_zip=True, dtype=getattr(torch, out_dtype))
+        state.put("exports", state.record_export(state.get("exports") or [], out, plan, report.evaluation))
         st.success(f"Exported to {out}", icon=":material/check_circle:")
     except Exception as e:  # noqa: BLE001
         views.show_error(e)

@@ -17,7 +17,9 @@ import torch
 from simdiff_core import eval_windows, make_windows
 from simdiff_core.downstream import OFFLINE_TASKS, STANDARD_TASKS, evaluate_tasks, retained
 from simdiff_core.evaluate import protocol_note
-from simdiff_core.export import build_pruned, export_dir_under, export_pruned
+from simdiff_core.export import build_pruned, export_dir_under
+from simdiff_core.records import Evaluation
+from simdiff_core.workflows import export_and_record
 from simdiff_core.recover import RecoveryConfig, recover
 from ui import charts, state, views
 
@@ -114,17 +116,12 @@ if rec is not None:
             target = export_dir_under(state.export_root(), name)
             target.parent.mkdir(parents=True, exist_ok=True)
             with st.spinner("Writing the merged checkpoint…"):
-                out = export_pruned(lm, plan, target, force=True, make_zip=True, model=rec["model"],
-                                    report={"recovery": r, "evaluation": {
-                                        "ppl_dense": r["ppl_dense"], "ppl_pruned": r["ppl_pruned"],
-                                        "ppl_recovered": r["ppl_recovered"], "protocol": r["eval_protocol"]}})
-            exports = [e for e in (state.get("exports") or []) if e["path"] != str(out)]
-            zp = out.with_suffix(".zip")
-            exports.append({"name": out.name, "path": str(out), "zip": str(zp), "criterion": plan.criterion,
-                            "alpha": plan.alpha, "removed": k, "of": L, "blocks": plan.removed_layers,
-                            "ppl_dense": r["ppl_dense"], "ppl_pruned": r["ppl_recovered"],
-                            "zip_MB": round(zp.stat().st_size / 2**20, 1)})
-            state.put("exports", exports)
+                ev = Evaluation(ppl_dense=r["ppl_dense"], ppl_pruned=r["ppl_pruned"], ppl_recovered=r["ppl_recovered"],
+                                protocol=r["eval_protocol"])
+                out, report = export_and_record(lm, plan, target, evaluation=ev, scores=scores, recovery=r,
+                                                force=True, make_zip=True, model=rec["model"])
+            state.put("exports", state.record_export(state.get("exports") or [], out, plan, report.evaluation,
+                                                     recovered=True))
             st.success(f"Exported to {out} (LoRA merged; loads with plain transformers)", icon=":material/check_circle:")
         except Exception as e:  # noqa: BLE001
             views.show_error(e)

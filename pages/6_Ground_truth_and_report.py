@@ -113,12 +113,8 @@ if sets_rows:
     st.plotly_chart(set_damage_figure(sets_rows), key="gt_sets")
 
 st.header("Report")
-evals = state.get("evals") or {}
-ppl = None
-for key, val in evals.items():
-    if isinstance(key, tuple) and key and key[0] == "dense" and plan is not None:
-        after = evals.get((tuple(plan.removed_layers),) + key[1:])
-        ppl = {"before": val["ppl"], "after": after["ppl"] if after else None, "protocol": evals.get("protocol")}
+# the Export page's evaluation of this plan (records.Evaluation), if it ran one
+ppl = None if plan is None else state.plan_evaluation(plan)
 try:
     html_doc, n_figs = build_report_html(scores, damage=dmg, plan=plan, ppl=ppl, sets=sets_rows, alpha=alpha)
     st.download_button("Download report (HTML, works offline)", html_doc.encode("utf-8"),

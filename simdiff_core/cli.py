@@ -54,8 +54,10 @@ def _stream_tokenizer(args):
 
 
 def cmd_score(args) -> int:
-    from .score import score_model
+    from .score import protocol, score_model
 
+    if getattr(args, "stream", False) and args.exclude_first_token:
+        raise SimDiffError("--exclude-first-token is not available with --stream (streamed scores include position 0)")
     if getattr(args, "stream", False):
         from .streaming import stream_score
 
@@ -66,14 +68,16 @@ def cmd_score(args) -> int:
                               progress=progress_printer("score"), calibration=calib, source=args.model)
         scores.save(args.out)
         print_result({"out": args.out, "num_layers": scores.num_layers, "seconds": scores.meta["seconds"],
-                      "stream": scores.meta["stream"]})
+                      "stream": scores.meta["stream"], "protocol": protocol(scores.calibration)})
         return 0
     lm = load_from_args(args)
     ids, calib = calib_from_args(args, lm)
     scores = score_model(lm, ids, batch_size=args.batch_size, matrix_tokens=args.matrix_tokens,
-                         progress=progress_printer("score"), calibration=calib)
+                         progress=progress_printer("score"), calibration=calib,
+                         first_token=not args.exclude_first_token)
     scores.save(args.out)
-    print_result({"out": args.out, "num_layers": scores.num_layers, "seconds": scores.meta["seconds"]})
+    print_result({"out": args.out, "num_layers": scores.num_layers, "seconds": scores.meta["seconds"],
+                  "protocol": protocol(scores.calibration)})
     return 0
 
 
@@ -81,6 +85,8 @@ def cmd_plan(args) -> int:
     from .plan import make_plan
     from .score import Scores
 
+    if args.stability and (args.stability < 2 or (args.method not in (None, "oneshot"))):
+        raise SimDiffError("--stability needs N >= 2 resamples and a one-shot plan from --scores")
     if args.method is not None and (args.method != "oneshot" or args.scores is None):
         if args.model is None:
             raise SimDiffError(f"--method {args.method} runs the model: give --model too")
@@ -121,37 +127,51 @@ def cmd_plan(args) -> int:
     if trials is not None:
         plan.details["auto_alpha"] = {"chosen": alpha, "beta": fusion["beta"], "trials": trials,
                                       "objective": "calibration ppl"}
+    result = {"out": args.out, "removed_layers": plan.removed_layers, "kept_layers": plan.kept_layers,
+              "alpha": plan.alpha}
+    if args.stability:
+        from .uncertainty import plan_stability
+
+        stab = plan_stability(scores, args.criterion, num=plan.num_removed, alpha=plan.alpha,
+                              keep_first=args.keep_first, keep_last=args.keep_last, n_boot=args.stability,
+                              seed=args.seed, **fusion)
+        plan.details["stability"] = stab.to_dict()
+        result["stability"] = {"frequency": {str(i): round(f, 4) for i, f in enumerate(stab.frequency) if f > 0},
+                               "unstable": stab.unstable, "stable": stab.stable, "resamples": stab.n_boot,
+                               "seed": stab.seed}
+        for i, f in enumerate(stab.frequency):
+            if f > 0:
+                print(f"block {i:3d}: removed in {100 * f:5.1f}% of {stab.n_boot} resamples"
+                      f"{'  (in plan)' if i in plan.removed_layers else ''}", file=sys.stderr)
+        if not stab.stable:
+            print(f"warning: unstable plan: blocks {stab.unstable} are removed in fewer than "
+                  f"{100 * stab.threshold:.0f}% of the resamples", file=sys.stderr)
     plan.save(args.out)
-    print_result({"out": args.out, "removed_layers": plan.removed_layers, "kept_layers": plan.kept_layers,
-                  "alpha": plan.alpha})
+    print_result(result)
     return 0
 
 
 def cmd_prune(args) -> int:
-    from .evaluate import eval_windows, perplexity, protocol_note
-    from .export import build_pruned, export_pruned
     from .load import pick_dtype
     from .plan import Plan
     from .score import Scores
+    from .workflows import evaluate_plan, export_and_record
 
     plan = Plan.load(args.plan)
     out = os.path.abspath(args.out)
     if os.path.exists(out) and not args.force:
         raise SimDiffError(f"'{args.out}' already exists; use --force to replace it")
+    scores = Scores.load(args.scores) if args.scores else None
     lm = load_from_args(args)
     plan.validate(lm.num_layers)
-    report = {}
-    if args.scores:
-        report["scores"] = Scores.load(args.scores).to_dict()
+    evaluation = None
     if args.eval_windows > 0:
-        ids = eval_windows(lm.tokenizer, args.text, args.eval_seq_len, args.eval_windows)
-        dense = perplexity(lm.model, ids, device=lm.device, progress=progress_printer("ppl dense"))
-        pruned = perplexity(build_pruned(lm, plan), ids, device=lm.device, progress=progress_printer("ppl pruned"))
-        report["evaluation"] = {"ppl_dense": dense["ppl"], "ppl_pruned": pruned["ppl"], "tokens": dense["tokens"],
-                                "protocol": protocol_note(lm.tokenizer, args.text, args.eval_seq_len, args.eval_windows)}
+        evaluation = evaluate_plan(lm, plan, args.eval_windows, args.eval_seq_len, text=args.text,
+                                   progress=progress_printer("ppl dense/pruned"))
     dtype = pick_dtype(args.out_dtype) if args.out_dtype else None
-    path = export_pruned(lm, plan, out, force=args.force, make_zip=args.zip, report=report, dtype=dtype)
-    result = {"out": str(path), "num_layers": len(plan.kept_layers), **report.get("evaluation", {})}
+    path, report = export_and_record(lm, plan, out, evaluation=evaluation, scores=scores, force=args.force,
+                                     make_zip=args.zip, dtype=dtype)
+    result = {"out": str(path), "num_layers": len(plan.kept_layers), **report.to_dict().get("evaluation", {})}
     if args.zip:
         result["zip"] = str(path.with_suffix(".zip"))
     print_result(result)
@@ -208,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(s)
     add_calib_args(s)
     s.add_argument("--matrix-tokens", type=int, default=256, help="token subsample for the cosine/CKA heatmaps")
+    s.add_argument("--exclude-first-token", action="store_true",
+                   help="leave position 0 (BOS, massive activation) out of the per-block metrics (default: "
+                        "included, as ShortGPT's BI; the heatmaps always use positions 1..S-1)")
     s.add_argument("--out", required=True, help="scores.json to write")
     add_stream_args(s)
     s.set_defaults(func=cmd_score)
@@ -226,6 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "beta is tuned over 0, 0.5, 1 too)")
     s.add_argument("--norm", default="rank", choices=["rank", "robust"], help="SimDiff per-signal normalisation")
     s.add_argument("--raw", action="store_true", help="fuse raw MSSD/MASD instead of the scale-free variants")
+    s.add_argument("--stability", type=int, default=0, metavar="N",
+                   help="also report how often each block is removed when the plan is made from N bootstrap "
+                        "resamples of the calibration windows (needs scores with per-window statistics)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the --stability resampling (default 0)")
     add_ratio_args(s)
     add_model_args(s, required=False)
     s.set_defaults(model=None)

@@ -1,11 +1,12 @@
 """Write a pruned checkpoint that plain transformers can load, atomically.
 
     from simdiff_core.export import export_pruned
-    out = export_pruned(lm, plan, "exports/smollm2-pruned", report={"ppl_dense": ...}, make_zip=True)
+    out = export_pruned(lm, plan, "exports/smollm2-pruned", report=ExportReport.build(lm, plan, evaluation=ev),
+                        make_zip=True)
     AutoModelForCausalLM.from_pretrained(out)   # num_hidden_layers == L - k
 
 The directory holds safetensors weights, ``config.json``, ``generation_config.json``, the
-tokenizer, ``simdiff_report.json`` (plan, scores, evaluation), ``plan.json`` and
+tokenizer, ``simdiff_report.json`` (``records.ExportReport``: plan, scores, evaluation), ``plan.json`` and
 ``mergekit.yaml``. Everything is written into a temporary sibling directory first and renamed into
 place at the end, so a crash or a full disk never leaves a half-written checkpoint under the target
 name; an existing target is refused unless ``force=True``. The zip for download is streamed file by
@@ -15,12 +16,10 @@ file to disk (never built in memory), also via a temporary name.
 from __future__ import annotations
 
 import copy
-import json
 import os
 import re
 import shutil
 import tempfile
-import time
 import zipfile
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from .fileio import atomic_write_text  # noqa: F401  (re-exported: older callers
 from .load import LoadedModel, strip_gguf_quantizer
 from .plan import Plan
 from .prune import pruned_model
+from .records import ExportReport, read_report
 
 REPORT_NAME = "simdiff_report.json"
 
@@ -64,13 +64,15 @@ def build_pruned(lm: LoadedModel, plan: Plan) -> torch.nn.Module:
 
 
 def export_pruned(lm: LoadedModel, plan: Plan, out_dir: str | Path, force: bool = False,
-                  make_zip: bool = False, report: dict | None = None, dtype: torch.dtype | None = None,
+                  make_zip: bool = False, report: ExportReport | dict | None = None, dtype: torch.dtype | None = None,
                   model: torch.nn.Module | None = None) -> Path:
     """Export ``plan`` applied to ``lm`` to ``out_dir`` (see module docstring). Returns the path.
 
     ``model`` may pass an already-built pruned model (e.g. recovered by fine-tuning) to save instead
-    of building one from the plan.
+    of building one from the plan. ``report`` is an ``ExportReport`` or a dict of its parts
+    (``evaluation``, ``scores``, ``recovery``, other keys kept as they are; see ``report_for``).
     """
+    rep = report_for(lm, plan, report)
     out = Path(out_dir).expanduser().resolve()
     if out.exists() and not force:
         raise SimDiffError(f"'{out}' already exists; choose another name or use --force to replace it")
@@ -83,20 +85,13 @@ def export_pruned(lm: LoadedModel, plan: Plan, out_dir: str | Path, force: bool 
     try:
         small.save_pretrained(tmp, safe_serialization=True)
         lm.tokenizer.save_pretrained(tmp)
-        full_report = {
-            "tool": "SimDiff Explorer", "version": _version(),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "source_model": lm.source, "source_gguf": lm.gguf_file,
-            "num_layers_before": plan.num_layers, "num_layers_after": len(plan.kept_layers),
-            "plan": plan.to_dict(), **(report or {}),
-        }
-        (tmp / REPORT_NAME).write_text(json.dumps(full_report, indent=1, default=str))
+        (tmp / REPORT_NAME).write_text(rep.to_json())
         (tmp / "plan.json").write_text(plan.to_json())
         src = lm.gguf_file or lm.source
         (tmp / "mergekit.yaml").write_text(plan.to_mergekit_yaml(src, str(next(small.parameters()).dtype).replace("torch.", "")))
         from .modelcard import model_card  # Hub model card (README.md), see modelcard.py
 
-        (tmp / "README.md").write_text(model_card(plan, full_report, lm), encoding="utf-8")
+        (tmp / "README.md").write_text(model_card(plan, rep, lm), encoding="utf-8")
         os.chmod(tmp, 0o755)  # mkdtemp makes 0700; an export is meant to be shared
         _replace_dir(tmp, out, force)
     except SimDiffError:
@@ -117,13 +112,40 @@ def export_pruned(lm: LoadedModel, plan: Plan, out_dir: str | Path, force: bool 
     return out
 
 
+def report_for(lm: LoadedModel, plan: Plan, report: ExportReport | dict | None) -> ExportReport:
+    """The ExportReport written for ``plan``: ``report`` itself, or one built from a dict of its parts.
+
+    A dict may hold ``evaluation`` (or the old flat ``ppl_dense``/``ppl_pruned``/``ppl_protocol``),
+    ``scores`` and ``recovery``; any other key is kept as it is.
+    """
+    if isinstance(report, ExportReport):
+        return report
+    parts = read_report(dict(report or {}, plan=plan.to_dict()))
+    return ExportReport.build(lm, plan, evaluation=parts.evaluation, scores=parts.scores, recovery=parts.recovery,
+                              extra=parts.extra)
+
+
 def _replace_dir(tmp: Path, out: Path, force: bool) -> None:
     if out.exists():
         if not force:
             raise SimDiffError(f"'{out}' already exists; use --force to replace it")
         old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.rename(out, old / "x")
-        os.rename(tmp, out)
+        try:
+            os.rename(out, old / "x")
+        except BaseException:
+            shutil.rmtree(old, ignore_errors=True)  # nothing moved: the old export is where it was
+            raise
+        try:
+            os.rename(tmp, out)
+        except BaseException:
+            # The new export could not take the name: put the previous one back, never leave it hidden.
+            try:
+                os.rename(old / "x", out)
+            except OSError as e:
+                raise SimDiffError(f"export failed and the previous export could not be put back at {out}: "
+                                   f"it is in {old / 'x'} ({e.strerror or e})") from None
+            shutil.rmtree(old, ignore_errors=True)
+            raise
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.rename(tmp, out)
@@ -148,8 +170,3 @@ def zip_dir(src: Path, zip_path: Path, force: bool = False) -> Path:
         raise SimDiffError(f"cannot write {zip_path}: {e.strerror or e}") from None
     return zip_path
 
-
-def _version() -> str:
-    from . import __version__
-
-    return __version__

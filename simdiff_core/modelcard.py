@@ -73,11 +73,13 @@ def _fmt(x, digits: int = 3) -> str:
     return f"{x:.{digits}f}" if isinstance(x, (int, float)) else "n/a"
 
 
-def model_card(plan, report: dict | None, lm) -> str:
-    """The README.md text for ``plan`` applied to ``lm``; ``report`` is the export's report dict."""
+def model_card(plan, report, lm) -> str:
+    """The README.md text for ``plan`` applied to ``lm``; ``report`` is the export's ``ExportReport``
+    (or its dict, in any shape ``records.read_report`` reads; None: nothing measured)."""
     from . import __version__
+    from .records import read_report
 
-    report = report or {}
+    rep = read_report(report or {})
     base, license_ = base_model_and_license(lm)
     source = str(getattr(lm, "source", plan.model))
     front = ["---"]
@@ -118,9 +120,7 @@ def model_card(plan, report: dict | None, lm) -> str:
     if "auto_alpha" in plan.details:
         body.append(f"| α chosen by | calibration perplexity over {len(plan.details['auto_alpha'].get('trials') or [])} trials |")
 
-    calib = dict(plan.calibration or {})
-    scores_calib = (report.get("scores") or {}).get("calibration") or {}
-    calib = {**scores_calib, **calib}
+    calib = {**((rep.scores or {}).get("calibration") or {}), **dict(plan.calibration or {})}
     body += ["", "## Calibration data", ""]
     if calib:
         desc = calib.get("description") or calib.get("source") or "unspecified"
@@ -131,14 +131,15 @@ def model_card(plan, report: dict | None, lm) -> str:
     else:
         body.append("Not recorded in the plan.")
 
-    ev = report.get("evaluation") or {}
+    ev = rep.evaluation
     body += ["", "## Perplexity", ""]
-    if ev.get("ppl_dense") is not None or ev.get("ppl_pruned") is not None:
+    if ev is not None and ev.measured:
         body += ["| model | perplexity |", "|---|---|",
-                 f"| original ({L} blocks) | {_fmt(ev.get('ppl_dense'))} |",
-                 f"| pruned ({kept} blocks) | {_fmt(ev.get('ppl_pruned'))} |", "",
-                 f"Protocol: {ev.get('protocol', 'not recorded')}"
-                 + (f" ({ev['tokens']} tokens)." if ev.get("tokens") else ".")]
+                 f"| original ({L} blocks) | {_fmt(ev.ppl_dense)} |",
+                 f"| pruned ({kept} blocks) | {_fmt(ev.ppl_pruned)} |"]
+        if ev.ppl_recovered is not None:
+            body.append(f"| pruned + LoRA recovery ({kept} blocks) | {_fmt(ev.ppl_recovered)} |")
+        body += ["", f"Protocol: {ev.protocol or 'not recorded'}" + (f" ({ev.tokens} tokens)." if ev.tokens else ".")]
     else:
         body.append("Not measured at export time (run `simdiff ppl --model THIS_DIR`).")
 

@@ -10,6 +10,10 @@ carries it in ``simdiff_report.json``. Indices are 0-based positions in the *ori
 merged-away block also appears in ``removed_layers``.
 
 Block count from a ratio: ``k = round(ratio * L)`` (halves round to even), at least 1.
+
+*What was asked for* is typed: ``plan.recipe`` (method, criterion, ratio or num, α, β, locks, fusion
+options). Plans written before β and the options had their own fields kept them in
+``details["fusion"]``; ``Plan.from_dict`` moves them to the typed fields, so old files still load.
 """
 
 from __future__ import annotations
@@ -18,18 +22,39 @@ import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from .errors import SimDiffError
 from .metrics import CRITERIA
+from .records import JsonRecord
 
 PLAN_VERSION = 1
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """How a plan was asked for (the settings that reproduce it), apart from what it removes."""
+
+    method: str = "oneshot"
+    criterion: str | None = None
+    ratio: float | None = None        # fraction of blocks asked for (k / L when planned by count)
+    num: int | None = None            # block count asked for, when planned by count
+    alpha: float | None = None        # SimDiff similarity weight
+    beta: float | None = None         # SimDiff MSSD share of the difference view
+    keep_first: bool = True
+    keep_last: bool = True
+    options: dict = field(default_factory=dict)   # other fusion settings: norm, scale_free
+
+    def fusion(self) -> dict:
+        """Keyword arguments for ``Scores.importance`` (SimDiff fusion) that this recipe used."""
+        return {**self.options, **({"beta": self.beta} if self.beta is not None else {})}
+
+
 @dataclass
-class Plan:
+class Plan(JsonRecord):
+    KIND = "plan"
+
     model: str
     num_layers: int
     removed_layers: list[int]
@@ -44,6 +69,9 @@ class Plan:
     merged_groups: list[dict] = field(default_factory=list)
     calibration: dict = field(default_factory=dict)
     details: dict = field(default_factory=dict)
+    beta: float | None = None         # SimDiff MSSD share (see Recipe)
+    num: int | None = None            # block count asked for, when planned by count
+    options: dict = field(default_factory=dict)   # other SimDiff fusion settings (norm, scale_free)
     version: int = PLAN_VERSION
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
@@ -57,6 +85,12 @@ class Plan:
     @property
     def num_removed(self) -> int:
         return len(self.removed_layers)
+
+    @property
+    def recipe(self) -> Recipe:
+        return Recipe(method=self.method, criterion=self.criterion, ratio=self.ratio, num=self.num,
+                      alpha=self.alpha, beta=self.beta, keep_first=self.keep_first, keep_last=self.keep_last,
+                      options=dict(self.options))
 
     def validate(self, num_layers: int | None = None) -> None:
         L = self.num_layers
@@ -81,14 +115,6 @@ class Plan:
         d["num_removed"] = self.num_removed
         return d
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=1)
-
-    def save(self, path: str | Path) -> None:
-        from .fileio import atomic_write_text
-
-        atomic_write_text(Path(path), self.to_json())
-
     @classmethod
     def from_dict(cls, d: dict) -> "Plan":
         if not isinstance(d, dict):
@@ -100,20 +126,22 @@ class Plan:
             kwargs["num_layers"] = int(kwargs["num_layers"])
             kwargs["removed_layers"] = [int(i) for i in kwargs["removed_layers"]]
             kwargs.setdefault("model", "?")
+            details = dict(kwargs.get("details") or {})
+            fusion = details.pop("fusion", None)
+            if isinstance(fusion, dict):  # plans written before beta/options had their own fields
+                fusion = dict(fusion)
+                kwargs.setdefault("beta", fusion.pop("beta", None))
+                kwargs.setdefault("options", fusion)
+                kwargs["details"] = details
+            if kwargs.get("beta") is not None:
+                kwargs["beta"] = float(kwargs["beta"])
+            if kwargs.get("num") is not None:
+                kwargs["num"] = int(kwargs["num"])
             return cls(**kwargs)
         except SimDiffError:
             raise
         except (KeyError, TypeError, ValueError) as e:
             raise SimDiffError(f"malformed plan: missing or bad field {e}") from None
-
-    @classmethod
-    def load(cls, path: str | Path) -> "Plan":
-        try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
-        except FileNotFoundError:
-            raise SimDiffError(f"no such plan file: {path}") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise SimDiffError(f"plan file {path} is not valid JSON: {e}") from None
 
     def kept_ranges(self) -> list[tuple[int, int]]:
         """Kept blocks as half-open [start, end) runs, mergekit's layer_range convention."""
@@ -223,9 +251,11 @@ def make_plan(scores, criterion: str = "simdiff", ratio=None, num=None, alpha: f
     k = num_from_ratio(L, ratio, num)
     imp = scores.importance(criterion, alpha=alpha, **fusion)
     removed = select_lowest(imp, k, keep_first, keep_last, tiebreak=cosine_tiebreak(scores.layers))
+    options = {n: v for n, v in fusion.items() if n != "beta"}
     return Plan(
         model=scores.model, num_layers=L, removed_layers=removed, method="oneshot", criterion=criterion,
         alpha=alpha if criterion == "simdiff" else None, ratio=k / L if ratio is None else float(ratio),
         keep_first=keep_first, keep_last=keep_last, scores=[float(v) for v in imp],
-        calibration=dict(scores.calibration), details={"fusion": fusion} if fusion else {},
+        calibration=dict(scores.calibration), beta=None if fusion.get("beta") is None else float(fusion["beta"]),
+        num=k if ratio is None else None, options=options,
     )

@@ -62,17 +62,22 @@ pre{background:#f6f8fa;padding:.8em;overflow-x:auto;font-size:.85em}.note{color:
 """
 
 
-def build_report_html(scores, damage=None, plan=None, ppl: dict | None = None, agreement: list | None = None,
+def build_report_html(scores, damage=None, plan=None, ppl=None, agreement: list | None = None,
                       sets: list | None = None, alpha: float | None = None, ratio=None,
                       title: str | None = None) -> tuple[str, int]:
     """The report as an HTML string, and the number of plotly figures it embeds.
 
     ``agreement`` defaults to ``agreement.agreement_table`` (when ``damage`` is given); ``sets`` is
-    the output of ``agreement.set_damage``; ``ppl`` = {"before", "after", "protocol"}.
+    the output of ``agreement.set_damage``; ``ppl`` is a ``records.Evaluation`` (or a dict it reads:
+    {"before", "after", "protocol"} or {"ppl_dense", "ppl_pruned", "protocol"}).
     """
+    from .records import Evaluation
+
+    ev = Evaluation.coerce(ppl)
     from . import __version__
     from .agreement import agreement_table
     from .figures import agreement_grid, curves_figure, matrix_figures, set_damage_figure
+    from .score import protocol as score_protocol
 
     if damage is not None and damage.num_layers != scores.num_layers:
         raise SimDiffError(f"damage is for {damage.num_layers} blocks but the scores have {scores.num_layers}")
@@ -114,6 +119,7 @@ def build_report_html(scores, damage=None, plan=None, ppl: dict | None = None, a
                   ("calibration text", cal.get("description") or cal.get("source")),
                   ("windows x tokens", f"{cal.get('samples', '?')} x {cal.get('seq_len', '?')}"),
                   ("calibration tokens", cal.get("tokens")),
+                  ("scoring protocol", score_protocol(cal)),
                   ("scoring time (s)", meta.get("seconds")),
                   ("cross-layer matrices", (scores.matrices or {}).get("method"))])]
     if damage is not None:
@@ -170,13 +176,13 @@ def build_report_html(scores, damage=None, plan=None, ppl: dict | None = None, a
     else:
         parts.append("<p class='note'>No plan given (<code>--plan plan.json</code>).</p>")
     parts.append("<h2>Perplexity before / after</h2>")
-    if ppl and ppl.get("before") is not None:
-        before, after = ppl.get("before"), ppl.get("after")
+    if ev is not None and ev.ppl_dense is not None:
+        before, after = ev.ppl_dense, ev.ppl_pruned
         rows = [("dense", before)]
         if after is not None:
             rows.append(("pruned", after))
             rows.append(("ratio pruned / dense", after / before if before else None))
-        parts.append(_kv(rows + [("protocol", ppl.get("protocol"))]))
+        parts.append(_kv(rows + [("protocol", ev.protocol)]))
     else:
         parts.append("<p class='note'>Not measured (give --model and --plan to the report command, or "
                      "--ppl-before/--ppl-after).</p>")

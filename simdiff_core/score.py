@@ -27,11 +27,9 @@ states of the current batch: it does not grow with the number of calibration tok
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -40,13 +38,16 @@ import torch
 from .errors import Cancelled, SimDiffError
 from .hooks import block_hooks
 from .metrics import BlockStats, importance, simdiff_importance
+from .records import JsonRecord
 
 Progress = Callable[[float, str], None]
 
 
 @dataclass
-class Scores:
+class Scores(JsonRecord):
     """Per-block metrics and cross-layer matrices for one model and one calibration set."""
+
+    KIND = "scores"
 
     model: str
     num_layers: int
@@ -72,14 +73,6 @@ class Scores:
 
         return pd.DataFrame(self.layers).set_index("index")
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def save(self, path: str | Path) -> None:
-        from .fileio import atomic_write_text
-
-        atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=1))
-
     @classmethod
     def from_dict(cls, d: dict) -> "Scores":
         try:
@@ -99,15 +92,6 @@ class Scores:
             check_windows(windows, n)
         return cls(d.get("model", "?"), n, layers, d.get("matrices", {}), d.get("calibration", {}), d.get("meta", {}),
                    windows)
-
-    @classmethod
-    def load(cls, path: str | Path) -> "Scores":
-        try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
-        except FileNotFoundError:
-            raise SimDiffError(f"no such scores file: {path}") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise SimDiffError(f"scores file {path} is not valid JSON: {e}") from None
 
 
 class _MatrixSampler:
@@ -204,6 +188,8 @@ def score_model(
     should_stop: Callable[[], bool] | None = None,
     calibration: dict | None = None,
     window_stats: bool = True,
+    first_token: bool = True,
+    on_batch: Callable[["Scores"], None] | None = None,
 ) -> Scores:
     """Score every block of ``lm`` (a LoadedModel) on ``input_ids`` (N, S) in one pass.
 
@@ -211,6 +197,15 @@ def score_model(
     is polled at the same points and raises ``Cancelled``. On CUDA out-of-memory the batch is
     retried with half the batch size, down to 1. ``window_stats`` keeps per-window sums of the
     per-block metrics (``Scores.windows``, O(L x N) numbers) for bootstrap bands.
+
+    ``first_token``: whether position 0 of each window (BOS, where the massive "attention sink"
+    activation sits) counts in the per-block metrics. Default True: ShortGPT's Block Influence, which
+    SimDiff's similarity term reuses, averages over every token of the calibration sequences. The
+    heatmap subsample always uses positions 1..S-1. ``protocol(scores.calibration)`` states both.
+
+    ``on_batch(partial)`` (live curves) is called after every committed batch with the per-block
+    metrics of the windows scored so far (``partial_scores``: exactly what scoring only those windows
+    gives; no matrices, ``meta["partial"]`` says how far). Cost: O(L) per batch.
     """
     if input_ids.ndim != 2 or input_ids.shape[0] == 0:
         raise SimDiffError("calibration input must be a non-empty (N, S) tensor of token ids")
@@ -221,13 +216,13 @@ def score_model(
     stats = BlockStats(L, windows=window_stats)
     sampler = _MatrixSampler(L, per_batch=max(1, math.ceil(matrix_tokens / N)), seq_len=S)
     taken = 0
-    state = {"done": 0, "take": 0, "mask": None}
+    state = {"done": 0, "take": 0, "mask": None, "metric_mask": None}
     t0 = time.perf_counter()
 
     def on_block(i, x, y):
         if x.device != y.device:  # accelerate device maps: the block ran where its weights live
             x = x.to(y.device)
-        stats.observe(i, x, y, state["mask"])
+        stats.observe(i, x, y, state["metric_mask"])
         sampler.observe(i, x, y, state["take"])
         if progress is not None:
             frac = (state["done"] + (i + 1) / L * state["rows"]) / N
@@ -242,6 +237,7 @@ def score_model(
             ids = input_ids[start:end].to(lm.device)
             mask = attention_mask[start:end].to(lm.device) if attention_mask is not None else None
             state["mask"] = mask
+            state["metric_mask"] = _metric_mask(mask, end - start, S, ids.device, first_token)
             state["rows"] = end - start
             state["take"] = max(0, min(matrix_tokens - taken, len(sampler.pos) * (end - start)))
             try:
@@ -266,15 +262,57 @@ def score_model(
             sampler.commit()
             state["done"] = end
             start = end
+            if on_batch is not None:
+                on_batch(partial_scores(lm, stats, N, S, end, calibration, first_token))
     layers, mats = finish_scores(stats, sampler)
     return Scores(
         model=lm.source, num_layers=L, layers=layers, matrices=mats,
-        calibration=dict(calibration or {}, samples=int(N), seq_len=int(S), tokens=int(stats.tokens)),
+        calibration=dict(calibration or {}, samples=int(N), seq_len=int(S), tokens=int(stats.tokens),
+                         first_token="included" if first_token else "excluded"),
         meta={"seconds": round(time.perf_counter() - t0, 3), "batch_size": bs, "device": str(lm.device),
               "dtype": str(lm.dtype).replace("torch.", ""), "simdiff_alpha": 0.5,
               "family": lm.family, "version": _version()},
         windows=stats.windows(),
     )
+
+
+def partial_scores(lm, stats: BlockStats, N: int, S: int, done: int, calibration: dict | None,
+                   first_token: bool = True) -> Scores:
+    """The per-block metrics of the first ``done`` of ``N`` windows, from a scoring pass in progress.
+
+    Same means (and default-α SimDiff column) as the final Scores would hold for those windows alone;
+    no cross-layer matrices (they need the whole pass). ``meta["partial"] = {"windows": done, "of": N}``.
+    """
+    layers = stats.layers()
+    for l, v in zip(layers, simdiff_importance(layers, alpha=0.5)):
+        l["simdiff"] = float(v)
+    return Scores(
+        model=lm.source, num_layers=stats.L, layers=layers, matrices={},
+        calibration=dict(calibration or {}, samples=int(done), seq_len=int(S), tokens=int(stats.tokens),
+                         first_token="included" if first_token else "excluded"),
+        meta={"partial": {"windows": int(done), "of": int(N)}, "device": str(lm.device),
+              "dtype": str(lm.dtype).replace("torch.", ""), "simdiff_alpha": 0.5, "family": lm.family,
+              "version": _version()},
+    )
+
+
+def _metric_mask(mask, B: int, S: int, device, first_token: bool):
+    """The token mask for the per-block metrics: the attention mask, minus position 0 if asked."""
+    if first_token or S < 2:
+        return mask
+    m = torch.ones(B, S, device=device) if mask is None else mask.to(device=device, dtype=torch.float32).clone()
+    m[:, 0] = 0
+    return m
+
+
+def protocol(calibration: dict) -> str:
+    """One line saying what the scores were measured on (shown by the app and the CLI)."""
+    c = calibration or {}
+    first = c.get("first_token", "included")  # older scores and the streamed path include it
+    src = c.get("source") or c.get("description") or "?"
+    return (f"{c.get('samples', '?')} x {c.get('seq_len', '?')} tokens of {src}; per-block metrics over "
+            f"positions {'0' if first == 'included' else '1'}..S-1 (position 0 / BOS {first}); "
+            "heatmaps on a subsample of positions 1..S-1")
 
 
 def _version() -> str:

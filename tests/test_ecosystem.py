@@ -58,15 +58,16 @@ def saved_tiny(tmp_path_factory, tokenizer):
 def tiny_export(saved_tiny, tmp_path_factory):
     """The saved tiny Llama pruned by a plan (blocks 2 and 3 out) and exported."""
     from simdiff_core import load_model
-    from simdiff_core.export import export_pruned
     from simdiff_core.plan import Plan
+    from simdiff_core.records import Evaluation
+    from simdiff_core.workflows import export_and_record
 
     lm = load_model(str(saved_tiny), device="cpu", dtype="float32")
     plan = Plan(model=str(saved_tiny), num_layers=6, removed_layers=[2, 3], criterion="simdiff", alpha=0.4,
                 ratio=0.33, calibration={"source": "wikitext2", "samples": 4, "seq_len": 128})
-    report = {"evaluation": {"ppl_dense": 12.5, "ppl_pruned": 14.25, "tokens": 2048,
-                             "protocol": "WikiText-2 test; 4 windows x 512 tokens, BOS-prefixed"}}
-    out = export_pruned(lm, plan, tmp_path_factory.mktemp("exp") / "tiny-pruned", report=report)
+    ev = Evaluation(ppl_dense=12.5, ppl_pruned=14.25, tokens=2048,
+                    protocol="WikiText-2 test; 4 windows x 512 tokens, BOS-prefixed")
+    out, _ = export_and_record(lm, plan, tmp_path_factory.mktemp("exp") / "tiny-pruned", evaluation=ev)
     return lm, plan, out
 
 

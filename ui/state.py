@@ -35,6 +35,11 @@ NAV = {
         ("curves", "pages/1_Layer_curves.py", "Layer curves", ":material/show_chart:"),
         ("preview", "pages/2_Prune_preview.py", "Prune preview", ":material/content_cut:"),
     ],
+    "Insight": [
+        ("sensitivity", "pages/7_Calibration_sensitivity.py", "Calibration sensitivity", ":material/tune:"),
+        ("compare_runs", "pages/8_Compare_runs.py", "Compare runs", ":material/compare:"),
+        ("drilldown", "pages/9_Block_drill_down.py", "Block drill-down", ":material/zoom_in:"),
+    ],
     "Evaluate": [
         ("export", "pages/3_Export_and_evaluate.py", "Export & evaluate", ":material/inventory_2:"),
         ("shootout", "pages/4_Shootout.py", "Shootout", ":material/leaderboard:"),
@@ -59,6 +64,26 @@ def setup_page(title: str, icon: str = "assets/favicon.png") -> None:
     if logo.is_file():
         st.logo(str(logo), size="large")
     init()
+    prewarm_once()
+
+
+@st.cache_resource(show_spinner=False)
+def prewarm_once():
+    """Once per server process, in a background thread: the imports and page-cache reads that would
+    otherwise sit between the first Load click and the first forward (``simdiff_core.load.prewarm``)."""
+    import threading
+
+    from simdiff_core.load import prewarm
+
+    def run():
+        try:
+            prewarm("default")
+        except Exception:  # noqa: BLE001 - best effort: the real load reports any problem
+            pass
+
+    t = threading.Thread(target=run, name="simdiff-prewarm", daemon=True)
+    t.start()
+    return t
 
 
 def session_summary() -> str:
@@ -129,12 +154,16 @@ def set_widget(name: str, value) -> None:
 @st.cache_resource(show_spinner=False, max_entries=2)
 def cached_model(spec: str, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False):
     """One shared, read-only LoadedModel per (spec, device, dtype): never mutate it (prune makes views)."""
+    # transformers' lazy imports are not safe to run from two threads at once ("cannot import name
+    # AutoModelForCausalLM"): let the prewarm thread finish its imports before loading.
+    prewarm_once().join()
     return load_model(spec, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
 def cached_tokenizer(model_dir: str):
     """Tokenizer alone, for streamed scoring (the model itself is never loaded)."""
+    prewarm_once().join()  # see cached_model
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(model_dir)
@@ -224,6 +253,50 @@ def require_plan(scores, lm):
     return plan
 
 
+def per_scores(scores, key, build):
+    """``build()`` memoised for this session's current ``scores`` object (figure bases, heatmap specs).
+
+    Rebuilt only when the scores object changes (a new calibration), so a slider move never redoes
+    work that depends on the scores alone.
+    """
+    memo = st.session_state.get("_per_scores")
+    if memo is None or memo[0] is not scores:
+        memo = (scores, {})
+        st.session_state["_per_scores"] = memo
+    if key not in memo[1]:
+        memo[1][key] = build()
+    return memo[1][key]
+
+
+def count_run(name: str) -> int:
+    """Count script runs of ``name`` (a page, or a fragment) in this session: the browser test reads it
+    to prove a slider move reran only the fragment, never the whole page."""
+    runs = st.session_state.setdefault("_runs", {})
+    runs[name] = runs.get(name, 0) + 1
+    return runs[name]
+
+
 def export_root() -> Path:
     """Where exports go: $SIMDIFF_EXPORT_DIR or ./exports under the project."""
     return Path(os.environ.get("SIMDIFF_EXPORT_DIR", ROOT / "exports"))
+
+
+def plan_evaluation(plan):
+    """The Export page's last ``records.Evaluation`` of ``plan`` in this session (any windows), or None."""
+    found = None
+    for key, ev in (st.session_state.get("evals") or {}).items():
+        if isinstance(key, tuple) and key and key[0] == tuple(plan.removed_layers):
+            found = ev
+    return found
+
+
+def record_export(exports: list, out: Path, plan, evaluation=None, recovered: bool = False) -> list:
+    """The session's export list with ``out`` (re)placed last: one row for the exports table."""
+    zp = Path(out).with_suffix(".zip")
+    ev = evaluation
+    row = {"name": Path(out).name, "path": str(out), "zip": str(zp), "criterion": plan.criterion,
+           "alpha": plan.alpha, "removed": plan.num_removed, "of": plan.num_layers, "blocks": plan.removed_layers,
+           "ppl_dense": ev.ppl_dense if ev else None,
+           "ppl_pruned": (ev.ppl_recovered if recovered else ev.ppl_pruned) if ev else None,
+           "zip_MB": round(zp.stat().st_size / 2**20, 1) if zp.is_file() else None}
+    return [e for e in exports if e["path"] != str(out)] + [row]

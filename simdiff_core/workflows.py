@@ -1,0 +1,130 @@
+"""One function per workflow that both the app pages and the CLI run, so neither re-implements it.
+
+    from simdiff_core.workflows import calibrate, choose_alpha, evaluate_plan, export_and_record
+    scores, ids, info = calibrate(lm, "wikitext2", samples=8, seq_len=256)
+    choice = choose_alpha(lm, scores, ids, num=7)                     # AlphaChoice: alpha, beta, ppl, trials
+    ev = evaluate_plan(lm, plan, windows=8, seq_len=256)              # records.Evaluation, dense vs pruned
+    out, report = export_and_record(lm, plan, "exports/x", evaluation=ev, scores=scores)
+
+Why: the Export page and ``simdiff prune`` used to evaluate and write the report each their own way
+(two report shapes, see records.py). Pages call these and only render; the CLI calls these and only
+parses flags. Cost: exactly the forward passes named (no hidden extra evaluation).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .records import Evaluation, ExportReport
+
+Progress = Callable[[float, str], None]
+
+
+def _sub(progress: Progress | None, lo: float, hi: float, label: str) -> Progress | None:
+    if progress is None:
+        return None
+    return lambda f, m="": progress(lo + (hi - lo) * min(max(f, 0.0), 1.0), f"{label}: {m}")
+
+
+def eval_batch_size(device) -> int:
+    """Windows per perplexity batch: 4 on a GPU, 2 on a CPU (full-vocabulary logits are the cost)."""
+    return 4 if torch.device(device).type == "cuda" else 2
+
+
+def calibrate(lm, source, samples: int, seq_len: int, progress: Progress | None = None,
+              batch_size: int | None = None, matrix_tokens: int = 256, should_stop=None):
+    """Score every block of ``lm`` on ``samples`` windows of ``seq_len`` tokens of ``source``.
+
+    ``source`` is a ``data.TextSource`` or a spec (``wikitext2``, a path, ``text:...``, ``hf:...``).
+    Returns (Scores, the calibration windows, an info dict: source, samples, seq_len, seconds,
+    forward_seconds).
+    """
+    from .data import load_text, make_windows
+    from .score import score_model
+
+    t0 = time.perf_counter()
+    src = load_text(source, purpose="calib") if isinstance(source, str) else source
+    ids = make_windows(lm.tokenizer, src, int(samples), int(seq_len))
+    kw = {"should_stop": should_stop} if should_stop is not None else {}
+    scores = score_model(lm, ids, batch_size=batch_size, matrix_tokens=matrix_tokens, progress=progress,
+                         calibration={"source": source if isinstance(source, str) else src.description,
+                                      "description": src.description}, **kw)
+    info = {"source": src.description, "samples": int(ids.shape[0]), "seq_len": int(ids.shape[1]),
+            "seconds": round(time.perf_counter() - t0, 1), "forward_seconds": scores.meta["seconds"]}
+    return scores, ids, info
+
+
+@dataclass
+class AlphaChoice:
+    """What ``choose_alpha`` picked: the fusion weights, their calibration ppl and every trial."""
+
+    alpha: float
+    beta: float
+    ppl: float
+    num: int
+    trials: list[dict] = field(default_factory=list)
+
+    @property
+    def distinct(self) -> int:
+        """How many distinct prunings were evaluated (several grid points often give the same set)."""
+        return len({tuple(t["removed_layers"]) for t in self.trials})
+
+    def record(self) -> dict:
+        """The plan's ``details["auto_alpha"]`` entry."""
+        return {"chosen": self.alpha, "beta": self.beta, "trials": self.trials, "objective": "calibration ppl"}
+
+
+def choose_alpha(lm, scores, calib_ids, ratio=None, num=None, keep_first: bool = True, keep_last: bool = True,
+                 tune_beta: bool = True, beta: float = 0.5, progress: Progress | None = None,
+                 should_stop=None, **fusion) -> AlphaChoice:
+    """Auto α (and β over 0, 0.5, 1 when ``tune_beta``) by calibration perplexity; see alpha.py."""
+    from .alpha import AUTO_BETAS, auto_alpha, trials_best
+    from .plan import num_from_ratio
+
+    k = num_from_ratio(scores.num_layers, ratio, num)
+    a, trials = auto_alpha(lm, scores, calib_ids, num=k, keep_first=keep_first, keep_last=keep_last,
+                           progress=progress, should_stop=should_stop, betas=AUTO_BETAS if tune_beta else None,
+                           beta=beta, **fusion)
+    best = trials_best(trials)
+    return AlphaChoice(alpha=a, beta=float(best.get("beta", beta)), ppl=float(best["ppl"]), num=k, trials=trials)
+
+
+def evaluate_plan(lm, plan, windows: int, seq_len: int, text: str = "wikitext2", dense: Evaluation | None = None,
+                  progress: Progress | None = None, should_stop=None) -> Evaluation:
+    """Perplexity of the dense model and of ``plan`` applied to it, on the same ``text`` windows.
+
+    ``dense`` may pass an earlier Evaluation on the same windows (same protocol) whose dense number
+    is reused: the dense perplexity does not depend on the plan.
+    """
+    from .evaluate import eval_windows, perplexity, protocol_note
+    from .export import build_pruned
+
+    protocol = protocol_note(lm.tokenizer, text, int(seq_len), int(windows))
+    ids = eval_windows(lm.tokenizer, text, int(seq_len), int(windows))
+    bs = eval_batch_size(lm.device)
+    if dense is not None and dense.ppl_dense is not None and dense.protocol == protocol:
+        ppl_dense, tokens = dense.ppl_dense, dense.tokens
+    else:
+        d = perplexity(lm.model, ids, bs, lm.device, progress=_sub(progress, 0.0, 0.5, "dense model"),
+                       should_stop=should_stop)
+        ppl_dense, tokens = d["ppl"], d["tokens"]
+    small = build_pruned(lm, plan)
+    p = perplexity(small, ids, bs, lm.device, progress=_sub(progress, 0.5, 1.0, "pruned model"),
+                   should_stop=should_stop)
+    return Evaluation(ppl_dense=float(ppl_dense), ppl_pruned=float(p["ppl"]), tokens=int(tokens), protocol=protocol)
+
+
+def export_and_record(lm, plan, out_dir: str | Path, evaluation: Evaluation | dict | None = None, scores=None,
+                      recovery: dict | None = None, force: bool = False, make_zip: bool = False,
+                      dtype: torch.dtype | None = None, model=None) -> tuple[Path, ExportReport]:
+    """Export ``plan`` applied to ``lm`` (export.export_pruned) with its one report; returns both."""
+    from .export import export_pruned
+
+    report = ExportReport.build(lm, plan, evaluation=evaluation, scores=scores, recovery=recovery)
+    out = export_pruned(lm, plan, out_dir, force=force, make_zip=make_zip, report=report, dtype=dtype, model=model)
+    return out, report
