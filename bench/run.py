@@ -563,6 +563,14 @@ def write_results(path: Path, res: dict, args) -> None:
       f"Time: streamed {st['streaming_seconds']} s vs in-memory {st['in_memory_seconds']} s (includes reading "
       "each block from disk).")
     w("")
+    if res.get("eval"):
+        sys.path.insert(0, str(ROOT / "bench"))
+        import bench_eval
+
+        w("<!-- eval-bench:start -->")
+        w(bench_eval.results_section(res["eval"]))
+        w("<!-- eval-bench:end -->")
+        w("")
     w("## GPU rows")
     w("")
     if res["device"].startswith("cuda"):
@@ -654,6 +662,15 @@ def main() -> int:
     log(f"streaming diff {res['streaming']['streaming_max_abs_diff']} peak {res['streaming']['streaming_peak_mb']} MB "
         f"of {res['streaming']['streaming_model_mb']} MB")
 
+    if not args.smoke and not args.gpu_model_layers:
+        # candidate evaluation cost (bench_eval.py): damage vs its floor, greedy / auto alpha vs the naive loop,
+        # the Shootout page's defaults; small calibration, ratios measured in this run
+        sys.path.insert(0, str(ROOT / "bench"))
+        import bench_eval
+
+        res["eval"] = bench_eval.run_all(lm, make_windows(lm.tokenizer, "wikitext2", n=2, seq_len=64), 7,
+                                         ("damage", "greedy", "alpha", "shootout"))
+
     res["loadavg"] = [load_start, os.getloadavg()[0]]
     out = Path(args.out) if args.out else (None if args.smoke else ROOT / "bench" / (
         "RESULTS.md" if not str(device).startswith("cuda") else "RESULTS-cuda.md"))
@@ -680,6 +697,8 @@ def main() -> int:
         "streaming_budget_mb": res["streaming"]["streaming_budget_mb"],
         "uncertainty_overhead": round(res["uncertainty"]["uncertainty_overhead"], 4),
         "bootstrap_seconds": res["uncertainty"]["bootstrap_seconds"],
+        **{k: res.get("eval", {}).get(k) for k in ("greedy_cost_vs_naive", "auto_alpha_cost_vs_naive",
+                                                   "damage_vs_floor", "shootout_default_s")},
         "bench_seconds": round(time.perf_counter() - t_start, 1),
     }
     if "first_curves" in res:

@@ -11,8 +11,8 @@ differently, and a pruning chosen on one text may not be the one another text wo
 Definitions (also in the README):
 
 * Importance per source: ``metrics.importance`` with the same criterion, alpha, beta and
-  normalisation for every source; ``removed[s]``: the plan ``plan.select_lowest`` makes from it
-  (same count and locks).
+  normalisation for every source; ``removed[s]``: the plan ``plan.make_plan`` makes from it
+  (same count and locks; ties by the cosine order).
 * ``rho[a, b]``: Spearman's rank correlation of the two importance vectors, i.e. the Pearson
   correlation of their ranks (ties get their average rank). 1 = same order.
 * ``overlap[a, b]``: ``|removed[a] & removed[b]|`` and Jaccard ``|A & B| / |A | B|``.
@@ -33,7 +33,7 @@ import numpy as np
 
 from .errors import SimDiffError
 from .metrics import importance, normalise
-from .plan import select_lowest
+from .plan import cosine_tiebreak, select_lowest
 
 
 def spearman(a, b) -> float:
@@ -82,7 +82,8 @@ def sensitivity(runs: dict, criterion: str = "simdiff", num: int = 1, alpha: flo
         raise SimDiffError(f"the sources were scored on models with different block counts: {sizes}")
     names = list(runs)
     imp = {n: importance(runs[n].layers, criterion, alpha=alpha, **fusion) for n in names}
-    removed = {n: select_lowest(imp[n], num, keep_first, keep_last) for n in names}
+    removed = {n: select_lowest(imp[n], num, keep_first, keep_last, tiebreak=cosine_tiebreak(runs[n].layers))
+               for n in names}  # ties as in plan.make_plan
     out = Sensitivity(names, {n: v.tolist() for n, v in imp.items()}, removed)
     for a, b in combinations(names, 2):
         out.rho[a, b] = spearman(imp[a], imp[b])

@@ -40,7 +40,7 @@ import numpy as np
 
 from .errors import SimDiffError
 from .metrics import importance
-from .plan import select_lowest
+from .plan import cosine_tiebreak, select_lowest
 
 FIELDS = ("cos", "sq", "ab", "x2", "xa", "sq_rel", "ab_rel")
 METRICS = ("cosine", "bi", "angular", "mssd", "masd", "mssd_rel", "masd_rel")
@@ -149,14 +149,23 @@ def replicate_importance(reps: dict[str, np.ndarray], criterion: str, alpha: flo
     raise ValueError(f"unknown criterion '{criterion}'")
 
 
-def select_lowest_cols(imp: np.ndarray, k: int, keep_first: bool = True, keep_last: bool = True) -> np.ndarray:
-    """``plan.select_lowest`` for every column of ``imp`` (L, R): a (L, R) 0/1 matrix of removed blocks."""
+def select_lowest_cols(imp: np.ndarray, k: int, keep_first: bool = True, keep_last: bool = True,
+                      tiebreak: np.ndarray | None = None) -> np.ndarray:
+    """``plan.select_lowest`` for every column of ``imp`` (L, R): a (L, R) 0/1 matrix of removed blocks.
+
+    Ties go by ``tiebreak`` (L, R) (lower first; the replicates' ``-cosine``, as ``plan.cosine_tiebreak``),
+    then by the lower block index."""
     L, R = imp.shape
     lo, hi = (1 if keep_first else 0), (L - 1 if keep_last else L)
     if k > hi - lo:
         select_lowest(imp[:, 0], k, keep_first, keep_last)  # raises the planner's own error
     vals = np.nan_to_num(imp[lo:hi], nan=np.inf)
-    order = vals.argsort(axis=0, kind="stable")[:k] + lo  # stable: ties go to the lower block index
+    if tiebreak is None:
+        order = vals.argsort(axis=0, kind="stable")[:k] + lo  # stable: ties go to the lower block index
+    else:
+        tb = np.nan_to_num(np.asarray(tiebreak, dtype=np.float64)[lo:hi], nan=np.inf)
+        idx = np.broadcast_to(np.arange(hi - lo)[:, None], vals.shape)
+        order = np.lexsort((idx, tb, vals), axis=0)[:k] + lo  # last key sorts first
     out = np.zeros((L, R))
     np.put_along_axis(out, order, 1.0, axis=0)
     return out
@@ -240,8 +249,10 @@ def plan_stability(scores, criterion: str = "simdiff", num: int = 1, alpha: floa
     with a one-shot criterion; the full-data plan uses the same selection on ``scores.layers``.
     """
     reps = replicate_metrics(scores, n_boot, seed)
+    # ties break by the cosine order, then the index, exactly as plan.make_plan does
     counts = select_lowest_cols(replicate_importance(reps, criterion, alpha=alpha, **fusion), num,
-                                keep_first, keep_last).sum(axis=1)
-    removed = select_lowest(importance(scores.layers, criterion, alpha=alpha, **fusion), num, keep_first, keep_last)
+                                keep_first, keep_last, tiebreak=-reps["cosine"]).sum(axis=1)
+    removed = select_lowest(importance(scores.layers, criterion, alpha=alpha, **fusion), num, keep_first, keep_last,
+                            tiebreak=cosine_tiebreak(scores.layers))
     return Stability(removed=removed, frequency=(counts / n_boot).tolist(), n_boot=n_boot, seed=seed,
                      threshold=threshold)
