@@ -188,3 +188,21 @@ def test_shootout_scores_follow_the_sessions_first_token_choice(tiny, tokenizer)
     ids = make_windows(tokenizer, "wikitext2", n=2, seq_len=24)
     res = run_compare(lm, ids, parse_specs(["oneshot:cosine"]), num=2, eval_ids=ids[:1], first_token=False)
     assert res["plans"][0].calibration["first_token"] == "excluded"
+
+
+def test_iterative_rescoring_keeps_the_first_token_choice(tiny, tokenizer):
+    """Every step of iterative pruning scores with the same position-0 choice as its dense scores."""
+    from simdiff_core import make_windows, score_model
+    from simdiff_core.load import LoadedModel
+    from simdiff_core.methods import run_method
+    from simdiff_core.prune import pruned_model
+
+    lm = tiny("llama", 6, seed=5)
+    ids = make_windows(tokenizer, "wikitext2", n=2, seq_len=24)
+    dense = score_model(lm, ids, first_token=False)
+    plan = run_method("iterative", lm, ids, num=2, criterion="cosine", scores=dense)
+    kept = plan.details["trace"][1]["kept_before"]
+    sub = LoadedModel(model=pruned_model(lm, kept), tokenizer=lm.tokenizer, source=lm.source, device=lm.device,
+                      dtype=lm.dtype, block_path=lm.block_path)
+    direct = score_model(sub, ids, first_token=False).importance("cosine")  # independent: a solo pass
+    assert plan.details["trace"][1]["importance"] == pytest.approx(direct, abs=1e-6)
