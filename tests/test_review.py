@@ -177,3 +177,14 @@ def test_shootout_simdiff_rows_use_the_sessions_fusion_settings(tiny, tokenizer)
     res = run_compare(lm, ids, parse_specs(["oneshot:simdiff"]), num=k, eval_ids=ids[:1], alpha=alpha,
                       fusion={"beta": b, "scale_free": sf})
     assert res["plans"][0].removed_layers == want
+
+
+def test_shootout_scores_follow_the_sessions_first_token_choice(tiny, tokenizer):
+    """With position 0 excluded on Load & calibrate, the shoot-out's criterion rows rank the same metrics."""
+    from simdiff_core import make_windows
+    from simdiff_core.compare import parse_specs, run_compare
+
+    lm = tiny("llama", 6, seed=4)
+    ids = make_windows(tokenizer, "wikitext2", n=2, seq_len=24)
+    res = run_compare(lm, ids, parse_specs(["oneshot:cosine"]), num=2, eval_ids=ids[:1], first_token=False)
+    assert res["plans"][0].calibration["first_token"] == "excluded"
