@@ -101,10 +101,11 @@ def text_config(config):
 
 
 def count_parameters(model: nn.Module) -> int:
-    # Tied embeddings are one tensor seen twice: count each storage once.
+    # Tied embeddings are one tensor seen twice: count each storage once. Offloaded (meta) and empty
+    # tensors have no storage (data pointer 0 for all of them): count those by parameter object.
     seen, total = set(), 0
     for p in model.parameters():
-        key = p.data_ptr()
+        key = ("obj", id(p)) if p.device.type == "meta" or p.numel() == 0 else ("ptr", p.data_ptr())
         if key not in seen:
             seen.add(key)
             total += p.numel()
@@ -489,7 +490,7 @@ def prewarm(spec: str | None = "default") -> dict:
                 cache = _gguf_cache_dir(embedded_gguf(DEFAULT_MODEL if spec == "default" else spec))
             elif kind == "dir":
                 cache = path
-        except (SimDiffError, OSError):
+        except Exception:  # noqa: BLE001 - best effort: nothing to read ahead, the real load reports
             cache = None
     if cache is not None and (cache / "config.json").is_file():
         t = time.perf_counter()
