@@ -2,7 +2,7 @@
 
 Picks a model (embedded SmolLM2-135M GGUF preselected, a hub id, a local directory, a GGUF file or
 a model from the local HF cache), a device/dtype and a calibration text, then runs one streaming
-calibration pass (``simdiff_core.score_model``) with a live progress bar and a cancel button.
+calibration pass (``simdiff_core.workflows.calibrate``) with a live progress bar and a cancel button.
 The other pages live in ``pages/`` (registered in ``app.py``) and read the scores from the session.
 """
 
@@ -12,9 +12,10 @@ import time
 
 import streamlit as st
 
-from simdiff_core import SimDiffError, make_windows, score_model
+from simdiff_core import SimDiffError, make_windows
 from simdiff_core.data import load_text, text_source
 from simdiff_core.load import display_name
+from simdiff_core.workflows import calibrate
 from ui import state, views
 
 EMBEDDED = {"Embedded SmolLM2-135M (default, offline)": "default", "Embedded Gemma3-270M (offline)": "gemma3-270m"}
@@ -109,13 +110,10 @@ def run_streamed_calibration(t0: float) -> None:
                           progress=lambda f, msg: bar.progress(min(f, 1.0), text=f"Streaming: {msg}"),
                           calibration={"source": src.description}, source=spec)
     bar.empty()
-    state.clear_results()
-    state.put("model_spec", None)  # nothing is held in memory
-    state.put("scores", scores)
-    state.put("calib_ids", ids)
-    state.put("calib_info", {"source": src.description, "samples": int(ids.shape[0]), "seq_len": int(ids.shape[1]),
-                             "seconds": round(time.perf_counter() - t0, 1), "forward_seconds": scores.meta["seconds"],
-                             "streamed": scores.meta.get("stream", True)})
+    state.new_calibration(None, scores, ids,  # model_spec None: nothing is held in memory
+                          {"source": src.description, "samples": int(ids.shape[0]), "seq_len": int(ids.shape[1]),
+                           "seconds": round(time.perf_counter() - t0, 1), "forward_seconds": scores.meta["seconds"],
+                           "streamed": scores.meta.get("stream", True)})
 
 
 def run_calibration() -> None:
@@ -126,27 +124,19 @@ def run_calibration() -> None:
         return run_streamed_calibration(t0)
     with st.spinner(f"Loading {display_name(spec)} (cached after the first load)…"):
         lm = state.cached_model(spec, device, dtype, trust)
-    new_spec = {"spec": spec, "device": device, "dtype": dtype, "trust_remote_code": trust}
-    if state.get("model_spec") != new_spec:
-        state.clear_results()
-    state.put("model_spec", new_spec)
-    src = calib_source()
-    ids = make_windows(lm.tokenizer, src, int(samples), int(seq_len))
     bar = st.progress(0.0, text="Calibrating…")
     stop = st.empty()
     # A click on Cancel makes Streamlit rerun the page, which interrupts the pass at the next progress
     # update; the flag set in the callback lets the new run say what happened.
     stop.button("Cancel", key="cancel_calib", on_click=state.put, args=("calib_cancelled", True))
-    scores = score_model(lm, ids, progress=lambda f, msg: bar.progress(min(f, 1.0), text=f"Calibrating: {msg}"),
-                         calibration={"source": src.description}, first_token=bool(first_token))
+    scores, ids, info = calibrate(lm, calib_source(), int(samples), int(seq_len), first_token=bool(first_token),
+                                  progress=lambda f, msg: bar.progress(min(f, 1.0), text=f"Calibrating: {msg}"))
     bar.empty()
     stop.empty()
-    state.put("scores", scores)
-    state.put("calib_ids", ids)
-    state.put("calib_info", {"source": src.description, "samples": int(ids.shape[0]), "seq_len": int(ids.shape[1]),
-                             "seconds": round(time.perf_counter() - t0, 1), "forward_seconds": scores.meta["seconds"]})
-    state.put("plan", None)
-    state.put("evals", {})
+    info["seconds"] = round(time.perf_counter() - t0, 1)  # model load included
+    # the model and its calibration change together, and every earlier result goes (ui/state.py)
+    state.new_calibration({"spec": spec, "device": device, "dtype": dtype, "trust_remote_code": trust},
+                          scores, ids, info)
 
 
 if state.get("calib_cancelled"):

@@ -45,7 +45,7 @@ try:
 except SimDiffError as e:
     views.show_error(e)
 
-damage = state.get("damage")
+damage = state.result("damage")
 fig = charts.layer_curves(scores.layers, dropped=dropped, scale_free=scale_free, log_mssd=log_mssd,
                           damage=damage if damage is not None and len(damage) == scores.num_layers else None)
 st.plotly_chart(fig, key="curves", config=charts.plot_config("layer_curves"))

@@ -57,11 +57,11 @@ if st.button("Run shoot-out", type="primary", key="run_shootout", disabled=not s
                           progress=lambda f, m: bar.progress(f, text=m[:150]))
         bar.empty()
         res["protocol"] = protocol_note(lm.tokenizer, "wikitext2", int(ev_len), int(ev_n))
-        state.put("shootout", res)
+        state.put_result("shootout", res)
     except (SimDiffError, Exception) as e:  # noqa: BLE001 - every failure is one line
         views.show_error(e)
 
-res = state.get("shootout")
+res = state.result("shootout")
 if res is None:
     st.info("Choose methods in the sidebar and press **Run shoot-out**.")
     st.stop()

@@ -67,7 +67,7 @@ plan_key = (model_id, tuple(plan.removed_layers))
 st.markdown(f"Plan: **{plan.criterion}** removes **{k} of {L}** blocks `{plan.removed_layers}`. Recovery fine-tunes "
             f"LoRA adapters (rank {rank}) on every linear layer of the kept blocks, then merges them into the weights.")
 
-rec = state.get("recovery")
+rec = state.result("recovery")
 if rec is not None and rec["plan_key"] != plan_key:
     rec = None  # a recovery of another plan: do not mix it into this comparison
 
@@ -92,7 +92,7 @@ if st.button("Run recovery", type="primary", key="run_recovery"):
                       eval_protocol=protocol_note(lm.tokenizer, "wikitext2", int(ev_len), int(ev_n)))
         res.report["calibration"] = {"source": train_text, "windows": int(train_n), "seq_len": int(train_len)}
         rec = {"plan_key": plan_key, "model": res.model, "report": res.report}
-        state.put("recovery", rec)
+        state.put_result("recovery", rec)
         bar.empty()
         chart.empty()
     except Exception as e:  # noqa: BLE001
@@ -129,7 +129,7 @@ else:
     st.caption("A short LoRA run on calibration text usually wins back part of the perplexity lost by pruning.")
 
 st.header("Downstream accuracy")
-acc = state.get("accuracy") or {}
+acc = state.result("accuracy") or {}
 models = {"dense": (lm.model, (model_id,)), "pruned": (None, plan_key)}
 if rec is not None:
     models["recovered"] = (rec["model"], plan_key)
@@ -146,7 +146,7 @@ if st.button("Evaluate accuracy", type="primary", key="run_accuracy", disabled=n
                                       progress=lambda f, m, n=n, label=label: bar.progress(
                                           min(1.0, (n + f) / len(models)), text=f"{label}: {m}"))
             acc[key].pop("samples", None)
-        state.put("accuracy", acc)
+        state.put_result("accuracy", acc)
         bar.empty()
     except Exception as e:  # noqa: BLE001
         views.show_error(e)

@@ -41,6 +41,7 @@ from .errors import Cancelled, SimDiffError
 from .hooks import block_io, hook_pass
 from .load import get_attr_path, text_config
 from .records import JsonRecord
+from .score import auto_batch_size
 
 Progress = Callable[[float, str], None]
 DEFAULT_SAMPLES = 8
@@ -183,12 +184,6 @@ def _capture(lm, ids: torch.Tensor):
     return xs, kws, out.logits
 
 
-def auto_batch_size(device: torch.device, seq_len: int) -> int:
-    if device.type == "cuda":
-        return max(1, min(8, 8192 // max(seq_len, 1)))
-    return max(1, min(4, 1024 // max(seq_len, 1)))
-
-
 def block_executions(num_layers: int, batches: int = 1) -> dict:
     """Block forward calls of the naive and the cached leave-one-out computation."""
     L = num_layers
@@ -216,7 +211,8 @@ def measure_damage(lm, input_ids: torch.Tensor, batch_size: int | None = None,
         raise SimDiffError("leave-one-out damage needs a model with at least 2 blocks")
     norm, head, cap = _tail_modules(lm)
     N, S = input_ids.shape
-    bs = max(1, int(batch_size or auto_batch_size(lm.device, S)))
+    # half the tokens of a scoring batch: this pass caches every block's input
+    bs = max(1, int(batch_size or auto_batch_size(lm.device, S, share=0.5)))
     dense_nll, nll = 0.0, [0.0] * L
     steps_per_batch = L + 1
     n_batches = math.ceil(N / bs)

@@ -37,12 +37,12 @@ def eval_batch_size(device) -> int:
 
 
 def calibrate(lm, source, samples: int, seq_len: int, progress: Progress | None = None,
-              batch_size: int | None = None, matrix_tokens: int = 256, should_stop=None):
+              batch_size: int | None = None, matrix_tokens: int = 256, first_token: bool = True, should_stop=None):
     """Score every block of ``lm`` on ``samples`` windows of ``seq_len`` tokens of ``source``.
 
     ``source`` is a ``data.TextSource`` or a spec (``wikitext2``, a path, ``text:...``, ``hf:...``).
-    Returns (Scores, the calibration windows, an info dict: source, samples, seq_len, seconds,
-    forward_seconds).
+    ``first_token`` counts position 0 in the block metrics (see score.score_model). Returns (Scores,
+    the calibration windows, an info dict: source, samples, seq_len, seconds, forward_seconds).
     """
     from .data import load_text, make_windows
     from .score import score_model
@@ -51,9 +51,10 @@ def calibrate(lm, source, samples: int, seq_len: int, progress: Progress | None 
     src = load_text(source, purpose="calib") if isinstance(source, str) else source
     ids = make_windows(lm.tokenizer, src, int(samples), int(seq_len))
     kw = {"should_stop": should_stop} if should_stop is not None else {}
+    calib = {"source": source, "description": src.description} if isinstance(source, str) else \
+        {"source": src.description}
     scores = score_model(lm, ids, batch_size=batch_size, matrix_tokens=matrix_tokens, progress=progress,
-                         calibration={"source": source if isinstance(source, str) else src.description,
-                                      "description": src.description}, **kw)
+                         calibration=calib, first_token=first_token, **kw)
     info = {"source": src.description, "samples": int(ids.shape[0]), "seq_len": int(ids.shape[1]),
             "seconds": round(time.perf_counter() - t0, 1), "forward_seconds": scores.meta["seconds"]}
     return scores, ids, info
