@@ -11,8 +11,9 @@ import pandas as pd
 import streamlit as st
 
 from simdiff_core import SimDiffError
+from simdiff_core import figures as charts
 from simdiff_core.score import protocol as score_protocol
-from ui import charts, state, views
+from ui import state, views
 
 state.setup_page("Layer curves")
 

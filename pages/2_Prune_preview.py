@@ -10,8 +10,9 @@ import pandas as pd
 import streamlit as st
 
 from simdiff_core import CRITERIA, SimDiffError
+from simdiff_core import figures as charts
 from simdiff_core.plan import make_plan
-from ui import charts, state, views
+from ui import state, views
 
 state.setup_page("Prune preview")
 scores = state.get("scores")

@@ -1,8 +1,14 @@
-"""Plotly figure builders shared by the report, the CLI and (optionally) the app. No streamlit here.
+"""Every plotly figure: the app's pages, the HTML report and the CLI build them here. No streamlit.
 
-    from simdiff_core.figures import curves_figure, heatmap_figure, agreement_scatter
-    fig = curves_figure(scores, damage=dmg, alpha=0.5, removed=plan.removed_layers)
+    from simdiff_core import figures
+    fig = figures.layer_curves(scores.layers, dropped=plan.removed_layers)     # app: side-by-side panels
+    fig = figures.curves_figure(scores, damage=dmg, alpha=0.5, removed=plan.removed_layers)  # report
+    fig = figures.heatmap(scores.matrices["cka"], "CKA between block outputs")
     fig.show()  # or fig.to_html(...), fig.write_image("fig.pdf") (kaleido + Chromium)
+
+Why one module: the app (``ui/charts.py``) and the report used to build overlapping figures in two
+places. Pure functions of scores/plans/results, so they are tested without Streamlit; cost is
+figure construction only (the Prune preview times it in bench/run.py).
 
 ``publication=True`` switches to a print style: white background, larger serif-free fonts, no
 hover/mode-bar-oriented decoration, fixed size suited to a one-column paper figure.
@@ -12,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 import plotly.graph_objects as go
+import pandas as pd
 from plotly.subplots import make_subplots
 
 from .agreement import AGREEMENT_CRITERIA, spearman
@@ -69,11 +76,8 @@ def curves_figure(scores, damage=None, alpha: float = 0.5, removed=None, publica
 
 def heatmap_figure(matrix, title: str, x_title: str = "block", y_title: str = "block",
                    colorscale: str = "Viridis", publication: bool = False) -> go.Figure:
-    z = np.asarray(matrix, dtype=np.float64)
-    fig = go.Figure(go.Heatmap(z=z, x=list(range(z.shape[1])), y=list(range(z.shape[0])), colorscale=colorscale,
-                               hovertemplate=y_title + " %{y}, " + x_title + " %{x}: %{z:.3f}<extra></extra>"))
-    fig.update_layout(title=title, xaxis_title=x_title, yaxis_title=y_title, yaxis_autorange="reversed")
-    return _style(fig, publication, height=480, width=560)
+    """``heatmap`` under its older name (kept for callers of the report API)."""
+    return heatmap(matrix, title, x_title, y_title, colorscale=colorscale, publication=publication)
 
 
 def matrix_figures(scores, publication: bool = False) -> list[go.Figure]:
@@ -137,3 +141,166 @@ def set_damage_figure(rows: list[dict]) -> go.Figure:
 
 __all__ = ["curves_figure", "heatmap_figure", "matrix_figures", "agreement_scatter", "agreement_grid",
            "set_damage_figure", "AGREEMENT_CRITERIA"]
+
+
+# ---------------------------------------------------------------- interactive figures of the app pages
+KEEP = "#2563eb"     # blue: kept blocks / main curves
+DROP = "#e11d48"     # rose: blocks the current plan removes
+MUTED = "#94a3b8"
+FONT = "Inter, system-ui, -apple-system, Segoe UI, sans-serif"
+
+# Client-side PNG export (the modebar camera button): no server-side renderer needed.
+def plot_config(filename: str) -> dict:
+    return {"displaylogo": False, "toImageButtonOptions": {"format": "png", "filename": filename, "scale": 2},
+            "modeBarButtonsToRemove": ["lasso2d", "select2d"]}
+
+
+def _app_style(fig: go.Figure, height: int) -> go.Figure:
+    fig.update_layout(height=height, margin=dict(l=10, r=10, t=60, b=10), font=dict(family=FONT, size=13),
+                      plot_bgcolor="white", paper_bgcolor="white", hoverlabel=dict(font_size=12),
+                      legend=dict(orientation="h", yanchor="bottom", y=1.08, x=0))
+    fig.update_xaxes(showgrid=True, gridcolor="#eef2f7", zeroline=False, showspikes=True, spikemode="across",
+                     spikethickness=1, spikecolor=MUTED, spikedash="dot")
+    fig.update_yaxes(showgrid=True, gridcolor="#eef2f7", zeroline=False)
+    return fig
+
+
+def curves_frame(layers: list[dict], simdiff: np.ndarray | None = None, dropped=()) -> pd.DataFrame:
+    """The data behind the curve charts (what the CSV download holds)."""
+    df = pd.DataFrame(layers).set_index("index")
+    if simdiff is not None:
+        df["simdiff"] = np.asarray(simdiff, dtype=float)
+    df["dropped"] = [i in set(dropped) for i in df.index]
+    return df
+
+
+def layer_curves(layers: list[dict], dropped=(), scale_free: bool = True, log_mssd: bool = False,
+                 damage=None) -> go.Figure:
+    """Cosine, MSSD and MASD per block, side by side on a shared block axis.
+
+    Hover is linked through the data: every point's tooltip carries all three metrics of its block,
+    and a dotted spike line marks the block across all three panels.
+    """
+    df = pd.DataFrame(layers)
+    sfx = "_rel" if scale_free else ""
+    cols = [("cosine", "cos(x, y)"), ("mssd" + sfx, "MSSD" + (" / ‖x‖²" if scale_free else "")),
+            ("masd" + sfx, "MASD" + (" / ‖x‖₁" if scale_free else ""))]
+    if damage is not None and len(damage) == len(df):
+        # the measured ground truth next to the proxies: loss increase with only this block removed
+        df = df.assign(damage=list(damage))
+        cols.append(("damage", "measured damage (Δ loss)"))
+    fig = make_subplots(rows=1, cols=len(cols), shared_xaxes="all", horizontal_spacing=0.06,
+                        subplot_titles=[c[1] for c in cols])
+    idx = df["index"].to_numpy()
+    custom = np.stack([df["cosine"], df["mssd" + sfx], df["masd" + sfx]], axis=1)
+    hover = ("<b>block %{x}</b><br>cosine %{customdata[0]:.4f}<br>MSSD %{customdata[1]:.4g}"
+             "<br>MASD %{customdata[2]:.4g}<extra></extra>")
+    drop = sorted(set(int(i) for i in dropped))
+    for c, (key, title) in enumerate(cols, start=1):
+        fig.add_trace(go.Scatter(x=idx, y=df[key], mode="lines+markers", name=title, line=dict(color=KEEP, width=2),
+                                 marker=dict(size=6), customdata=custom, hovertemplate=hover, showlegend=False),
+                      row=1, col=c)
+        if drop:
+            sub = df.set_index("index").loc[drop]
+            fig.add_trace(go.Scatter(x=drop, y=sub[key], mode="markers", name="dropped",
+                                     marker=dict(color=DROP, size=11, symbol="x", line=dict(width=1, color="white")),
+                                     customdata=custom[drop], hovertemplate=hover + "", showlegend=(c == 1)),
+                          row=1, col=c)
+    # One shaded band per run of dropped blocks per panel, added in a single layout update:
+    # add_vrect re-validates the whole layout on every call, which made slider moves take seconds.
+    runs = []
+    for i in drop:
+        if runs and runs[-1][1] == i - 1:
+            runs[-1][1] = i
+        else:
+            runs.append([i, i])
+    axis = lambda c: "" if c == 1 else str(c)  # noqa: E731 - subplot axis suffixes: x, x2, x3
+    shapes = [dict(type="rect", xref=f"x{axis(c)}", yref=f"y{axis(c)} domain", x0=a - 0.5, x1=b + 0.5, y0=0, y1=1,
+                   fillcolor=DROP, opacity=0.08, line_width=0, layer="below")
+              for c in range(1, len(cols) + 1) for a, b in runs]
+    fig.update_layout(shapes=shapes)
+    if log_mssd:
+        fig.update_yaxes(type="log", row=1, col=2)
+    fig.update_xaxes(title_text="block")
+    fig.update_layout(hovermode="closest")
+    return _app_style(fig, 340)
+
+
+def importance_bars(values, dropped=(), title: str = "SimDiff importance (higher = keep)") -> go.Figure:
+    v = np.asarray(values, dtype=float)
+    drop = set(int(i) for i in dropped)
+    colors = [DROP if i in drop else KEEP for i in range(len(v))]
+    # A block whose importance is (near) zero would get an invisible bar, yet it is the first to go:
+    # draw a stub of 1.5% of the axis; the hover still shows the true value.
+    stub = 0.015 * (float(np.abs(v).max()) or 1.0)
+    shown = np.where(np.abs(v) < stub, stub, v)
+    fig = go.Figure(go.Bar(x=list(range(len(v))), y=shown, marker_color=colors,
+                           customdata=[["dropped" if i in drop else "kept", float(v[i])] for i in range(len(v))],
+                           hovertemplate="<b>block %{x}</b><br>importance %{customdata[1]:.4f}<br>%{customdata[0]}<extra></extra>"))
+    fig.update_layout(title=dict(text=title, x=0, font=dict(size=15)), bargap=0.15)
+    fig.update_xaxes(title_text="block", dtick=1 if len(v) <= 40 else None)
+    return _app_style(fig, 300)
+
+
+def heatmap(matrix, title: str, x_title: str = "block", y_title: str = "block", x=None, y=None,
+            zmin=None, zmax=None, colorscale: str = "Viridis", hover_label: str = "value",
+            publication: bool = False) -> go.Figure:
+    """One heatmap builder for the app, the HTML report and print (``publication=True``)."""
+    m = np.asarray(matrix, dtype=float)
+    x = list(range(m.shape[1])) if x is None else x
+    y = list(range(m.shape[0])) if y is None else y
+    fig = go.Figure(go.Heatmap(z=m, x=x, y=y, zmin=zmin, zmax=zmax, colorscale=colorscale,
+                               hovertemplate=f"{y_title} %{{y}}<br>{x_title} %{{x}}<br>{hover_label} %{{z:.4f}}<extra></extra>",
+                               colorbar=dict(thickness=12)))
+    fig.update_layout(title=dict(text=title, x=0, font=dict(size=15)))
+    fig.update_xaxes(title_text=x_title, showspikes=False)
+    fig.update_yaxes(title_text=y_title, autorange="reversed")
+    return _style(fig, True, height=480, width=560) if publication else _app_style(fig, 430)
+
+
+def nblock_angular(angular_boundaries) -> tuple[np.ndarray, list[int], list[int]]:
+    """PruneMe view: D[n-1, l] = angular distance across the n blocks starting at l (NaN where l+n > L)."""
+    A = np.asarray(angular_boundaries, dtype=float)
+    L = A.shape[0] - 1
+    D = np.full((L, L), np.nan)
+    for n in range(1, L + 1):
+        for l in range(0, L - n + 1):
+            D[n - 1, l] = A[l, l + n]
+    return D, list(range(L)), list(range(1, L + 1))
+
+
+def overlap_matrix(sets: dict[str, list[int]], num_layers: int) -> go.Figure:
+    """Criteria × blocks: which blocks each criterion would remove (overlap view)."""
+    names = list(sets)
+    z = np.zeros((len(names), num_layers))
+    for r, n in enumerate(names):
+        z[r, list(sets[n])] = 1
+    counts = z.sum(0)
+    fig = go.Figure(go.Heatmap(z=z, x=list(range(num_layers)), y=names, showscale=False, xgap=2, ygap=2,
+                               colorscale=[[0, "#f1f5f9"], [1, DROP]], zmin=0, zmax=1,
+                               customdata=np.tile(counts, (len(names), 1)),
+                               hovertemplate="%{y}<br>block %{x}: %{z:d} (chosen by %{customdata:d} criteria)<extra></extra>"))
+    fig.update_layout(title=dict(text="Blocks each criterion removes", x=0, font=dict(size=15)))
+    fig.update_xaxes(title_text="block", dtick=1 if num_layers <= 40 else None, showspikes=False)
+    fig.update_yaxes(autorange="reversed")
+    return _app_style(fig, 90 + 34 * len(names))
+
+
+def shootout_bars(rows: list[dict]) -> go.Figure:
+    """Perplexity per shoot-out row (``compare.run_compare`` rows), dense in grey, log axis."""
+    labels = [f"{r['method']}:{r['criterion']}" if r.get("criterion") else r["method"] for r in rows]
+    fig = go.Figure(go.Bar(x=labels, y=[r["ppl"] for r in rows],
+                           marker_color=[MUTED if r["method"] == "dense" else KEEP for r in rows],
+                           text=[f"{r['ppl']:.1f}" for r in rows], textposition="outside"))
+    fig.update_layout(title="Perplexity after pruning (lower is better)", yaxis_type="log", height=380,
+                      margin=dict(l=10, r=10, t=50, b=10), plot_bgcolor="white")
+    return fig
+
+
+def loss_curve(curve: list[dict]) -> go.Figure:
+    """LoRA training loss per step (``[{"step", "loss"}]``, as recover.py reports it)."""
+    fig = go.Figure(go.Scatter(x=[p["step"] for p in curve], y=[p["loss"] for p in curve], mode="lines+markers",
+                               line=dict(color=KEEP), marker=dict(size=4), name="training loss"))
+    fig.update_layout(title="LoRA training loss", xaxis_title="step", yaxis_title="next-token loss (nats)",
+                      height=320, margin=dict(l=10, r=10, t=50, b=10), plot_bgcolor="white")
+    return fig

@@ -102,3 +102,22 @@ def test_one_batch_rule_for_scoring_streaming_and_damage():
     assert [auto_batch_size(gpu, s) for s in (256, 2048, 32768)] == [16, 8, 1]
     assert [auto_batch_size(cpu, s, share=0.5) for s in (256, 512, 2048)] == [4, 2, 1]
     assert [auto_batch_size(gpu, s, share=0.5) for s in (256, 2048)] == [8, 4]
+
+
+def test_one_figures_module_for_app_report_and_cli(embedded_scores):
+    from simdiff_core import figures
+    from simdiff_core.report import build_report_html
+    from ui import charts
+
+    for name in ("layer_curves", "heatmap", "overlap_matrix", "importance_bars", "plot_config"):
+        assert getattr(charts, name) is getattr(figures, name)  # the app's name is an alias, not a copy
+    m = embedded_scores.matrices["cka"]
+    app, report = figures.heatmap(m, "CKA"), figures.heatmap_figure(m, "CKA")
+    assert app.data[0].z.tolist() == report.data[0].z.tolist() == [list(map(float, r)) for r in m]
+    rows = [{"method": "dense", "criterion": None, "ppl": 10.0}, {"method": "oneshot", "criterion": "cosine", "ppl": 31.5}]
+    bars = figures.shootout_bars(rows)
+    assert list(bars.data[0].x) == ["dense", "oneshot:cosine"] and list(bars.data[0].y) == [10.0, 31.5]
+    curve = figures.loss_curve([{"step": 1, "loss": 3.0}, {"step": 2, "loss": 2.5}])
+    assert list(curve.data[0].y) == [3.0, 2.5]
+    html, n = build_report_html(embedded_scores)
+    assert n >= 4 and "CKA" in html
