@@ -103,6 +103,34 @@ def bench_overhead(lm, ids, bs, repeats, device) -> dict:
             "tokens": int(ids.numel()), "scores": holder["scores"]}
 
 
+def bench_uncertainty(lm, ids, bs, repeats, device) -> dict:
+    """Per-window statistics + bootstrap bands + plan stability (200 resamples each) vs the plain scoring pass.
+
+    ``uncertainty_overhead`` = (scoring with per-window sums + bands + stability) / (scoring without them);
+    target <= 1.1.
+    """
+    from simdiff_core.score import score_model
+    from simdiff_core.uncertainty import bands, plan_stability
+
+    holder = {}
+
+    def plain():
+        score_model(lm, ids, batch_size=bs, window_stats=False)
+
+    def with_bands():
+        sc = score_model(lm, ids, batch_size=bs, window_stats=True)
+        t0 = time.perf_counter()
+        bands(sc)
+        plan_stability(sc, "simdiff", num=max(1, round(0.25 * sc.num_layers)))
+        holder["bootstrap_s"] = time.perf_counter() - t0
+
+    with_bands()  # warm-up
+    t = best_of({"scoring_plain": plain, "scoring_bands_stability": with_bands}, repeats, device)
+    return {"uncertainty_overhead": t["scoring_bands_stability"] / t["scoring_plain"],
+            "bootstrap_seconds": round(holder["bootstrap_s"], 4), "resamples": 200, "windows": int(ids.shape[0]),
+            "seconds": {k: round(v, 4) for k, v in t.items()}}
+
+
 def _rss_kb(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
@@ -365,6 +393,17 @@ def bench_ttfc(n: int, s: int, cold: bool) -> dict:
     return out
 
 
+def first_curves_after() -> dict:
+    """Warm start (issue 14): click -> first partial curves, in plain forward batches (bench/first_curves.py)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from first_curves import bench_first_curves
+
+    out = bench_first_curves()
+    log(f"first curves after {out.get('click_to_first_curves_s')} s = {out.get('ratio_to_forward_batch')} forward "
+        f"batches (without prewarm: {out.get('no_prewarm', {}).get('ratio_to_forward_batch')})")
+    return out
+
+
 def bench_streaming(num_layers, hidden, n, seq_len) -> dict:
     import numpy as np
 
@@ -583,6 +622,10 @@ def main() -> int:
     res["overhead"] = ov
     log(f"scoring overhead {ov['scoring_overhead']:.3f} (vs full forward {ov['scoring_over_full_forward']:.3f})")
 
+    res["uncertainty"] = bench_uncertainty(lm, ids, bs, repeats, device)
+    log(f"uncertainty overhead {res['uncertainty']['uncertainty_overhead']:.3f} "
+        f"(bootstrap {res['uncertainty']['bootstrap_seconds']} s)")
+
     res["memory"] = bench_memory(mem_depths, mem_sizes, mem_seq, mem_hidden, device)
     log("memory " + json.dumps({k: v["extra_mb"] for k, v in res["memory"].items()}))
 
@@ -594,6 +637,7 @@ def main() -> int:
     if not args.smoke and device == "cpu" and not args.gpu_model_layers:
         n_calib, s_calib = (8, 256)
         res["ttfc"] = bench_ttfc(n_calib, s_calib, cold=not args.no_cold)
+        res["first_curves"] = first_curves_after()
 
     res["streaming"] = bench_streaming(*stream_cfg)
     log(f"streaming diff {res['streaming']['streaming_max_abs_diff']} peak {res['streaming']['streaming_peak_mb']} MB "
@@ -623,8 +667,13 @@ def main() -> int:
         "streaming_peak_mb": res["streaming"]["streaming_peak_mb"],
         "streaming_model_mb": res["streaming"]["streaming_model_mb"],
         "streaming_budget_mb": res["streaming"]["streaming_budget_mb"],
+        "uncertainty_overhead": round(res["uncertainty"]["uncertainty_overhead"], 4),
+        "bootstrap_seconds": res["uncertainty"]["bootstrap_seconds"],
         "bench_seconds": round(time.perf_counter() - t_start, 1),
     }
+    if "first_curves" in res:
+        summary["first_curves_after_s"] = res["first_curves"].get("ratio_to_forward_batch")
+        summary["first_curves_detail"] = res["first_curves"]
     print(json.dumps(summary), flush=True)
     return 0
 

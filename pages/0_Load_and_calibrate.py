@@ -16,7 +16,7 @@ from simdiff_core import SimDiffError, make_windows
 from simdiff_core.data import load_text, text_source
 from simdiff_core.load import display_name
 from simdiff_core.workflows import calibrate
-from ui import state, views
+from ui import charts, state, views
 
 EMBEDDED = {"Embedded SmolLM2-135M (default, offline)": "default", "Embedded Gemma3-270M (offline)": "gemma3-270m"}
 OTHER = ["Hugging Face hub id", "Local model directory", "GGUF file"]
@@ -124,24 +124,64 @@ def run_calibration() -> None:
         return run_streamed_calibration(t0)
     with st.spinner(f"Loading {display_name(spec)} (cached after the first load)…"):
         lm = state.cached_model(spec, device, dtype, trust)
+    new_spec = {"spec": spec, "device": device, "dtype": dtype, "trust_remote_code": trust}
+    src = calib_source()
+    ids = make_windows(lm.tokenizer, src, int(samples), int(seq_len))
     bar = st.progress(0.0, text="Calibrating…")
     stop = st.empty()
     # A click on Cancel makes Streamlit rerun the page, which interrupts the pass at the next progress
     # update; the flag set in the callback lets the new run say what happened.
     stop.button("Cancel", key="cancel_calib", on_click=state.put, args=("calib_cancelled", True))
-    scores, ids, info = calibrate(lm, calib_source(), int(samples), int(seq_len), first_token=bool(first_token),
-                                  progress=lambda f, msg: bar.progress(min(f, 1.0), text=f"Calibrating: {msg}"))
+    live = st.empty()
+
+    def on_batch(partial) -> None:
+        # Live curves: the per-block means of the windows scored so far, after every batch. Kept in the
+        # session so that Cancel (which interrupts this run) can keep them as usable partial scores.
+        done, total = partial.meta["partial"]["windows"], partial.meta["partial"]["of"]
+        state.put("_partial_calib", {"scores": partial, "ids": ids[:done], "source": src.description, "t0": t0,
+                                     "model_spec": new_spec})
+        spec = charts.curves_spec(charts.curves_base(partial.layers, scale_free=bool(state.get("scale_free", True))))
+        spec["layout"] = dict(spec["layout"], title={"text": f"Partial: {done} of {total} windows", "x": 0})
+        with live.container():
+            st.caption(f"**Partial** curves after {done} of {total} calibration windows (they settle as the pass "
+                       "goes on; **Cancel** keeps them as partial scores).")
+            st.plotly_chart(charts.Spec(spec), key=f"live_curves_{done}", config=charts.plot_config("partial_curves"))
+
+    state.put("_partial_calib", None)
+    try:
+        scores, ids, info = calibrate(lm, src, int(samples), int(seq_len), windows=ids, first_token=bool(first_token),
+                                      on_batch=on_batch, progress=lambda f, msg: bar.progress(min(f, 1.0),
+                                                                                              text=f"Calibrating: {msg}"))
+    except Exception:
+        state.put("_partial_calib", None)  # a failed pass keeps nothing half-computed
+        raise
+    state.put("_partial_calib", None)
     bar.empty()
     stop.empty()
+    live.empty()
     info["seconds"] = round(time.perf_counter() - t0, 1)  # model load included
     # the model and its calibration change together, and every earlier result goes (ui/state.py)
-    state.new_calibration({"spec": spec, "device": device, "dtype": dtype, "trust_remote_code": trust},
-                          scores, ids, info)
+    state.new_calibration(new_spec, scores, ids, info)
 
 
 if state.get("calib_cancelled"):
     state.put("calib_cancelled", False)
-    st.warning("Calibration cancelled; the previous results (if any) are kept.", icon=":material/stop_circle:")
+    part = state.get("_partial_calib")
+    state.put("_partial_calib", None)
+    if part is not None:
+        # keep what the interrupted pass measured: usable scores over the windows scored so far
+        ps = part["scores"]
+        done, total = ps.meta["partial"]["windows"], ps.meta["partial"]["of"]
+        state.new_calibration(part["model_spec"], ps, part["ids"],
+                              {"source": part["source"], "samples": done, "seq_len": int(part["ids"].shape[1]),
+                               "seconds": round(time.perf_counter() - part["t0"], 1), "forward_seconds": 0.0,
+                               "partial": f"{done} of {total} windows"})
+        state.show_status()
+        st.warning(f"Calibration cancelled after {done} of {total} windows: the curves and the preview use those "
+                   f"{done} windows (partial scores, no heatmaps). Calibrate again for the full set.",
+                   icon=":material/stop_circle:")
+    else:
+        st.warning("Calibration cancelled; the previous results (if any) are kept.", icon=":material/stop_circle:")
 
 if go:
     try:
@@ -181,8 +221,13 @@ if scores is None:
     st.info("Model loaded. Press **Load & calibrate** to measure its blocks.", icon=":material/arrow_back:")
     st.stop()
 info = state.get("calib_info") or {}
-st.success(f"Calibrated on {info.get('samples')} × {info.get('seq_len')} tokens of {info.get('source')} "
-           f"in {info.get('seconds')} s (forward pass {info.get('forward_seconds', 0):.1f} s).", icon=":material/check_circle:")
+if info.get("partial"):
+    st.info(f"Partial calibration ({info['partial']}, cancelled): {info.get('samples')} × {info.get('seq_len')} "
+            f"tokens of {info.get('source')}.", icon=":material/hourglass_bottom:")
+else:
+    st.success(f"Calibrated on {info.get('samples')} × {info.get('seq_len')} tokens of {info.get('source')} "
+               f"in {info.get('seconds')} s (forward pass {info.get('forward_seconds', 0):.1f} s).",
+               icon=":material/check_circle:")
 st.markdown("**Next:**")
 n1, n2, n3 = st.columns(3)
 n1.page_link(state.PAGES["curves"], label="Layer curves & heatmaps", icon=":material/show_chart:")

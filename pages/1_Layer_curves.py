@@ -1,8 +1,9 @@
 """Page 2: per-block cosine / MSSD / MASD curves, the fused SimDiff score, cross-layer heatmaps.
 
-Everything here is recomputed from the stored Scores (no forward pass): moving a slider re-renders
-in milliseconds. The blocks the current plan (criterion, ratio, locks from the Prune preview) would
-drop are marked on every curve.
+Everything here is recomputed from the stored Scores (no forward pass). The ratio and α sliders sit in
+a fragment with the charts they change: a move reruns only that fragment, on top of figure bases and
+heatmaps built once per calibration (ui/charts.py), so it repaints in milliseconds. The blocks the
+current plan (criterion, ratio, locks from the Prune preview) would drop are marked on every curve.
 """
 
 from __future__ import annotations
@@ -11,53 +12,94 @@ import pandas as pd
 import streamlit as st
 
 from simdiff_core import SimDiffError
-from simdiff_core import figures as charts
 from simdiff_core.score import protocol as score_protocol
-from ui import state, views
+from simdiff_core import uncertainty
+from ui import charts, state, views
 
 state.setup_page("Layer curves")
 
 with st.sidebar:
     st.subheader("Curves")
-    alpha = st.slider("SimDiff α", 0.0, 1.0, step=0.05, **state.bound("alpha"),
-                      help="Weight of similarity (1 − cosine) against difference (MSSD, MASD). α = 1 is cosine-only.")
-    state.put("alpha", alpha)
     scale_free = st.toggle("Scale-free MSSD/MASD", **state.bound("scale_free"),
                            help="Divide each token's difference by its input norm (hidden-state norms grow with "
                                 "depth). Off: raw MSSD/MASD.")
     state.put("scale_free", scale_free)
-    log_mssd = st.toggle("Log scale for MSSD", key="log_mssd", value=False,
-                         help="MSSD is dominated by a few outlier blocks; a log axis shows the rest.")
-    ratio = st.slider("Pruning ratio", 0.01, 1.0, step=0.01, **state.bound("ratio"),
-                      help="Fraction of blocks the highlighted plan removes (shared with Prune preview).")
-    state.put("ratio", ratio)
+    log_mssd = st.toggle("Log scale for MSSD/MASD", key="log_mssd", value=False,
+                         help="MSSD and MASD are dominated by a few outlier blocks; a log axis shows the rest.")
+    clip = st.toggle("Clip outlier blocks", key="clip_outliers", value=True, disabled=log_mssd,
+                     help="Fit the MSSD/MASD axes to the other blocks and write the outliers' values (▲) at the top "
+                          "edge. Outlier: above 5 × the 90th percentile of the blocks.")
+    show_bands = st.toggle("Bootstrap bands", key="show_bands", value=True,
+                           help="Shade each curve's confidence band: percentile bootstrap over the calibration windows "
+                                "(200 resamples, seed 0). Needs at least 2 windows.")
+    level = st.select_slider("Band level", [0.8, 0.9, 0.95], value=0.9, key="band_level", disabled=not show_bands,
+                             format_func=lambda v: f"{v:.0%}")
+    views.run_marker("curves_page", state.count_run("curves_page"))
 
 st.title("Layer curves")
 scores = state.require_scores()
 L = scores.num_layers
 st.caption(f"{scores.model} · {L} blocks · calibrated on {score_protocol(scores.calibration)}")
-
-dropped = []
-try:
-    plan = state.current_plan(scores)
-    dropped = plan.removed_layers
-    st.markdown(f"Highlighted: the **{len(dropped)}** blocks that **{plan.criterion}** at ratio {ratio:.2f} "
-                f"would drop: `{dropped}`")
-except SimDiffError as e:
-    views.show_error(e)
-
+if scores.meta.get("partial"):
+    part = scores.meta["partial"]
+    st.warning(f"Partial scores: calibration was cancelled after {part['windows']} of {part['of']} windows.",
+               icon=":material/hourglass_bottom:")
 damage = state.result("damage")
-fig = charts.layer_curves(scores.layers, dropped=dropped, scale_free=scale_free, log_mssd=log_mssd,
-                          damage=damage if damage is not None and len(damage) == scores.num_layers else None)
-st.plotly_chart(fig, key="curves", config=charts.plot_config("layer_curves"))
+damage = damage if damage is not None and len(damage) == scores.num_layers else None
+# The metric traces depend on the scores and the toggles only: built (and validated) once per
+# calibration; a slider move adds the dropped markers to this base (ui/charts.py: curves_spec).
+bands = None
+if show_bands:
+    if uncertainty.has_windows(scores):
+        bands = state.per_scores(scores, ("bands", level), lambda: uncertainty.bands(scores, level=level))
+    else:
+        st.caption("No bootstrap bands: these scores carry no per-window statistics (calibrate again with at "
+                   "least 2 windows).")
+base = state.per_scores(scores, ("curves", scale_free, log_mssd, clip, level if bands else None,
+                                 None if damage is None else tuple(damage)),
+                        lambda: charts.curves_base(scores.layers, scale_free=scale_free, log_mssd=log_mssd,
+                                                   damage=damage, bands=bands, clip=clip))
+if bands:
+    st.caption(f"Shaded: {level:.0%} percentile-bootstrap band over the {len(scores.windows['tokens'])} calibration "
+               "windows (200 resamples, seed 0); error bars on the fused importance likewise.")
 
-imp = scores.importance("simdiff", alpha=alpha, scale_free=scale_free, beta=float(state.get("beta", 0.5)))
-fused = charts.importance_bars(imp, dropped, title=f"SimDiff importance, α = {alpha:.2f} (higher = keep)")
-st.plotly_chart(fused, key="simdiff", config=charts.plot_config("simdiff_importance"))
-frame = charts.curves_frame(scores.layers, imp, dropped)
-st.download_button("Curves data (CSV)", frame.to_csv().encode(), "layer_curves.csv", "text/csv", key="dl_curves",
-                   help="Per-block metrics, the fused score at this α and the dropped flag. "
-                        "PNG: use the camera icon on each chart.")
+
+@st.fragment
+def curves_panel():
+    """The ratio and α sliders with everything they change: a move reruns only this function."""
+    views.run_marker("curves_fragment", state.count_run("curves_fragment"))
+    c1, c2 = st.columns(2)
+    ratio = c1.slider("Pruning ratio", 0.01, 1.0, step=0.01, **state.bound("ratio"),
+                      help="Fraction of blocks the highlighted plan removes (shared with Prune preview).")
+    state.put("ratio", ratio)
+    alpha = c2.slider("SimDiff α", 0.0, 1.0, step=0.05, **state.bound("alpha"),
+                      help="Weight of similarity (1 − cosine) against difference (MSSD, MASD). α = 1 is cosine-only.")
+    state.put("alpha", alpha)
+    dropped = []
+    try:
+        plan = state.current_plan(scores)
+        dropped = plan.removed_layers
+        st.markdown(f"Highlighted: the **{len(dropped)}** blocks that **{plan.criterion}** at ratio {ratio:.2f} "
+                    f"would drop: `{dropped}`")
+    except SimDiffError as e:
+        views.show_error(e)
+    beta = float(state.get("beta", 0.5))
+    imp = scores.importance("simdiff", alpha=alpha, scale_free=scale_free, beta=beta)
+    frame = charts.curves_frame(scores.layers, imp, dropped)
+    fband = None
+    if bands:
+        fband = state.per_scores(scores, ("fused_band", level, alpha, beta, scale_free),
+                                 lambda: uncertainty.fused_band(scores, alpha=alpha, beta=beta, scale_free=scale_free,
+                                                                level=level))
+        for k, b in list(bands.items()) + [("simdiff", fband)]:
+            if k in frame.columns and isinstance(b, dict):
+                frame[f"{k}_lo"], frame[f"{k}_hi"] = b["lo"], b["hi"]
+    views.chart(charts.Spec(charts.curves_spec(base, dropped)), "layer_curves", "curves", frame=frame)
+    fused = charts.bars_spec(imp, dropped, title=f"SimDiff importance, α = {alpha:.2f} (higher = keep)")
+    views.chart(charts.Spec(charts.with_band(fused, fband)), "simdiff_importance", "simdiff", frame=frame)
+
+
+curves_panel()
 
 if damage is None:
     st.caption("Add the measured ground truth (loss with each block removed) as a fourth curve, with "
@@ -68,25 +110,31 @@ st.page_link("pages/6_Ground_truth_and_report.py", label="Ground truth: measured
 st.header("Cross-layer heatmaps")
 m = scores.matrices
 tabs = st.tabs(["Output cosine", "n-block angular distance", "CKA"])
-views_def = []
-if "output_cosine" in m:
-    views_def.append((tabs[0], "output_cosine", charts.heatmap(m["output_cosine"], "Cosine between block outputs",
-                                                               zmin=None, zmax=1, hover_label="cosine"),
-                      pd.DataFrame(m["output_cosine"])))
-if "angular_boundaries" in m:
-    D, x, y = charts.nblock_angular(m["angular_boundaries"])
-    views_def.append((tabs[1], "angular", charts.heatmap(D, "Angular distance across n blocks (PruneMe): low = "
-                                                          "removable window", x_title="first block l",
-                                                          y_title="n blocks", x=x, y=y, colorscale="Magma",
-                                                          hover_label="distance"),
-                      pd.DataFrame(D, index=pd.Index(y, name="n"), columns=x)))
-if "cka" in m:
-    views_def.append((tabs[2], "cka", charts.heatmap(m["cka"], "Linear CKA between block outputs", zmin=0, zmax=1,
-                                                     hover_label="CKA"), pd.DataFrame(m["cka"])))
-for tab, name, fig, df in views_def:
-    with tab:
-        st.plotly_chart(fig, key=f"hm_{name}", config=charts.plot_config(name))
-        st.download_button("Matrix (CSV)", df.to_csv().encode(), f"{name}.csv", "text/csv", key=f"dl_{name}")
+
+
+def _heatmaps() -> list[tuple[int, str, dict, pd.DataFrame]]:
+    """The heatmap specs and CSV frames: they depend on the scores alone, so built once per calibration."""
+    out = []
+    if "output_cosine" in m:
+        out.append((0, "output_cosine", charts.heatmap(m["output_cosine"], "Cosine between block outputs", zmin=None,
+                                                       zmax=1, hover_label="cosine").to_dict(),
+                    pd.DataFrame(m["output_cosine"])))
+    if "angular_boundaries" in m:
+        D, x, y = charts.nblock_angular(m["angular_boundaries"])
+        out.append((1, "angular", charts.heatmap(D, "Angular distance across n blocks (PruneMe): low = "
+                                                 "removable window", x_title="first block l", y_title="n blocks", x=x,
+                                                 y=y, colorscale="Magma", hover_label="distance").to_dict(),
+                    pd.DataFrame(D, index=pd.Index(y, name="n"), columns=x)))
+    if "cka" in m:
+        out.append((2, "cka", charts.heatmap(m["cka"], "Linear CKA between block outputs", zmin=0, zmax=1,
+                                             hover_label="CKA").to_dict(), pd.DataFrame(m["cka"])))
+    return out
+
+
+views_def = state.per_scores(scores, "heatmaps", _heatmaps)
+for t, name, spec, df in views_def:
+    with tabs[t]:
+        views.chart(charts.Spec(spec), name, f"hm_{name}", frame=df)
 if "method" in m:
     st.caption(m["method"])
 if not views_def:

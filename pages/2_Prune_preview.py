@@ -1,5 +1,8 @@
 """Page 3: the pruning-ratio slider and what it would remove, instantly (no forward pass).
 
+The ratio / count / α controls live in a fragment with the preview they change, so a move reruns
+only that fragment (not the sidebar, the auto-α code or the page around it).
+
 Shows the block stack with removed blocks greyed, parameters and an estimated speedup before/after,
 the removed blocks with their scores, and how the chosen set differs between criteria.
 """
@@ -10,9 +13,9 @@ import pandas as pd
 import streamlit as st
 
 from simdiff_core import CRITERIA, SimDiffError
-from simdiff_core import figures as charts
+from simdiff_core import uncertainty
 from simdiff_core.plan import make_plan
-from ui import state, views
+from ui import charts, state, views
 
 state.setup_page("Prune preview")
 scores = state.get("scores")
@@ -38,18 +41,6 @@ with st.sidebar:
                              format_func=lambda c: f"{c} — {CRITERIA[c]}",
                              help="Blocks with the lowest importance under this criterion are removed.")
     state.put("criterion", criterion)
-    if L:
-        wk = state.widget_key("ratio")
-        ratio = st.slider("Pruning ratio", 0.01, 1.0, step=0.01, key=wk, on_change=_ratio_changed,
-                          help="Fraction of the blocks to remove; k = round(ratio × L).")
-        state.put("ratio", ratio)
-        # re-derived every run: the ratio may have moved on another page
-        st.session_state["_w_num"] = max(1, int(round(ratio * L)))
-        st.number_input("Blocks to remove", 1, L, step=1, key="_w_num", on_change=_num_changed,
-                        help=f"Same as the ratio, as a count (of {L}).")
-    alpha = st.slider("SimDiff α", 0.0, 1.0, step=0.05, **state.bound("alpha"),
-                      disabled=criterion != "simdiff", help="Only used by the simdiff criterion.")
-    state.put("alpha", alpha)
     auto_clicked = st.button("Auto α (calibration ppl)", key="auto_alpha_btn", disabled=criterion != "simdiff",
                              help="Evaluate the distinct prunings given by α ∈ {0, 0.1, …, 1} and β (MSSD share) ∈ "
                                   "{0, 0.5, 1} on the calibration windows and keep the best. α = 1 (cosine-only) is on "
@@ -58,80 +49,139 @@ with st.sidebar:
     kl = st.toggle("Keep last block", **state.bound("keep_last"), help="Never remove the last block.")
     state.put("keep_first", kf)
     state.put("keep_last", kl)
+    views.run_marker("preview_page", state.count_run("preview_page"))
 
 st.title("Prune preview")
 scores = state.require_scores()
 lm = state.current_lm()
 
-try:
-    plan = state.current_plan(scores)
-except SimDiffError as e:
-    views.show_error(e)
-    st.stop()
-
 if auto_clicked:
     from simdiff_core.workflows import choose_alpha
 
     calib_ids = state.get("calib_ids")
-    if lm is None or calib_ids is None or lm.num_layers != L:
-        st.error("Auto α needs the calibrated model: run Calibrate on the Load & calibrate page again.")
+    try:
+        plan = state.current_plan(scores)
+    except SimDiffError as e:
+        views.show_error(e)
     else:
-        bar = st.progress(0.0, text="Auto α: evaluating candidate prunings…")
-        try:
-            choice = choose_alpha(lm, scores, calib_ids, num=plan.num_removed, keep_first=kf, keep_last=kl,
-                                  scale_free=state.fusion_kwargs()["scale_free"],
-                                  progress=lambda f, m: bar.progress(min(f, 1.0), text=f"Auto α: {m}"))
-        except SimDiffError as e:
-            views.show_error(e)
+        if lm is None or calib_ids is None or lm.num_layers != L:
+            st.error("Auto α needs the calibrated model: run Calibrate on the Load & calibrate page again.")
         else:
-            state.put("alpha", choice.alpha)
-            state.put("beta", choice.beta)
-            state.put_result("auto_alpha", {"alpha": choice.alpha, "beta": choice.beta, "ppl": choice.ppl,
-                                            "k": choice.num, "trials": choice.distinct})
-            st.rerun()
+            bar = st.progress(0.0, text="Auto α: evaluating candidate prunings…")
+            try:
+                choice = choose_alpha(lm, scores, calib_ids, num=plan.num_removed, keep_first=kf, keep_last=kl,
+                                      scale_free=state.fusion_kwargs()["scale_free"],
+                                      progress=lambda f, m: bar.progress(min(f, 1.0), text=f"Auto α: {m}"))
+            except SimDiffError as e:
+                views.show_error(e)
+            else:
+                state.put("alpha", choice.alpha)
+                state.put("beta", choice.beta)
+                state.put_result("auto_alpha", {"alpha": choice.alpha, "beta": choice.beta, "ppl": choice.ppl,
+                                                "k": choice.num, "trials": choice.distinct})
+                st.rerun()
 auto = state.result("auto_alpha")
 if criterion == "simdiff" and auto:
     st.caption(f"Auto α chose α = {auto['alpha']:.2f}, β = {auto['beta']:.1f} (calibration ppl {auto['ppl']:.2f} for "
                f"{auto['k']} blocks, best of {auto['trials']} distinct prunings).")
 
-k = plan.num_removed
-st.markdown(f"**{criterion}** removes **{k} of {L}** blocks: `{plan.removed_layers}` · kept ranges "
-            f"(half-open, mergekit `layer_range`): `{[list(r) for r in plan.kept_ranges()]}`")
-st.html(views.block_diagram(L, plan.removed_layers, plan.scores))
 
-c = st.columns(4)
-c[0].metric("Blocks", f"{L - k}", delta=f"-{k}", delta_color="off")
-if lm is not None and lm.num_layers == L:
-    cost = views.estimate_cost(lm, plan.removed_layers)
-    c[1].metric("Parameters", views.human(cost["params_after"]),
-                delta=f"-{views.human(cost['params_before'] - cost['params_after'])} of {views.human(cost['params_before'])}",
-                delta_color="off")
-    c[2].metric("Est. speedup", f"{cost['speedup']:.2f}×", help="From per-token matmul work (blocks + LM head); "
-                "measure it for real on Export & evaluate.")
-c[3].metric("Removed", f"{k / L:.0%}")
+def stability_section(plan, alpha: float) -> None:
+    """How often each block is removed across bootstrap resamples of the windows, at these settings."""
+    st.subheader("Plan stability")
+    if plan.criterion not in CRITERIA or not uncertainty.has_windows(scores):
+        st.caption("No stability: these scores carry no per-window statistics (calibrate again with ≥ 2 windows).")
+        return
+    fusion = state.fusion_kwargs() if plan.criterion == "simdiff" else {}
+    key = ("stability", plan.criterion, plan.num_removed, alpha, tuple(sorted(fusion.items())), kf, kl)
+    stab = state.per_scores(scores, key, lambda: uncertainty.plan_stability(
+        scores, plan.criterion, num=plan.num_removed, alpha=alpha, keep_first=kf, keep_last=kl, **fusion))
+    if stab.removed != plan.removed_layers:  # same selection rule on the same numbers: never expected
+        st.error("internal: the stability plan differs from the preview plan")
+    low = min(stab.frequency[i] for i in stab.removed)
+    if stab.stable:
+        st.success(f"Stable plan: every removed block is removed in at least {low:.0%} of {stab.n_boot} bootstrap "
+                   f"resamples of the calibration windows (threshold {stab.threshold:.0%}).",
+                   icon=":material/verified:")
+    else:
+        rival = ", ".join(f"{i} ({stab.frequency[i]:.0%})" if stab.frequency[i] >= 0.01 else f"{i} (<1%)"
+                          for i in stab.contenders[:5])
+        st.warning(f"Unstable plan: blocks {stab.unstable} are removed in fewer than {stab.threshold:.0%} of "
+                   f"{stab.n_boot} resamples (lowest {low:.0%}). Contenders: {rival or 'none'}. More calibration "
+                   "windows would make the choice firmer.", icon=":material/warning:")
+    freq = pd.DataFrame({"block": range(L), "removal_frequency": stab.frequency,
+                         "in_plan": [i in stab.removed for i in range(L)]}).set_index("block")
+    views.chart(charts.Spec(charts.stability_spec(stab.frequency, stab.removed, stab.threshold, stab.n_boot)),
+                "plan_stability", "stability", frame=freq)
 
-st.subheader("Removed blocks")
-table = pd.DataFrame([{**{key: l[key] for key in ("index", "cosine", "mssd_rel", "masd_rel", "mssd", "masd")},
-                       "importance": plan.scores[l["index"]]} for l in scores.layers if l["index"] in plan.removed_layers])
-st.dataframe(table.set_index("index"), width="stretch", key="removed_table")
 
-st.subheader("How criteria differ")
-others = st.multiselect("Compare with", [c for c in crit_names if c != criterion],
-                        default=[c for c in ("cosine", "mssd_rel", "masd_rel", "angular") if c != criterion],
-                        key="compare", help="Same block count, same locks; only the ranking differs.")
-sets = {criterion: plan.removed_layers}
-rows = []
-for other in others:
+@st.fragment
+def preview():
+    """The ratio / count / α controls and everything they change: a move reruns only this function."""
+    views.run_marker("preview_fragment", state.count_run("preview_fragment"))
+    c = st.columns([3, 1, 2])
+    wk = state.widget_key("ratio")
+    ratio = c[0].slider("Pruning ratio", 0.01, 1.0, step=0.01, key=wk, on_change=_ratio_changed,
+                        help="Fraction of the blocks to remove; k = round(ratio × L).")
+    state.put("ratio", ratio)
+    # re-derived every run: the ratio may have moved on another page
+    st.session_state["_w_num"] = max(1, int(round(ratio * L)))
+    c[1].number_input("Blocks to remove", 1, L, step=1, key="_w_num", on_change=_num_changed,
+                      help=f"Same as the ratio, as a count (of {L}).")
+    alpha = c[2].slider("SimDiff α", 0.0, 1.0, step=0.05, **state.bound("alpha"),
+                        disabled=criterion != "simdiff", help="Only used by the simdiff criterion.")
+    state.put("alpha", alpha)
     try:
-        p = make_plan(scores, other, num=k, alpha=alpha, keep_first=kf, keep_last=kl)
+        plan = state.current_plan(scores)
     except SimDiffError as e:
         views.show_error(e)
-        continue
-    sets[other] = p.removed_layers
-    shared = set(p.removed_layers) & set(plan.removed_layers)
-    rows.append({"criterion": other, "shared with " + criterion: len(shared), "only here": sorted(set(p.removed_layers) - shared),
-                 f"only in {criterion}": sorted(set(plan.removed_layers) - shared)})
-st.plotly_chart(charts.overlap_matrix(sets, L), key="overlap", config=charts.plot_config("criteria_overlap"))
-if rows:
-    st.dataframe(pd.DataFrame(rows).set_index("criterion"), width="stretch", key="overlap_table")
+        return
+
+    k = plan.num_removed
+    st.markdown(f"**{criterion}** removes **{k} of {L}** blocks: `{plan.removed_layers}` · kept ranges "
+                f"(half-open, mergekit `layer_range`): `{[list(r) for r in plan.kept_ranges()]}`")
+    st.html(views.block_diagram(L, plan.removed_layers, plan.scores))
+
+    m = st.columns(4)
+    m[0].metric("Blocks", f"{L - k}", delta=f"-{k}", delta_color="off")
+    if lm is not None and lm.num_layers == L:
+        cost = views.estimate_cost(lm, plan.removed_layers)
+        m[1].metric("Parameters", views.human(cost["params_after"]),
+                    delta=f"-{views.human(cost['params_before'] - cost['params_after'])} of {views.human(cost['params_before'])}",
+                    delta_color="off")
+        m[2].metric("Est. speedup", f"{cost['speedup']:.2f}×", help="From per-token matmul work (blocks + LM head); "
+                    "measure it for real on Export & evaluate.")
+    m[3].metric("Removed", f"{k / L:.0%}")
+
+    stability_section(plan, alpha)
+
+    st.subheader("Removed blocks")
+    table = pd.DataFrame([{**{key: l[key] for key in ("index", "cosine", "mssd_rel", "masd_rel", "mssd", "masd")},
+                           "importance": plan.scores[l["index"]]} for l in scores.layers
+                          if l["index"] in plan.removed_layers])
+    st.dataframe(table.set_index("index"), width="stretch", key="removed_table")
+
+    st.subheader("How criteria differ")
+    others = st.multiselect("Compare with", [c for c in crit_names if c != criterion],
+                            default=[c for c in ("cosine", "mssd_rel", "masd_rel", "angular") if c != criterion],
+                            key="compare", help="Same block count, same locks; only the ranking differs.")
+    sets = {criterion: plan.removed_layers}
+    rows = []
+    for other in others:
+        try:
+            p = make_plan(scores, other, num=k, alpha=alpha, keep_first=kf, keep_last=kl)
+        except SimDiffError as e:
+            views.show_error(e)
+            continue
+        sets[other] = p.removed_layers
+        shared = set(p.removed_layers) & set(plan.removed_layers)
+        rows.append({"criterion": other, "shared with " + criterion: len(shared),
+                     "only here": sorted(set(p.removed_layers) - shared),
+                     f"only in {criterion}": sorted(set(plan.removed_layers) - shared)})
+    views.chart(charts.Spec(charts.overlap_spec(sets, L)), "criteria_overlap", "overlap")
+    if rows:
+        st.dataframe(pd.DataFrame(rows).set_index("criterion"), width="stretch", key="overlap_table")
+
+
+preview()
 st.page_link(state.PAGES["export"], label="Evaluate and export this plan", icon=":material/inventory_2:")

@@ -86,6 +86,8 @@ def cmd_plan(args) -> int:
     from .plan import make_plan
     from .score import Scores
 
+    if args.stability and (args.stability < 2 or (args.method not in (None, "oneshot"))):
+        raise SimDiffError("--stability needs N >= 2 resamples and a one-shot plan from --scores")
     if args.method is not None and (args.method != "oneshot" or args.scores is None):
         if args.model is None:
             raise SimDiffError(f"--method {args.method} runs the model: give --model too")
@@ -123,9 +125,27 @@ def cmd_plan(args) -> int:
                      keep_first=args.keep_first, keep_last=args.keep_last, **fusion)
     if choice is not None:
         plan.details["auto_alpha"] = choice.record()
+    result = {"out": args.out, "removed_layers": plan.removed_layers, "kept_layers": plan.kept_layers,
+              "alpha": plan.alpha}
+    if args.stability:
+        from .uncertainty import plan_stability
+
+        stab = plan_stability(scores, args.criterion, num=plan.num_removed, alpha=plan.alpha,
+                              keep_first=args.keep_first, keep_last=args.keep_last, n_boot=args.stability,
+                              seed=args.seed, **fusion)
+        plan.details["stability"] = stab.to_dict()
+        result["stability"] = {"frequency": {str(i): round(f, 4) for i, f in enumerate(stab.frequency) if f > 0},
+                               "unstable": stab.unstable, "stable": stab.stable, "resamples": stab.n_boot,
+                               "seed": stab.seed}
+        for i, f in enumerate(stab.frequency):
+            if f > 0:
+                print(f"block {i:3d}: removed in {100 * f:5.1f}% of {stab.n_boot} resamples"
+                      f"{'  (in plan)' if i in plan.removed_layers else ''}", file=sys.stderr)
+        if not stab.stable:
+            print(f"warning: unstable plan: blocks {stab.unstable} are removed in fewer than "
+                  f"{100 * stab.threshold:.0f}% of the resamples", file=sys.stderr)
     plan.save(args.out)
-    print_result({"out": args.out, "removed_layers": plan.removed_layers, "kept_layers": plan.kept_layers,
-                  "alpha": plan.alpha})
+    print_result(result)
     return 0
 
 
@@ -227,6 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "beta is tuned over 0, 0.5, 1 too)")
     s.add_argument("--norm", default="rank", choices=["rank", "robust"], help="SimDiff per-signal normalisation")
     s.add_argument("--raw", action="store_true", help="fuse raw MSSD/MASD instead of the scale-free variants")
+    s.add_argument("--stability", type=int, default=0, metavar="N",
+                   help="also report how often each block is removed when the plan is made from N bootstrap "
+                        "resamples of the calibration windows (needs scores with per-window statistics)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the --stability resampling (default 0)")
     add_ratio_args(s)
     add_model_args(s, required=False)
     s.set_defaults(model=None)

@@ -31,7 +31,8 @@ def add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 def add_calib_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calib", default="wikitext2",
-                   help="calibration text: wikitext2 (shipped validation split), a file path, text:RAW, hf:DATASET[/CONFIG]/SPLIT")
+                   help="calibration text: wikitext2 (shipped validation split), shipped:code, shipped:dialogue "
+                        "(short CC0 samples), a file path, text:RAW, hf:DATASET[/CONFIG]/SPLIT")
     p.add_argument("--samples", type=int, default=8, help="number of calibration windows (default 8)")
     p.add_argument("--seq-len", type=int, default=256, help="tokens per calibration window (default 256)")
     p.add_argument("--batch-size", type=int, default=None, help="windows per forward pass (default: automatic)")

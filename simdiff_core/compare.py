@@ -8,7 +8,9 @@
 A spec is ``method[:criterion]`` (``oneshot:cosine``) or ``search:ALGO`` (``search:beam``). The
 dense model is scored once and the scores are shared by every method; each plan is applied
 (``export.build_pruned``: merges included) and measured by perplexity on the evaluation windows
-and, when ``accuracy`` is on, by multiple-choice accuracy on the shipped set's *test* split (searches
+(``eval_ids``; without them, held-out WikiText-2 *test* windows, ``DEFAULT_EVAL_WINDOWS`` x
+``DEFAULT_EVAL_SEQ_LEN`` tokens, never the calibration windows: an in-sample perplexity would favour
+methods that fit the calibration text; ``result["eval_protocol"]`` says which) and, when ``accuracy`` is on, by multiple-choice accuracy on the shipped set's *test* split (searches
 with the accuracy objective optimise the dev split). The first row is the dense model.
 """
 
@@ -28,6 +30,8 @@ from .methods.search import ALGORITHMS
 from .plan import num_from_ratio
 
 DEFAULT_SPECS = "oneshot:cosine,oneshot:simdiff,iterative:simdiff,greedy,block,slm"
+# held-out evaluation when the caller gives no eval_ids (the same as `compare`'s CLI defaults)
+DEFAULT_EVAL_WINDOWS, DEFAULT_EVAL_SEQ_LEN = 8, 256
 COLUMNS = ["method", "criterion", "removed_layers", "merged_groups", "num_removed", "ppl", "accuracy",
            "acc_norm", "seconds", "evals"]
 
@@ -72,8 +76,12 @@ def _criterion_label(plan) -> str:
 def run_compare(lm, calib_ids, specs: list[dict], ratio=None, num=None, eval_ids=None, accuracy: bool = False,
                 objective: str = "ppl", budget: int | None = None, keep_first: bool = True, keep_last: bool = True,
                 calibration: dict | None = None, alpha: float = 0.5, accuracy_items: list | None = None,
-                progress: Callable[[float, str], None] | None = None, should_stop=None) -> dict:
-    """Run every spec and measure it. Returns ``{"rows", "plans", "k", "num_layers", "model", "accuracy"}``.
+                progress: Callable[[float, str], None] | None = None, should_stop=None,
+                eval_protocol: str | None = None) -> dict:
+    """Run every spec and measure it.
+
+    Returns ``{"rows", "plans", "k", "num_layers", "model", "accuracy", "eval_protocol"}``.
+    Without ``eval_ids`` perplexity is measured on held-out WikiText-2 test windows (module docstring).
 
     ``budget`` caps the evaluations of ``search`` rows (greedy always runs in full).
     ``accuracy_items`` replaces the shipped MC test split for the accuracy column.
@@ -82,7 +90,13 @@ def run_compare(lm, calib_ids, specs: list[dict], ratio=None, num=None, eval_ids
     from .score import score_model
 
     k = num_from_ratio(lm.num_layers, ratio, num)
-    eval_ids = calib_ids if eval_ids is None else eval_ids
+    if eval_ids is None:
+        from .evaluate import eval_windows, protocol_note
+
+        eval_ids = eval_windows(lm.tokenizer, "wikitext2", DEFAULT_EVAL_SEQ_LEN, DEFAULT_EVAL_WINDOWS)
+        eval_protocol = protocol_note(lm.tokenizer, "wikitext2", DEFAULT_EVAL_SEQ_LEN, DEFAULT_EVAL_WINDOWS)
+    elif eval_protocol is None:
+        eval_protocol = f"caller's evaluation windows, {eval_ids.shape[0]} x {eval_ids.shape[1]} tokens"
     test_items = (accuracy_items or load_mc(split="test")) if accuracy else None
     n_steps = len(specs) + 2
     step = {"i": 0}
@@ -141,7 +155,7 @@ def run_compare(lm, calib_ids, specs: list[dict], ratio=None, num=None, eval_ids
     step["i"], step["label"] = n_steps - 1, "done"
     sub(1.0, "done")
     return {"rows": rows, "plans": plans, "k": k, "num_layers": lm.num_layers, "model": lm.source,
-            "accuracy": accuracy}
+            "accuracy": accuracy, "eval_protocol": eval_protocol}
 
 
 def overlap(rows: list[dict]) -> tuple[list[str], list[list[float]]]:

@@ -21,9 +21,12 @@ Cost in block executions per batch: naive (dense baseline + L pruned forwards of
 L + L(L-1) = L²; cached is L + L(L-1)/2, i.e. about half (30 blocks: 900 vs 465). The LM head still
 runs L+1 times either way; ``benchmark_damage`` times both paths.
 
-Memory: the cache holds L+1 hidden-state tensors of (batch, S, H) for the current batch — for the
-default 8 x 256 calibration of a 30-block, H=576 model with batch 4 that is 31 x 4 x 256 x 576 x 4 B
-≈ 73 MB. Windows are processed ``batch_size`` at a time, so memory is bounded by the batch size, not
+Memory (``memory_estimate``): the cache holds L+1 hidden-state tensors of (batch, S, H) for the
+current batch, and each loss computation holds the (batch, S, V) logits in the model's dtype plus two
+float32 (batch, S-1, V) copies (the shifted slice and cross-entropy's log-softmax). The logits
+dominate for small models with large vocabularies: the default 8 x 256 calibration of a 30-block,
+H=576, V=49152 model with batch 4 in float32 needs 31 x 4 x 256 x 576 x 4 B ≈ 73 MB of cache and
+4 x 256 x 49152 x 4 B + 2 x 4 x 255 x 49152 x 4 B ≈ 602 MB for the logits, ≈ 675 MB in all. Windows are processed ``batch_size`` at a time, so memory is bounded by the batch size, not
 the number of windows; keep the calibration small (default 8 windows of 256 tokens).
 """
 
@@ -193,6 +196,19 @@ def block_executions(num_layers: int, batches: int = 1) -> dict:
             "saving": 1.0 - cached / naive if naive else 0.0}
 
 
+def memory_estimate(lm, batch: int, seq_len: int) -> dict:
+    """Peak extra memory of one damage batch in bytes: ``cache_bytes`` (L+1 block inputs/outputs of
+    (batch, S, H)), ``logits_bytes`` ((batch, S, V) logits in the model dtype plus two float32
+    (batch, S-1, V) copies for the loss) and ``total_bytes``; see the module docstring."""
+    cfg = lm.model.config.get_text_config()
+    hidden = int(cfg.hidden_size)
+    vocab = int(getattr(cfg, "vocab_size", 0) or lm.model.get_output_embeddings().weight.shape[0])
+    elt = torch.finfo(lm.dtype).bits // 8 if lm.dtype.is_floating_point else 4
+    cache = (lm.num_layers + 1) * batch * seq_len * hidden * elt
+    logits = batch * seq_len * vocab * elt + 2 * batch * (seq_len - 1) * vocab * 4
+    return {"cache_bytes": cache, "logits_bytes": logits, "total_bytes": cache + logits}
+
+
 @torch.inference_mode()
 def measure_damage(lm, input_ids: torch.Tensor, batch_size: int | None = None,
                    progress: Progress | None = None, should_stop: Callable[[], bool] | None = None,
@@ -200,7 +216,7 @@ def measure_damage(lm, input_ids: torch.Tensor, batch_size: int | None = None,
     """Leave-one-out damage of every block of ``lm`` (a LoadedModel) on windows ``input_ids`` (N, S).
 
     ``progress(fraction, message)`` is called after every leave-one-out tail; ``should_stop()`` is
-    polled at the same points and raises ``Cancelled``. Memory: (L+1) x batch x S x H activations.
+    polled at the same points and raises ``Cancelled``. Memory: see ``memory_estimate``.
     """
     if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.shape[0] == 0 \
             or input_ids.shape[1] < 2:
@@ -254,15 +270,15 @@ def measure_damage(lm, input_ids: torch.Tensor, batch_size: int | None = None,
         layers.append({"index": i, "loss": loss, "ppl": ppl, "delta_loss": loss - dense_loss,
                        "delta_ppl": ppl - dense_ppl})
     counts = block_executions(L, n_batches)
-    cache_bytes = (L + 1) * min(bs, N) * S * int(lm.model.config.get_text_config().hidden_size) \
-        * torch.finfo(lm.dtype).bits // 8 if lm.dtype.is_floating_point else None
+    mem = memory_estimate(lm, min(bs, N), S)
     return Damage(
         model=lm.source, num_layers=L, dense_loss=dense_loss, dense_ppl=dense_ppl, layers=layers,
         calibration=dict(calibration or {}, samples=int(N), seq_len=int(S), tokens=int(tokens)),
         meta={"seconds": round(time.perf_counter() - t0, 3), "batch_size": bs, "device": str(lm.device),
               "dtype": str(lm.dtype).replace("torch.", ""), "block_executions": execs,
               "naive_block_executions": counts["naive"], "saving": round(counts["saving"], 4),
-              "cache_bytes_per_batch": cache_bytes,
+              "cache_bytes_per_batch": mem["cache_bytes"], "logits_bytes_per_batch": mem["logits_bytes"],
+              "memory_bytes_per_batch": mem["total_bytes"],
               "method": "cached block inputs: one dense pass per batch, then blocks i+1..L-1 for each i"},
     )
 

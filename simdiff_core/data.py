@@ -17,8 +17,9 @@ Sources (the same strings work in the CLI's ``--calib`` / ``--text``):
 Sampling is deterministic: the first ``n`` non-overlapping windows of ``seq_len`` tokens of the
 tokenised text. Each window starts the way the tokenizer starts a text (with BOS where the
 tokenizer adds one: Gemma models depend on it), followed by ``seq_len - len(prefix)`` text tokens.
-Text is read and tokenised in chunks, only as far as the windows need, so a large upload is never
-read whole into memory.
+Text is read and tokenised in chunks (~256k characters, each cut where a word ends and whitespace
+begins, so chunked tokenisation equals tokenising the whole text), only as far as the windows need,
+so a large upload is never read whole into memory.
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ from .errors import SimDiffError
 DATA_DIR = Path(__file__).parent / "data"
 WIKITEXT_DIR = DATA_DIR / "wikitext-2"
 WIKITEXT_NOTE = "WikiText-2 word-level v1 release (with <unk> markers), CC BY-SA 3.0"
+# Small texts written for the project (CC0, data/calib/LICENSE), for calibration-sensitivity comparisons.
+CALIB_DIR = DATA_DIR / "calib"
+SHIPPED_SAMPLES = {"code": "shipped code sample (Python source, CC0)",
+                   "dialogue": "shipped dialogue sample (conversations, CC0)"}
 # Uploads and files larger than this are refused before reading (override with SIMDIFF_MAX_TEXT_MB).
 MAX_TEXT_MB = float(os.environ.get("SIMDIFF_MAX_TEXT_MB", "200"))
 _CHUNK_CHARS = 1 << 18  # tokenise ~256k characters at a time
@@ -58,25 +63,50 @@ class TextSource:
     text: str | None = None  # in-memory sources
 
     def chunks(self) -> Iterator[str]:
+        """The text in pieces of about ``_CHUNK_CHARS`` characters, each cut where a word ends and
+        whitespace begins (``_aligned``), for in-memory and file-backed text alike."""
         if self.text is not None:
-            for i in range(0, len(self.text), _CHUNK_CHARS):
-                yield self.text[i : i + _CHUNK_CHARS]
+            text = self.text
+            yield from _aligned(text[i : i + _CHUNK_CHARS] for i in range(0, len(text), _CHUNK_CHARS))
             return
         try:
             with open(self.path, "r", encoding="utf-8", errors="strict") as f:
-                while True:
-                    block = f.read(_CHUNK_CHARS)
-                    if not block:
-                        return
-                    # End chunks on a line break so no word is split between two tokenizer calls.
-                    if len(block) == _CHUNK_CHARS:
-                        extra = f.readline()
-                        block += extra
-                    yield block
+                yield from _aligned(iter(lambda: f.read(_CHUNK_CHARS), ""))
         except UnicodeDecodeError:
             raise SimDiffError(f"'{self.spec}' is not UTF-8 text (binary file?)") from None
         except OSError as e:
             raise SimDiffError(f"cannot read '{self.spec}': {e.strerror or e}") from None
+
+
+def _cut_point(block: str) -> int:
+    """Index of the last place in ``block`` where a non-space character is followed by whitespace
+    (0 if there is none). Tokenizers' pre-tokenisation never joins a word with the whitespace after
+    it (GPT-2-style regexes attach a space to the *following* word), so tokenising the two sides
+    separately gives the same ids as tokenising them together."""
+    i = len(block) - 1
+    while i > 0:
+        if block[i].isspace() and not block[i - 1].isspace():
+            return i
+        i -= 1
+    return 0
+
+
+def _aligned(pieces: Iterator[str]) -> Iterator[str]:
+    """Re-cut a stream of text pieces at word/whitespace boundaries (``_cut_point``): no word and no
+    whitespace run is ever split between two tokenizer calls. A piece with no boundary at all is
+    carried into the next one, up to 4 chunk sizes (then cut anyway: one 1M-character 'word')."""
+    carry = ""
+    for piece in pieces:
+        block = carry + piece
+        p = _cut_point(block)
+        if p == 0 and len(block) < 4 * _CHUNK_CHARS:
+            carry = block
+            continue
+        p = p or len(block)
+        yield block[:p]
+        carry = block[p:]
+    if carry:
+        yield carry
 
 
 def load_text(source: str, purpose: str = "calib") -> TextSource:
@@ -93,6 +123,11 @@ def load_text(source: str, purpose: str = "calib") -> TextSource:
         return TextSource(source, f"{WIKITEXT_NOTE}, {split} split", path=WIKITEXT_DIR / f"{split}.txt")
     if source.startswith("hf:"):
         return _hf_source(source)
+    if source.startswith("shipped:"):
+        name = source.split(":", 1)[1]
+        if name not in SHIPPED_SAMPLES:
+            raise SimDiffError(f"unknown shipped text '{name}': choose from {', '.join(SHIPPED_SAMPLES)}")
+        return TextSource(source, SHIPPED_SAMPLES[name], path=CALIB_DIR / f"{name}.txt")
     p = Path(os.path.expanduser(source))
     if not p.exists():
         raise SimDiffError(f"no such text file: {source} (use wikitext2, text:..., hf:DATASET/SPLIT or a path)")

@@ -130,8 +130,22 @@ def _replace_dir(tmp: Path, out: Path, force: bool) -> None:
         if not force:
             raise SimDiffError(f"'{out}' already exists; use --force to replace it")
         old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.rename(out, old / "x")
-        os.rename(tmp, out)
+        try:
+            os.rename(out, old / "x")
+        except BaseException:
+            shutil.rmtree(old, ignore_errors=True)  # nothing moved: the old export is where it was
+            raise
+        try:
+            os.rename(tmp, out)
+        except BaseException:
+            # The new export could not take the name: put the previous one back, never leave it hidden.
+            try:
+                os.rename(old / "x", out)
+            except OSError as e:
+                raise SimDiffError(f"export failed and the previous export could not be put back at {out}: "
+                                   f"it is in {old / 'x'} ({e.strerror or e})") from None
+            shutil.rmtree(old, ignore_errors=True)
+            raise
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.rename(tmp, out)

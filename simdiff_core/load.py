@@ -472,3 +472,58 @@ def wrap_model(model: nn.Module, tokenizer, source: str = "in-memory") -> Loaded
     p = next(model.parameters())
     return LoadedModel(model=model, tokenizer=tokenizer, source=source, device=p.device, dtype=p.dtype,
                        block_path=find_block_path(model))
+
+
+def prewarm(spec: str | None = "default") -> dict:
+    """Do ahead of time what otherwise sits between a Load click and the first forward pass.
+
+    Measured on the embedded model with its dequantised cache on disk (bench/run.py
+    ``first_curves_after_s``): in a fresh process ``load_model`` spent most of its time not reading
+    weights but importing what transformers imports lazily on first use (its model-loading core,
+    ``torch.distributed.tensor``, ``torch._dynamo``, the model family's modules, the tokenizer
+    backend): seconds on a 2-core machine, against ~1 s for the load itself once those are imported.
+    This imports them, builds a one-block model of ``spec``'s family from its config (first torch
+    ops), and asks the OS to read ``spec``'s cached safetensors into the page cache. Nothing is kept
+    in memory but modules. Meant for a background thread at app start; returns seconds per step.
+    """
+    out = {}
+    t = time.perf_counter()
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa: F401
+    import transformers.modeling_utils  # noqa: F401 - the lazy imports themselves are the point
+    out["imports"] = round(time.perf_counter() - t, 3)
+    cache = None
+    if spec:
+        try:
+            kind, path = resolve_spec(spec)
+            if kind == "embedded":
+                cache = _gguf_cache_dir(embedded_gguf(DEFAULT_MODEL if spec == "default" else spec))
+            elif kind == "dir":
+                cache = path
+        except (SimDiffError, OSError):
+            cache = None
+    if cache is not None and (cache / "config.json").is_file():
+        t = time.perf_counter()
+        cfg = AutoConfig.from_pretrained(cache)
+        for attr in ("num_hidden_layers", "n_layer", "num_layers"):
+            if hasattr(cfg, attr):
+                setattr(cfg, attr, 1)
+        for attr in ("layer_types",):
+            if getattr(cfg, attr, None):
+                setattr(cfg, attr, list(getattr(cfg, attr))[:1])
+        try:
+            with torch.device("meta"):
+                AutoModelForCausalLM.from_config(cfg)  # the family's modules, no weights allocated
+            AutoTokenizer.from_pretrained(cache)
+        except Exception:  # noqa: BLE001 - a prewarm must never break the app; the real load reports
+            pass
+        out["family"] = round(time.perf_counter() - t, 3)
+        t = time.perf_counter()
+        for f in cache.glob("*.safetensors"):
+            try:
+                with open(f, "rb") as fh:
+                    if hasattr(os, "posix_fadvise"):
+                        os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_WILLNEED)
+            except OSError:
+                pass
+        out["page_cache"] = round(time.perf_counter() - t, 3)
+    return out

@@ -77,6 +77,7 @@ def build_report_html(scores, damage=None, plan=None, ppl=None, agreement: list 
     from . import __version__
     from .agreement import agreement_table
     from .figures import agreement_grid, curves_figure, matrix_figures, set_damage_figure
+    from .score import protocol as score_protocol
 
     if damage is not None and damage.num_layers != scores.num_layers:
         raise SimDiffError(f"damage is for {damage.num_layers} blocks but the scores have {scores.num_layers}")
@@ -118,6 +119,7 @@ def build_report_html(scores, damage=None, plan=None, ppl=None, agreement: list 
                   ("calibration text", cal.get("description") or cal.get("source")),
                   ("windows x tokens", f"{cal.get('samples', '?')} x {cal.get('seq_len', '?')}"),
                   ("calibration tokens", cal.get("tokens")),
+                  ("scoring protocol", score_protocol(cal)),
                   ("scoring time (s)", meta.get("seconds")),
                   ("cross-layer matrices", (scores.matrices or {}).get("method"))])]
     if damage is not None:

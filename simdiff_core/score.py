@@ -193,6 +193,7 @@ def score_model(
     calibration: dict | None = None,
     window_stats: bool = True,
     first_token: bool = True,
+    on_batch: Callable[["Scores"], None] | None = None,
 ) -> Scores:
     """Score every block of ``lm`` (a LoadedModel) on ``input_ids`` (N, S) in one pass.
 
@@ -205,6 +206,10 @@ def score_model(
     activation sits) counts in the per-block metrics. Default True: ShortGPT's Block Influence, which
     SimDiff's similarity term reuses, averages over every token of the calibration sequences. The
     heatmap subsample always uses positions 1..S-1. ``protocol(scores.calibration)`` states both.
+
+    ``on_batch(partial)`` (live curves) is called after every committed batch with the per-block
+    metrics of the windows scored so far (``partial_scores``: exactly what scoring only those windows
+    gives; no matrices, ``meta["partial"]`` says how far). Cost: O(L) per batch.
     """
     if input_ids.ndim != 2 or input_ids.shape[0] == 0:
         raise SimDiffError("calibration input must be a non-empty (N, S) tensor of token ids")
@@ -261,6 +266,8 @@ def score_model(
             sampler.commit()
             state["done"] = end
             start = end
+            if on_batch is not None:
+                on_batch(partial_scores(lm, stats, N, S, end, calibration, first_token))
     layers, mats = finish_scores(stats, sampler)
     return Scores(
         model=lm.source, num_layers=L, layers=layers, matrices=mats,
@@ -270,6 +277,26 @@ def score_model(
               "dtype": str(lm.dtype).replace("torch.", ""), "simdiff_alpha": 0.5,
               "family": lm.family, "version": _version()},
         windows=stats.windows(),
+    )
+
+
+def partial_scores(lm, stats: BlockStats, N: int, S: int, done: int, calibration: dict | None,
+                   first_token: bool = True) -> Scores:
+    """The per-block metrics of the first ``done`` of ``N`` windows, from a scoring pass in progress.
+
+    Same means (and default-α SimDiff column) as the final Scores would hold for those windows alone;
+    no cross-layer matrices (they need the whole pass). ``meta["partial"] = {"windows": done, "of": N}``.
+    """
+    layers = stats.layers()
+    for l, v in zip(layers, simdiff_importance(layers, alpha=0.5)):
+        l["simdiff"] = float(v)
+    return Scores(
+        model=lm.source, num_layers=stats.L, layers=layers, matrices={},
+        calibration=dict(calibration or {}, samples=int(done), seq_len=int(S), tokens=int(stats.tokens),
+                         first_token="included" if first_token else "excluded"),
+        meta={"partial": {"windows": int(done), "of": int(N)}, "device": str(lm.device),
+              "dtype": str(lm.dtype).replace("torch.", ""), "simdiff_alpha": 0.5, "family": lm.family,
+              "version": _version()},
     )
 
 

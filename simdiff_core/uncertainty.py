@@ -25,8 +25,8 @@ Definitions (also in the README):
   A block of the full-data plan is *unstable* when ``frequency < threshold`` (default 0.75); a plan
   with any unstable block is flagged.
 
-Cost: one (L x N) @ (N x n_boot) product per field (milliseconds), plus one ranking and selection
-per replicate for the stability (about 0.1 ms each for L = 30); nothing touches the model. The
+Cost: one (L x N) @ (N x n_boot) product per field, and rankings/selections vectorised over the
+replicates (milliseconds for L = 30, 200 replicates); nothing touches the model. The
 per-window sums add a handful of (B, S) reductions per block to the scoring pass; ``bench/run.py``
 measures both against the plain pass.
 """
@@ -40,7 +40,7 @@ import numpy as np
 
 from .errors import SimDiffError
 from .metrics import importance
-from .plan import select_lowest
+from .plan import cosine_tiebreak, select_lowest
 
 FIELDS = ("cos", "sq", "ab", "x2", "xa", "sq_rel", "ab_rel")
 METRICS = ("cosine", "bi", "angular", "mssd", "masd", "mssd_rel", "masd_rel")
@@ -103,6 +103,74 @@ def replicate_layers(reps: dict[str, np.ndarray], b: int) -> list[dict]:
     return [dict({k: float(reps[k][i, b]) for k in METRICS}, index=i) for i in range(L)]
 
 
+def _rank01(V: np.ndarray) -> np.ndarray:
+    """Column-wise ``metrics.normalise(v, "rank")``: average ranks of ties, scaled to [0, 1]. V: (L, R)."""
+    L = V.shape[0]
+    if L <= 1:
+        return np.zeros_like(V)
+    order = V.argsort(axis=0, kind="stable")
+    ranks = np.empty_like(V)
+    np.put_along_axis(ranks, order, np.arange(L, dtype=np.float64)[:, None].repeat(V.shape[1], 1), axis=0)
+    srt = np.take_along_axis(V, order, axis=0)
+    for r in np.flatnonzero((np.diff(srt, axis=0) == 0).any(axis=0)):  # ties are rare: fix those columns exactly
+        v = V[:, r]
+        for val in np.unique(v):
+            idx = v == val
+            if idx.sum() > 1:
+                ranks[idx, r] = ranks[idx, r].mean()
+    return ranks / (L - 1)
+
+
+def _robust01(V: np.ndarray) -> np.ndarray:
+    """Column-wise ``metrics.normalise(v, "robust")``."""
+    med = np.median(V, axis=0)
+    mad = 1.4826 * np.median(np.abs(V - med), axis=0)
+    std = V.std(axis=0)
+    mad = np.where(mad > 0, mad, np.where(std > 0, std, 1.0))
+    return (np.clip((V - med) / mad, -3.0, 3.0) + 3.0) / 6.0
+
+
+def replicate_importance(reps: dict[str, np.ndarray], criterion: str, alpha: float = 0.5, beta: float = 0.5,
+                         norm: str = "rank", scale_free: bool = True) -> np.ndarray:
+    """``metrics.importance`` for every replicate at once: (L, R). Same formulas, vectorised over columns."""
+    if criterion == "simdiff":
+        if not (0.0 <= alpha <= 1.0) or not (0.0 <= beta <= 1.0):
+            raise ValueError("alpha and beta must lie in [0, 1]")
+        n01 = {"rank": _rank01, "robust": _robust01}.get(norm)
+        if n01 is None:
+            raise ValueError(f"unknown normalisation '{norm}' (rank or robust)")
+        sfx = "_rel" if scale_free else ""
+        return alpha * n01(reps["bi"]) + (1 - alpha) * (beta * n01(reps["mssd" + sfx])
+                                                        + (1 - beta) * n01(reps["masd" + sfx]))
+    if criterion == "cosine":
+        return -reps["cosine"]
+    if criterion in reps:
+        return reps[criterion]
+    raise ValueError(f"unknown criterion '{criterion}'")
+
+
+def select_lowest_cols(imp: np.ndarray, k: int, keep_first: bool = True, keep_last: bool = True,
+                      tiebreak: np.ndarray | None = None) -> np.ndarray:
+    """``plan.select_lowest`` for every column of ``imp`` (L, R): a (L, R) 0/1 matrix of removed blocks.
+
+    Ties go by ``tiebreak`` (L, R) (lower first; the replicates' ``-cosine``, as ``plan.cosine_tiebreak``),
+    then by the lower block index."""
+    L, R = imp.shape
+    lo, hi = (1 if keep_first else 0), (L - 1 if keep_last else L)
+    if k > hi - lo:
+        select_lowest(imp[:, 0], k, keep_first, keep_last)  # raises the planner's own error
+    vals = np.nan_to_num(imp[lo:hi], nan=np.inf)
+    if tiebreak is None:
+        order = vals.argsort(axis=0, kind="stable")[:k] + lo  # stable: ties go to the lower block index
+    else:
+        tb = np.nan_to_num(np.asarray(tiebreak, dtype=np.float64)[lo:hi], nan=np.inf)
+        idx = np.broadcast_to(np.arange(hi - lo)[:, None], vals.shape)
+        order = np.lexsort((idx, tb, vals), axis=0)[:k] + lo  # last key sorts first
+    out = np.zeros((L, R))
+    np.put_along_axis(out, order, 1.0, axis=0)
+    return out
+
+
 def _interval(samples: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
     lo, hi = np.quantile(samples, [(1 - level) / 2, (1 + level) / 2], axis=1)
     return lo, hi
@@ -113,7 +181,8 @@ def bands(scores, level: float = DEFAULT_LEVEL, n_boot: int = DEFAULT_BOOT, seed
     """Percentile bootstrap bands of every per-block metric (and the fused SimDiff importance).
 
     Returns ``{metric: {"value": [L], "lo": [L], "hi": [L]}}`` for ``METRICS`` plus ``"simdiff"``
-    (fused with ``fused`` = dict(alpha=, beta=, scale_free=, norm=), default alpha = beta = 0.5).
+    (fused with ``fused`` = dict(alpha=, beta=, scale_free=, norm=), default alpha = beta = 0.5),
+    and ``"_level"``.
     """
     if not 0.0 < level < 1.0:
         raise SimDiffError(f"band level must lie in (0, 1), got {level}")
@@ -124,15 +193,21 @@ def bands(scores, level: float = DEFAULT_LEVEL, n_boot: int = DEFAULT_BOOT, seed
     for k in METRICS:
         lo, hi = _interval(reps[k], level)
         out[k] = {"value": full[k][:, 0].tolist(), "lo": lo.tolist(), "hi": hi.tolist()}
-    fk = dict(alpha=0.5, beta=0.5, scale_free=True, norm="rank", **(fused or {}))
-    alpha = fk.pop("alpha")
-    fused_reps = np.stack([importance(replicate_layers(reps, b), "simdiff", alpha=alpha, **fk)
-                           for b in range(reps["cosine"].shape[1])], axis=1)
-    lo, hi = _interval(fused_reps, level)
-    full_layers = replicate_layers(full, 0)
-    out["simdiff"] = {"value": importance(full_layers, "simdiff", alpha=alpha, **fk).tolist(),
-                      "lo": lo.tolist(), "hi": hi.tolist()}
+    out["simdiff"] = fused_band(scores, level=level, n_boot=n_boot, seed=seed, _reps=reps, **(fused or {}))
+    out["_level"] = level
     return out
+
+
+def fused_band(scores, alpha: float = 0.5, beta: float = 0.5, scale_free: bool = True, norm: str = "rank",
+               level: float = DEFAULT_LEVEL, n_boot: int = DEFAULT_BOOT, seed: int = DEFAULT_SEED,
+               _reps: dict | None = None) -> dict[str, list[float]]:
+    """Bootstrap band of the fused SimDiff importance at these weights: ``{"value", "lo", "hi"}`` per block.
+
+    ``value`` is the importance of the stored (full-data) metrics, as the planner computes it."""
+    reps = _reps if _reps is not None else replicate_metrics(scores, n_boot, seed)
+    fk = dict(alpha=alpha, beta=beta, scale_free=scale_free, norm=norm)
+    lo, hi = _interval(replicate_importance(reps, "simdiff", **fk), level)
+    return {"value": importance(scores.layers, "simdiff", **fk).tolist(), "lo": lo.tolist(), "hi": hi.tolist()}
 
 
 @dataclass
@@ -174,11 +249,10 @@ def plan_stability(scores, criterion: str = "simdiff", num: int = 1, alpha: floa
     with a one-shot criterion; the full-data plan uses the same selection on ``scores.layers``.
     """
     reps = replicate_metrics(scores, n_boot, seed)
-    L = scores.num_layers
-    counts = np.zeros(L)
-    for b in range(n_boot):
-        imp = importance(replicate_layers(reps, b), criterion, alpha=alpha, **fusion)
-        counts[select_lowest(imp, num, keep_first, keep_last)] += 1
-    removed = select_lowest(importance(scores.layers, criterion, alpha=alpha, **fusion), num, keep_first, keep_last)
+    # ties break by the cosine order, then the index, exactly as plan.make_plan does
+    counts = select_lowest_cols(replicate_importance(reps, criterion, alpha=alpha, **fusion), num,
+                                keep_first, keep_last, tiebreak=-reps["cosine"]).sum(axis=1)
+    removed = select_lowest(importance(scores.layers, criterion, alpha=alpha, **fusion), num, keep_first, keep_last,
+                            tiebreak=cosine_tiebreak(scores.layers))
     return Stability(removed=removed, frequency=(counts / n_boot).tolist(), n_boot=n_boot, seed=seed,
                      threshold=threshold)

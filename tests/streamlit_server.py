@@ -36,13 +36,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_app(log_path: Path, env_extra: dict, extra_args=()):
-    """Yield (url, process) of a running app; stop it afterwards whatever happened."""
+def running_app(log_path: Path, env_extra: dict, extra_args=(), script: str = "app.py"):
+    """Yield (url, process) of a running app (``script``, run from the project root so the shipped
+    config applies); stop it afterwards whatever happened."""
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT), TOKENIZERS_PARALLELISM="false", **env_extra)
     log = open(log_path, "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.address",
+        [sys.executable, "-m", "streamlit", "run", str(script), "--server.headless", "true", "--server.address",
          "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",
          *extra_args],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)

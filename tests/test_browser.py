@@ -51,6 +51,12 @@ def _shot(page, name: str):
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
+def _runs(page) -> dict:
+    """The page's run counters (ui.state.count_run): full page runs and fragment runs, by name."""
+    return page.evaluate("() => Object.fromEntries([...document.querySelectorAll('.sd-runs')]"
+                         ".map(e => [e.dataset.name, +e.dataset.count]))")
+
+
 def _goto_page(page, label: str):
     page.locator("[data-testid=stSidebarNav] a", has_text=label).first.click()
     idle(page)
@@ -81,11 +87,36 @@ def test_full_flow_in_chromium(server, tmp_path):
         assert page.locator("[data-testid=stPlotlyChart]").count() >= 3
         page.wait_for_selector(".js-plotly-plot .scatterlayer .trace", timeout=60_000)
         _shot(page, "03_layer_curves")
+        # the ratio slider reruns only its fragment; the curves' drawn markers follow every move
+        before = _runs(page)
+        thumb = page.get_by_role("slider", name="Pruning ratio")
+        for key, ratio in (("PageUp", 0.35), ("PageUp", 0.45), ("PageDown", 0.35)):
+            thumb.focus()
+            thumb.press(key)
+            idle(page)
+            k = max(1, round(ratio * 30))
+            expect(page.get_by_text(f"Highlighted: the {k} blocks")).to_be_visible()
+            # drawn points on the curves chart: 30 per metric panel + k dropped markers per panel
+            drawn = page.evaluate("() => document.querySelector('.js-plotly-plot').querySelectorAll("
+                                  "'.scatterlayer .point').length")
+            assert drawn == 3 * (30 + k)
+        after = _runs(page)
+        assert after["curves_page"] == before["curves_page"], "a slider move must not rerun the page"
+        assert after["curves_fragment"] == before["curves_fragment"] + 3
 
         _goto_page(page, "Prune preview")
         expect(page.get_by_text("Est. speedup")).to_be_visible()
         _shot(page, "04_prune_preview")
-        assert page.locator(".sd-block.sd-gone").count() == round(0.25 * 30)
+        assert page.locator(".sd-block.sd-gone").count() == round(0.35 * 30)
+        before = _runs(page)
+        for k in (5, 9, 12, 4):
+            set_number(page, "Blocks to remove", k)
+            assert page.locator(".sd-block.sd-gone").count() == k
+            expect(page.get_by_text(f"removes {k} of 30")).to_be_visible()
+        after = _runs(page)
+        assert after["preview_page"] == before["preview_page"], "a count change must not rerun the page"
+        assert after["preview_fragment"] == before["preview_fragment"] + 4
+        set_number(page, "Blocks to remove", round(0.25 * 30))
 
         _goto_page(page, "Export & evaluate")
         set_number(page, "Windows", 2)
@@ -117,3 +148,39 @@ def test_full_flow_in_chromium(server, tmp_path):
     assert (exports / folder / "config.json").is_file()
     # the server ran with the shipped config: no file watcher, so no "Inotify queue overflowed" flood
     assert watcher_lines(log) == []
+
+
+def test_live_curves_appear_after_the_first_batch_and_cancel_keeps_them(server):
+    """Calibrating 48 windows (12 batches): partial curves show up while the pass runs; Cancel keeps
+    the windows scored so far as usable (partial) scores for the curves and the preview."""
+    import re
+
+    from playwright.sync_api import expect, sync_playwright
+
+    url, _, _ = server
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"])
+        page = browser.new_page(viewport={"width": 1440, "height": 1000})
+        page.set_default_timeout(240_000)
+        page.goto(url)
+        idle(page)
+        set_number(page, "Samples", 48)
+        set_number(page, "Seq. length", 64)
+        page.get_by_role("button", name="Load & calibrate").click()
+        expect(page.get_by_text(re.compile(r"Partial curves after \d+ of 48"))).to_be_visible(timeout=300_000)
+        page.wait_for_function("() => [...document.querySelectorAll('.js-plotly-plot')].some(g => "
+                               "g.layout && g.layout.title && String(g.layout.title.text).includes('Partial:'))")
+        _shot(page, "06_live_curves")
+        page.get_by_role("button", name="Cancel").click()
+        note = page.get_by_text(re.compile(r"Calibration cancelled after \d+ of 48 windows"))
+        expect(note).to_be_visible(timeout=120_000)
+        done = int(re.search(r"after (\d+) of 48", note.inner_text()).group(1))
+        assert 1 <= done < 48
+        idle(page)
+        _goto_page(page, "Layer curves")
+        expect(page.get_by_text(f"cancelled after {done} of 48 windows")).to_be_visible()
+        page.wait_for_selector(".js-plotly-plot .scatterlayer .trace", timeout=60_000)
+        _goto_page(page, "Prune preview")
+        expect(page.get_by_text("Est. speedup")).to_be_visible()
+        assert not page.locator("[data-testid=stException]").count()
+        browser.close()

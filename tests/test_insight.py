@@ -60,6 +60,7 @@ def test_bands_contain_the_full_value_and_shrink_with_more_windows(tiny, ids32):
             assert np.allclose(b[k]["value"], full, rtol=1e-5, atol=1e-7)
         fused = sc.importance("simdiff", alpha=0.5)
         assert np.allclose(b["simdiff"]["value"], fused)
+        assert np.all(np.array(b["simdiff"]["lo"]) <= np.array(b["simdiff"]["hi"]))
     for k in ("cosine", "mssd_rel", "masd_rel"):
         width = lambda b: np.mean(np.array(b[k]["hi"]) - np.array(b[k]["lo"]))  # noqa: E731
         assert width(bm) < 0.75 * width(bf), k  # 8x the windows: about 1/sqrt(8) the width
@@ -110,3 +111,121 @@ def test_scores_json_round_trips_windows_and_old_files_still_load(tiny, ids32, t
     d["windows"] = dict(sc.windows, cos=[[0.0]])
     with pytest.raises(SimDiffError, match="per-window"):
         Scores.from_dict(d)
+
+
+def test_cli_plan_stability_reports_membership_frequencies(tmp_path, tiny, ids32):
+    import json
+
+    from conftest import run_cli
+    from simdiff_core.uncertainty import plan_stability
+
+    sc = score_model(tiny("llama", 6), ids32[:6])
+    sc.save(tmp_path / "s.json")
+    r = run_cli("plan", "--scores", tmp_path / "s.json", "--num", 2, "--stability", 50, "--seed", 3,
+                "--out", tmp_path / "p.json", timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    direct = plan_stability(Scores.load(tmp_path / "s.json"), "simdiff", num=2, n_boot=50, seed=3)
+    assert out["stability"]["frequency"] == {str(i): round(f, 4) for i, f in enumerate(direct.frequency) if f > 0}
+    assert sum(out["stability"]["frequency"].values()) == pytest.approx(2.0, abs=1e-3)
+    assert json.loads((tmp_path / "p.json").read_text())["details"]["stability"]["frequency"] == direct.frequency
+    d = sc.to_dict()
+    d.pop("windows")
+    (tmp_path / "old.json").write_text(json.dumps(d))
+    r = run_cli("plan", "--scores", tmp_path / "old.json", "--num", 2, "--stability", 50, "--out", tmp_path / "q.json",
+                timeout=120)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: ") and "per-window" in r.stderr
+    assert not (tmp_path / "q.json").exists()
+
+
+@pytest.mark.parametrize("criterion,norm", [("simdiff", "rank"), ("simdiff", "robust"), ("cosine", "rank"),
+                                            ("mssd_rel", "rank")])
+def test_vectorised_replicates_equal_the_planner_per_replicate(tiny, ids32, criterion, norm):
+    from simdiff_core.metrics import importance
+    from simdiff_core.plan import select_lowest
+    from simdiff_core.uncertainty import replicate_importance, replicate_layers, select_lowest_cols
+
+    sc = score_model(tiny("llama", 6), ids32[:6])
+    reps = replicate_metrics(sc, n_boot=40, seed=1)
+    reps["mssd_rel"][:, 5] = 0.5  # all tied in one replicate: ties must average like metrics.normalise
+    vec = replicate_importance(reps, criterion, alpha=0.3, beta=0.7, norm=norm)
+    sel = select_lowest_cols(vec, 2, keep_first=True, keep_last=False)
+    for b in range(40):
+        one = importance(replicate_layers(reps, b), criterion, alpha=0.3, beta=0.7, norm=norm)
+        assert vec[:, b] == pytest.approx(one, abs=1e-12)
+        assert np.flatnonzero(sel[:, b]).tolist() == select_lowest(one, 2, keep_first=True, keep_last=False)
+
+
+# ------------------------------------------------------------------ calibration sensitivity, overlays
+def test_sensitivity_identical_sources_agree_and_different_texts_are_measured(tiny, tokenizer):
+    from simdiff_core.data import load_text
+    from simdiff_core.sensitivity import sensitivity, spearman
+
+    lm = tiny("llama", 6)
+    wiki = score_model(lm, make_windows(tokenizer, "wikitext2", n=3, seq_len=32))
+    code = score_model(lm, make_windows(tokenizer, "shipped:code", n=3, seq_len=32))
+    dia = score_model(lm, make_windows(tokenizer, load_text("shipped:dialogue"), n=3, seq_len=32))
+    same = sensitivity({"a": wiki, "b": wiki}, num=2)
+    assert same.rho["a", "b"] == pytest.approx(1.0) and same.flips == {} and same.overlap["a", "b"]["jaccard"] == 1
+    rep = sensitivity({"wiki": wiki, "code": code, "dialogue": dia}, num=2)
+    import pandas as pd
+
+    for (a, b), rho in rep.rho.items():  # against pandas' Spearman (its own average ranks of ties)
+        assert rho == pytest.approx(pd.Series(rep.importance[a]).corr(pd.Series(rep.importance[b]), method="spearman"))
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    every = set(rep.removed["wiki"]) & set(rep.removed["code"]) & set(rep.removed["dialogue"])
+    assert set(rep.agreed) == every
+    for blk, who in rep.flips.items():
+        assert blk not in every and who == [n for n in rep.removed if blk in rep.removed[n]]
+
+
+def test_relative_depth_overlay_maps_block_counts():
+    from simdiff_core.sensitivity import overlay_frame, relative_depth
+
+    assert relative_depth(5).tolist() == [0, 0.25, 0.5, 0.75, 1.0]
+    assert relative_depth(1).tolist() == [0.0]
+
+    def fake(L):
+        return Scores(f"m{L}", L, [{"index": i, "cosine": float(i), "mssd": 1.0, "masd": 1.0} for i in range(L)])
+
+    df, rel = overlay_frame({"deep": fake(30), "shallow": fake(16)}, "cosine")
+    assert rel
+    deep, shallow = df[df.run == "deep"], df[df.run == "shallow"]
+    assert len(deep) == 30 and len(shallow) == 16
+    assert deep.x.iloc[0] == 0 and deep.x.iloc[-1] == 1 and shallow.x.iloc[-1] == 1
+    assert shallow.x.iloc[8] == pytest.approx(8 / 15) and deep.x.iloc[29 // 2] == pytest.approx(14 / 29)
+    df2, rel2 = overlay_frame({"a": fake(6), "b": fake(6)}, "cosine")
+    assert not rel2 and df2.x.tolist() == list(range(6)) * 2
+
+
+# ------------------------------------------------------------------ block drill-down
+def test_drill_down_tokens_equal_a_direct_computation(tiny, ids32):
+    from simdiff_core.drilldown import drill_down
+
+    lm = tiny("qwen2", 5)
+    ids = ids32[:3]
+    d = drill_down(lm, ids, block=2, windows=2, top=7)
+    with torch.no_grad():
+        hs = lm.model(ids[:2], output_hidden_states=True).hidden_states
+    x, y = hs[2].double(), hs[3].double()  # input and output of block 2 (not the last block: no final norm)
+    r = ((y - x).norm(dim=-1) / x.norm(dim=-1)).numpy()
+    assert d.values.shape == (2, ids.shape[1]) and np.allclose(d.values, r, rtol=1e-4)
+    want = sorted(((r[w, p], w, p) for w in range(2) for p in range(ids.shape[1])), reverse=True)[:7]
+    assert [(t["window"], t["position"]) for t in d.top] == [(w, p) for _, w, p in want]
+    assert [t["value"] for t in d.top] == pytest.approx([v for v, _, _ in want], rel=1e-4)
+    t0 = d.top[0]
+    assert t0["token"] == lm.tokenizer.decode([int(ids[t0["window"], t0["position"]])])
+    with pytest.raises(SimDiffError, match="does not exist"):
+        drill_down(lm, ids, block=5)
+
+
+def test_removed_blocks_are_marked_whatever_their_importance():
+    from ui import charts
+
+    v = np.array([0.0, 0.5, 0.9, 0.0, 0.3])
+    spec = charts.bars_spec(v, [0, 3])
+    marks = [t for t in spec["data"] if t.get("name") == "removed"]
+    assert len(marks) == 1 and marks[0]["x"] == [0, 3] and all(y > 0 for y in marks[0]["y"])
+    assert marks[0]["customdata"] == [0.0, 0.0]  # the hover keeps the true value
+    assert charts.outliers([1, 1.1, 0.9, 1.2, 40, 1.0, 0.95, 1.05, 1.1, 1.0]) == [4]
+    assert charts.outliers(np.linspace(1, 2, 30)) == []

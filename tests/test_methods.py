@@ -193,7 +193,7 @@ def test_compare_library_with_accuracy(tiny, ids):
     from simdiff_core.objectives import load_mc
 
     lm = tiny("llama", 6, seed=0)
-    res = run_compare(lm, ids, parse_specs("oneshot:cosine,block,search:local"), num=2, accuracy=True,
+    res = run_compare(lm, ids, parse_specs("oneshot:cosine,block,search:local"), num=2, accuracy=True, eval_ids=ids,
                       accuracy_items=load_mc()[:4], budget=3)
     rows = res["rows"]
     assert [r["method"] for r in rows] == ["dense", "oneshot", "block", "search"]
@@ -215,7 +215,7 @@ def test_compare_keeps_going_when_one_method_fails(tiny, ids):
 
     lm = tiny("llama", 6, seed=0)
     specs = parse_specs("oneshot:cosine") + [{"method": "slm", "label": "slm", "threshold": 2.0}] + parse_specs("block")
-    res = run_compare(lm, ids, specs, num=2)
+    res = run_compare(lm, ids, specs, num=2, eval_ids=ids)
     rows = res["rows"]
     assert [r["method"] for r in rows] == ["dense", "oneshot", "slm", "block"]
     assert rows[2]["criterion"].startswith("failed: SLM similarity threshold") and math.isnan(rows[2]["ppl"])

@@ -19,7 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PKG = ROOT / "simdiff_core"
-STAGES = ["common", "models", "data", "analysis", "pruning", "evaluation", "methods", "export", "cli"]
+STAGES = ["common", "models", "data", "analysis", "pruning", "evaluation", "methods", "export", "workflows", "cli"]
 FORBIDDEN = {"streamlit", "ui", "pages", "bench", "app", "tests", "conftest"}
 _MODULE_STRING = re.compile(r"simdiff_core(\.\w+)+")
 
@@ -163,3 +163,23 @@ def test_every_module_lives_in_a_stage_once_the_layout_exists():
     mods = _modules()
     loose = [m for m in mods if m not in ("simdiff_core", "simdiff_core.__main__") and _stage(m) is None]
     assert not loose, f"modules outside the stage folders {STAGES}: {loose}"
+
+
+def test_readme_layout_and_contributing_match_the_tree():
+    """README's Layout lists every stage folder in STAGES order; every path it or Contributing names exists."""
+    if not (PKG / "cli" / "__init__.py").exists():
+        return  # the flat layout: the README describes it in prose
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    layout = re.search(r"^## Layout\n(.*?)^## ", readme, flags=re.S | re.M)
+    contributing = re.search(r"^## Contributing\n(.*?)^## ", readme, flags=re.S | re.M)
+    assert layout and contributing, "README needs '## Layout' and '## Contributing' sections"
+    tree = re.search(r"```\n(.*?)```", layout.group(1), flags=re.S).group(1)
+    listed = [m.group(1) for m in re.finditer(r"^  (\w+)(?:/|\.py)\s", tree, flags=re.M)]
+    stages_on_disk = [s for s in STAGES if (PKG / s).is_dir() or (PKG / f"{s}.py").is_file()]
+    assert [s for s in listed if s in STAGES] == stages_on_disk, (listed, stages_on_disk)
+    folders = sorted(p.parent.name for p in PKG.glob("*/__init__.py"))
+    assert set(folders) <= set(listed), f"folders missing from README Layout: {set(folders) - set(listed)}"
+    for path in re.findall(r"`((?:simdiff_core|tests|pages|ui|bench|scripts)/[\w./<>-]+)`",
+                           layout.group(1) + contributing.group(1)):
+        if "<" not in path:
+            assert (ROOT / path).exists(), f"README names {path}, which does not exist"

@@ -4,6 +4,7 @@ position-0 option, compare's evaluation text, text chunking, export --force reco
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -178,3 +179,113 @@ def test_first_token_option_matches_direct_computation(tiny, tokenizer, first_to
     assert scores.calibration["first_token"] == word
     line = protocol(scores.calibration)
     assert f"position 0 / BOS {word}" in line and "heatmaps on a subsample of positions 1..S-1" in line
+    if not first_token:  # the HTML report states it too
+        from simdiff_core.report import build_report_html
+
+        assert f"position 0 / BOS {word}" in build_report_html(scores)[0]
+
+
+# ------------------------------------------------------------------ item 8b: compare evaluates held-out text
+def test_compare_without_eval_ids_measures_held_out_test_windows(tiny, ids):
+    from simdiff_core import perplexity, pruned_model
+    from simdiff_core.compare import DEFAULT_EVAL_SEQ_LEN, DEFAULT_EVAL_WINDOWS, parse_specs, run_compare
+    from simdiff_core.data import load_text
+
+    lm = tiny("llama", 4, seed=0)
+    res = run_compare(lm, ids, parse_specs("oneshot:cosine"), num=1)
+    # independent: the first windows of the shipped WikiText-2 *test* split, tokenised here
+    held_out = make_windows(lm.tokenizer, load_text("wikitext2", purpose="eval"), DEFAULT_EVAL_WINDOWS,
+                            DEFAULT_EVAL_SEQ_LEN, purpose="eval")
+    assert not torch.equal(held_out[:, :ids.shape[1]], ids[:, :ids.shape[1]])
+    dense, pruned = res["rows"][0], res["rows"][1]
+    assert dense["ppl"] == pytest.approx(perplexity(lm.model, held_out)["ppl"], rel=1e-6)
+    assert dense["ppl"] != pytest.approx(perplexity(lm.model, ids)["ppl"], rel=1e-3)  # not in-sample
+    kept = res["plans"][0].kept_layers
+    assert pruned["ppl"] == pytest.approx(perplexity(pruned_model(lm, kept), held_out)["ppl"], rel=1e-6)
+    assert "test split" in res["eval_protocol"] and f"{DEFAULT_EVAL_WINDOWS} non-overlapping" in res["eval_protocol"]
+
+
+# ------------------------------------------------------------------ item 8c: text chunks end between words
+def test_chunked_tokenisation_equals_whole_text_in_memory_and_from_file(tokenizer, tmp_path):
+    import random
+
+    from simdiff_core.data import _CHUNK_CHARS, iter_tokens, load_text, text_source
+
+    rng = random.Random(0)
+    words = ["layer", "pruning", "redundant", "transformer", "blocks", "cosine", "similarity", "3.14", "(MSSD)"]
+    seps = [" ", " ", " ", "\n", "\n\n", " \n ", "  "]
+    parts, n = [], 0
+    while n < int(2.3 * _CHUNK_CHARS):
+        w = rng.choice(words) + rng.choice(seps)
+        parts.append(w)
+        n += len(w)
+    text = "".join(parts)
+    # the old fixed cut fell inside a word here (the test needs a case where that matters)
+    assert not text[_CHUNK_CHARS - 1].isspace() and not text[_CHUNK_CHARS].isspace()
+    whole = tokenizer(text, add_special_tokens=False).input_ids
+    f = tmp_path / "t.txt"
+    f.write_text(text, encoding="utf-8")
+    for src in (text_source(text), load_text(str(f))):
+        chunks = list(src.chunks())
+        assert "".join(chunks) == text and len(chunks) >= 2
+        assert all(c[-1].isspace() is False and nxt[0].isspace() for c, nxt in zip(chunks, chunks[1:]))
+        assert [t for part in iter_tokens(tokenizer, src) for t in part] == whole
+
+
+# ------------------------------------------------------------------ item 8d: export --force keeps the old export on failure
+def test_export_force_restores_the_previous_export_when_the_final_rename_fails(tiny, tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from simdiff_core import export as export_mod
+
+    lm = tiny("llama", 4)
+    out = tmp_path / "model"
+    first = Plan(model=lm.source, num_layers=4, removed_layers=[1])
+    export_mod.export_pruned(lm, first, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real_rename = os.rename
+
+    def failing_rename(src, dst):  # simulates the OS refusing the rename of the new export into place
+        if Path(src).name.startswith(f".{out.name}.tmp-") and Path(dst) == out:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(export_mod.os, "rename", failing_rename)
+    second = Plan(model=lm.source, num_layers=4, removed_layers=[2])
+    with pytest.raises(SimDiffError, match="export failed"):
+        export_mod.export_pruned(lm, second, out, force=True)
+    assert out.is_dir() and {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert json.loads((out / "plan.json").read_text())["removed_layers"] == [1]
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no hidden .old-/.tmp- folders left
+    monkeypatch.setattr(export_mod.os, "rename", real_rename)
+    export_mod.export_pruned(lm, second, out, force=True)  # and a later --force works
+    assert json.loads((out / "plan.json").read_text())["removed_layers"] == [2]
+
+
+# ------------------------------------------------------------------ item 8e: damage memory counts the logits
+def test_damage_memory_estimate_counts_the_cache_and_the_logits(tiny, tokenizer):
+    from simdiff_core.damage import measure_damage
+
+    lm = tiny("llama", 4)
+    ids = make_windows(tokenizer, "wikitext2", n=2, seq_len=16)
+    seen = {"head": [], "block": []}
+    head = lm.model.get_output_embeddings()
+    hooks = [head.register_forward_hook(lambda m, a, out: seen["head"].append((out.shape, out.element_size())))]
+    hooks += [b.register_forward_hook(lambda m, a, out: seen["block"].append(
+        ((out[0] if isinstance(out, tuple) else out).shape, (out[0] if isinstance(out, tuple) else out).element_size())))
+        for b in lm.blocks]
+    try:
+        dmg = measure_damage(lm, ids, batch_size=2)
+    finally:
+        for h in hooks:
+            h.remove()
+    (B, S, V), elt = seen["head"][0]
+    assert (B, S) == (2, 16) and V == 49152
+    (_, _, H), helt = seen["block"][0]
+    meta = dmg.meta
+    assert meta["cache_bytes_per_batch"] == (lm.num_layers + 1) * B * S * H * helt
+    # the logits of one loss: (B, S, V) as the head returns them, plus float32 (B, S-1, V) slice and log-softmax
+    assert meta["logits_bytes_per_batch"] == B * S * V * elt + 2 * B * (S - 1) * V * 4
+    assert meta["memory_bytes_per_batch"] == meta["cache_bytes_per_batch"] + meta["logits_bytes_per_batch"]
+    assert meta["logits_bytes_per_batch"] > meta["cache_bytes_per_batch"]  # what the old estimate left out

@@ -1,7 +1,10 @@
-"""The app's figures now live in ``simdiff_core.figures`` (one figures module for the app, the report
-and the CLI); this name is kept so code written against ``ui.charts`` still runs."""
+"""Alias of ``simdiff_core.figures``, which builds every plotly figure (the app's, the report's, the
+CLI's): ``from ui import charts`` gets that very module (same functions, same caches), so code written
+against ``ui.charts`` keeps working. Edit figures in simdiff_core/figures.py.
+"""
 
-from simdiff_core.figures import (  # noqa: F401
-    DROP, FONT, KEEP, MUTED, curves_frame, heatmap, importance_bars, layer_curves, loss_curve, nblock_angular,
-    overlap_matrix, plot_config, shootout_bars,
-)
+import sys
+
+from simdiff_core import figures as _figures
+
+sys.modules[__name__] = _figures

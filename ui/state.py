@@ -101,6 +101,26 @@ def setup_page(title: str, icon: str = "assets/favicon.png") -> None:
     if logo.is_file():
         st.logo(str(logo), size="large")
     init()
+    prewarm_once()
+
+
+@st.cache_resource(show_spinner=False)
+def prewarm_once():
+    """Once per server process, in a background thread: the imports and page-cache reads that would
+    otherwise sit between the first Load click and the first forward (``simdiff_core.load.prewarm``)."""
+    import threading
+
+    from simdiff_core.load import prewarm
+
+    def run():
+        try:
+            prewarm("default")
+        except Exception:  # noqa: BLE001 - best effort: the real load reports any problem
+            pass
+
+    t = threading.Thread(target=run, name="simdiff-prewarm", daemon=True)
+    t.start()
+    return t
 
 
 def session_summary() -> str:
@@ -304,6 +324,29 @@ def require_plan(scores, lm):
         st.page_link(PAGES["preview"], label="Change the plan on Prune preview", icon=":material/content_cut:")
         st.stop()
     return plan
+
+
+def per_scores(scores, key, build):
+    """``build()`` memoised for this session's current ``scores`` object (figure bases, heatmap specs).
+
+    Rebuilt only when the scores object changes (a new calibration), so a slider move never redoes
+    work that depends on the scores alone.
+    """
+    memo = st.session_state.get("_per_scores")
+    if memo is None or memo[0] is not scores:
+        memo = (scores, {})
+        st.session_state["_per_scores"] = memo
+    if key not in memo[1]:
+        memo[1][key] = build()
+    return memo[1][key]
+
+
+def count_run(name: str) -> int:
+    """Count script runs of ``name`` (a page, or a fragment) in this session: the browser test reads it
+    to prove a slider move reran only the fragment, never the whole page."""
+    runs = st.session_state.setdefault("_runs", {})
+    runs[name] = runs.get(name, 0) + 1
+    return runs[name]
 
 
 def export_root() -> Path:

@@ -11,6 +11,7 @@ import html
 import os
 from pathlib import Path
 
+import numpy as np
 import streamlit as st
 import torch
 
@@ -88,6 +89,11 @@ def block_diagram(num_layers: int, removed, scores=None) -> str:
     )
 
 
+def run_marker(name: str, count: int) -> None:
+    """An invisible marker carrying a run counter (``state.count_run``), read by the browser test."""
+    st.html(f'<span class="sd-runs" data-name="{html.escape(name)}" data-count="{int(count)}" hidden></span>')
+
+
 def estimate_cost(lm, removed) -> dict:
     """Parameters before/after and the speedup estimated from per-token matmul work (no forward pass).
 
@@ -113,3 +119,59 @@ def human(n: float) -> str:
         if abs(n) >= div:
             return f"{n / div:.1f}{unit}"
     return str(int(n))
+
+
+def figure_frame(fig) -> "pd.DataFrame":
+    """The data drawn in a plotly figure (object or dict) as a table, for its CSV download.
+
+    Line/bar/scatter traces: one row per point (trace, x, y); a single heatmap: its matrix (rows = y,
+    columns = x). Fill-only helper traces (bands) are kept, named as drawn.
+    """
+    import pandas as pd
+
+    from ui.charts import _plain
+
+    d = fig if isinstance(fig, dict) else fig.to_dict()
+    traces = [t for t in d.get("data", []) if isinstance(t, dict)]
+    heat = [t for t in traces if t.get("type") == "heatmap"]
+    if len(heat) == 1 and len(traces) == 1:
+        t = heat[0]
+        z = np.asarray(_plain(t["z"]), dtype=float)
+        x = list(_plain(t.get("x"))) if t.get("x") is not None else list(range(z.shape[1]))
+        y = list(_plain(t.get("y"))) if t.get("y") is not None else list(range(z.shape[0]))
+        return pd.DataFrame(z, index=pd.Index(y, name="y"), columns=x)
+    rows = []
+    for n, t in enumerate(traces):
+        if t.get("x") is None or t.get("y") is None:
+            continue
+        xs, ys = list(_plain(t["x"])), list(_plain(t["y"]))
+        name = t.get("name") or f"trace {n}"
+        rows += [{"trace": name, "panel": t.get("xaxis", "x"), "x": x, "y": y} for x, y in zip(xs, ys)]
+    return pd.DataFrame(rows)
+
+
+def figure_png(fig) -> bytes:
+    """PNG of a plotly figure (object or dict) via kaleido, rendered only when the button is clicked."""
+    import plotly.graph_objects as go
+
+    from simdiff_core.report import figure_bytes
+
+    return figure_bytes(go.Figure(fig) if isinstance(fig, dict) else fig, "png")
+
+
+def chart(fig, name: str, key: str, frame=None, config: dict | None = None) -> None:
+    """``st.plotly_chart`` plus its data as CSV and the chart as PNG (two real download buttons).
+
+    ``frame``: the table behind the chart (default: ``figure_frame``, the points as drawn). The PNG is
+    made by kaleido on click only (deferred), so the buttons cost nothing per rerun.
+    """
+    from ui import charts
+
+    spec = fig.to_dict() if isinstance(fig, charts.Spec) else fig
+    st.plotly_chart(fig, key=key, config=config or charts.plot_config(name))
+    df = frame if frame is not None else figure_frame(spec)
+    c = st.columns([1, 1, 6])
+    c[0].download_button("CSV", df.to_csv().encode(), f"{name}.csv", "text/csv", key=f"{key}_csv",
+                         icon=":material/table:", help="The data behind this chart", on_click="ignore")
+    c[1].download_button("PNG", lambda: figure_png(spec), f"{name}.png", "image/png", key=f"{key}_png",
+                         icon=":material/image:", help="This chart as a PNG image (2x)", on_click="ignore")

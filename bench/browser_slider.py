@@ -1,0 +1,262 @@
+"""Browser benchmark: how long a pruning-slider move takes until the preview shows the new set.
+
+    python bench/browser_slider.py                 # N = 24 moves per page, prints one JSON line
+    python bench/browser_slider.py --moves 40 --json-out bench/browser_slider.json
+
+Starts ``streamlit run`` on loopback (the shipped config), calibrates the embedded SmolLM2-135M (30
+blocks) on 2 x 32 tokens and a random-weight 80-block Llama built from a config, and in headless
+Chromium (Debian's /usr/bin/chromium, Playwright) moves
+
+* the **Blocks to remove** count on Prune preview (type a new count, Enter), and
+* the **Pruning ratio** slider on Layer curves (keyboard PageUp/PageDown: 0.10 per press),
+
+timing, inside the page, from the key event to the first animation frame in which the preview shows
+the new set: on Prune preview the greyed blocks of the block stack and the criteria-overlap chart both
+have the new count; on Layer curves the text names the new ratio and the dropped markers on the curves
+and the red bars of the importance chart both have the count that text names. The same two controls on
+a no-op page (a slider, a number box and one line of text) give the Streamlit round-trip floor on this
+machine. Reported: median and p90 per page and model, ratios to the floor, and the full-page reruns the
+moves caused (the page run counters; must be 0: a move reruns only the fragment).
+
+Goals (issue 17): 30 blocks: median <= 1.5 x floor and <= 150 ms; 80 blocks: p90 <= 250 ms.
+Cost: about 2-4 minutes (two calibrations on tiny settings, ~100 browser moves).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
+
+NOOP_APP = '''
+import streamlit as st
+st.title("no-op")
+r = st.slider("Pruning ratio", 0.01, 1.0, 0.25, step=0.01, key="r")
+k = st.number_input("Blocks to remove", 1, 80, 8, key="k")
+st.markdown(f"Highlighted: the **{k}** blocks at ratio {r:.2f}")
+'''
+
+# In-page timer: t0 at the key event (capture phase), t1 at the first animation frame whose DOM passes
+# the page's check. Checks read the DOM and the plotly graph divs' data (what the charts draw).
+WATCH_JS = r"""
+(args) => {
+  const [mode, target] = args;
+  const DROP = '#e11d48';
+  const texts = () => [...document.querySelectorAll('[data-testid=stMarkdownContainer]')].map(e => e.textContent);
+  const plots = () => [...document.querySelectorAll('.js-plotly-plot')].filter(g => g.data && g.data.length);
+  const slider = () => document.querySelector('input[type=range][aria-label="Pruning ratio"]');
+  const checks = {
+    noop_count: () => texts().some(t => t.includes(`the ${target} blocks`)),
+    noop_ratio: () => { const r = parseFloat(slider().value).toFixed(2);
+                        return texts().some(t => t.includes(`at ratio ${r}`)); },
+    preview_count: () => {
+      if (document.querySelectorAll('.sd-block.sd-gone').length !== target) return false;
+      if (!texts().some(t => t.includes(`removes ${target} of`))) return false;
+      const heat = plots().filter(g => g.data[0].type === 'heatmap');
+      return heat.length === 1 && heat[0].data[0].z[0].filter(v => v === 1).length === target;
+    },
+    curves_ratio: () => {
+      const r = parseFloat(slider().value).toFixed(2);
+      const line = texts().find(t => t.startsWith('Highlighted:') && t.includes(`at ratio ${r}`));
+      if (!line) return false;
+      const k = parseInt(line.match(/the (\d+) blocks/)[1]);
+      const ps = plots();
+      const curves = ps.filter(g => g.data.some(t => t.name === 'dropped'));
+      const bars = ps.filter(g => g.data[0].type === 'bar');
+      if (curves.length !== 1 || bars.length !== 1) return false;
+      const drops = curves[0].data.filter(t => t.name === 'dropped');
+      const red = bars[0].data[0].marker.color.filter(c => c === DROP).length;
+      window.__sd.k = k;
+      return drops.length >= 3 && drops.every(t => t.x.length === k) && red === k;
+    },
+  };
+  const sd = window.__sd = {t0: null, t1: null, k: null};
+  if (!window.__sdKey) {
+    window.__sdKey = true;
+    document.addEventListener('keydown', () => { if (window.__sd.t0 === null) window.__sd.t0 = performance.now(); },
+                              true);
+  }
+  const check = () => {
+    let ok = false;
+    try { ok = sd.t0 !== null && checks[mode](); } catch (e) { ok = false; }
+    if (ok) { sd.t1 = performance.now(); return; }
+    requestAnimationFrame(check);
+  };
+  requestAnimationFrame(check);
+}
+"""
+
+
+def _stats(ms: list[float]) -> dict:
+    xs = sorted(ms)
+    p90 = xs[min(len(xs) - 1, int(round(0.9 * (len(xs) - 1))))]
+    return {"median": round(statistics.median(xs), 1), "p90": round(p90, 1), "min": round(xs[0], 1),
+            "max": round(xs[-1], 1), "n": len(xs)}
+
+
+def _timed_move(page, mode: str, target, act) -> float:
+    from streamlit_server import idle
+
+    page.evaluate(WATCH_JS, [mode, target])
+    act()
+    page.wait_for_function("() => window.__sd.t1 !== null", timeout=60_000, polling=50)
+    ms = page.evaluate("() => window.__sd.t1 - window.__sd.t0")
+    idle(page)  # the run is over before the next move
+    return float(ms)
+
+
+def count_moves(page, mode: str, L: int, n: int, seed: int = 0) -> list[float]:
+    import random
+
+    rnd = random.Random(seed)
+    box = page.get_by_label("Blocks to remove", exact=True)
+    cur = int(box.input_value())
+    out = []
+    for _ in range(n + 2):  # the first two warm the caches and are dropped
+        k = cur
+        while k == cur:
+            k = rnd.randint(2, max(3, L // 2))
+        box.fill(str(k))
+        out.append(_timed_move(page, mode, k, lambda: box.press("Enter")))
+        cur = k
+    return out[2:]
+
+
+def ratio_moves(page, mode: str, n: int) -> list[float]:
+    thumb = page.get_by_role("slider", name="Pruning ratio")
+    thumb.focus()
+    pattern = ["PageUp"] * 3 + ["PageDown"] * 3  # 0.25 -> 0.55 -> 0.25: every press changes the count
+    out = []
+    for i in range(n + 2):
+        key = pattern[i % len(pattern)]
+        out.append(_timed_move(page, mode, None, lambda: thumb.press(key)))
+    return out[2:]
+
+
+def page_runs(page) -> dict:
+    return page.evaluate("() => Object.fromEntries([...document.querySelectorAll('.sd-runs')]"
+                         ".map(e => [e.dataset.name, +e.dataset.count]))")
+
+
+def build_80_block_model(out: Path) -> Path:
+    """A random-weight 80-block Llama (hidden 64) with the embedded model's tokenizer, saved to ``out``."""
+    from simdiff_core.load import load_model
+    from tiny import tiny_model
+
+    tok = load_model("default").tokenizer  # from the dequantised cache after the first load
+    tiny_model("llama", num_layers=80).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def calibrate(page, model_dir: str | None) -> None:
+    from playwright.sync_api import expect
+
+    from streamlit_server import idle, set_number
+
+    if model_dir:
+        page.get_by_role("combobox", name="Model source").click()  # the selectbox opens its option list
+        page.get_by_role("option", name="Local model directory").click()
+        idle(page)
+        box = page.get_by_label("Local model directory", exact=True)
+        box.fill(model_dir)
+        box.press("Enter")
+        idle(page)
+    set_number(page, "Samples", 2)
+    set_number(page, "Seq. length", 32)
+    page.get_by_role("button", name="Load & calibrate").click()
+    expect(page.get_by_text("Calibrated on 2 × 32")).to_be_visible(timeout=600_000)
+    idle(page)
+
+
+def goto(page, label: str) -> None:
+    from streamlit_server import idle
+
+    page.locator("[data-testid=stSidebarNav] a", has_text=label).first.click()
+    idle(page)
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--moves", type=int, default=24, help="timed moves per page and model (>= 20 for the issue)")
+    ap.add_argument("--json-out", default=None, help="also write the result JSON here")
+    args = ap.parse_args(argv)
+
+    from playwright.sync_api import sync_playwright
+
+    from streamlit_server import CHROMIUM, idle, running_app
+
+    if CHROMIUM is None:
+        sys.exit("error: Debian chromium not found (apt-get install chromium)")
+    res: dict = {}
+    tmp = Path(tempfile.mkdtemp(prefix="sd-browser-bench-"))
+    (tmp / "noop.py").write_text(NOOP_APP)
+    t_start = time.perf_counter()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"])
+
+        def new_page(url):
+            page = browser.new_page(viewport={"width": 1440, "height": 1000})
+            page.set_default_timeout(240_000)
+            page.goto(url)
+            idle(page)
+            return page
+
+        with running_app(tmp / "noop.log", {}, script=str(tmp / "noop.py")) as (url, _):
+            page = new_page(url)
+            res["floor_count"] = _stats(count_moves(page, "noop_count", 30, args.moves))
+            res["floor_ratio"] = _stats(ratio_moves(page, "noop_ratio", args.moves))
+            page.close()
+        print(f"floor done ({time.perf_counter() - t_start:.0f} s)", file=sys.stderr)
+
+        model80 = str(build_80_block_model(tmp / "llama80"))
+        with running_app(tmp / "app.log", {"SIMDIFF_EXPORT_DIR": str(tmp / "exports")}) as (url, _):
+            for L, model_dir in ((30, None), (80, model80)):
+                page = new_page(url)
+                calibrate(page, model_dir)
+                goto(page, "Prune preview")
+                before = page_runs(page)
+                res[f"preview_{L}"] = _stats(count_moves(page, "preview_count", L, args.moves))
+                after = page_runs(page)
+                res[f"preview_{L}"]["full_page_reruns"] = after["preview_page"] - before["preview_page"]
+                res[f"preview_{L}"]["fragment_runs"] = after["preview_fragment"] - before["preview_fragment"]
+                goto(page, "Layer curves")
+                before = page_runs(page)
+                res[f"curves_{L}"] = _stats(ratio_moves(page, "curves_ratio", args.moves))
+                after = page_runs(page)
+                res[f"curves_{L}"]["full_page_reruns"] = after["curves_page"] - before["curves_page"]
+                res[f"curves_{L}"]["fragment_runs"] = after["curves_fragment"] - before["curves_fragment"]
+                page.close()
+                print(f"{L} blocks done ({time.perf_counter() - t_start:.0f} s)", file=sys.stderr)
+        browser.close()
+
+    fc, fr = res["floor_count"]["median"], res["floor_ratio"]["median"]
+    res["ratio_to_floor"] = {
+        "preview_30": round(res["preview_30"]["median"] / fc, 2), "curves_30": round(res["curves_30"]["median"] / fr, 2),
+        "preview_80": round(res["preview_80"]["median"] / fc, 2), "curves_80": round(res["curves_80"]["median"] / fr, 2)}
+    res["goals"] = {
+        "30_median_le_1.5x_floor": max(res["ratio_to_floor"]["preview_30"], res["ratio_to_floor"]["curves_30"]) <= 1.5,
+        "30_median_le_150ms": max(res["preview_30"]["median"], res["curves_30"]["median"]) <= 150,
+        "80_p90_le_250ms": max(res["preview_80"]["p90"], res["curves_80"]["p90"]) <= 250,
+        "no_full_page_reruns": all(res[k]["full_page_reruns"] == 0 for k in ("preview_30", "curves_30", "preview_80",
+                                                                               "curves_80"))}
+    res["moves"] = args.moves
+    res["seconds"] = round(time.perf_counter() - t_start, 1)
+    out = {"slider_repaint_ms": res}
+    line = json.dumps(out)
+    print(line)
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(out, indent=1) + "\n")
+    return out
+
+
+if __name__ == "__main__":
+    main()
