@@ -436,6 +436,17 @@ def bench_streaming(num_layers, hidden, n, seq_len) -> dict:
 
 
 # ----------------------------------------------------------------------------------- report
+def kept_sections(path: Path) -> str:
+    """Sections other benchmarks wrote into RESULTS.md between ``<!-- keep:NAME -->`` and
+    ``<!-- /keep:NAME -->`` (bench/browser_slider.py, bench/first_curves.py): carried over on rewrite."""
+    import re
+
+    old = path.read_text() if path.exists() else ""
+    blocks = re.findall(r"<!-- keep:(\S+) -->.*?<!-- /keep:\1 -->", old, flags=re.S)
+    return "".join("\n" + m.group(0) + "\n" for m in re.finditer(r"<!-- keep:(\S+) -->.*?<!-- /keep:\1 -->", old,
+                                                                   flags=re.S)) if blocks else ""
+
+
 def write_results(path: Path, res: dict, args) -> None:
     ov, sp, mem, ttfc, st = res["overhead"], res["speedup"], res["memory"], res.get("ttfc"), res["streaming"]
     L = []
@@ -552,6 +563,14 @@ def write_results(path: Path, res: dict, args) -> None:
       f"Time: streamed {st['streaming_seconds']} s vs in-memory {st['in_memory_seconds']} s (includes reading "
       "each block from disk).")
     w("")
+    if res.get("eval"):
+        sys.path.insert(0, str(ROOT / "bench"))
+        import bench_eval
+
+        w("<!-- eval-bench:start -->")
+        w(bench_eval.results_section(res["eval"]))
+        w("<!-- eval-bench:end -->")
+        w("")
     w("## GPU rows")
     w("")
     if res["device"].startswith("cuda"):
@@ -562,7 +581,7 @@ def write_results(path: Path, res: dict, args) -> None:
           "(uses the embedded model; add `--gpu-model-layers 24 --gpu-model-hidden 1536` for a ~1B config-built "
           "model) and paste its table here.")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(L) + "\n")
+    path.write_text("\n".join(L) + "\n" + kept_sections(path))
 
 
 def main() -> int:
@@ -643,6 +662,15 @@ def main() -> int:
     log(f"streaming diff {res['streaming']['streaming_max_abs_diff']} peak {res['streaming']['streaming_peak_mb']} MB "
         f"of {res['streaming']['streaming_model_mb']} MB")
 
+    if not args.smoke and not args.gpu_model_layers:
+        # candidate evaluation cost (bench_eval.py): damage vs its floor, greedy / auto alpha vs the naive loop,
+        # the Shootout page's defaults; small calibration, ratios measured in this run
+        sys.path.insert(0, str(ROOT / "bench"))
+        import bench_eval
+
+        res["eval"] = bench_eval.run_all(lm, make_windows(lm.tokenizer, "wikitext2", n=2, seq_len=64), 7,
+                                         ("damage", "greedy", "alpha", "shootout"))
+
     res["loadavg"] = [load_start, os.getloadavg()[0]]
     out = Path(args.out) if args.out else (None if args.smoke else ROOT / "bench" / (
         "RESULTS.md" if not str(device).startswith("cuda") else "RESULTS-cuda.md"))
@@ -669,6 +697,8 @@ def main() -> int:
         "streaming_budget_mb": res["streaming"]["streaming_budget_mb"],
         "uncertainty_overhead": round(res["uncertainty"]["uncertainty_overhead"], 4),
         "bootstrap_seconds": res["uncertainty"]["bootstrap_seconds"],
+        **{k: res.get("eval", {}).get(k) for k in ("greedy_cost_vs_naive", "auto_alpha_cost_vs_naive",
+                                                   "damage_vs_floor", "shootout_default_s")},
         "bench_seconds": round(time.perf_counter() - t_start, 1),
     }
     if "first_curves" in res:

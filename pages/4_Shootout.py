@@ -19,23 +19,31 @@ from simdiff_core.methods.search import ALGORITHMS
 from ui import state, views
 
 state.setup_page("Shootout")
+# Defaults sized to finish within 5 minutes on a 2-core CPU with the embedded model and the default
+# 8 x 256 calibration (bench/bench_eval.py measures them: shootout_default_s).
+DEFAULT_METHODS = ["oneshot:cosine", "oneshot:simdiff", "iterative:simdiff", "block", "slm"]
+DEFAULT_BUDGET = 40
+DEFAULT_EVAL_WINDOWS = 4
+DEFAULT_EVAL_SEQ_LEN = 256
 CHOICES = ([f"oneshot:{c}" for c in CRITERIA] + [f"iterative:{c}" for c in ("simdiff", "cosine")]
            + ["greedy", "block", "slm"] + [f"search:{a}" for a in ALGORITHMS])
 
 with st.sidebar:
     st.subheader("Shoot-out")
-    specs = st.multiselect("Methods", CHOICES, default=["oneshot:cosine", "oneshot:simdiff", "iterative:simdiff",
-                                                       "block", "slm"], key="so_methods",
+    specs = st.multiselect("Methods", CHOICES, default=DEFAULT_METHODS, key="so_methods",
                            help="; ".join(f"{m}: {d}" for m, d in METHODS.items()))
     ratio = st.slider("Pruning ratio", 0.05, 0.75, float(state.get("ratio", 0.25) or 0.25), 0.01, key="so_ratio")
     objective = st.selectbox("Greedy/search objective", ["ppl", "accuracy"], key="so_objective",
                              help="ppl: calibration perplexity; accuracy: shipped MC set, dev split")
-    budget = st.number_input("Search budget (evaluations)", 2, 5000, 40, key="so_budget")
+    budget = st.number_input("Search budget (evaluations)", 2, 5000, DEFAULT_BUDGET, key="so_budget")
     accuracy = st.toggle("Measure MC accuracy", value=False, key="so_accuracy",
                          help="Shipped multiple-choice set, test split (35 items), log-likelihood scoring")
     c1, c2 = st.columns(2)
-    ev_n = c1.number_input("Eval windows", 1, 256, 4, key="so_eval_windows")
-    ev_len = c2.number_input("Eval seq.", 32, 4096, 256, step=32, key="so_eval_seq_len")
+    ev_n = c1.number_input("Eval windows", 1, 256, DEFAULT_EVAL_WINDOWS, key="so_eval_windows")
+    ev_len = c2.number_input("Eval seq.", 32, 4096, DEFAULT_EVAL_SEQ_LEN, step=32, key="so_eval_seq_len")
+    st.caption("The defaults (these methods, budget, eval windows; 8 x 256 calibration) finish in about "
+               "SHOOTOUT_MINUTES on a 2-core CPU with the embedded model. Greedy and search evaluate many "
+               "candidates (through a prefix-cached evaluator): add them with a small budget.")
 
 st.title("Shoot-out")
 scores = state.require_scores()

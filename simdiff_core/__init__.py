@@ -12,6 +12,15 @@ the same functions.
 
 __version__ = "0.1.0"
 
+import os as _os
+
+# OpenMP threads that spin while waiting for each other collapse on an oversubscribed CPU (a shared
+# 2-core box running other jobs): a forward at 2 threads measured 8-15x slower than at 1 thread,
+# which made damage and greedy runs look 30-50x slower than they are. Sleeping waiters avoid it
+# (bench/bench_eval.py: omp_passive_speedup). Only effective when simdiff_core is imported before
+# torch (the CLI and the app); an explicit OMP_WAIT_POLICY in the environment wins.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from .data import load_text, make_windows, text_source  # noqa: E402
 from .errors import Cancelled, SimDiffError  # noqa: E402
 from .evaluate import eval_windows, generate_sample, measure_latency, perplexity  # noqa: E402

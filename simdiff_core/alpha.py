@@ -7,7 +7,9 @@
 
 For each (alpha, beta) on the grid (alpha in 0, 0.1, ..., 1; beta in ``betas``, default just the
 given ``beta``) the one-shot SimDiff plan is computed from the cached scores (free); the *distinct*
-plans are then evaluated once each by perplexity on the calibration windows. The grid contains
+plans are then evaluated once each by perplexity on the calibration windows, together, through
+``evaluator.PrefixEvaluator``: plans that keep the same lowest blocks share those blocks' compute
+(one dense pass per batch, then each plan from its first removed block on; LM head in row chunks). The grid contains
 alpha = 1 (cosine-only ranking), so the chosen plan is never worse than cosine-only *on the
 calibration data*, for either normalisation (plans break importance ties by the cosine order, so
 alpha = 1 is exactly the cosine plan; see ``plan.cosine_tiebreak``). ``betas=AUTO_BETAS`` (0, 0.5, 1) also lets the difference view lean entirely on
@@ -22,9 +24,7 @@ from typing import Callable
 
 import numpy as np
 
-from .evaluate import perplexity
 from .plan import make_plan
-from .prune import pruned_model
 
 DEFAULT_GRID = tuple(float(round(a, 2)) for a in np.linspace(0.0, 1.0, 11))
 AUTO_BETAS = (0.0, 0.5, 1.0)
@@ -32,8 +32,16 @@ AUTO_BETAS = (0.0, 0.5, 1.0)
 
 def auto_alpha(lm, scores, calib_ids, ratio=None, num=None, grid=DEFAULT_GRID, keep_first=True,
                keep_last=True, progress: Callable[[float, str], None] | None = None,
-               should_stop=None, betas=None, beta: float = 0.5, **fusion) -> tuple[float, list[dict]]:
-    """Best alpha and every trial (alpha, beta, removed_layers, ppl); see the module docstring."""
+               should_stop=None, betas=None, beta: float = 0.5, evaluator=None,
+               **fusion) -> tuple[float, list[dict]]:
+    """Best alpha and every trial (alpha, beta, removed_layers, ppl); see the module docstring.
+
+    The distinct plans are evaluated together by ``evaluator.PrefixEvaluator`` (pass one built on
+    ``calib_ids`` to share it), in prefix order: plans that agree on their lowest removed blocks
+    share the blocks below the first difference.
+    """
+    from .evaluator import PrefixEvaluator
+
     betas = tuple(betas) if betas else (float(beta),)
     plans = {(a, b): make_plan(scores, "simdiff", ratio=ratio, num=num, alpha=a, beta=b,
                                keep_first=keep_first, keep_last=keep_last, **fusion)
@@ -41,12 +49,13 @@ def auto_alpha(lm, scores, calib_ids, ratio=None, num=None, grid=DEFAULT_GRID, k
     distinct: dict[tuple, list] = {}
     for key, p in plans.items():
         distinct.setdefault(tuple(p.removed_layers), []).append(key)
-    ppl_of = {}
-    for n, (removed, keys) in enumerate(distinct.items()):
-        if progress:
-            progress(n / len(distinct), f"evaluating candidate pruning {n + 1}/{len(distinct)}")
-        model = pruned_model(lm, plans[keys[0]].kept_layers)
-        ppl_of[removed] = perplexity(model, calib_ids, device=lm.device, should_stop=should_stop)["ppl"]
+    if progress:
+        progress(0.0, f"evaluating {len(distinct)} distinct candidate prunings")
+    ev = evaluator if evaluator is not None else PrefixEvaluator(lm, calib_ids, should_stop=should_stop)
+    sets = list(distinct)
+    vals = ev.ppls(sets, progress=None if progress is None else
+                   lambda f, m: progress(f, f"evaluating {len(distinct)} candidate prunings: {m}"))
+    ppl_of = dict(zip(sets, vals))
     if progress:
         progress(1.0, f"{len(distinct)} distinct prunings evaluated")
     trials = [{"alpha": a, "beta": b, "removed_layers": p.removed_layers, "ppl": ppl_of[tuple(p.removed_layers)]}

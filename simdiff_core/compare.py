@@ -118,6 +118,15 @@ def run_compare(lm, calib_ids, specs: list[dict], ratio=None, num=None, eval_ids
     rows = [{"method": "dense", "criterion": "", "removed_layers": "", "merged_groups": "", "num_removed": 0,
              **measure(lm.model), "seconds": 0.0, "evals": 0}]
     plans = []
+    shared = {}  # one prefix-cached evaluator on the calibration windows for every method that evaluates
+
+    def evaluator():
+        if "ev" not in shared:
+            from .evaluator import PrefixEvaluator
+
+            shared["ev"] = PrefixEvaluator(lm, calib_ids, should_stop=should_stop)
+        return shared["ev"]
+
     for n, spec in enumerate(specs):
         step["i"], step["label"] = n + 1, spec["label"]
         opts = {k_: v for k_, v in spec.items() if k_ not in ("method", "label")}
@@ -130,6 +139,8 @@ def run_compare(lm, calib_ids, specs: list[dict], ratio=None, num=None, eval_ids
             opts["alpha"] = alpha
         t0 = time.perf_counter()
         try:
+            if spec["method"] == "slm" or (spec["method"] in ("greedy", "search") and objective == "ppl"):
+                opts["evaluator"] = evaluator()
             plan = run_method(spec["method"], lm, calib_ids, num=k, keep_first=keep_first, keep_last=keep_last,
                               progress=sub, should_stop=should_stop, calibration=calibration, scores=scores, **opts)
         except Cancelled:

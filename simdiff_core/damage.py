@@ -9,25 +9,24 @@
 Cosine, MSSD and MASD are proxies for how much a block matters; this is the thing they proxy.
 
 How (cached prefix). Removing block i does not change anything *before* block i, so the hidden
-state entering block i is the same as in the dense model. One dense forward per batch of windows
-records every block's input ``x_i`` (run-scoped forward hooks, ``hooks.hook_pass``) and the
-keyword arguments every block was called with (pre-hooks: position embeddings, masks, position ids;
-per block, because sliding-window families such as Gemma3 pass a different mask and rotary table to
-local and global layers). Then, for each i, we start from ``x_i``, skip block i, run blocks
-i+1..L-1 with their recorded kwargs, the final norm and the LM head, and accumulate the NLL exactly
-as ``evaluate.perplexity`` does (float32 cross-entropy of tokens 1..S-1 of each window).
+state entering block i is the same as in the dense model. ``evaluator.PrefixEvaluator`` records,
+in one dense forward per batch of windows, every block's input and the arguments the model called it
+with (per block: sliding-window families such as Gemma3 pass local and global layers different masks
+and rotary tables; GPT-2 passes some positionally). Then for each i it starts from the cached input
+of block i, skips block i, runs blocks i+1..L-1, the final norm and the LM head (with the model's
+own logit post-processing: Gemma soft-capping, Granite ``logits_scaling``, ...), and accumulates the
+NLL exactly as ``evaluate.perplexity`` defines it (float32 cross-entropy of tokens 1..S-1 of each
+window). The single removals are run from the deepest block down, so each tail reuses the previous
+tail's states: block i+1's input without block i is block i's input.
 
 Cost in block executions per batch: naive (dense baseline + L pruned forwards of L-1 blocks) is
-L + L(L-1) = L²; cached is L + L(L-1)/2, i.e. about half (30 blocks: 900 vs 465). The LM head still
-runs L+1 times either way; ``benchmark_damage`` times both paths.
+L + L(L-1) = L^2; cached is L + L(L-1)/2, about half (30 blocks: 900 vs 465). The LM head runs L+1
+times either way, in row chunks (never the whole (B, S, V) float32 logits at once). Measured against
+L+1 plain forwards of the same tokens (``bench/run.py``: ``damage_vs_floor``) it is below 1.
 
-Memory (``memory_estimate``): the cache holds L+1 hidden-state tensors of (batch, S, H) for the
-current batch, and each loss computation holds the (batch, S, V) logits in the model's dtype plus two
-float32 (batch, S-1, V) copies (the shifted slice and cross-entropy's log-softmax). The logits
-dominate for small models with large vocabularies: the default 8 x 256 calibration of a 30-block,
-H=576, V=49152 model with batch 4 in float32 needs 31 x 4 x 256 x 576 x 4 B ≈ 73 MB of cache and
-4 x 256 x 49152 x 4 B + 2 x 4 x 255 x 49152 x 4 B ≈ 602 MB for the logits, ≈ 675 MB in all. Windows are processed ``batch_size`` at a time, so memory is bounded by the batch size, not
-the number of windows; keep the calibration small (default 8 windows of 256 tokens).
+Memory: see ``evaluator.py`` — per batch (L+1) x batch x S x H activations (default 8 x 256 windows,
+30 blocks, H=576, batch 4, fp32: 31 x 4 x 256 x 576 x 4 B ~ 73 MB), kept for as many batches as fit
+in 256 MiB, plus one chunk of logits (<= 32 MiB). It does not grow with the number of windows.
 """
 
 from __future__ import annotations
@@ -38,18 +37,14 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
-from .errors import Cancelled, SimDiffError
-from .hooks import block_io, hook_pass
-from .load import get_attr_path, text_config
+from .errors import SimDiffError
+from .evaluator import PrefixEvaluator, auto_batch_size  # noqa: F401  (auto_batch_size: public here too)
 from .records import JsonRecord
-from .score import auto_batch_size
 
 Progress = Callable[[float, str], None]
 DEFAULT_SAMPLES = 8
 DEFAULT_SEQ_LEN = 256
-FINAL_NORM_NAMES = ("norm", "final_layernorm", "final_layer_norm", "ln_f", "final_norm")
 
 
 @dataclass
@@ -120,73 +115,6 @@ class Damage(JsonRecord):
             raise SimDiffError(f"malformed damage file: missing or bad field {e}") from None
 
 
-def _tail_modules(lm):
-    """(final norm or None, LM head, logit softcap or None) of a LoadedModel."""
-    model = lm.model
-    owner_path = lm.block_path.rsplit(".", 1)[0] if "." in lm.block_path else ""
-    owner = get_attr_path(model, owner_path) if owner_path else model
-    norm = None
-    for name in FINAL_NORM_NAMES:
-        m = getattr(owner, name, None)
-        if isinstance(m, torch.nn.Module):
-            norm = m
-            break
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if head is None:
-        raise SimDiffError(f"{lm.name}: no LM head found (get_output_embeddings() is None); damage needs logits")
-    if norm is None:
-        raise SimDiffError(f"{lm.name}: no final norm found on '{owner_path or 'model'}' "
-                           f"(looked for {', '.join(FINAL_NORM_NAMES)})")
-    cap = getattr(text_config(model.config), "final_logit_softcapping", None)
-    return norm, head, cap
-
-
-def _nll_sum(norm, head, cap, h: torch.Tensor, ids: torch.Tensor) -> float:
-    logits = head(norm(h))
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    nll = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
-                          reduction="sum")
-    return float(nll)
-
-
-def _run_block(block, h, kwargs):
-    out = block(h, **kwargs)
-    return out[0] if isinstance(out, (tuple, list)) else out
-
-
-def _capture(lm, ids: torch.Tensor):
-    """Dense forward of one batch: inputs of every block, their kwargs, and the last block's output."""
-    blocks = lm.blocks
-    L = len(blocks)
-    xs: list[torch.Tensor | None] = [None] * (L + 1)
-    kws: list[dict | None] = [None] * L
-
-    def pre(module, args, kwargs, _i):
-        # hidden states arrive positionally or as a kwarg; keep every other kwarg as the block saw it
-        kw = dict(kwargs)
-        kw.pop("hidden_states", None)
-        kw["past_key_values"] = None
-        kw["use_cache"] = False
-        kws[_i] = kw
-        if len(args) > 1:
-            raise SimDiffError(f"{lm.name}: block {_i} takes extra positional arguments; damage cannot replay it")
-
-    def post(module, args, kwargs, output, _i):
-        x, y = block_io(args, kwargs, output)
-        xs[_i] = x
-        xs[_i + 1] = y
-
-    # run-scoped (hooks.py): other sessions' forwards on the shared model never reach these callbacks
-    with hook_pass(pre={b: (lambda m, a, k, _i=i: pre(m, a, k, _i)) for i, b in enumerate(blocks)},
-                   post={b: (lambda m, a, k, o, _i=i: post(m, a, k, o, _i)) for i, b in enumerate(blocks)},
-                   name="damage"):
-        out = lm.model(input_ids=ids, use_cache=False)
-    if any(x is None for x in xs) or any(k is None for k in kws):
-        raise SimDiffError(f"{lm.name}: not every block ran in the forward pass; cannot measure damage")
-    return xs, kws, out.logits
-
-
 def block_executions(num_layers: int, batches: int = 1) -> dict:
     """Block forward calls of the naive and the cached leave-one-out computation."""
     L = num_layers
@@ -197,89 +125,73 @@ def block_executions(num_layers: int, batches: int = 1) -> dict:
 
 
 def memory_estimate(lm, batch: int, seq_len: int) -> dict:
-    """Peak extra memory of one damage batch in bytes: ``cache_bytes`` (L+1 block inputs/outputs of
-    (batch, S, H)), ``logits_bytes`` ((batch, S, V) logits in the model dtype plus two float32
-    (batch, S-1, V) copies for the loss) and ``total_bytes``; see the module docstring."""
+    """Peak extra memory of one damage batch in bytes: ``cache_bytes`` (the L+1 hidden states of
+    (batch, S, H) the evaluator keeps per batch), ``logits_bytes`` (the largest head call: one row
+    chunk of the batch's B x (S-1) predicted positions, ``evaluator.head_chunk_rows``, as the head
+    returns it plus the float32 log-softmax of the cross-entropy, and a float32 copy when the model
+    dtype is not float32) and ``total_bytes``. The dense pass asks the model for the logits of only
+    a few positions (``logits_to_keep``), so no (B, S, V) tensor exists at any time."""
+    from .evaluator import DEFAULT_HEAD_CHUNK_BYTES, head_chunk_rows  # noqa: I001
+
     cfg = lm.model.config.get_text_config()
     hidden = int(cfg.hidden_size)
     vocab = int(getattr(cfg, "vocab_size", 0) or lm.model.get_output_embeddings().weight.shape[0])
     elt = torch.finfo(lm.dtype).bits // 8 if lm.dtype.is_floating_point else 4
     cache = (lm.num_layers + 1) * batch * seq_len * hidden * elt
-    logits = batch * seq_len * vocab * elt + 2 * batch * (seq_len - 1) * vocab * 4
+    rows = min(batch * (seq_len - 1), head_chunk_rows(vocab, DEFAULT_HEAD_CHUNK_BYTES))
+    logits = rows * vocab * (elt + 4 + (4 if elt != 4 else 0))
     return {"cache_bytes": cache, "logits_bytes": logits, "total_bytes": cache + logits}
 
 
-@torch.inference_mode()
 def measure_damage(lm, input_ids: torch.Tensor, batch_size: int | None = None,
                    progress: Progress | None = None, should_stop: Callable[[], bool] | None = None,
-                   calibration: dict | None = None) -> Damage:
+                   calibration: dict | None = None, evaluator=None) -> Damage:
     """Leave-one-out damage of every block of ``lm`` (a LoadedModel) on windows ``input_ids`` (N, S).
 
     ``progress(fraction, message)`` is called after every leave-one-out tail; ``should_stop()`` is
-    polled at the same points and raises ``Cancelled``. Memory: see ``memory_estimate``.
+    polled at the same points and raises ``Cancelled``. Memory: ``memory_estimate``. Runs through ``evaluator.PrefixEvaluator``
+    (pass one built on the same windows to share its cache); memory: see that module.
     """
     if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.shape[0] == 0 \
             or input_ids.shape[1] < 2:
         raise SimDiffError("calibration input must be a non-empty (N, S) tensor of token ids with S >= 2")
-    blocks = lm.blocks
-    L = len(blocks)
+    L = lm.num_layers
     if L < 2:
         raise SimDiffError("leave-one-out damage needs a model with at least 2 blocks")
-    norm, head, cap = _tail_modules(lm)
-    N, S = input_ids.shape
-    # half the tokens of a scoring batch: this pass caches every block's input
-    bs = max(1, int(batch_size or auto_batch_size(lm.device, S, share=0.5)))
-    dense_nll, nll = 0.0, [0.0] * L
-    steps_per_batch = L + 1
-    n_batches = math.ceil(N / bs)
-    done_steps, total_steps = 0, n_batches * steps_per_batch
-    execs = 0
     t0 = time.perf_counter()
-
-    def tick(msg: str) -> None:
-        nonlocal done_steps
-        done_steps += 1
-        if progress is not None:
-            progress(min(done_steps / total_steps, 1.0), msg)
-        if should_stop is not None and should_stop():
-            raise Cancelled()
-
-    for b, start in enumerate(range(0, N, bs)):
-        ids = input_ids[start:start + bs].to(lm.device)
-        xs, kws, logits = _capture(lm, ids)
-        execs += L
-        dense_nll += float(F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
-                                           ids[:, 1:].reshape(-1), reduction="sum"))
-        del logits
-        tick(f"batch {b + 1}/{n_batches}: dense pass")
-        for i in range(L):
-            h = xs[i]  # (B, S, H) input of block i == what block i+1 receives once block i is gone
-            for j in range(i + 1, L):
-                h = _run_block(blocks[j], h, kws[j])
-                execs += 1
-            nll[i] += _nll_sum(norm, head, cap, h, ids)
-            tick(f"batch {b + 1}/{n_batches}: without block {i}")
-        del xs, kws
+    if progress is not None:
+        progress(0.0, "dense pass: recording every block's input")
+    ev = evaluator if evaluator is not None else PrefixEvaluator(lm, input_ids, batch_size=batch_size,
+                                                                 should_stop=should_stop)
+    if tuple(ev.shape) != tuple(input_ids.shape):
+        raise SimDiffError("the evaluator was built on other calibration windows")
+    calls0 = ev.stats["block_calls"]
+    losses = ev.losses([(i,) for i in range(L)],
+                       progress=None if progress is None else lambda f, m: progress(f, f"without one block: {m}"))
+    N, S = input_ids.shape
     tokens = N * (S - 1)
-    dense_loss = dense_nll / tokens
+    dense_loss = ev.dense_loss
     dense_ppl = math.exp(min(dense_loss, 700.0))
     layers = []
     for i in range(L):
-        loss = nll[i] / tokens
+        loss = losses[i]
         ppl = math.exp(min(loss, 700.0))
         layers.append({"index": i, "loss": loss, "ppl": ppl, "delta_loss": loss - dense_loss,
                        "delta_ppl": ppl - dense_ppl})
+    n_batches = math.ceil(N / ev.bs)
     counts = block_executions(L, n_batches)
-    mem = memory_estimate(lm, min(bs, N), S)
+    mem = memory_estimate(lm, min(ev.bs, N), S)
     return Damage(
         model=lm.source, num_layers=L, dense_loss=dense_loss, dense_ppl=dense_ppl, layers=layers,
         calibration=dict(calibration or {}, samples=int(N), seq_len=int(S), tokens=int(tokens)),
-        meta={"seconds": round(time.perf_counter() - t0, 3), "batch_size": bs, "device": str(lm.device),
-              "dtype": str(lm.dtype).replace("torch.", ""), "block_executions": execs,
+        meta={"seconds": round(time.perf_counter() - t0, 3), "batch_size": ev.bs, "device": str(lm.device),
+              "dtype": str(lm.dtype).replace("torch.", ""),
+              "block_executions": L * n_batches + ev.stats["block_calls"] - calls0,
               "naive_block_executions": counts["naive"], "saving": round(counts["saving"], 4),
               "cache_bytes_per_batch": mem["cache_bytes"], "logits_bytes_per_batch": mem["logits_bytes"],
               "memory_bytes_per_batch": mem["total_bytes"],
-              "method": "cached block inputs: one dense pass per batch, then blocks i+1..L-1 for each i"},
+              "method": "prefix-cached evaluator: one dense pass per batch, then blocks i+1..L-1 for each i "
+                        "(reusing the previous tail's states), LM head in row chunks"},
     )
 
 

@@ -507,6 +507,33 @@ def stability_spec(frequency, removed, threshold: float = 0.75, n_boot: int = 20
     return {"data": [trace], "layout": layout}
 
 
+PALETTE = ["#2563eb", "#e11d48", "#059669", "#d97706", "#7c3aed", "#0891b2"]
+
+
+def overlay_curves(frame: pd.DataFrame, metric: str, relative: bool, title: str = "",
+                   removed: dict | None = None) -> go.Figure:
+    """One line per run/source of ``frame`` (``sensitivity.overlay_frame``); x = block or relative depth.
+
+    ``removed`` (name -> blocks) marks each run's removed blocks with an x in its colour."""
+    fig = go.Figure()
+    for n, (name, sub) in enumerate(frame.groupby("run", sort=False)):
+        color = PALETTE[n % len(PALETTE)]
+        fig.add_trace(go.Scatter(x=sub["x"], y=sub["value"], mode="lines+markers", name=str(name),
+                                 line=dict(color=color, width=2), marker=dict(size=5), customdata=sub["block"],
+                                 hovertemplate=f"<b>{name}</b><br>block %{{customdata}}<br>{metric} %{{y:.4g}}"
+                                               "<extra></extra>"))
+        gone = [b for b in (removed or {}).get(name, []) if b in set(sub["block"])]
+        if gone:
+            s2 = sub.set_index("block").loc[gone]
+            fig.add_trace(go.Scatter(x=s2["x"], y=s2["value"], mode="markers", name=f"{name}: removed",
+                                     marker=dict(color=color, size=11, symbol="x", line=dict(width=1, color="white")),
+                                     hoverinfo="skip"))
+    fig.update_layout(title=dict(text=title or metric, x=0, font=dict(size=15)))
+    fig.update_xaxes(title_text="relative depth (0 = first block, 1 = last)" if relative else "block")
+    fig.update_yaxes(title_text=metric)
+    return _app_style(fig, 380)
+
+
 def shootout_bars(rows: list[dict]) -> go.Figure:
     """Perplexity per shoot-out row (``compare.run_compare`` rows), dense in grey, log axis."""
     labels = [f"{r['method']}:{r['criterion']}" if r.get("criterion") else r["method"] for r in rows]

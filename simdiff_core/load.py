@@ -101,10 +101,11 @@ def text_config(config):
 
 
 def count_parameters(model: nn.Module) -> int:
-    # Tied embeddings are one tensor seen twice: count each storage once.
+    # Tied embeddings are one tensor seen twice: count each storage once. Offloaded (meta) and empty
+    # tensors have no storage (data pointer 0 for all of them): count those by parameter object.
     seen, total = set(), 0
     for p in model.parameters():
-        key = p.data_ptr()
+        key = ("obj", id(p)) if p.device.type == "meta" or p.numel() == 0 else ("ptr", p.data_ptr())
         if key not in seen:
             seen.add(key)
             total += p.numel()

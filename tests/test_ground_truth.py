@@ -18,6 +18,7 @@ from simdiff_core.damage import Damage, block_executions, measure_damage
 from simdiff_core.plan import Plan, make_plan
 from simdiff_core.report import build_report_html, write_report
 from simdiff_core.score import Scores
+from tiny import FAMILIES
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -39,8 +40,8 @@ def tiny_bundle(tokenizer, ids):
 
 
 # ------------------------------------------------------------------ damage
-@pytest.mark.parametrize("family", ["llama", "gemma3"])  # gemma3: per-layer sliding/global masks and rotary
-def test_damage_equals_remove_and_evaluate(tiny, ids, family):
+@pytest.mark.parametrize("family", FAMILIES)  # every supported family (gemma2/3: sliding/global layers,
+def test_damage_equals_remove_and_evaluate(tiny, ids, family):  # granite: logits_scaling, gpt2: positional args
     lm = tiny(family, num_layers=5)
     seen = []
     dmg = measure_damage(lm, ids, batch_size=2, progress=lambda f, m: seen.append(f))

@@ -25,6 +25,12 @@ def calibrated():
     return at
 
 
+def arr(v):
+    from ui.charts import _plain
+
+    return list(np.asarray(_plain(v)).tolist())
+
+
 def _spec(at, i=0):
     return json.loads(at.get("plotly_chart")[i].proto.spec)
 
@@ -41,7 +47,7 @@ def test_curves_draw_bands_clip_outliers_and_offer_csv_png(calibrated):
     names = [t.get("name") for t in spec["data"]]
     assert names.count("90% bootstrap band") == 3 and names.count("band hi") == 3
     lo = [t for t in spec["data"] if t.get("name") == "90% bootstrap band"][0]
-    assert np.allclose(lo["y"], ref["cosine"]["lo"])
+    assert np.allclose(arr(lo["y"]), ref["cosine"]["lo"])
     # clipped MSSD axis: the outlier blocks (SmolLM2: 0 and 11) are written at the top, the rest fill the axis
     mssd = [l["mssd_rel"] for l in scores.layers]
     notes = [a["text"] for a in spec["layout"]["annotations"] if a["text"].startswith("▲")]
@@ -79,3 +85,86 @@ def test_preview_shows_plan_stability_matching_the_library(calibrated):
     ref3 = plan_stability(scores, plan.criterion, num=3, alpha=plan.alpha, beta=0.5)
     spec = [json.loads(c.proto.spec) for c in at.get("plotly_chart") if "stability" in c.proto.spec][0]
     assert [i for i, c in enumerate(spec["data"][0]["marker"]["color"]) if c == "#e11d48"] == ref3.removed
+
+
+def test_sensitivity_page_scores_two_sources_and_reports_the_library_numbers(calibrated):
+    from simdiff_core.sensitivity import sensitivity
+
+    at = calibrated
+    at.switch_page("pages/7_Calibration_sensitivity.py").run()
+    assert not at.exception and at.info  # nothing scored yet
+    at.multiselect(key="sens_sources").set_value(["WikiText-2 (shipped)", "Dialogue sample (shipped, CC0)"])
+    at.number_input(key="sens_samples").set_value(3)
+    at.number_input(key="sens_seq_len").set_value(32)
+    at.button(key="sens_run").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    runs = at.session_state["sens_runs"]["runs"]
+    assert list(runs) == ["WikiText-2 (shipped)", "Dialogue sample (shipped, CC0)"]
+    assert all(r.calibration["samples"] == 3 and r.calibration["seq_len"] == 32 for r in runs.values())
+    assert "dialogue" in runs["Dialogue sample (shipped, CC0)"].calibration["source"]
+    num = max(1, round(at.session_state["ratio"] * 30))  # the Prune preview's current count
+    rep = sensitivity(runs, "simdiff", num=num, alpha=at.session_state["alpha"], beta=0.5)
+    assert at.metric[1].value == f"{len(rep.agreed)} of {num}"
+    assert at.metric[0].value == f"{min(rep.rho.values()):.3f}"
+    assert at.metric[2].value == str(len(rep.flips))
+    text = (at.warning[0].value if rep.flips else at.success[0].value)
+    assert all(f"block {b}" in text for b in rep.flips)
+    at.selectbox(key="sens_metric").set_value("cosine").run()
+    spec = _spec(at)
+    lines = [t for t in spec["data"] if t.get("mode") == "lines+markers"]
+    assert [t["name"] for t in lines] == list(runs)
+    assert np.allclose(arr(lines[1]["y"]), [l["cosine"] for l in runs["Dialogue sample (shipped, CC0)"].layers])
+    at.multiselect(key="sens_sources").set_value(["WikiText-2 (shipped)"])
+    at.button(key="sens_run").click().run()
+    assert [e.value for e in at.error] == ["choose at least two calibration sources"]
+
+
+def test_drill_down_page_lists_the_library_top_tokens(calibrated):
+    from simdiff_core.drilldown import drill_down
+
+    at = calibrated
+    at.switch_page("pages/9_Block_drill_down.py").run()
+    assert not at.exception
+    scores = at.session_state["scores"]
+    assert at.selectbox(key="dd_block").value == int(np.argmax([l["mssd_rel"] for l in scores.layers]))
+    at.selectbox(key="dd_block").set_value(3)
+    at.number_input(key="dd_windows").set_value(2)
+    at.number_input(key="dd_top").set_value(5)
+    at.button(key="dd_run").click().run()
+    assert not at.exception and not at.error
+    d = at.session_state["drill"]["result"]
+    lm = at.session_state["_lm_pin"][1]
+    ref = drill_down(lm, at.session_state["calib_ids"], 3, windows=2, top=5)
+    assert [(t["window"], t["position"]) for t in d.top] == [(t["window"], t["position"]) for t in ref.top]
+    table = "".join(h.proto.body for h in at.get("html") if "sd-drill" in h.proto.body)
+    assert table.count("<mark>") == 5 and f"{ref.top[0]['value']:.4g}" in table
+
+
+def test_compare_runs_pins_uploads_validates_and_shares_the_colour_scale(calibrated, tmp_path):
+    at = calibrated
+    at.switch_page("pages/8_Compare_runs.py").run()
+    assert not at.exception and at.info
+    at.text_input(key="pin_name").set_value("base")
+    at.button(key="pin_btn").click().run()
+    assert not at.exception and list(at.session_state["pinned_runs"]) == ["base"]
+    at.file_uploader(key="runs_upload").set_value(("bad.json", b"{not json", "application/json")).run()
+    assert len(at.error) == 1 and "not a scores JSON file" in at.error[0].value and not at.exception
+    at.file_uploader(key="runs_upload").set_value(("plan.json", b'{"removed_layers": [1]}', "application/json")).run()
+    assert len(at.error) == 1 and "not a SimDiff scores file" in at.error[0].value
+    # a saved scores.json of a 6-block model: overlaid on relative depth
+    from simdiff_core.score import Scores
+
+    sc = at.session_state["scores"]
+    small = Scores("six", 6, [dict(l, index=i) for i, l in enumerate(sc.layers[:6])], matrices={
+        "output_cosine": [[1.0 if i == j else -0.5 for j in range(6)] for i in range(6)]})
+    at.file_uploader(key="runs_upload").set_value(("s.json", json.dumps(small.to_dict()).encode(),
+                                                   "application/json")).run()
+    assert not at.exception and not at.error
+    at.selectbox(key="run_b").set_value("upload: s.json").run()
+    assert at.toggle(key="runs_relative").value is True
+    spec = _spec(at)
+    xs = [arr(t["x"]) for t in spec["data"] if t.get("mode") == "lines+markers"]
+    assert xs[0][-1] == 1 and xs[1][-1] == 1 and len(xs[0]) == 30 and len(xs[1]) == 6
+    at.radio(key="runs_matrix").set_value("output_cosine").run()
+    heat = [json.loads(c.proto.spec)["data"][0] for c in at.get("plotly_chart")[1:3]]
+    assert heat[0]["zmin"] == heat[1]["zmin"] == -0.5 and heat[0]["zmax"] == heat[1]["zmax"]

@@ -44,6 +44,11 @@ NAV = {
         ("curves", "pages/1_Layer_curves.py", "Layer curves", ":material/show_chart:"),
         ("preview", "pages/2_Prune_preview.py", "Prune preview", ":material/content_cut:"),
     ],
+    "Insight": [
+        ("sensitivity", "pages/7_Calibration_sensitivity.py", "Calibration sensitivity", ":material/tune:"),
+        ("compare_runs", "pages/8_Compare_runs.py", "Compare runs", ":material/compare:"),
+        ("drilldown", "pages/9_Block_drill_down.py", "Block drill-down", ":material/zoom_in:"),
+    ],
     "Evaluate": [
         ("export", "pages/3_Export_and_evaluate.py", "Export & evaluate", ":material/inventory_2:"),
         ("shootout", "pages/4_Shootout.py", "Shootout", ":material/leaderboard:"),
@@ -231,12 +236,16 @@ def set_widget(name: str, value) -> None:
 @st.cache_resource(show_spinner=False, max_entries=2)
 def cached_model(spec: str, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False):
     """One shared, read-only LoadedModel per (spec, device, dtype): never mutate it (prune makes views)."""
+    # transformers' lazy imports are not safe to run from two threads at once ("cannot import name
+    # AutoModelForCausalLM"): let the prewarm thread finish its imports before loading.
+    prewarm_once().join()
     return load_model(spec, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
 def cached_tokenizer(model_dir: str):
     """Tokenizer alone, for streamed scoring (the model itself is never loaded)."""
+    prewarm_once().join()  # see cached_model
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(model_dir)

@@ -55,6 +55,7 @@ class Context:
     should_stop: Callable[[], bool] | None = None
     calibration: dict = field(default_factory=dict)
     scores: object = None  # Scores of the dense model; computed on first use
+    evaluator: object = None  # evaluator.PrefixEvaluator on calib_ids; built on first use, shareable
 
     @property
     def L(self) -> int:
@@ -80,6 +81,14 @@ class Context:
                                       calibration=self.calibration)
         return self.scores
 
+    def get_evaluator(self):
+        """The prefix-cached evaluator of removal sets on ``calib_ids`` (one per context or shared)."""
+        if self.evaluator is None:
+            from ..evaluator import PrefixEvaluator
+
+            self.evaluator = PrefixEvaluator(self.lm, self.calib_ids, should_stop=self.should_stop)
+        return self.evaluator
+
     def plan(self, removed, method: str, criterion: str | None = None, **kw) -> Plan:
         return Plan(model=self.lm.source, num_layers=self.L, removed_layers=list(removed), method=method,
                     criterion=criterion, ratio=self.k / self.L, keep_first=self.keep_first,
@@ -102,16 +111,24 @@ def method_options(name: str, opts: dict) -> dict:
 
 
 def run_method(name: str, lm, calib_ids, ratio=None, num=None, keep_first: bool = True, keep_last: bool = True,
-               progress=None, should_stop=None, calibration: dict | None = None, scores=None, **opts) -> Plan:
-    """Run method ``name`` on ``lm`` and return its Plan (``details["seconds"]`` = wall time)."""
+               progress=None, should_stop=None, calibration: dict | None = None, scores=None, evaluator=None,
+               **opts) -> Plan:
+    """Run method ``name`` on ``lm`` and return its Plan (``details["seconds"]`` = wall time).
+
+    ``evaluator``: an ``evaluator.PrefixEvaluator`` built on ``calib_ids`` to share between runs
+    (its cached states and memoised losses carry over); one is built on first use otherwise.
+    """
     fn = get_method(name)
     k = num_from_ratio(lm.num_layers, ratio, num)
     if scores is not None and scores.num_layers != lm.num_layers:
         raise SimDiffError(f"scores are for {scores.num_layers} blocks but the model has {lm.num_layers}")
     ctx = Context(lm=lm, calib_ids=calib_ids, k=k, keep_first=keep_first, keep_last=keep_last, progress=progress,
-                  should_stop=should_stop, calibration=dict(calibration or {}), scores=scores)
+                  should_stop=should_stop, calibration=dict(calibration or {}), scores=scores,
+                  evaluator=evaluator)
     if k > len(ctx.allowed):
         raise SimDiffError(f"cannot remove {k} blocks: only {len(ctx.allowed)} are removable with the first/last locks")
+    if evaluator is not None and (evaluator.lm is not lm or tuple(evaluator.shape) != tuple(calib_ids.shape)):
+        raise SimDiffError("the shared evaluator was built for another model or other calibration windows")
     t0 = time.perf_counter()
     plan = fn(ctx, **method_options(name, opts))
     if ratio is not None:

@@ -1,17 +1,19 @@
 """Greedy by objective (SLEB, Song et al. 2024): at each of k steps, try removing every remaining
 candidate block, measure the objective (calibration perplexity by default) of each resulting model,
 and remove the cheapest. First/last blocks stay unless unlocked. Cost: about k x L evaluations,
-bounded by ``budget`` (evaluations) and ``seconds``; see ``search.py``.
+bounded by ``budget`` (evaluations) and ``seconds``; see ``search.py``. Each step evaluates all its
+candidates together against the step's cached model (``evaluator.PrefixEvaluator``): candidate c
+runs only the kept blocks after c and the head; ``cached=False`` is the reference full-model loop.
 """
 
 from __future__ import annotations
 
 
 def run(ctx, objective: str = "ppl", budget: int | None = None, seconds: float | None = None,
-        items=None, criterion: str = "simdiff"):
+        items=None, criterion: str = "simdiff", cached: bool = True):
     from .search import run as search_run
 
     plan = search_run(ctx, search="greedy", objective=objective, budget=budget, seconds=seconds, items=items,
-                      fallback_criterion=criterion)
+                      fallback_criterion=criterion, cached=cached)
     plan.method = "greedy"
     return plan

@@ -25,6 +25,7 @@ dense model's ``fallback_criterion`` importance; ``details["completed_by_fallbac
 
 from __future__ import annotations
 
+import math
 import random
 import time
 
@@ -47,11 +48,20 @@ class BudgetExhausted(Exception):
 
 
 class Evaluator:
-    """Objective of a removal set, memoised, with an evaluation and time budget."""
+    """Objective of a removal set, memoised, with an evaluation and time budget.
 
-    def __init__(self, ctx, objective: str, budget: int | None, seconds: float | None, items=None):
+    The ``ppl`` objective runs through the context's ``evaluator.PrefixEvaluator`` (cached block
+    inputs: a set first differing from the last evaluated one at block i runs only blocks i.. and
+    the head); ``many`` evaluates a list of sets together in prefix order. Values equal
+    ``perplexity(pruned_model(...), calib_ids)`` to float tolerance.
+    """
+
+    def __init__(self, ctx, objective: str, budget: int | None, seconds: float | None, items=None,
+                 cached: bool = True):
         self.ctx = ctx
-        self.f = make_objective(objective, ctx.lm, ctx.calib_ids, items, should_stop=ctx.should_stop)
+        self.prefix = ctx.get_evaluator() if objective == "ppl" and cached else None
+        self.f = None if self.prefix is not None else make_objective(objective, ctx.lm, ctx.calib_ids, items,
+                                                                      should_stop=ctx.should_stop)
         self.budget, self.seconds = budget, seconds
         self.memo: dict[tuple, float] = {}
         self.trace: list[dict] = []
@@ -66,15 +76,13 @@ class Evaluator:
         return ((self.budget is not None and self.evals >= self.budget)
                 or (self.seconds is not None and time.perf_counter() - self.t0 >= self.seconds))
 
-    def __call__(self, removed) -> float:
-        key = tuple(sorted(removed))
-        if key in self.memo:
-            return self.memo[key]
-        if self.exhausted():
-            raise BudgetExhausted()
-        self.ctx.check()
+    def _value(self, key: tuple) -> float:
+        if self.prefix is not None:
+            return float(self.prefix.ppl(key))
         kept = [i for i in range(self.ctx.L) if i not in set(key)]
-        v = float(self.f(pruned_model(self.ctx.lm, kept)))
+        return float(self.f(pruned_model(self.ctx.lm, kept)))
+
+    def _record(self, key: tuple, v: float) -> None:
         self.memo[key] = v
         if len(key) == self.ctx.k and (self.best is None or v < self.memo[self.best]):
             self.best = key
@@ -84,7 +92,35 @@ class Evaluator:
         best = f" (best {self.memo[self.best]:.4g})" if self.best else ""
         cap = f"/{self.budget}" if self.budget else ""
         self.ctx.report(frac, f"eval {self.evals}{cap}: {list(key)} -> {v:.4g}{best}")
+
+    def __call__(self, removed) -> float:
+        key = tuple(sorted(removed))
+        if key in self.memo:
+            return self.memo[key]
+        if self.exhausted():
+            raise BudgetExhausted()
+        self.ctx.check()
+        v = self._value(key)
+        self._record(key, v)
         return v
+
+    def many(self, sets) -> None:
+        """Evaluate ``sets`` as ``for s in sets: self(s)`` would (same sets evaluated, same budget
+        stop, same trace order), but together, in prefix order, when the objective allows it."""
+        keys = list(dict.fromkeys(tuple(sorted(s)) for s in sets))
+        if self.prefix is None or self.seconds is not None:
+            for k in keys:
+                self(k)
+            return
+        new = [k for k in keys if k not in self.memo]
+        room = len(new) if self.budget is None else max(0, self.budget - self.evals)
+        take = new[:room]
+        if take:
+            self.ctx.check()
+            for k, v in zip(take, self.prefix.ppls(take)):
+                self._record(k, float(v))
+        if len(take) < len(new):
+            raise BudgetExhausted()
 
 
 def _fallback_order(ev: Evaluator, criterion: str) -> list[int]:
@@ -108,16 +144,18 @@ def _complete(ev: Evaluator, partial, criterion: str) -> list[int]:
 def _greedy(ev, ctx, criterion, width: int = 1):
     beams = [()]
     for depth in range(ctx.k):
-        cand = {}
+        keys = list(dict.fromkeys(tuple(sorted(b + (c,))) for b in beams for c in ctx.allowed if c not in b))
         try:
-            for b in beams:
-                for c in ctx.allowed:
-                    if c in b:
-                        continue
-                    key = tuple(sorted(b + (c,)))
-                    if key not in cand:
-                        cand[key] = ev(key)
+            ev.many(keys)  # every candidate of this step against the step's cached model
+            exhausted = False
         except BudgetExhausted:
+            exhausted = True
+        cand = {}
+        for key in keys:  # in candidate order, up to the first one the budget did not cover
+            if key not in ev.memo:
+                break
+            cand[key] = ev.memo[key]
+        if exhausted:
             best_partial = min(cand, key=cand.get) if cand else beams[0]
             return _complete(ev, best_partial, criterion), True
         beams = sorted(cand, key=lambda s: (cand[s], s))[:width]
@@ -159,6 +197,8 @@ def _local(ev, ctx, rng):
                     current, cur_v, improved = nb, v, True
                     break
             if not improved:  # local optimum: restart from a random set
+                if sum(1 for key in ev.memo if len(key) == ctx.k) >= math.comb(len(ctx.allowed), ctx.k):
+                    break  # every k-set has been evaluated: nothing left to search
                 restarts += 1
                 current = tuple(sorted(rng.sample(ctx.allowed, ctx.k)))
                 cur_v = ev(current)
@@ -186,6 +226,7 @@ def _evolutionary(ev, ctx, rng, pop_size: int = 8):
             break
     gens = 0
     try:
+        ev.many(pop)
         vals = {s: ev(s) for s in pop}
         while True:
             gens += 1
@@ -207,7 +248,9 @@ def _evolutionary(ev, ctx, rng, pop_size: int = 8):
 
 def run(ctx, search: str = "greedy", objective: str = "ppl", budget: int | None = None,
         seconds: float | None = None, items=None, beam_width: int = 3, seed: int = 0,
-        fallback_criterion: str = "simdiff"):
+        fallback_criterion: str = "simdiff", cached: bool = True):
+    """``cached=False`` evaluates every candidate the reference way (``pruned_model`` + the objective
+    on the whole model) instead of through the prefix-cached evaluator; same results, slower."""
     if search not in ALGORITHMS:
         raise SimDiffError(f"unknown search algorithm '{search}'; choose from {', '.join(ALGORITHMS)}")
     if budget is not None and int(budget) < 1:
@@ -216,7 +259,7 @@ def run(ctx, search: str = "greedy", objective: str = "ppl", budget: int | None 
         raise SimDiffError(f"search time limit must be positive, got {seconds}")
     if search in ("local", "evolutionary") and budget is None and seconds is None:
         budget = DEFAULT_OPEN_BUDGET
-    ev = Evaluator(ctx, objective, None if budget is None else int(budget), seconds, items)
+    ev = Evaluator(ctx, objective, None if budget is None else int(budget), seconds, items, cached=cached)
     rng = random.Random(seed)
     info, fallback = {}, False
     if search in ("greedy", "beam"):

@@ -12,15 +12,20 @@ The paper picks the threshold by hand; here the user asks for k blocks, so if a 
 model merges fewer than k, the threshold is lowered to the highest similarity that was refused and
 the pass repeats (earlier decisions are memoised, so a repeat only evaluates the new frontier).
 Everything below the window being grown is still the original model, and every merge above it is
-fixed, so one evaluation is one forward pass of a candidate model.
+fixed. Evaluations run through the prefix-cached evaluator (``evaluator.PrefixEvaluator``): a
+candidate starts from the cached dense input of its window's lowest block and runs only the merged
+block and what lies above it (merged blocks are private copies, one per window in use; the loaded
+model is never touched). ``cached=False`` builds each merged model and runs it whole (reference).
 """
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from ..errors import SimDiffError
-from ..merge import DEFAULT_BASE, group_for, merged_model
+from ..merge import DEFAULT_BASE, group_for, merge_block_params, merged_model
 from ..score import _forward_base
 
 
@@ -30,7 +35,24 @@ def _final_states(model, ids, device, bs: int = 4) -> list[torch.Tensor]:
             for i in range(0, ids.shape[0], bs)]
 
 
-def run(ctx, threshold: float = 0.9, max_passes: int = 50, merge_base: str = DEFAULT_BASE):
+def _mean_cosine(out: list[torch.Tensor], ref: list[torch.Tensor], group: int = 4) -> float:
+    """Mean over groups of ``group`` windows of the mean token cosine (the reference path's batches)."""
+    per_window = torch.cat([torch.nn.functional.cosine_similarity(a, b, dim=-1).mean(-1) for a, b in zip(out, ref)])
+    return float(torch.stack([per_window[i:i + group].mean() for i in range(0, len(per_window), group)]).mean())
+
+
+@torch.inference_mode()
+def _merged_block(lm, base: int, layers) -> torch.nn.Module:
+    """A private copy of block ``base`` carrying the merged parameters of ``layers`` (see merge.py)."""
+    params = merge_block_params(lm.blocks, base, layers)
+    block = copy.deepcopy(lm.blocks[base])
+    for name, p in block.named_parameters():
+        p.data = params[name].to(p.device)
+    return block
+
+
+def run(ctx, threshold: float = 0.9, max_passes: int = 50, merge_base: str = DEFAULT_BASE, cached: bool = True):
+    """``cached=False`` builds every candidate merged model and runs it whole (the reference path)."""
     group_for([0], merge_base)  # validates the option before any work
     if not -1.0 <= float(threshold) <= 1.0:
         raise SimDiffError(f"SLM similarity threshold must lie in [-1, 1], got {threshold}")
@@ -39,8 +61,10 @@ def run(ctx, threshold: float = 0.9, max_passes: int = 50, merge_base: str = DEF
     if ctx.k > hi - lo:
         raise SimDiffError(f"sliding layer merging can fold at most {hi - lo} of blocks {lo}..{hi} away; asked for {ctx.k}")
     lm = ctx.lm
-    ref = _final_states(lm.model, ctx.calib_ids, lm.device)
+    ev = ctx.get_evaluator() if cached else None
+    ref = ev.final_states(()) if cached else _final_states(lm.model, ctx.calib_ids, lm.device)
     memo: dict[tuple, float] = {}
+    blocks: dict[tuple, torch.nn.Module] = {}  # merged block per window, for the windows in use
     trace = []
 
     def groups_plan(groups):
@@ -48,14 +72,28 @@ def run(ctx, threshold: float = 0.9, max_passes: int = 50, merge_base: str = DEF
         removed = [i for g in merged for i in g["layers"] if i != g["base"]]
         return ctx.plan(removed, "slm", criterion="output_cosine", merged_groups=merged)
 
+    def layout(groups) -> tuple:
+        lay = list(lm.blocks)
+        for g in groups_plan(groups).merged_groups:
+            w = tuple(g["layers"])
+            if w not in blocks:
+                blocks[w] = _merged_block(lm, g["base"], w)
+            for i in w:
+                lay[i] = blocks[w] if i == g["base"] else None
+        in_use = {tuple(g) for g in groups}
+        for w in [w for w in blocks if w not in in_use]:
+            del blocks[w]
+        return tuple(lay)
+
     def similarity(groups) -> float:
         key = tuple(tuple(g) for g in groups)
         if key not in memo:
             ctx.check()
-            model = merged_model(lm, groups_plan(groups))
-            out = _final_states(model, ctx.calib_ids, lm.device)
-            cos = [torch.nn.functional.cosine_similarity(a, b, dim=-1).mean() for a, b in zip(out, ref)]
-            memo[key] = float(torch.stack(cos).mean())
+            if cached:
+                out = ev.final_states(layout(groups))
+            else:
+                out = _final_states(merged_model(lm, groups_plan(groups)), ctx.calib_ids, lm.device)
+            memo[key] = _mean_cosine(out, ref)
             trace.append({"groups": [list(g) for g in groups], "similarity": round(memo[key], 6)})
             ctx.report(min(0.99, sum(len(g) - 1 for g in groups) / ctx.k),
                        f"slm: windows {[f'{g[0]}-{g[-1]}' for g in groups]} similarity {memo[key]:.4f}")

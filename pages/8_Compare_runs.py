@@ -1,0 +1,108 @@
+"""Two scored runs side by side: curves overlaid, heatmaps side by side on a shared colour scale.
+
+A run is the session's current scores, a run pinned earlier in this session (another model, another
+calibration, a pruned or recovered model scored later), or a ``scores.json`` uploaded from disk (what
+``python -m simdiff_core score`` writes; validated, one st.error line if it is not one). Runs with
+different block counts are overlaid on relative depth (``sensitivity.relative_depth``).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from simdiff_core import SimDiffError
+from simdiff_core.metrics import METRIC_KEYS
+from simdiff_core.score import Scores
+from simdiff_core.sensitivity import overlay_frame
+from ui import charts, state, views
+
+state.setup_page("Compare runs")
+st.title("Compare runs")
+st.markdown("Overlay the curves of two scored runs: two models, one model on two texts, base vs pruned, or a "
+            "`scores.json` a colleague sent.")
+
+runs: dict = dict(state.get("pinned_runs") or {})
+current = state.get("scores")
+if current is not None:
+    runs = {"current session": current, **runs}
+
+
+def parse_upload(f) -> Scores:
+    """A scores.json from the uploader, or SimDiffError with one line."""
+    try:
+        d = json.loads(f.getvalue().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise SimDiffError(f"'{f.name}' is not a scores JSON file: {str(e).splitlines()[0][:120]}") from None
+    if not isinstance(d, dict) or "layers" not in d or "num_layers" not in d:
+        raise SimDiffError(f"'{f.name}' is not a SimDiff scores file (no 'layers'/'num_layers'); "
+                           "write one with: python -m simdiff_core score --out scores.json")
+    return Scores.from_dict(d)
+
+
+with st.sidebar:
+    st.subheader("Runs")
+    if current is not None:
+        label = st.text_input("Name for the current scores", key="pin_name", value="")
+        if st.button("Pin the current scores", key="pin_btn", width="stretch",
+                     help="Keep this run for comparison after you load or calibrate something else."):
+            name = label.strip() or f"{current.model} · {current.calibration.get('source', '?')[:30]}"
+            pinned = dict(state.get("pinned_runs") or {})
+            pinned[name] = current
+            state.put("pinned_runs", pinned)
+            st.rerun()
+    up = st.file_uploader("Upload a scores.json", type=["json"], key="runs_upload")
+    if up is not None:
+        try:
+            runs[f"upload: {up.name}"] = parse_upload(up)
+        except SimDiffError as e:
+            views.show_error(e)
+
+if len(runs) < 2:
+    st.info("Two runs are needed: pin the current scores (sidebar), then calibrate another model or text on "
+            "Load & calibrate, or upload a saved `scores.json`.", icon=":material/arrow_back:")
+    st.stop()
+
+names = list(runs)
+c = st.columns(2)
+a = c[0].selectbox("Run A", names, index=0, key="run_a")
+b = c[1].selectbox("Run B", names, index=1, key="run_b")
+if a == b:
+    st.error("choose two different runs")
+    st.stop()
+A, B = runs[a], runs[b]
+pair = {a: A, b: B}
+diff_depth = A.num_layers != B.num_layers
+metric = st.selectbox("Metric", list(METRIC_KEYS), index=list(METRIC_KEYS).index("mssd_rel"), key="runs_metric")
+if diff_depth:
+    st.session_state["runs_relative"] = True  # shown as it is drawn: forced on
+relative = st.toggle("Relative depth (0 = first block, 1 = last)", key="runs_relative",
+                     disabled=diff_depth, help="Forced on when the block counts differ.")
+st.caption(f"A: {A.model}, {A.num_layers} blocks, {A.calibration.get('source', '?')} · "
+           f"B: {B.model}, {B.num_layers} blocks, {B.calibration.get('source', '?')}")
+try:
+    frame, rel = overlay_frame(pair, metric, relative=relative or diff_depth)
+except SimDiffError as e:
+    views.show_error(e)
+    st.stop()
+views.chart(charts.overlay_curves(frame, metric, rel, title=f"{metric}: {a} vs {b}"), f"compare_{metric}",
+            "runs_curves", frame=frame)
+
+st.subheader("Heatmaps side by side (shared colour scale)")
+mats = [k for k in ("output_cosine", "cka") if k in A.matrices and k in B.matrices]
+if not mats:
+    st.info("One of the runs carries no cross-layer matrices.")
+    st.stop()
+which = st.radio("Matrix", mats, horizontal=True, key="runs_matrix")
+ma, mb = np.asarray(A.matrices[which], float), np.asarray(B.matrices[which], float)
+lo = float(np.nanmin([np.nanmin(ma), np.nanmin(mb)]))
+hi = float(np.nanmax([np.nanmax(ma), np.nanmax(mb)]))
+h = st.columns(2)
+for col, name, m, key in ((h[0], a, ma, "runs_hm_a"), (h[1], b, mb, "runs_hm_b")):
+    with col:
+        views.chart(charts.heatmap(m, f"{which}: {name}", zmin=lo, zmax=hi, hover_label=which), f"{which}_{key}", key,
+                    frame=pd.DataFrame(m))
+st.caption(f"Both heatmaps use the colour range [{lo:.3f}, {hi:.3f}].")
