@@ -61,6 +61,8 @@ if st.button("Run shoot-out", type="primary", key="run_shootout", disabled=not s
         res = run_compare(lm, calib, parsed, ratio=float(ratio), eval_ids=ev, accuracy=accuracy, objective=objective,
                           budget=int(budget), keep_first=bool(state.get("keep_first", True)),
                           keep_last=bool(state.get("keep_last", True)), alpha=float(state.get("alpha", 0.5)),
+                          fusion=state.fusion_kwargs(),
+                          first_token=scores.calibration.get("first_token", "included") != "excluded",
                           calibration=dict(state.get("calib_info") or {}),
                           progress=lambda f, m: bar.progress(f, text=m[:150]))
         bar.empty()

@@ -500,7 +500,7 @@ def prewarm(spec: str | None = "default") -> dict:
                 cache = _gguf_cache_dir(embedded_gguf(DEFAULT_MODEL if spec == "default" else spec))
             elif kind == "dir":
                 cache = path
-        except (SimDiffError, OSError):
+        except Exception:  # noqa: BLE001 - best effort: nothing to read ahead, the real load reports
             cache = None
     if cache is not None and (cache / "config.json").is_file():
         t = time.perf_counter()

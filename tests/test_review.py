@@ -157,3 +157,52 @@ def test_streamed_scores_keep_the_same_per_window_sums_as_in_memory(tmp_path):
     ref = score_model(wrap_model(model, None, str(tmp_path)), ids, batch_size=2, matrix_tokens=16)
     got = stream_score(tmp_path, ids, device="cpu", dtype="float32", batch_size=2, matrix_tokens=16)
     assert len(ref.windows["tokens"]) == 5 and got.windows == ref.windows
+
+
+def test_shootout_simdiff_rows_use_the_sessions_fusion_settings(tiny, tokenizer):
+    """compare's oneshot:simdiff row must be the plan the Prune preview shows for the same alpha, beta and
+    scale-free setting (auto alpha also picks beta), not a default-beta plan under the same label."""
+    from simdiff_core import make_windows, score_model
+    from simdiff_core.compare import parse_specs, run_compare
+    from simdiff_core.plan import make_plan
+
+    lm = tiny("llama", 8, seed=4)
+    ids = make_windows(tokenizer, "wikitext2", n=2, seq_len=24)
+    scores = score_model(lm, ids)
+    grid = [(k, a, b, sf) for k in (2, 3, 4) for a in (0.0, 0.2) for b in (0.0, 1.0) for sf in (True, False)]
+    plan_of = lambda k, a, b, sf: make_plan(scores, "simdiff", num=k, alpha=a, beta=b, scale_free=sf).removed_layers  # noqa: E731
+    # settings whose plan differs from the default-fusion plan at the same alpha
+    k, alpha, b, sf = next(g for g in grid if plan_of(*g) != plan_of(g[0], g[1], 0.5, True))
+    want = plan_of(k, alpha, b, sf)
+    res = run_compare(lm, ids, parse_specs(["oneshot:simdiff"]), num=k, eval_ids=ids[:1], alpha=alpha,
+                      fusion={"beta": b, "scale_free": sf})
+    assert res["plans"][0].removed_layers == want
+
+
+def test_shootout_scores_follow_the_sessions_first_token_choice(tiny, tokenizer):
+    """With position 0 excluded on Load & calibrate, the shoot-out's criterion rows rank the same metrics."""
+    from simdiff_core import make_windows
+    from simdiff_core.compare import parse_specs, run_compare
+
+    lm = tiny("llama", 6, seed=4)
+    ids = make_windows(tokenizer, "wikitext2", n=2, seq_len=24)
+    res = run_compare(lm, ids, parse_specs(["oneshot:cosine"]), num=2, eval_ids=ids[:1], first_token=False)
+    assert res["plans"][0].calibration["first_token"] == "excluded"
+
+
+def test_iterative_rescoring_keeps_the_first_token_choice(tiny, tokenizer):
+    """Every step of iterative pruning scores with the same position-0 choice as its dense scores."""
+    from simdiff_core import make_windows, score_model
+    from simdiff_core.load import LoadedModel
+    from simdiff_core.methods import run_method
+    from simdiff_core.prune import pruned_model
+
+    lm = tiny("llama", 6, seed=5)
+    ids = make_windows(tokenizer, "wikitext2", n=2, seq_len=24)
+    dense = score_model(lm, ids, first_token=False)
+    plan = run_method("iterative", lm, ids, num=2, criterion="cosine", scores=dense)
+    kept = plan.details["trace"][1]["kept_before"]
+    sub = LoadedModel(model=pruned_model(lm, kept), tokenizer=lm.tokenizer, source=lm.source, device=lm.device,
+                      dtype=lm.dtype, block_path=lm.block_path)
+    direct = score_model(sub, ids, first_token=False).importance("cosine")  # independent: a solo pass
+    assert plan.details["trace"][1]["importance"] == pytest.approx(direct, abs=1e-6)
