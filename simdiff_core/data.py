@@ -175,7 +175,7 @@ def _hf_source(source: str) -> TextSource:
     # No route to the hub: datasets' offline mode reads its local cache at once instead of retrying for
     # ~1 minute per candidate. Unreachability holds for the whole machine, so flipping the flag for
     # other threads meanwhile is harmless; it is restored afterwards.
-    offline, was = not hub_reachable(), datasets.config.HF_HUB_OFFLINE
+    offline, was = not hub_reachable(datasets=True), datasets.config.HF_HUB_OFFLINE
     ds = last = None
     try:
         if offline:
