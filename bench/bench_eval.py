@@ -13,7 +13,8 @@ ratios of consecutive runs swung from 0.6 to 1.7 with other jobs' load; ``*_wall
   auto_alpha_cost_vs_naive auto alpha (3 betas x 11 alphas) / evaluating each distinct plan by pruned_model +
                            perplexity; same trials asserted
   shootout_default_s       the Shootout page's default method set at its default settings (8 x 256 calibration,
-                           4 x 256 eval windows, ratio 0.25)
+                           4 x 256 eval windows, ratio 0.25): CPU seconds of the 1-thread process (~ the wall
+                           time on an idle core; the wall time is kept as shootout_default_wall_s)
   omp_passive_speedup      one forward at 2 threads with libgomp's default (spinning) wait policy / with
                            OMP_WAIT_POLICY=PASSIVE, fresh processes interleaved (the oversubscription finding)
 
@@ -145,9 +146,12 @@ def bench_shootout(lm) -> dict:
     defaults = shootout_defaults()
     calib = make_windows(lm.tokenizer, "wikitext2", n=8, seq_len=256)
     ev = eval_windows(lm.tokenizer, "wikitext2", defaults["eval_seq_len"], defaults["eval_windows"])
-    res, t, _ = timed(lambda: run_compare(lm, calib, parse_specs(defaults["methods"]), ratio=0.25, eval_ids=ev,
+    res, t, cpu = timed(lambda: run_compare(lm, calib, parse_specs(defaults["methods"]), ratio=0.25, eval_ids=ev,
                                        budget=defaults["budget"]))
-    return {"shootout_default_s": round(t, 1), "shootout_methods": defaults["methods"],
+    # CPU seconds of this (1-thread) process ~ the wall time on an idle core; the wall time on a shared
+    # machine mostly measures the other jobs
+    return {"shootout_default_s": round(cpu, 1), "shootout_default_wall_s": round(t, 1),
+            "shootout_threads": torch.get_num_threads(), "shootout_methods": defaults["methods"],
             "shootout_rows": [(r["method"], r["criterion"], round(r["ppl"], 2), r["seconds"]) for r in res["rows"]]}
 
 
@@ -232,7 +236,8 @@ def results_section(res: dict) -> str:
             ("greedy 7/30: cached evaluator / naive full-forward loop (same removal order asserted)",
              "greedy_cost_vs_naive", "<= 0.55"),
             ("auto alpha (3 betas x 11 alphas): cached / naive", "auto_alpha_cost_vs_naive", "<= 0.6"),
-            ("Shootout page default set at its defaults, seconds", "shootout_default_s", "<= 300"),
+            ("Shootout page default set at its defaults: CPU seconds at 1 thread (~ wall on an idle core)",
+             "shootout_default_s", "<= 300"),
             ("forward at 2 threads: default OpenMP wait policy / OMP_WAIT_POLICY=PASSIVE", "omp_passive_speedup",
              "(finding)")]
     for label, key, goal in rows:
