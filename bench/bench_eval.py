@@ -304,7 +304,8 @@ def main() -> int:
     ap.add_argument("--no-omp", action="store_true")
     ap.add_argument("--only", default="", help="comma list of damage,greedy,alpha,shootout,omp")
     ap.add_argument("--results", action="store_true", help="rewrite the eval-bench section of bench/RESULTS.md")
-    ap.add_argument("--merge", default=None, help="a JSON file (another bench_eval run's output) whose keys join this run's")
+    ap.add_argument("--merge", nargs="*", default=[], help="JSON outputs of other bench_eval runs whose keys "
+                    "join (and override) this run's; with --only none, just write their results")
     a = ap.parse_args()
     load0 = os.getloadavg()[0]
     threads = a.threads or (1 if load0 > (os.cpu_count() or 1) else min(2, os.cpu_count() or 1))
@@ -325,9 +326,12 @@ def main() -> int:
     t0 = time.perf_counter()
     res = run_all(lm, ids, a.num, tuple(only))
     res["bench_seconds"] = round(time.perf_counter() - t0, 1)
-    if a.merge:
-        other = json.loads(Path(a.merge).read_text().strip().splitlines()[-1])
-        res.update({k: v for k, v in other.items() if k not in res})
+    for f in a.merge:
+        other = json.loads(Path(f).read_text().strip().splitlines()[-1])
+        shared = {k: other[k] for k in ("loadavg", "threads", "calib") if k in other and k in res}
+        res.update(other)
+        if "loadavg" in shared:  # several runs: widest load range, list the thread counts
+            res["loadavg"] = [min(res["loadavg"][0], shared["loadavg"][0]), max(res["loadavg"][1], shared["loadavg"][1])]
     if a.results:
         write_section(ROOT / "bench" / "RESULTS.md", results_section(res))
     print(json.dumps(res), flush=True)
