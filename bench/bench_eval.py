@@ -214,14 +214,15 @@ hooks, kwargs handling or validation. The recorded kwargs carry no cache object 
 0.040-0.059 s at 1 thread, a whole forward 11-24 s vs 1.3-1.8 s: libgomp's threads spin-wait for each
 other and, with the machine oversubscribed, each parallel region waits for a descheduled partner. The
 30-50x compared damage timed under such load with forwards timed without it. Fixes: `simdiff_core`
-sets `OMP_WAIT_POLICY=PASSIVE` before torch loads (CLI, app; `omp_passive_speedup` below measures it in
+sets `OMP_WAIT_POLICY=PASSIVE` before torch loads (CLI, app; `omp_passive_speedup` above measures it in
 fresh processes), this benchmark uses 1 thread when the load exceeds the cores, and every evaluation of
 candidates now runs through `evaluator.PrefixEvaluator` (prefix reuse between candidates, LM head in
 row chunks without the (B, S, V) float32 copy, one tokenised tensor, no model copies)."""
 
 
 def results_section(res: dict) -> str:
-    w = []
+    lines: list[str] = []
+    w = lines.append
     w("## Evaluating candidate prunings (prefix-cached evaluator)")
     w("")
     w(f"Written by `python bench/bench_eval.py` on {time.strftime('%Y-%m-%d %H:%M')}; {res.get('model')}, "
@@ -247,9 +248,10 @@ def results_section(res: dict) -> str:
     w("What bounds the ratios: a candidate that first differs from the cached path at block i runs the kept "
       "blocks after i and always the LM head. On SmolLM2-135M the head (576 x 49152) costs about as much as "
       "8 of its 30 blocks, so a greedy step over candidates spread evenly over the depth costs about "
-      "(L/2 + 8) / (L + 8) ~ 0.6 of the naive loop in arithmetic; what the loop pays beyond arithmetic "
-      "(embedding, mask and rotary setup, the pruned view, the (B, S, V) float32 slice copy) is what takes "
-      "the measured ratio below that. Damage's single removals share everything below the removed block "
+      "(L/2 + 8) / (L + 8) ~ 0.6 of the naive loop in arithmetic, and the measured greedy ratio sits just above "
+      "that bound. Reaching the 0.55 goal needs more than prefix reuse within a step: keeping each candidate's "
+      "states up to the next step's removed block (reuse across steps; memory ~ candidates x L states per "
+      "batch) or a cheaper exact head; neither is done. Damage's single removals share everything below the removed block "
       "(L + L(L-1)/2 block calls instead of (L+1) L for its floor). Auto alpha pays one dense recording "
       "pass per batch and then each distinct plan from its first removed block on: with few distinct plans "
       "whose first removed block is early (this small calibration gives "
@@ -259,7 +261,7 @@ def results_section(res: dict) -> str:
     w(PROFILE)
     w("")
     w("Details: " + json.dumps({k: v for k, v in res.items() if k not in dict((r[1], 0) for r in rows)}))
-    return "\n".join(w)
+    return "\n".join(lines)
 
 
 def write_section(path: Path, text: str) -> None:
