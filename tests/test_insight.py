@@ -229,3 +229,24 @@ def test_removed_blocks_are_marked_whatever_their_importance():
     assert marks[0]["customdata"] == [0.0, 0.0]  # the hover keeps the true value
     assert charts.outliers([1, 1.1, 0.9, 1.2, 40, 1.0, 0.95, 1.05, 1.1, 1.0]) == [4]
     assert charts.outliers(np.linspace(1, 2, 30)) == []
+
+
+def test_html_report_carries_bands_stability_and_sensitivity(tiny, ids32):
+    from simdiff_core.plan import make_plan
+    from simdiff_core.report import build_report_html
+    from simdiff_core.sensitivity import sensitivity
+
+    lm = tiny("llama", 6)
+    sc = score_model(lm, ids32[:5])
+    plan = make_plan(sc, "simdiff", num=2, alpha=0.5)
+    other = score_model(lm, ids32[5:10])
+    sens = sensitivity({"first": sc, "second": other}, num=2)
+    doc, _ = build_report_html(sc, plan=plan, sensitivity=sens)
+    b = bands(sc, fused={"alpha": 0.5})
+    st = plan_stability(sc, "simdiff", num=2, alpha=0.5)
+    assert "Uncertainty: bootstrap bands" in doc and f"{b['cosine']['lo'][3]:.4g}" in doc
+    assert "Plan stability" in doc and ("stable" if st.stable else f"unstable: blocks {st.unstable}") in doc
+    assert "Calibration sensitivity" in doc and f"{round(sens.rho['first', 'second'], 4)}" in doc
+    old = Scores.from_dict({k: v for k, v in sc.to_dict().items() if k != "windows"})
+    doc2, _ = build_report_html(old, plan=plan)
+    assert "bootstrap bands" not in doc2 and "Plan stability" not in doc2  # old scores files: no section
