@@ -41,9 +41,10 @@ with st.sidebar:
     c1, c2 = st.columns(2)
     ev_n = c1.number_input("Eval windows", 1, 256, DEFAULT_EVAL_WINDOWS, key="so_eval_windows")
     ev_len = c2.number_input("Eval seq.", 32, 4096, DEFAULT_EVAL_SEQ_LEN, step=32, key="so_eval_seq_len")
-    st.caption("The defaults (these methods, budget, eval windows; 8 x 256 calibration) finish in about "
-               "SHOOTOUT_MINUTES on a 2-core CPU with the embedded model. Greedy and search evaluate many "
-               "candidates (through a prefix-cached evaluator): add them with a small budget.")
+    st.caption("Defaults (these methods, budget and eval windows, with the default 8 x 256 calibration) are "
+               "sized to finish within 5 minutes on a 2-core CPU with the embedded model (measured: "
+               "bench/RESULTS.md, shootout_default_s). Greedy and search evaluate many candidates: add them "
+               "with a small budget.")
 
 st.title("Shoot-out")
 scores = state.require_scores()
