@@ -113,32 +113,32 @@ def _timed_move(page, mode: str, target, act) -> float:
     return float(ms)
 
 
-def count_moves(page, mode: str, L: int, n: int, seed: int = 0) -> list[float]:
+def count_moves(page, mode: str, L: int, n: int, seed: int = 0, warm: int = 2) -> list[float]:
     import random
 
     rnd = random.Random(seed)
     box = page.get_by_label("Blocks to remove", exact=True)
     cur = int(box.input_value())
     out = []
-    for _ in range(n + 2):  # the first two warm the caches and are dropped
+    for _ in range(n + warm):  # the first ``warm`` moves warm the caches and are dropped
         k = cur
         while k == cur:
             k = rnd.randint(2, max(3, L // 2))
         box.fill(str(k))
         out.append(_timed_move(page, mode, k, lambda: box.press("Enter")))
         cur = k
-    return out[2:]
+    return out[warm:]
 
 
-def ratio_moves(page, mode: str, n: int) -> list[float]:
+def ratio_moves(page, mode: str, n: int, start: int = 0, warm: int = 2) -> list[float]:
     thumb = page.get_by_role("slider", name="Pruning ratio")
     thumb.focus()
     pattern = ["PageUp"] * 3 + ["PageDown"] * 3  # 0.25 -> 0.55 -> 0.25: every press changes the count
     out = []
-    for i in range(n + 2):
+    for i in range(start, start + n + warm):
         key = pattern[i % len(pattern)]
         out.append(_timed_move(page, mode, None, lambda: thumb.press(key)))
-    return out[2:]
+    return out[warm:]
 
 
 def page_runs(page) -> dict:
@@ -188,6 +188,7 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--moves", type=int, default=24, help="timed moves per page and model (>= 20 for the issue)")
     ap.add_argument("--json-out", default=None, help="also write the result JSON here")
+    ap.add_argument("--write-results", action="store_true", help="update this benchmark's section of bench/RESULTS.md")
     args = ap.parse_args(argv)
 
     from playwright.sync_api import sync_playwright
@@ -210,38 +211,42 @@ def main(argv=None) -> dict:
             idle(page)
             return page
 
-        with running_app(tmp / "noop.log", {}, script=str(tmp / "noop.py")) as (url, _):
-            page = new_page(url)
-            res["floor_count"] = _stats(count_moves(page, "noop_count", 30, args.moves))
-            res["floor_ratio"] = _stats(ratio_moves(page, "noop_ratio", args.moves))
-            page.close()
-        print(f"floor done ({time.perf_counter() - t_start:.0f} s)", file=sys.stderr)
-
         model80 = str(build_80_block_model(tmp / "llama80"))
-        with running_app(tmp / "app.log", {"SIMDIFF_EXPORT_DIR": str(tmp / "exports")}) as (url, _):
+        # The floor is measured interleaved with the app (one floor move, one app move, ...): on a shared
+        # machine the load drifts, and a floor measured minutes apart would not be comparable.
+        with running_app(tmp / "noop.log", {}, script=str(tmp / "noop.py")) as (noop_url, _), \
+                running_app(tmp / "app.log", {"SIMDIFF_EXPORT_DIR": str(tmp / "exports")}) as (url, _):
+            noop = new_page(noop_url)
+            floors = {"count": [], "ratio": []}
             for L, model_dir in ((30, None), (80, model80)):
                 page = new_page(url)
                 calibrate(page, model_dir)
-                goto(page, "Prune preview")
-                before = page_runs(page)
-                res[f"preview_{L}"] = _stats(count_moves(page, "preview_count", L, args.moves))
-                after = page_runs(page)
-                res[f"preview_{L}"]["full_page_reruns"] = after["preview_page"] - before["preview_page"]
-                res[f"preview_{L}"]["fragment_runs"] = after["preview_fragment"] - before["preview_fragment"]
-                goto(page, "Layer curves")
-                before = page_runs(page)
-                res[f"curves_{L}"] = _stats(ratio_moves(page, "curves_ratio", args.moves))
-                after = page_runs(page)
-                res[f"curves_{L}"]["full_page_reruns"] = after["curves_page"] - before["curves_page"]
-                res[f"curves_{L}"]["fragment_runs"] = after["curves_fragment"] - before["curves_fragment"]
+                for label, name, kind in (("Prune preview", "preview", "count"), ("Layer curves", "curves", "ratio")):
+                    goto(page, label)
+                    before = page_runs(page)
+                    app_ms, floor_ms = [], []
+                    for i in range(args.moves + 2):
+                        seed = 1000 * L + i
+                        if kind == "count":
+                            floor_ms += count_moves(noop, "noop_count", L, 1, seed=seed, warm=0)
+                            app_ms += count_moves(page, "preview_count", L, 1, seed=seed, warm=0)
+                        else:
+                            floor_ms += ratio_moves(noop, "noop_ratio", 1, start=i, warm=0)
+                            app_ms += ratio_moves(page, "curves_ratio", 1, start=i, warm=0)
+                    after = page_runs(page)
+                    res[f"{name}_{L}"] = _stats(app_ms[2:])
+                    res[f"{name}_{L}"]["floor"] = _stats(floor_ms[2:])
+                    floors[kind] += floor_ms[2:]
+                    res[f"{name}_{L}"]["full_page_reruns"] = after[f"{name}_page"] - before[f"{name}_page"]
+                    res[f"{name}_{L}"]["fragment_runs"] = after[f"{name}_fragment"] - before[f"{name}_fragment"]
                 page.close()
                 print(f"{L} blocks done ({time.perf_counter() - t_start:.0f} s)", file=sys.stderr)
+            res["floor_count"] = _stats(floors["count"])
+            res["floor_ratio"] = _stats(floors["ratio"])
         browser.close()
 
-    fc, fr = res["floor_count"]["median"], res["floor_ratio"]["median"]
-    res["ratio_to_floor"] = {
-        "preview_30": round(res["preview_30"]["median"] / fc, 2), "curves_30": round(res["curves_30"]["median"] / fr, 2),
-        "preview_80": round(res["preview_80"]["median"] / fc, 2), "curves_80": round(res["curves_80"]["median"] / fr, 2)}
+    res["ratio_to_floor"] = {k: round(res[k]["median"] / res[k]["floor"]["median"], 2)
+                             for k in ("preview_30", "curves_30", "preview_80", "curves_80")}
     res["goals"] = {
         "30_median_le_1.5x_floor": max(res["ratio_to_floor"]["preview_30"], res["ratio_to_floor"]["curves_30"]) <= 1.5,
         "30_median_le_150ms": max(res["preview_30"]["median"], res["curves_30"]["median"]) <= 150,
@@ -255,7 +260,34 @@ def main(argv=None) -> dict:
     print(line)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(out, indent=1) + "\n")
+    if args.write_results:
+        from results_md import write_section
+
+        write_section("browser_slider", markdown(res))
     return out
+
+
+def markdown(res: dict) -> str:
+    import os
+
+    rows = [("Prune preview, block count, 30 blocks", "preview_30"), ("Layer curves, ratio slider, 30 blocks", "curves_30"),
+            ("Prune preview, block count, 80 blocks", "preview_80"), ("Layer curves, ratio slider, 80 blocks", "curves_80")]
+    out = ["## Slider repaint in the browser (`bench/browser_slider.py`)", "",
+           f"Written {time.strftime('%Y-%m-%d %H:%M')}; {res['moves']} timed moves per row, headless Chromium on "
+           f"loopback; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the end (other work was "
+           "running on this shared machine: absolute times are inflated, the floor is measured interleaved with "
+           "the app, one floor move per app move).", "",
+           "| move -> preview repainted | median ms | p90 ms | no-op floor median ms | x floor | full-page reruns |",
+           "|---|---|---|---|---|---|"]
+    for label, k in rows:
+        r = res[k]
+        out.append(f"| {label} | {r['median']} | {r['p90']} | {r['floor']['median']} | {res['ratio_to_floor'][k]} | "
+                   f"{r['full_page_reruns']} of {r['fragment_runs']} fragment runs |")
+    g = res["goals"]
+    out += ["", "Goals (issue 17): 30 blocks median <= 1.5 x floor: " + ("met" if g["30_median_le_1.5x_floor"] else
+            "**not met**") + "; <= 150 ms: " + ("met" if g["30_median_le_150ms"] else "**not met**") +
+            "; 80 blocks p90 <= 250 ms: " + ("met" if g["80_p90_le_250ms"] else "**not met**") + "."]
+    return "\n".join(out)
 
 
 if __name__ == "__main__":

@@ -436,6 +436,17 @@ def bench_streaming(num_layers, hidden, n, seq_len) -> dict:
 
 
 # ----------------------------------------------------------------------------------- report
+def kept_sections(path: Path) -> str:
+    """Sections other benchmarks wrote into RESULTS.md between ``<!-- keep:NAME -->`` and
+    ``<!-- /keep:NAME -->`` (bench/browser_slider.py, bench/first_curves.py): carried over on rewrite."""
+    import re
+
+    old = path.read_text() if path.exists() else ""
+    blocks = re.findall(r"<!-- keep:(\S+) -->.*?<!-- /keep:\1 -->", old, flags=re.S)
+    return "".join("\n" + m.group(0) + "\n" for m in re.finditer(r"<!-- keep:(\S+) -->.*?<!-- /keep:\1 -->", old,
+                                                                   flags=re.S)) if blocks else ""
+
+
 def write_results(path: Path, res: dict, args) -> None:
     ov, sp, mem, ttfc, st = res["overhead"], res["speedup"], res["memory"], res.get("ttfc"), res["streaming"]
     L = []
@@ -570,7 +581,7 @@ def write_results(path: Path, res: dict, args) -> None:
           "(uses the embedded model; add `--gpu-model-layers 24 --gpu-model-hidden 1536` for a ~1B config-built "
           "model) and paste its table here.")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(L) + "\n")
+    path.write_text("\n".join(L) + "\n" + kept_sections(path))
 
 
 def main() -> int:

@@ -2,7 +2,7 @@
 
 Picks a model (embedded SmolLM2-135M GGUF preselected, a hub id, a local directory, a GGUF file or
 a model from the local HF cache), a device/dtype and a calibration text, then runs one streaming
-calibration pass (``simdiff_core.score_model``) with a live progress bar and a cancel button.
+calibration pass (``simdiff_core.workflows.calibrate``) with a live progress bar and a cancel button.
 The other pages live in ``pages/`` (registered in ``app.py``) and read the scores from the session.
 """
 
@@ -12,9 +12,10 @@ import time
 
 import streamlit as st
 
-from simdiff_core import SimDiffError, make_windows, score_model
+from simdiff_core import SimDiffError, make_windows
 from simdiff_core.data import load_text, text_source
 from simdiff_core.load import display_name
+from simdiff_core.workflows import calibrate
 from ui import charts, state, views
 
 EMBEDDED = {"Embedded SmolLM2-135M (default, offline)": "default", "Embedded Gemma3-270M (offline)": "gemma3-270m"}
@@ -109,13 +110,10 @@ def run_streamed_calibration(t0: float) -> None:
                           progress=lambda f, msg: bar.progress(min(f, 1.0), text=f"Streaming: {msg}"),
                           calibration={"source": src.description}, source=spec)
     bar.empty()
-    state.clear_results()
-    state.put("model_spec", None)  # nothing is held in memory
-    state.put("scores", scores)
-    state.put("calib_ids", ids)
-    state.put("calib_info", {"source": src.description, "samples": int(ids.shape[0]), "seq_len": int(ids.shape[1]),
-                             "seconds": round(time.perf_counter() - t0, 1), "forward_seconds": scores.meta["seconds"],
-                             "streamed": scores.meta.get("stream", True)})
+    state.new_calibration(None, scores, ids,  # model_spec None: nothing is held in memory
+                          {"source": src.description, "samples": int(ids.shape[0]), "seq_len": int(ids.shape[1]),
+                           "seconds": round(time.perf_counter() - t0, 1), "forward_seconds": scores.meta["seconds"],
+                           "streamed": scores.meta.get("stream", True)})
 
 
 def run_calibration() -> None:
@@ -127,9 +125,6 @@ def run_calibration() -> None:
     with st.spinner(f"Loading {display_name(spec)} (cached after the first load)…"):
         lm = state.cached_model(spec, device, dtype, trust)
     new_spec = {"spec": spec, "device": device, "dtype": dtype, "trust_remote_code": trust}
-    if state.get("model_spec") != new_spec:
-        state.clear_results()
-    state.put("model_spec", new_spec)
     src = calib_source()
     ids = make_windows(lm.tokenizer, src, int(samples), int(seq_len))
     bar = st.progress(0.0, text="Calibrating…")
@@ -143,7 +138,8 @@ def run_calibration() -> None:
         # Live curves: the per-block means of the windows scored so far, after every batch. Kept in the
         # session so that Cancel (which interrupts this run) can keep them as usable partial scores.
         done, total = partial.meta["partial"]["windows"], partial.meta["partial"]["of"]
-        state.put("_partial_calib", {"scores": partial, "ids": ids[:done], "source": src.description, "t0": t0})
+        state.put("_partial_calib", {"scores": partial, "ids": ids[:done], "source": src.description, "t0": t0,
+                                     "model_spec": new_spec})
         spec = charts.curves_spec(charts.curves_base(partial.layers, scale_free=bool(state.get("scale_free", True))))
         spec["layout"] = dict(spec["layout"], title={"text": f"Partial: {done} of {total} windows", "x": 0})
         with live.container():
@@ -153,9 +149,9 @@ def run_calibration() -> None:
 
     state.put("_partial_calib", None)
     try:
-        scores = score_model(lm, ids, progress=lambda f, msg: bar.progress(min(f, 1.0), text=f"Calibrating: {msg}"),
-                             calibration={"source": src.description}, first_token=bool(first_token),
-                             on_batch=on_batch)
+        scores, ids, info = calibrate(lm, src, int(samples), int(seq_len), windows=ids, first_token=bool(first_token),
+                                      on_batch=on_batch, progress=lambda f, msg: bar.progress(min(f, 1.0),
+                                                                                              text=f"Calibrating: {msg}"))
     except Exception:
         state.put("_partial_calib", None)  # a failed pass keeps nothing half-computed
         raise
@@ -163,12 +159,9 @@ def run_calibration() -> None:
     bar.empty()
     stop.empty()
     live.empty()
-    state.put("scores", scores)
-    state.put("calib_ids", ids)
-    state.put("calib_info", {"source": src.description, "samples": int(ids.shape[0]), "seq_len": int(ids.shape[1]),
-                             "seconds": round(time.perf_counter() - t0, 1), "forward_seconds": scores.meta["seconds"]})
-    state.put("plan", None)
-    state.put("evals", {})
+    info["seconds"] = round(time.perf_counter() - t0, 1)  # model load included
+    # the model and its calibration change together, and every earlier result goes (ui/state.py)
+    state.new_calibration(new_spec, scores, ids, info)
 
 
 if state.get("calib_cancelled"):
@@ -179,13 +172,10 @@ if state.get("calib_cancelled"):
         # keep what the interrupted pass measured: usable scores over the windows scored so far
         ps = part["scores"]
         done, total = ps.meta["partial"]["windows"], ps.meta["partial"]["of"]
-        state.put("scores", ps)
-        state.put("calib_ids", part["ids"])
-        state.put("calib_info", {"source": part["source"], "samples": done, "seq_len": int(part["ids"].shape[1]),
-                                 "seconds": round(time.perf_counter() - part["t0"], 1), "forward_seconds": 0.0,
-                                 "partial": f"{done} of {total} windows"})
-        state.put("plan", None)
-        state.put("evals", {})
+        state.new_calibration(part["model_spec"], ps, part["ids"],
+                              {"source": part["source"], "samples": done, "seq_len": int(part["ids"].shape[1]),
+                               "seconds": round(time.perf_counter() - part["t0"], 1), "forward_seconds": 0.0,
+                               "partial": f"{done} of {total} windows"})
         state.show_status()
         st.warning(f"Calibration cancelled after {done} of {total} windows: the curves and the preview use those "
                    f"{done} windows (partial scores, no heatmaps). Calibrate again for the full set.",

@@ -44,7 +44,7 @@ if scores.meta.get("partial"):
     part = scores.meta["partial"]
     st.warning(f"Partial scores: calibration was cancelled after {part['windows']} of {part['of']} windows.",
                icon=":material/hourglass_bottom:")
-damage = state.get("damage")
+damage = state.result("damage")
 damage = damage if damage is not None and len(damage) == scores.num_layers else None
 # The metric traces depend on the scores and the toggles only: built (and validated) once per
 # calibration; a slider move adds the dropped markers to this base (ui/charts.py: curves_spec).

@@ -56,7 +56,7 @@ scores = state.require_scores()
 lm = state.current_lm()
 
 if auto_clicked:
-    from simdiff_core.alpha import AUTO_BETAS, auto_alpha, trials_best
+    from simdiff_core.workflows import choose_alpha
 
     calib_ids = state.get("calib_ids")
     try:
@@ -69,19 +69,18 @@ if auto_clicked:
         else:
             bar = st.progress(0.0, text="Auto α: evaluating candidate prunings…")
             try:
-                a, trials = auto_alpha(lm, scores, calib_ids, num=plan.num_removed, betas=AUTO_BETAS,
-                                       keep_first=kf, keep_last=kl, scale_free=state.fusion_kwargs()["scale_free"],
-                                       progress=lambda f, m: bar.progress(min(f, 1.0), text=f"Auto α: {m}"))
+                choice = choose_alpha(lm, scores, calib_ids, num=plan.num_removed, keep_first=kf, keep_last=kl,
+                                      scale_free=state.fusion_kwargs()["scale_free"],
+                                      progress=lambda f, m: bar.progress(min(f, 1.0), text=f"Auto α: {m}"))
             except SimDiffError as e:
                 views.show_error(e)
             else:
-                best = trials_best(trials)
-                state.put("alpha", a)
-                state.put("beta", best["beta"])
-                state.put("auto_alpha", {"alpha": a, "beta": best["beta"], "ppl": best["ppl"], "k": plan.num_removed,
-                                         "trials": len({tuple(t["removed_layers"]) for t in trials})})
+                state.put("alpha", choice.alpha)
+                state.put("beta", choice.beta)
+                state.put_result("auto_alpha", {"alpha": choice.alpha, "beta": choice.beta, "ppl": choice.ppl,
+                                                "k": choice.num, "trials": choice.distinct})
                 st.rerun()
-auto = state.get("auto_alpha")
+auto = state.result("auto_alpha")
 if criterion == "simdiff" and auto:
     st.caption(f"Auto α chose α = {auto['alpha']:.2f}, β = {auto['beta']:.1f} (calibration ppl {auto['ppl']:.2f} for "
                f"{auto['k']} blocks, best of {auto['trials']} distinct prunings).")

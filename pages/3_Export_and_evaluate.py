@@ -40,7 +40,7 @@ L, k = plan.num_layers, plan.num_removed
 st.markdown(f"Plan: **{plan.criterion}** removes **{k} of {L}** blocks `{plan.removed_layers}` "
             f"(change it on the Prune preview page).")
 
-evals = state.get("evals") or {}
+evals = state.result("evals") or {}
 pruned_key = (tuple(plan.removed_layers), int(windows), int(seq_len))
 
 st.header("Evaluate")
@@ -64,7 +64,7 @@ if st.button("Evaluate dense vs pruned", type="primary", key="evaluate"):
                             measure_latency(small, 128, 16, repeats=2, device=lm.device))
         evals[pruned_key] = ev
         evals[("extra",) + pruned_key] = extra
-        state.put("evals", evals)
+        state.put_result("evals", evals)
         bar.empty()
     except Exception as e:  # noqa: BLE001
         views.show_error(e)

@@ -8,15 +8,15 @@ blocks each method removes. Results stay in the session (key ``shootout``) until
 
 from __future__ import annotations
 
-import plotly.graph_objects as go
 import streamlit as st
 
 from simdiff_core import CRITERIA, SimDiffError, eval_windows
 from simdiff_core.compare import overlap, parse_specs, run_compare, to_csv_text, to_markdown
 from simdiff_core.evaluate import protocol_note
 from simdiff_core.methods import METHODS
+from simdiff_core import figures
 from simdiff_core.methods.search import ALGORITHMS
-from ui import charts, state, views
+from ui import state, views
 
 state.setup_page("Shootout")
 # Defaults sized to finish within 5 minutes on a 2-core CPU with the embedded model and the default
@@ -41,9 +41,10 @@ with st.sidebar:
     c1, c2 = st.columns(2)
     ev_n = c1.number_input("Eval windows", 1, 256, DEFAULT_EVAL_WINDOWS, key="so_eval_windows")
     ev_len = c2.number_input("Eval seq.", 32, 4096, DEFAULT_EVAL_SEQ_LEN, step=32, key="so_eval_seq_len")
-    st.caption("The defaults (these methods, budget, eval windows; 8 x 256 calibration) finish in about "
-               "SHOOTOUT_MINUTES on a 2-core CPU with the embedded model. Greedy and search evaluate many "
-               "candidates (through a prefix-cached evaluator): add them with a small budget.")
+    st.caption("Defaults (these methods, budget and eval windows, with the default 8 x 256 calibration) are "
+               "sized to finish within 5 minutes on a 2-core CPU with the embedded model (measured: "
+               "bench/RESULTS.md, shootout_default_s). Greedy and search evaluate many candidates: add them "
+               "with a small budget.")
 
 st.title("Shoot-out")
 scores = state.require_scores()
@@ -61,15 +62,17 @@ if st.button("Run shoot-out", type="primary", key="run_shootout", disabled=not s
         res = run_compare(lm, calib, parsed, ratio=float(ratio), eval_ids=ev, accuracy=accuracy, objective=objective,
                           budget=int(budget), keep_first=bool(state.get("keep_first", True)),
                           keep_last=bool(state.get("keep_last", True)), alpha=float(state.get("alpha", 0.5)),
+                          fusion=state.fusion_kwargs(),
+                          first_token=scores.calibration.get("first_token", "included") != "excluded",
                           calibration=dict(state.get("calib_info") or {}),
                           progress=lambda f, m: bar.progress(f, text=m[:150]))
         bar.empty()
         res["protocol"] = protocol_note(lm.tokenizer, "wikitext2", int(ev_len), int(ev_n))
-        state.put("shootout", res)
+        state.put_result("shootout", res)
     except (SimDiffError, Exception) as e:  # noqa: BLE001 - every failure is one line
         views.show_error(e)
 
-res = state.get("shootout")
+res = state.result("shootout")
 if res is None:
     st.info("Choose methods in the sidebar and press **Run shoot-out**.")
     st.stop()
@@ -82,16 +85,12 @@ st.dataframe([{k: r.get(k) for k in ("method", "criterion", "removed_layers", "m
 st.caption(caption)
 
 labels = [f"{r['method']}:{r['criterion']}" if r["criterion"] else r["method"] for r in rows]
-fig = go.Figure(go.Bar(x=labels, y=[r["ppl"] for r in rows], marker_color=[charts.MUTED if r["method"] == "dense"
-                                                                            else charts.KEEP for r in rows],
-                       text=[f"{r['ppl']:.1f}" for r in rows], textposition="outside"))
-fig.update_layout(title="Perplexity after pruning (lower is better)", yaxis_type="log", height=380,
-                  margin=dict(l=10, r=10, t=50, b=10), plot_bgcolor="white")
-st.plotly_chart(fig, key="so_bars", config=charts.plot_config("shootout_ppl"))
+fig = figures.shootout_bars(rows)
+st.plotly_chart(fig, key="so_bars", config=figures.plot_config("shootout_ppl"))
 
 sets = {lab: [int(i) for i in r["removed_layers"].split()] for lab, r in zip(labels, rows) if r["method"] != "dense"}
-st.plotly_chart(charts.overlap_matrix(sets, res["num_layers"]), key="so_overlap",
-                config=charts.plot_config("shootout_overlap"))
+st.plotly_chart(figures.overlap_matrix(sets, res["num_layers"]), key="so_overlap",
+                config=figures.plot_config("shootout_overlap"))
 olabels, mat = overlap(rows)
 st.caption("Jaccard overlap of removed blocks: " + "; ".join(
     f"{olabels[i]} vs {olabels[j]}: {mat[i][j]:.2f}" for i in range(len(olabels)) for j in range(i + 1, len(olabels))))

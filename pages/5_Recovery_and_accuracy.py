@@ -10,18 +10,17 @@ hub is reachable, else the shipped multiple-choice set through lm-eval local tas
 from __future__ import annotations
 
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
 import torch
 
-from simdiff_core import eval_windows, make_windows
+from simdiff_core import eval_windows, figures, make_windows
 from simdiff_core.downstream import OFFLINE_TASKS, STANDARD_TASKS, evaluate_tasks, retained
 from simdiff_core.evaluate import protocol_note
 from simdiff_core.export import build_pruned, export_dir_under
 from simdiff_core.records import Evaluation
 from simdiff_core.workflows import export_and_record
 from simdiff_core.recover import RecoveryConfig, recover
-from ui import charts, state, views
+from ui import state, views
 
 state.setup_page("Recovery & accuracy")
 gpu = torch.cuda.is_available()
@@ -49,14 +48,6 @@ with st.sidebar:
     limit = st.number_input("Items per task (0 = all)", 0, 100000, 0 if gpu else 20, key="acc_limit")
 
 
-def loss_figure(curve) -> go.Figure:
-    fig = go.Figure(go.Scatter(x=[p["step"] for p in curve], y=[p["loss"] for p in curve], mode="lines+markers",
-                               line=dict(color=charts.KEEP), marker=dict(size=4), name="training loss"))
-    fig.update_layout(title="LoRA training loss", xaxis_title="step", yaxis_title="next-token loss (nats)",
-                      height=320, margin=dict(l=10, r=10, t=50, b=10), plot_bgcolor="white")
-    return fig
-
-
 st.title("Recovery & accuracy")
 scores = state.require_scores()
 lm = state.require_model()
@@ -67,7 +58,7 @@ plan_key = (model_id, tuple(plan.removed_layers))
 st.markdown(f"Plan: **{plan.criterion}** removes **{k} of {L}** blocks `{plan.removed_layers}`. Recovery fine-tunes "
             f"LoRA adapters (rank {rank}) on every linear layer of the kept blocks, then merges them into the weights.")
 
-rec = state.get("recovery")
+rec = state.result("recovery")
 if rec is not None and rec["plan_key"] != plan_key:
     rec = None  # a recovery of another plan: do not mix it into this comparison
 
@@ -85,14 +76,14 @@ if st.button("Run recovery", type="primary", key="run_recovery"):
             curve.append({"step": step, "loss": loss})
             bar.progress(step / total, text=f"Step {step}/{total} · loss {loss:.3f}")
             if step == 1 or step == total or step % max(1, total // 20) == 0:
-                chart.plotly_chart(loss_figure(curve), key=f"live_loss_{step}")
+                chart.plotly_chart(figures.loss_curve(curve), key=f"live_loss_{step}")
 
         cfg = RecoveryConfig(steps=int(steps), rank=int(rank), lr=float(lr))
         res = recover(lm, plan.kept_layers, train, cfg, eval_ids=held_out, progress=progress,
                       eval_protocol=protocol_note(lm.tokenizer, "wikitext2", int(ev_len), int(ev_n)))
         res.report["calibration"] = {"source": train_text, "windows": int(train_n), "seq_len": int(train_len)}
         rec = {"plan_key": plan_key, "model": res.model, "report": res.report}
-        state.put("recovery", rec)
+        state.put_result("recovery", rec)
         bar.empty()
         chart.empty()
     except Exception as e:  # noqa: BLE001
@@ -106,7 +97,7 @@ if rec is not None:
     c[2].metric("Perplexity, recovered", f"{r['ppl_recovered']:.2f}",
                 delta=f"{r['ppl_recovered'] - r['ppl_pruned']:+.2f}", delta_color="inverse")
     c[3].metric("Training time", f"{r['seconds']:.0f} s", help=f"{r['trainable_params']:,} LoRA parameters")
-    st.plotly_chart(loss_figure(r["loss_curve"]), key="loss_curve", config=charts.plot_config("loss_curve"))
+    st.plotly_chart(figures.loss_curve(r["loss_curve"]), key="loss_curve", config=figures.plot_config("loss_curve"))
     st.caption(f"Perplexity protocol: {r['eval_protocol']}. Training: {r['calibration']['source']}, "
                f"{r['train_windows'][0]} × {r['train_windows'][1]} tokens; targets {', '.join(r['target_modules'])}.")
     c1, c2 = st.columns([3, 1])
@@ -129,7 +120,7 @@ else:
     st.caption("A short LoRA run on calibration text usually wins back part of the perplexity lost by pruning.")
 
 st.header("Downstream accuracy")
-acc = state.get("accuracy") or {}
+acc = state.result("accuracy") or {}
 models = {"dense": (lm.model, (model_id,)), "pruned": (None, plan_key)}
 if rec is not None:
     models["recovered"] = (rec["model"], plan_key)
@@ -146,7 +137,7 @@ if st.button("Evaluate accuracy", type="primary", key="run_accuracy", disabled=n
                                       progress=lambda f, m, n=n, label=label: bar.progress(
                                           min(1.0, (n + f) / len(models)), text=f"{label}: {m}"))
             acc[key].pop("samples", None)
-        state.put("accuracy", acc)
+        state.put_result("accuracy", acc)
         bar.empty()
     except Exception as e:  # noqa: BLE001
         views.show_error(e)

@@ -40,7 +40,7 @@ ratio = float(state.get("ratio", 0.25))
 
 # The Damage object lives next to the per-block list the other pages read; clear_results() resets
 # "damage" when the model or calibration changes, which marks the object stale too.
-dmg = state.get("damage_result") if state.get("damage") is not None else None
+dmg = state.result("damage_result") if state.result("damage") is not None else None
 if dmg is not None and dmg.num_layers != L:
     dmg = None
 
@@ -55,9 +55,9 @@ if st.button("Measure damage", type="primary", key="measure_damage"):
         dmg = measure_damage(lm, ids, progress=lambda f, m: bar.progress(f, text=m),
                              calibration=dict(state.get("calib_info") or {}))
         bar.empty()
-        state.put("damage_result", dmg)
-        state.put("damage", dmg.deltas())
-        state.put("set_damage", None)
+        state.put_result("damage_result", dmg)
+        state.put_result("damage", dmg.deltas())
+        state.put_result("set_damage", None)
     except Exception as e:  # noqa: BLE001
         views.show_error(e)
 
@@ -103,10 +103,10 @@ if plan is not None and st.button("Measure set damage", key="measure_sets"):
             sets[c] = p.removed_layers
         n, s = dmg.calibration["samples"], dmg.calibration["seq_len"]
         with st.spinner("Evaluating each set…"):
-            state.put("set_damage", set_damage(lm, calib[:n, :s], sets, dmg))
+            state.put_result("set_damage", set_damage(lm, calib[:n, :s], sets, dmg))
     except Exception as e:  # noqa: BLE001
         views.show_error(e)
-sets_rows = state.get("set_damage")
+sets_rows = state.result("set_damage")
 if sets_rows:
     st.dataframe(pd.DataFrame(sets_rows)[["label", "removed", "ppl", "delta_loss", "additive_delta", "interaction"]],
                  key="set_table")

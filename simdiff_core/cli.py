@@ -54,7 +54,7 @@ def _stream_tokenizer(args):
 
 
 def cmd_score(args) -> int:
-    from .score import protocol, score_model
+    from .score import protocol
 
     if getattr(args, "stream", False) and args.exclude_first_token:
         raise SimDiffError("--exclude-first-token is not available with --stream (streamed scores include position 0)")
@@ -70,11 +70,12 @@ def cmd_score(args) -> int:
         print_result({"out": args.out, "num_layers": scores.num_layers, "seconds": scores.meta["seconds"],
                       "stream": scores.meta["stream"], "protocol": protocol(scores.calibration)})
         return 0
+    from .workflows import calibrate
+
     lm = load_from_args(args)
-    ids, calib = calib_from_args(args, lm)
-    scores = score_model(lm, ids, batch_size=args.batch_size, matrix_tokens=args.matrix_tokens,
-                         progress=progress_printer("score"), calibration=calib,
-                         first_token=not args.exclude_first_token)
+    scores, _, _ = calibrate(lm, args.calib, args.samples, args.seq_len, batch_size=args.batch_size,
+                             matrix_tokens=args.matrix_tokens, progress=progress_printer("score"),
+                             first_token=not args.exclude_first_token)
     scores.save(args.out)
     print_result({"out": args.out, "num_layers": scores.num_layers, "seconds": scores.meta["seconds"],
                   "protocol": protocol(scores.calibration)})
@@ -103,30 +104,27 @@ def cmd_plan(args) -> int:
     scores = Scores.load(args.scores)
     alpha = parse_alpha(args.alpha)
     fusion = {"norm": args.norm, "scale_free": not args.raw, "beta": 0.5 if args.beta is None else args.beta}
-    trials = None
+    choice = None
     if alpha == "auto":
         if args.criterion != "simdiff":
             raise SimDiffError("--alpha auto only applies to --criterion simdiff")
         if args.model is None:
             raise SimDiffError("--alpha auto evaluates candidate prunings: give --model too")
-        from .alpha import auto_alpha
+        from .workflows import choose_alpha
 
         lm = load_from_args(args)
         if lm.num_layers != scores.num_layers:
             raise SimDiffError(f"scores are for {scores.num_layers} blocks but the model has {lm.num_layers}")
         ids, _ = calib_from_args(args, lm)
         # With --beta left unset, auto also tries an all-MSSD and an all-MASD difference view.
-        from .alpha import AUTO_BETAS, trials_best
-
-        alpha, trials = auto_alpha(lm, scores, ids, ratio=args.ratio, num=args.num, keep_first=args.keep_first,
-                                   keep_last=args.keep_last, progress=progress_printer("alpha"),
-                                   betas=AUTO_BETAS if args.beta is None else None, **fusion)
-        fusion["beta"] = trials_best(trials).get("beta", fusion["beta"])
+        choice = choose_alpha(lm, scores, ids, ratio=args.ratio, num=args.num, keep_first=args.keep_first,
+                              keep_last=args.keep_last, tune_beta=args.beta is None, beta=fusion.pop("beta"),
+                              progress=progress_printer("alpha"), **fusion)
+        alpha, fusion["beta"] = choice.alpha, choice.beta
     plan = make_plan(scores, args.criterion, ratio=args.ratio, num=args.num, alpha=alpha,
                      keep_first=args.keep_first, keep_last=args.keep_last, **fusion)
-    if trials is not None:
-        plan.details["auto_alpha"] = {"chosen": alpha, "beta": fusion["beta"], "trials": trials,
-                                      "objective": "calibration ppl"}
+    if choice is not None:
+        plan.details["auto_alpha"] = choice.record()
     result = {"out": args.out, "removed_layers": plan.removed_layers, "kept_layers": plan.kept_layers,
               "alpha": plan.alpha}
     if args.stability:

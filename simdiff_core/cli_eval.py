@@ -37,10 +37,11 @@ def _identity_plan(lm, source_dir: str | None):
 
 def cmd_recover(args) -> int:
     from .evaluate import eval_windows, protocol_note
-    from .export import export_pruned
     from .load import pick_dtype
     from .plan import Plan
+    from .records import Evaluation
     from .recover import RecoveryConfig, recover
+    from .workflows import export_and_record
 
     cfg = RecoveryConfig(steps=args.steps, rank=args.rank, lr=args.lr, lora_alpha=args.lora_alpha,
                          batch_size=args.batch_size or 2, seed=args.seed,
@@ -72,17 +73,16 @@ def cmd_recover(args) -> int:
     kept = plan.kept_layers if plan.removed_layers else None
     res = recover(lm, kept, ids, cfg, eval_ids=eval_ids, eval_protocol=protocol, progress=progress)
     res.report["calibration"] = calib
-    report = {"recovery": res.report}
+    evaluation = None
     if eval_ids is not None:
-        report["evaluation"] = {k: res.report.get(k) for k in ("ppl_dense", "ppl_pruned", "ppl_recovered")
-                                if res.report.get(k) is not None}
-        report["evaluation"]["protocol"] = protocol
+        evaluation = Evaluation(ppl_dense=res.report.get("ppl_dense"), ppl_pruned=res.report.get("ppl_pruned"),
+                                ppl_recovered=res.report.get("ppl_recovered"), protocol=protocol)
     dtype = pick_dtype(args.out_dtype) if args.out_dtype else None
-    path = export_pruned(lm, plan, out, force=args.force, make_zip=args.zip, report=report, dtype=dtype,
-                         model=res.model)
+    path, report = export_and_record(lm, plan, out, evaluation=evaluation, recovery=res.report, force=args.force,
+                                     make_zip=args.zip, dtype=dtype, model=res.model)
     result = {"out": str(path), "num_layers": res.report["num_layers"], "steps": cfg.steps, "rank": cfg.rank,
               "train_loss_before": res.report["train_loss_before"], "train_loss_after": res.report["train_loss_after"],
-              **{k: v for k, v in report.get("evaluation", {}).items()}, "seconds": res.report["seconds"]}
+              **report.to_dict().get("evaluation", {}), "seconds": res.report["seconds"]}
     if args.zip:
         result["zip"] = str(path.with_suffix(".zip"))
     print_result(result)

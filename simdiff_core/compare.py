@@ -77,13 +77,17 @@ def run_compare(lm, calib_ids, specs: list[dict], ratio=None, num=None, eval_ids
                 objective: str = "ppl", budget: int | None = None, keep_first: bool = True, keep_last: bool = True,
                 calibration: dict | None = None, alpha: float = 0.5, accuracy_items: list | None = None,
                 progress: Callable[[float, str], None] | None = None, should_stop=None,
-                eval_protocol: str | None = None) -> dict:
+                eval_protocol: str | None = None, fusion: dict | None = None,
+                first_token: bool = True) -> dict:
     """Run every spec and measure it.
 
     Returns ``{"rows", "plans", "k", "num_layers", "model", "accuracy", "eval_protocol"}``.
     Without ``eval_ids`` perplexity is measured on held-out WikiText-2 test windows (module docstring).
 
     ``budget`` caps the evaluations of ``search`` rows (greedy always runs in full).
+    ``fusion`` (beta, scale_free, norm) goes with ``alpha`` to the oneshot and iterative rows, so their
+    SimDiff plans are the ones the same settings give everywhere else (default: beta 0.5, scale-free, rank).
+    ``first_token``: whether the dense scores count position 0 (``score.score_model``); pass the session's.
     ``accuracy_items`` replaces the shipped MC test split for the accuracy column.
     """
     from .objectives import load_mc, mc_accuracy
@@ -114,7 +118,8 @@ def run_compare(lm, calib_ids, specs: list[dict], ratio=None, num=None, eval_ids
 
     step["label"] = "dense"
     sub(0.0, "scoring and measuring the dense model")
-    scores = score_model(lm, calib_ids, should_stop=should_stop, calibration=calibration or {})
+    scores = score_model(lm, calib_ids, should_stop=should_stop, calibration=calibration or {},
+                         first_token=first_token)
     rows = [{"method": "dense", "criterion": "", "removed_layers": "", "merged_groups": "", "num_removed": 0,
              **measure(lm.model), "seconds": 0.0, "evals": 0}]
     plans = []
@@ -137,6 +142,8 @@ def run_compare(lm, calib_ids, specs: list[dict], ratio=None, num=None, eval_ids
         if spec["method"] in ("oneshot", "iterative"):
             opts.setdefault("criterion", "simdiff")
             opts["alpha"] = alpha
+            for name, v in (fusion or {}).items():
+                opts.setdefault(name, v)
         t0 = time.perf_counter()
         try:
             if spec["method"] == "slm" or (spec["method"] in ("greedy", "search") and objective == "ppl"):

@@ -31,17 +31,16 @@ in 256 MiB, plus one chunk of logits (<= 32 MiB). It does not grow with the numb
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
 from .errors import SimDiffError
 from .evaluator import PrefixEvaluator, auto_batch_size  # noqa: F401  (auto_batch_size: public here too)
+from .records import JsonRecord
 
 Progress = Callable[[float, str], None]
 DEFAULT_SAMPLES = 8
@@ -49,8 +48,10 @@ DEFAULT_SEQ_LEN = 256
 
 
 @dataclass
-class Damage:
+class Damage(JsonRecord):
     """Measured leave-one-out damage of every block on one calibration set."""
+
+    KIND = "damage"
 
     model: str
     num_layers: int
@@ -96,14 +97,6 @@ class Damage:
         return cls(scores.model, scores.num_layers, dense, float(info.get("dense_ppl", float("nan"))), layers,
                    info.get("calibration", {}), {})
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def save(self, path: str | Path) -> None:
-        from .fileio import atomic_write_text
-
-        atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=1))
-
     @classmethod
     def from_dict(cls, d: dict) -> "Damage":
         try:
@@ -120,18 +113,6 @@ class Damage:
             raise
         except (KeyError, TypeError, ValueError) as e:
             raise SimDiffError(f"malformed damage file: missing or bad field {e}") from None
-
-    @classmethod
-    def load(cls, path: str | Path) -> "Damage":
-        try:
-            d = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise SimDiffError(f"no such damage file: {path}") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise SimDiffError(f"damage file {path} is not valid JSON: {e}") from None
-        if not isinstance(d, dict):
-            raise SimDiffError(f"damage file {path} must hold a JSON object")
-        return cls.from_dict(d)
 
 
 def block_executions(num_layers: int, batches: int = 1) -> dict:

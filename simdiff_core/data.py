@@ -17,8 +17,8 @@ Sources (the same strings work in the CLI's ``--calib`` / ``--text``):
 Sampling is deterministic: the first ``n`` non-overlapping windows of ``seq_len`` tokens of the
 tokenised text. Each window starts the way the tokenizer starts a text (with BOS where the
 tokenizer adds one: Gemma models depend on it), followed by ``seq_len - len(prefix)`` text tokens.
-Text is read and tokenised in chunks (~256k characters, each cut where a word ends and whitespace
-begins, so chunked tokenisation equals tokenising the whole text), only as far as the windows need,
+Text is read and tokenised in chunks (~256k characters, each cut where a letter or digit is followed by
+whitespace, so chunked tokenisation equals tokenising the whole text), only as far as the windows need,
 so a large upload is never read whole into memory.
 """
 
@@ -63,8 +63,8 @@ class TextSource:
     text: str | None = None  # in-memory sources
 
     def chunks(self) -> Iterator[str]:
-        """The text in pieces of about ``_CHUNK_CHARS`` characters, each cut where a word ends and
-        whitespace begins (``_aligned``), for in-memory and file-backed text alike."""
+        """The text in pieces of about ``_CHUNK_CHARS`` characters, each cut where a letter or digit
+        is followed by whitespace (``_aligned``), for in-memory and file-backed text alike."""
         if self.text is not None:
             text = self.text
             yield from _aligned(text[i : i + _CHUNK_CHARS] for i in range(0, len(text), _CHUNK_CHARS))
@@ -79,13 +79,14 @@ class TextSource:
 
 
 def _cut_point(block: str) -> int:
-    """Index of the last place in ``block`` where a non-space character is followed by whitespace
-    (0 if there is none). Tokenizers' pre-tokenisation never joins a word with the whitespace after
-    it (GPT-2-style regexes attach a space to the *following* word), so tokenising the two sides
-    separately gives the same ids as tokenising them together."""
+    """Index of the last place in ``block`` where a letter or digit is followed by whitespace (0 if
+    there is none). Tokenizers' pre-tokenisation never joins a word with the whitespace after it
+    (GPT-2-style regexes attach a space to the *following* word), so tokenising the two sides
+    separately gives the same ids as tokenising them together. Punctuation is no safe end: Llama-3
+    and Qwen2 regexes give it the line breaks that follow (``.\n\n`` is one token there)."""
     i = len(block) - 1
     while i > 0:
-        if block[i].isspace() and not block[i - 1].isspace():
+        if block[i].isspace() and block[i - 1].isalnum():
             return i
         i -= 1
     return 0
@@ -174,7 +175,7 @@ def _hf_source(source: str) -> TextSource:
     # No route to the hub: datasets' offline mode reads its local cache at once instead of retrying for
     # ~1 minute per candidate. Unreachability holds for the whole machine, so flipping the flag for
     # other threads meanwhile is harmless; it is restored afterwards.
-    offline, was = not hub_reachable(), datasets.config.HF_HUB_OFFLINE
+    offline, was = not hub_reachable(datasets=True), datasets.config.HF_HUB_OFFLINE
     ds = last = None
     try:
         if offline:

@@ -34,12 +34,12 @@ import json
 import logging
 import math
 import os
-import socket
 import tempfile
 from pathlib import Path
 from typing import Callable
 
 from .errors import Cancelled, SimDiffError
+from .load import hub_reachable
 
 STANDARD_TASKS = ("boolq", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa")
 NORM_TASKS = {"hellaswag", "arc_challenge", "openbookqa"}  # reported with acc_norm
@@ -69,18 +69,6 @@ def have_lm_eval() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("lm_eval") is not None
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face hub answers (respects HF_HUB_OFFLINE / HF_DATASETS_OFFLINE)."""
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") or os.environ.get("HF_DATASETS_OFFLINE", "0") not in ("", "0"):
-        return False
-    host = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
 
 
 def offline_tasks_for(names: list[str]) -> tuple[list[str], dict]:
@@ -190,7 +178,7 @@ def evaluate_tasks(model, tokenizer, tasks="all", *, mode: str = "auto", limit: 
         raise SimDiffError(f"unknown evaluation mode '{mode}': auto, lm-eval or offline")
     standard = [t for t in names if t in STANDARD_TASKS]
     online_err = None
-    if mode != "offline" and standard and have_lm_eval() and (mode == "lm-eval" or hub_reachable()):
+    if mode != "offline" and standard and have_lm_eval() and (mode == "lm-eval" or hub_reachable(datasets=True)):
         try:
             res = _run_lm_eval(model, tokenizer, standard, limit=limit, batch_size=batch_size,
                                progress=progress, should_stop=should_stop, samples=samples)

@@ -55,19 +55,13 @@ from torch import nn
 from .errors import Cancelled, SimDiffError
 from .hooks import block_io, hook_pass
 from .load import get_attr_path, text_config
+from .score import auto_batch_size  # the one batch rule (re-exported: damage imports it from here)
 
 FINAL_NORM_NAMES = ("norm", "final_layernorm", "final_layer_norm", "ln_f", "final_norm")
 DEFAULT_CACHE_BYTES = 256 * 2 ** 20
 DEFAULT_HEAD_CHUNK_BYTES = 32 * 2 ** 20
 Progress = Callable[[float, str], None]
 CHECK_ROWS = 8  # positions whose logits the dense pass asks the model for (the tail check)
-
-
-def auto_batch_size(device: torch.device, seq_len: int) -> int:
-    """Windows per batch: small on CPU (the cached path grows with the batch), larger on GPU."""
-    if device.type == "cuda":
-        return max(1, min(8, 8192 // max(seq_len, 1)))
-    return max(1, min(4, 1024 // max(seq_len, 1)))
 
 
 def head_chunk_rows(vocab: int, head_chunk_bytes: int = DEFAULT_HEAD_CHUNK_BYTES) -> int:
@@ -131,7 +125,8 @@ class PrefixEvaluator:
         self.norm, self.proj, self.head, self.post = tail_modules(lm)
         self.should_stop = should_stop
         N, S = input_ids.shape
-        self.bs = max(1, int(batch_size or auto_batch_size(lm.device, S)))
+        # the scoring rule at half the tokens: this pass caches every block's input (see score.auto_batch_size)
+        self.bs = max(1, int(batch_size or auto_batch_size(lm.device, S, share=0.5)))
         self.tokens = N * (S - 1)
         self.shape = (N, S)
         self.head_chunk_bytes = int(head_chunk_bytes)

@@ -101,10 +101,11 @@ def text_config(config):
 
 
 def count_parameters(model: nn.Module) -> int:
-    # Tied embeddings are one tensor seen twice: count each storage once.
+    # Tied embeddings are one tensor seen twice: count each storage once. Offloaded (meta) and empty
+    # tensors have no storage (data pointer 0 for all of them): count those by parameter object.
     seen, total = set(), 0
     for p in model.parameters():
-        key = p.data_ptr()
+        key = ("obj", id(p)) if p.device.type == "meta" or p.numel() == 0 else ("ptr", p.data_ptr())
         if key not in seen:
             seen.add(key)
             total += p.numel()
@@ -357,14 +358,24 @@ def _write_cache(model, tok, cache: Path) -> None:
         raise
 
 
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether a TCP connection to the hub endpoint opens (True when offline mode is set or a proxy is
-    configured: then the hub client's own handling applies)."""
+_ON = ("1", "true", "yes", "on")
+
+
+def hub_reachable(timeout: float = 3.0, datasets: bool = False) -> bool:
+    """Whether the Hugging Face hub can be used now: the one check for models, datasets and lm-eval.
+
+    False, without touching the network, when offline mode is set (``HF_HUB_OFFLINE``, and with
+    ``datasets=True`` also ``HF_DATASETS_OFFLINE``): the user asked for no hub. True when a proxy is
+    configured (a direct connection says nothing then; the hub client's own handling applies).
+    Otherwise whether a TCP connection to the endpoint (``HF_ENDPOINT``) opens within ``timeout`` s.
+    """
     import socket
     from urllib.parse import urlparse
 
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on") or any(
-            os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+    flags = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if datasets else ("HF_HUB_OFFLINE",)
+    if any(os.environ.get(k, "0").strip().lower() in _ON for k in flags):
+        return False
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
         return True
     url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
     try:
@@ -489,7 +500,7 @@ def prewarm(spec: str | None = "default") -> dict:
                 cache = _gguf_cache_dir(embedded_gguf(DEFAULT_MODEL if spec == "default" else spec))
             elif kind == "dir":
                 cache = path
-        except (SimDiffError, OSError):
+        except Exception:  # noqa: BLE001 - best effort: nothing to read ahead, the real load reports
             cache = None
     if cache is not None and (cache / "config.json").is_file():
         t = time.perf_counter()

@@ -153,8 +153,8 @@ def pruned_model(source, kept_layers, materialize: bool = False) -> nn.Module:
         new_top.hf_device_map = _renumber_device_map(dmap, path, kept)
     if hasattr(new_top, "generation_config") and new_top.generation_config is not None:
         new_top.generation_config = copy.deepcopy(new_top.generation_config)
-    if materialize:
-        new_top = copy.deepcopy(new_top)
+    if materialize:  # a dispatched model's offloaded weights live in accelerate's maps: read them
+        new_top = private_block(new_top) if is_dispatched(new_top) else copy.deepcopy(new_top)
     return new_top
 
 
@@ -219,48 +219,65 @@ def block_weights(block: nn.Module, buffers: bool = False) -> dict[str, torch.Te
     return out
 
 
-def private_block(block: nn.Module, params: dict[str, torch.Tensor] | None = None) -> nn.Module:
-    """A deep copy of ``block`` that owns real tensors (``params`` where given) and no offload hooks.
+def is_dispatched(module: nn.Module) -> bool:
+    """True when accelerate hooks (``--device-map``) sit on ``module`` or anything inside it."""
+    return any("_hf_hook" in m.__dict__ for m in module.modules())
 
-    For merging: the merged block must not share weights with the shared model, and under
-    accelerate offloading it must not reload its old weights from the offload map before each call.
-    Its tensors go to the block's execution device; if the block was dispatched, a plain
-    device-alignment hook (no offload) moves its inputs there as before.
+
+def private_block(block: nn.Module, params: dict[str, torch.Tensor] | None = None) -> nn.Module:
+    """A deep copy of ``block`` (or a whole view) that owns real tensors and no offload hooks.
+
+    ``params`` (``{name: tensor}``) replace the named parameters. For merging: the merged block must
+    not share weights with the shared model, and under accelerate offloading it must not reload its
+    old weights from the offload map before each call. For ``pruned_model(materialize=True)`` on a
+    dispatched model: every tensor becomes real and private. Tensors go to the execution device of
+    ``block``'s own hook (else where its first tensor lives); tied tensors stay tied; if ``block``
+    was dispatched, a plain device-alignment hook (no offload) moves its inputs there as before.
     """
-    from accelerate.hooks import AlignDevicesHook, add_hook_to_module
+    from accelerate.hooks import AlignDevicesHook, _accelerate_added_attributes, add_hook_to_module
 
     hook = getattr(block, "_hf_hook", None)
     dev = getattr(hook, "execution_device", None)
     values = block_weights(block, buffers=True)
     if dev is None:
-        dev = next((t.device for t in values.values()), torch.device("cpu"))
-    dev = torch.device(dev) if not isinstance(dev, torch.device) else dev
+        dev = next((t.device for t in values.values() if t.device.type != "meta"), torch.device("cpu"))
+    dev = torch.device(dev)
     # the copy must not drag the hooks (and their weight maps: possibly the whole offloaded model) along
     memo = {id(m.__dict__["_hf_hook"]): None for m in block.modules() if "_hf_hook" in m.__dict__}
     private = copy.deepcopy(block, memo)
     for m in private.modules():
-        for attr in ("_hf_hook", "_old_forward", "forward"):
-            m.__dict__.pop(attr, None)
+        if "_hf_hook" in m.__dict__:  # accelerate's forward wrapper and helpers, bound to the hook
+            for attr in ("_hf_hook", "_old_forward", "forward", *_accelerate_added_attributes):
+                m.__dict__.pop(attr, None)
+    private.__dict__.pop("hf_device_map", None)
     params = params or {}
+    done: dict[int, torch.Tensor] = {}  # id of the copy's tensor -> its replacement (keeps ties)
     with torch.no_grad():
         for name, t in values.items():
             owner, _, leaf = name.rpartition(".")
             mod = private.get_submodule(owner) if owner else private
-            current = mod._parameters[leaf] if leaf in mod._parameters else mod._buffers[leaf]
+            is_param = leaf in mod._parameters
+            current = mod._parameters[leaf] if is_param else mod._buffers[leaf]
             if name in params:
-                t = params[name].detach().to(dev)
+                new = params[name].detach().to(dev)
+            elif id(current) in done:
+                new = done[id(current)]
             elif current.device.type == "meta":  # offloaded: a private copy of the stored value
-                t = t.detach().to(dev, copy=True)
+                new = t.detach().to(dev, copy=True)
             elif current.device != dev:
-                t = current.detach().to(dev)
+                new = current.detach().to(dev)
             else:
                 continue  # deepcopy already made it private
-            if leaf in mod._parameters:
-                mod._parameters[leaf] = nn.Parameter(t, requires_grad=False)
+            if is_param and not isinstance(new, nn.Parameter):
+                new = nn.Parameter(new, requires_grad=current.requires_grad)
+            done.setdefault(id(current), new)
+            if is_param:
+                mod._parameters[leaf] = new
             else:
-                mod._buffers[leaf] = t
+                mod._buffers[leaf] = new
     if hook is not None:
-        add_hook_to_module(private, AlignDevicesHook(execution_device=dev))
+        add_hook_to_module(private, AlignDevicesHook(execution_device=dev,
+                                                     io_same_device=bool(getattr(hook, "io_same_device", False))))
     return private
 
 

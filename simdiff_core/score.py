@@ -172,10 +172,14 @@ def _forward_base(model, ids, mask=None):
     return runner(input_ids=ids, attention_mask=mask, use_cache=False)
 
 
-def auto_batch_size(device: torch.device, seq_len: int) -> int:
-    if device.type == "cuda":
-        return max(1, min(16, 16384 // max(seq_len, 1)))
-    return max(1, min(4, 2048 // max(seq_len, 1)))
+def auto_batch_size(device: torch.device, seq_len: int, share: float = 1.0) -> int:
+    """Windows per forward batch, the one rule for every pass: about 16k tokens on CUDA (at most 16
+    windows) and 2k on CPU (at most 4), times ``share`` for passes that hold more per token (damage
+    keeps every block's input: ``share=0.5``)."""
+    seq_len = max(int(seq_len), 1)
+    if torch.device(device).type == "cuda":
+        return max(1, min(int(16 * share), int(16384 * share) // seq_len))
+    return max(1, min(4, int(2048 * share) // seq_len))
 
 
 def score_model(

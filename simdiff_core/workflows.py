@@ -37,23 +37,29 @@ def eval_batch_size(device) -> int:
 
 
 def calibrate(lm, source, samples: int, seq_len: int, progress: Progress | None = None,
-              batch_size: int | None = None, matrix_tokens: int = 256, should_stop=None):
+              batch_size: int | None = None, matrix_tokens: int = 256, first_token: bool = True, should_stop=None,
+              on_batch=None, windows=None):
     """Score every block of ``lm`` on ``samples`` windows of ``seq_len`` tokens of ``source``.
 
     ``source`` is a ``data.TextSource`` or a spec (``wikitext2``, a path, ``text:...``, ``hf:...``).
-    Returns (Scores, the calibration windows, an info dict: source, samples, seq_len, seconds,
-    forward_seconds).
+    ``first_token`` counts position 0 in the block metrics and ``on_batch`` receives the partial Scores
+    after every batch (see score.score_model); ``windows`` may pass the windows already cut from
+    ``source`` (the app keeps them for partial scores). Returns (Scores,
+    the calibration windows, an info dict: source, samples, seq_len, seconds, forward_seconds).
     """
     from .data import load_text, make_windows
     from .score import score_model
 
     t0 = time.perf_counter()
     src = load_text(source, purpose="calib") if isinstance(source, str) else source
-    ids = make_windows(lm.tokenizer, src, int(samples), int(seq_len))
+    ids = make_windows(lm.tokenizer, src, int(samples), int(seq_len)) if windows is None else windows
     kw = {"should_stop": should_stop} if should_stop is not None else {}
+    if on_batch is not None:
+        kw["on_batch"] = on_batch
+    calib = {"source": source, "description": src.description} if isinstance(source, str) else \
+        {"source": src.description}
     scores = score_model(lm, ids, batch_size=batch_size, matrix_tokens=matrix_tokens, progress=progress,
-                         calibration={"source": source if isinstance(source, str) else src.description,
-                                      "description": src.description}, **kw)
+                         calibration=calib, first_token=first_token, **kw)
     info = {"source": src.description, "samples": int(ids.shape[0]), "seq_len": int(ids.shape[1]),
             "seconds": round(time.perf_counter() - t0, 1), "forward_seconds": scores.meta["seconds"]}
     return scores, ids, info

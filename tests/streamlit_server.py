@@ -36,15 +36,16 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_app(log_path: Path, env_extra: dict, extra_args=(), script: str = "app.py"):
+def running_app(log_path: Path, env_extra: dict, extra_args=(), script: str = "app.py", launcher=None):
     """Yield (url, process) of a running app (``script``, run from the project root so the shipped
-    config applies); stop it afterwards whatever happened."""
+    config applies); stop it afterwards whatever happened. ``launcher`` replaces ``python -m
+    streamlit`` (e.g. ``tests/leak_probe.py``, which adds a probe)."""
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT), TOKENIZERS_PARALLELISM="false", **env_extra)
     log = open(log_path, "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(script), "--server.headless", "true", "--server.address",
-         "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",
+        [*(launcher or [sys.executable, "-m", "streamlit"]), "run", str(script), "--server.headless", "true",
+         "--server.address", "127.0.0.1", "--server.port", str(port), "--browser.gatherUsageStats", "false",
          *extra_args],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"

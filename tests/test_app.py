@@ -153,6 +153,10 @@ def test_measured_damage_appears_as_a_fourth_curve(calibrated):
     at = calibrated
     at.session_state["damage"] = [0.01 * i for i in range(30)]
     at.switch_page(CURVES).run()
+    # a value without the current calibration's tag is never drawn (ui/state.py: result())
+    assert {t.get("xaxis", "x") for t in figure(at, 0)["data"]} == {"x", "x2", "x3"}
+    at.session_state["_tags"] = {**at.session_state["_tags"], "damage": at.session_state["calib_tag"]}
+    at.run()
     assert not at.exception and not errors(at)
     curves = figure(at, 0)
     assert {t.get("xaxis", "x") for t in curves["data"]} == {"x", "x2", "x3", "x4"}

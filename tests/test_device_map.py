@@ -99,3 +99,20 @@ def test_export_matches_the_plain_model(pair, tmp_path):
             ids = _ids(seed=2)
             ref = (merged_model(plain, plan) if plan.merged_groups else pruned_model(plain, plan.kept_layers))
             assert torch.equal(back(ids).logits, ref(ids).logits), tag
+
+
+@torch.no_grad()
+def test_materialized_view_owns_real_weights(pair):
+    """``pruned_model(materialize=True)`` (recovery trains it) on a dispatched model: real, private, tied."""
+    plain, split = pair
+    ids = _ids(seed=4)
+    a, b = pruned_model(plain, KEPT, materialize=True), pruned_model(split, KEPT, materialize=True)
+    assert all(p.device.type == "cpu" for p in b.parameters())  # nothing left on meta
+    assert not any("_hf_hook" in m.__dict__ for m in b.model.layers.modules())  # no offload hooks inside
+    assert b.lm_head.weight is b.model.embed_tokens.weight  # tied weights stay tied
+    shared = {p.data_ptr() for p in split.model.parameters() if p.device.type != "meta"}
+    assert not shared & {p.data_ptr() for p in b.parameters()}
+    assert torch.equal(a(ids, use_cache=False).logits, b(ids, use_cache=False).logits)
+    with torch.no_grad():
+        b.model.layers[1].mlp.up_proj.weight.mul_(0)  # a private copy: the shared model is unaffected
+    assert torch.equal(plain.model(ids).logits, split.model(ids).logits)

@@ -5,12 +5,19 @@
     lm = state.require_model()         # LoadedModel, or an info box with a link and st.stop()
     scores = state.require_scores()    # Scores from the last calibration
     v = st.slider("α", 0.0, 1.0, **state.bound("alpha"))   # survives page switches
+    state.put_result("shootout", res)  # a result, tagged with the calibration it was computed from
+    res = state.result("shootout")     # None unless it belongs to the current calibration
 
-Session keys (shared with every page): ``model_spec`` (dict: spec, device, dtype, trust_remote_code),
-``scores`` (Scores), ``calib_ids`` (LongTensor), ``calib_info`` (dict), ``alpha``, ``criterion``,
-``ratio``, ``keep_first``, ``keep_last``, ``scale_free``, ``plan`` (current preview Plan),
-``exports`` (list of dicts), ``evals`` (dict of cached perplexity/generation/latency results),
-``damage`` (optional, per-block measured damage).
+Session keys are the fields of ``Session`` (one default each), in three groups:
+
+* settings the user chose (``alpha``, ``criterion``, ``ratio``, locks, ...): kept across calibrations;
+* the model and its calibration (``model_spec``, ``scores``, ``calib_ids``, ``calib_info``) with
+  ``calib_tag``, a fresh token per calibration: replaced together by ``new_calibration``;
+* results computed from a calibration (``RESULT_KEYS``: plan, evaluations, damage, auto α, shoot-out,
+  recovery, accuracy, ...): reset to their defaults by every calibration or model change, and each
+  stored with the ``calib_tag`` it was computed under (``_tags``). ``result(name)`` returns a value
+  only when its tag is the current one, so a page never shows a result of another model or
+  calibration, even one written late by a run that started before the recalibration.
 
 Widgets get their own ``_w_<name>`` keys seeded from the persistent value: Streamlit deletes a
 widget's state when the user navigates to a page that does not render it, and the persistent copy
@@ -19,7 +26,9 @@ is what survives page switches.
 
 from __future__ import annotations
 
+import itertools
 import os
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import streamlit as st
@@ -48,11 +57,44 @@ NAV = {
     ],
 }
 PAGES = {key: path for entries in NAV.values() for key, path, _, _ in entries}
-DEFAULTS = {
-    "model_spec": None, "scores": None, "calib_ids": None, "calib_info": None,
-    "alpha": 0.5, "beta": 0.5, "auto_alpha": None, "criterion": "simdiff", "ratio": 0.25, "keep_first": True, "keep_last": True,
-    "scale_free": True, "plan": None, "exports": [], "evals": {}, "damage": None,
-}
+
+
+@dataclass
+class Session:
+    """Every session key with its default: the typed shape of ``st.session_state``."""
+
+    # settings: survive recalibration
+    alpha: float = 0.5
+    beta: float = 0.5                # SimDiff MSSD share; auto α may set it, so a calibration resets it
+    criterion: str = "simdiff"
+    ratio: float = 0.25
+    keep_first: bool = True
+    keep_last: bool = True
+    scale_free: bool = True
+    exports: list = field(default_factory=list)    # files on disk: still there after a recalibration
+    calib_cancelled: bool = False
+    # the model and its calibration: replaced together by new_calibration()
+    model_spec: dict | None = None   # spec, device, dtype, trust_remote_code (None: streamed, nothing held)
+    scores: object = None            # simdiff_core.Scores
+    calib_ids: object = None         # LongTensor (samples, seq_len)
+    calib_info: dict | None = None
+    calib_tag: str | None = None     # fresh per calibration; results carry the tag they were made under
+    # results of the current calibration (RESULT_KEYS): reset by every calibration, read via result()
+    plan: object = None              # the preview Plan (re-derived on every page run)
+    evals: dict = field(default_factory=dict)      # Export page: (removed, windows, seq_len) -> Evaluation
+    damage: list | None = None       # per-block measured loss increase (Layer curves draws it)
+    damage_result: object = None     # the Damage object behind ``damage``
+    set_damage: list | None = None   # Ground truth page: multi-block set damage rows
+    auto_alpha: dict | None = None   # Prune preview: what auto α chose
+    shootout: dict | None = None     # Shootout page: compare.run_compare result
+    recovery: dict | None = None     # Recovery page: recovered model and report
+    accuracy: dict = field(default_factory=dict)   # Recovery page: (model, plan, tasks) -> accuracy
+
+
+RESULT_KEYS = ("plan", "evals", "damage", "damage_result", "set_damage", "auto_alpha", "shootout", "recovery",
+               "accuracy")
+DEFAULTS = {f.name: getattr(Session(), f.name) for f in fields(Session)}
+_calibrations = itertools.count(1)
 
 
 def setup_page(title: str, icon: str = "assets/favicon.png") -> None:
@@ -109,10 +151,50 @@ def show_status(slot=None) -> None:
         slot.caption(session_summary())
 
 
+def _default(name: str):
+    v = DEFAULTS[name]
+    return v.copy() if isinstance(v, (list, dict)) else v
+
+
 def init() -> None:
-    for k, v in DEFAULTS.items():
+    for k in DEFAULTS:
         if k not in st.session_state:
-            st.session_state[k] = v.copy() if isinstance(v, (list, dict)) else v
+            st.session_state[k] = _default(k)
+    if "_tags" not in st.session_state:
+        st.session_state["_tags"] = {}
+
+
+def tag() -> str | None:
+    """The current calibration's tag (None before the first calibration)."""
+    return st.session_state.get("calib_tag")
+
+
+def put_result(name: str, value) -> None:
+    """Store result ``name`` tagged with the current calibration."""
+    if name not in RESULT_KEYS:
+        raise KeyError(f"{name!r} is not a result key: add it to Session and RESULT_KEYS")
+    st.session_state[name] = value
+    st.session_state.setdefault("_tags", {})[name] = tag()
+
+
+def result(name: str):
+    """Result ``name`` if it was computed from the current calibration, else its Session default."""
+    if name not in RESULT_KEYS:
+        raise KeyError(f"{name!r} is not a result key")
+    tags = st.session_state.get("_tags") or {}
+    if tag() is not None and name in st.session_state and tags.get(name) == tag():
+        return st.session_state[name]
+    return _default(name)
+
+
+def new_calibration(model_spec: dict | None, scores, calib_ids, calib_info: dict) -> None:
+    """Install a new model/calibration: every result is reset and a fresh tag marks what follows."""
+    clear_results()
+    st.session_state["model_spec"] = model_spec
+    st.session_state["scores"] = scores
+    st.session_state["calib_ids"] = calib_ids
+    st.session_state["calib_info"] = calib_info
+    st.session_state["calib_tag"] = f"{scores.model}#{next(_calibrations)}"
 
 
 def get(name: str, default=None):
@@ -210,11 +292,11 @@ def require_scores():
 
 
 def clear_results() -> None:
-    """Forget everything computed from the previous model/calibration."""
-    for k in ("scores", "calib_ids", "calib_info", "plan", "damage", "auto_alpha"):
-        st.session_state[k] = None
-    st.session_state["beta"] = 0.5
-    st.session_state["evals"] = {}
+    """Forget every result computed from the previous model/calibration (and β, which auto α sets)."""
+    for k in RESULT_KEYS:
+        st.session_state[k] = _default(k)
+    st.session_state["_tags"] = {}
+    st.session_state["beta"] = DEFAULTS["beta"]
 
 
 def fusion_kwargs() -> dict:
@@ -235,7 +317,7 @@ def current_plan(scores, num: int | None = None):
     plan = make_plan(scores, crit, alpha=float(st.session_state.get("alpha", 0.5)),
                      keep_first=bool(st.session_state.get("keep_first", True)),
                      keep_last=bool(st.session_state.get("keep_last", True)), **kw, **fusion)
-    st.session_state["plan"] = plan
+    put_result("plan", plan)
     return plan
 
 
@@ -284,7 +366,7 @@ def export_root() -> Path:
 def plan_evaluation(plan):
     """The Export page's last ``records.Evaluation`` of ``plan`` in this session (any windows), or None."""
     found = None
-    for key, ev in (st.session_state.get("evals") or {}).items():
+    for key, ev in result("evals").items():
         if isinstance(key, tuple) and key and key[0] == tuple(plan.removed_layers):
             found = ev
     return found

@@ -23,11 +23,14 @@ def run(ctx, criterion: str = "simdiff", alpha: float = 0.5, matrix_tokens: int 
         ctx.report(step / ctx.k, f"iterative: scoring with {len(kept)} blocks (step {step + 1}/{ctx.k})")
         if step == 0:
             scores = ctx.get_scores()
+            # later steps count position 0 exactly as the dense scores did
+            first_token = scores.calibration.get("first_token", "included") != "excluded"
         else:
             view = pruned_model(lm, kept)
             sub = LoadedModel(model=view, tokenizer=lm.tokenizer, source=lm.source, device=lm.device,
                               dtype=lm.dtype, block_path=lm.block_path)
-            scores = score_model(sub, ctx.calib_ids, matrix_tokens=matrix_tokens, should_stop=ctx.should_stop)
+            scores = score_model(sub, ctx.calib_ids, matrix_tokens=matrix_tokens, should_stop=ctx.should_stop,
+                                 first_token=first_token)
         imp = scores.importance(criterion, alpha=alpha, **fusion)
         # Locked first/last blocks are never removed, so they stay the first/last of the pruned model.
         j = select_lowest(imp, 1, ctx.keep_first, ctx.keep_last, tiebreak=cosine_tiebreak(scores.layers))[0]
@@ -35,6 +38,7 @@ def run(ctx, criterion: str = "simdiff", alpha: float = 0.5, matrix_tokens: int 
                       "importance": [round(float(v), 6) for v in imp]})
         kept.pop(j)
     removed = sorted(set(range(L)) - set(kept))
+    # the SimDiff settings go in the plan's typed recipe fields (beta, options), not in details
     return ctx.plan(removed, "iterative", criterion=criterion, alpha=alpha if criterion == "simdiff" else None,
-                    details={"order": [t["removed"] for t in trace], "trace": trace,
-                             **({"fusion": fusion} if fusion else {})})
+                    beta=beta, options={"norm": norm, "scale_free": scale_free},
+                    details={"order": [t["removed"] for t in trace], "trace": trace})

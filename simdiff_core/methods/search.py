@@ -117,7 +117,13 @@ class Evaluator:
         take = new[:room]
         if take:
             self.ctx.check()
-            for k, v in zip(take, self.prefix.ppls(take)):
+            total = self.budget or max(1, self.ctx.k * len(self.ctx.allowed))
+            n0 = self.evals
+
+            def progress(f, msg):
+                self.ctx.report(min(0.99, (n0 + f * len(take)) / total), f"{len(take)} candidates together: {msg}")
+
+            for k, v in zip(take, self.prefix.ppls(take, progress=progress)):
                 self._record(k, float(v))
         if len(take) < len(new):
             raise BudgetExhausted()
