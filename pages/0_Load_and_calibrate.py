@@ -120,6 +120,9 @@ def run_calibration() -> None:
     if not spec:
         raise SimDiffError("enter a model first (hub id, directory or .gguf path)")
     t0 = time.perf_counter()
+    # transformers' lazy imports must not run in two threads at once: let the server-start prewarm
+    # (state.prewarm_once) finish first; usually it long has by the time anyone clicks
+    state.prewarm_once().join()
     if stream:
         return run_streamed_calibration(t0)
     with st.spinner(f"Loading {display_name(spec)} (cached after the first load)…"):
