@@ -116,7 +116,19 @@ st.header("Report")
 # the Export page's evaluation of this plan (records.Evaluation), if it ran one
 ppl = None if plan is None else state.plan_evaluation(plan)
 try:
-    html_doc, n_figs = build_report_html(scores, damage=dmg, plan=plan, ppl=ppl, sets=sets_rows, alpha=alpha)
+    sens = None  # the Calibration sensitivity page's comparison, when it ran on this model
+    stored = state.get("sens_runs")
+    from simdiff_core.metrics import CRITERIA
+
+    if stored and plan is not None and plan.criterion in CRITERIA and stored["runs"] and \
+            all(r.num_layers == L for r in stored["runs"].values()):
+        from simdiff_core.sensitivity import sensitivity
+
+        sens = sensitivity(stored["runs"], plan.criterion, num=plan.num_removed, alpha=alpha,
+                           keep_first=plan.keep_first, keep_last=plan.keep_last,
+                           **(state.fusion_kwargs() if plan.criterion == "simdiff" else {}))
+    html_doc, n_figs = build_report_html(scores, damage=dmg, plan=plan, ppl=ppl, sets=sets_rows, alpha=alpha,
+                                         sensitivity=sens)
     st.download_button("Download report (HTML, works offline)", html_doc.encode("utf-8"),
                        f"simdiff_report_{L}blocks.html", "text/html", key="dl_report",
                        help=f"{n_figs} interactive figures, agreement table, plan and perplexity in one file")

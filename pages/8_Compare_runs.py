@@ -49,7 +49,9 @@ with st.sidebar:
         label = st.text_input("Name for the current scores", key="pin_name", value="")
         if st.button("Pin the current scores", key="pin_btn", width="stretch",
                      help="Keep this run for comparison after you load or calibrate something else."):
-            name = label.strip() or f"{current.model} · {current.calibration.get('source', '?')[:30]}"
+            cal = current.calibration
+            name = label.strip() or (f"{current.model} · {cal.get('samples', '?')}×{cal.get('seq_len', '?')} · "
+                                     f"{str(cal.get('source', '?'))[:24]}")
             pinned = dict(state.get("pinned_runs") or {})
             pinned[name] = current
             state.put("pinned_runs", pinned)
@@ -76,13 +78,18 @@ if a == b:
 A, B = runs[a], runs[b]
 pair = {a: A, b: B}
 diff_depth = A.num_layers != B.num_layers
-metric = st.selectbox("Metric", list(METRIC_KEYS), index=list(METRIC_KEYS).index("mssd_rel"), key="runs_metric")
+metric = st.selectbox("Metric", list(METRIC_KEYS), index=0, key="runs_metric")
 if diff_depth:
     st.session_state["runs_relative"] = True  # shown as it is drawn: forced on
 relative = st.toggle("Relative depth (0 = first block, 1 = last)", key="runs_relative",
                      disabled=diff_depth, help="Forced on when the block counts differ.")
-st.caption(f"A: {A.model}, {A.num_layers} blocks, {A.calibration.get('source', '?')} · "
-           f"B: {B.model}, {B.num_layers} blocks, {B.calibration.get('source', '?')}")
+def _about(r) -> str:
+    cal = r.calibration
+    return (f"{r.model}, {r.num_layers} blocks, {cal.get('samples', '?')} × {cal.get('seq_len', '?')} tokens of "
+            f"{cal.get('source', '?')}")
+
+
+st.caption(f"A: {_about(A)} · B: {_about(B)}")
 try:
     frame, rel = overlay_frame(pair, metric, relative=relative or diff_depth)
 except SimDiffError as e:

@@ -168,3 +168,15 @@ def test_compare_runs_pins_uploads_validates_and_shares_the_colour_scale(calibra
     at.radio(key="runs_matrix").set_value("output_cosine").run()
     heat = [json.loads(c.proto.spec)["data"][0] for c in at.get("plotly_chart")[1:3]]
     assert heat[0]["zmin"] == heat[1]["zmin"] == -0.5 and heat[0]["zmax"] == heat[1]["zmax"]
+
+
+def test_load_page_calibrates_on_a_shipped_sample():
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=T)
+    at.run()
+    at.radio(key="calib_kind").set_value("Dialogue sample (shipped, CC0)")
+    at.number_input(key="samples").set_value(2)
+    at.number_input(key="seq_len").set_value(32)
+    at.button(key="calibrate").click().run()
+    assert not at.exception and not at.error
+    assert "dialogue" in at.session_state["scores"].calibration["source"]
+    assert len(at.session_state["scores"].windows["tokens"]) == 2

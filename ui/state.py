@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -124,7 +125,11 @@ def prewarm_once():
         except Exception:  # noqa: BLE001 - best effort: the real load reports any problem
             pass
 
-    t = threading.Thread(target=run, name="simdiff-prewarm", daemon=True)
+    # Under AppTest (the test suite) there is no server start to hide the imports behind, and a
+    # background importer would race the tests' own transformers imports in the same process: a
+    # finished no-op thread keeps every ``.join()`` below valid.
+    testing = "streamlit.testing.v1.app_test" in sys.modules
+    t = threading.Thread(target=(lambda: None) if testing else run, name="simdiff-prewarm", daemon=True)
     t.start()
     return t
 
