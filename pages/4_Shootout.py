@@ -59,6 +59,7 @@ if st.button("Run shoot-out", type="primary", key="run_shootout", disabled=not s
         parsed = parse_specs(list(specs))
         ev = eval_windows(lm.tokenizer, "wikitext2", int(ev_len), int(ev_n))
         bar = st.progress(0.0, text="Starting…")
+        made_under = state.tag()  # the calibration these rows come from
         res = run_compare(lm, calib, parsed, ratio=float(ratio), eval_ids=ev, accuracy=accuracy, objective=objective,
                           budget=int(budget), keep_first=bool(state.get("keep_first", True)),
                           keep_last=bool(state.get("keep_last", True)), alpha=float(state.get("alpha", 0.5)),
@@ -68,7 +69,7 @@ if st.button("Run shoot-out", type="primary", key="run_shootout", disabled=not s
                           progress=lambda f, m: bar.progress(f, text=m[:150]))
         bar.empty()
         res["protocol"] = protocol_note(lm.tokenizer, "wikitext2", int(ev_len), int(ev_n))
-        state.put_result("shootout", res)
+        state.put_result("shootout", res, made_under=made_under)
     except (SimDiffError, Exception) as e:  # noqa: BLE001 - every failure is one line
         views.show_error(e)
 

@@ -17,7 +17,8 @@ Session keys are the fields of ``Session`` (one default each), in three groups:
   recovery, accuracy, ...): reset to their defaults by every calibration or model change, and each
   stored with the ``calib_tag`` it was computed under (``_tags``). ``result(name)`` returns a value
   only when its tag is the current one, so a page never shows a result of another model or
-  calibration, even one written late by a run that started before the recalibration.
+  calibration: not a stale key, and not one written late by a long run that began before the
+  recalibration (it passes the tag it started under: ``put_result(name, value, made_under=tag)``).
 
 Widgets get their own ``_w_<name>`` keys seeded from the persistent value: Streamlit deletes a
 widget's state when the user navigates to a page that does not render it, and the persistent copy
@@ -174,12 +175,13 @@ def tag() -> str | None:
     return st.session_state.get("calib_tag")
 
 
-def put_result(name: str, value) -> None:
-    """Store result ``name`` tagged with the current calibration."""
+def put_result(name: str, value, made_under: str | None = None) -> None:
+    """Store result ``name`` tagged with the calibration it was computed from: ``made_under`` (the
+    ``tag()`` read before a long computation started), else the current one."""
     if name not in RESULT_KEYS:
         raise KeyError(f"{name!r} is not a result key: add it to Session and RESULT_KEYS")
     st.session_state[name] = value
-    st.session_state.setdefault("_tags", {})[name] = tag()
+    st.session_state.setdefault("_tags", {})[name] = tag() if made_under is None else made_under
 
 
 def result(name: str):
