@@ -87,11 +87,10 @@ st.caption(caption)
 
 labels = [f"{r['method']}:{r['criterion']}" if r["criterion"] else r["method"] for r in rows]
 fig = figures.shootout_bars(rows)
-st.plotly_chart(fig, key="so_bars", config=figures.plot_config("shootout_ppl"))
+views.chart(fig, "shootout_ppl", "so_bars")
 
 sets = {lab: [int(i) for i in r["removed_layers"].split()] for lab, r in zip(labels, rows) if r["method"] != "dense"}
-st.plotly_chart(figures.overlap_matrix(sets, res["num_layers"]), key="so_overlap",
-                config=figures.plot_config("shootout_overlap"))
+views.chart(figures.overlap_matrix(sets, res["num_layers"]), "shootout_overlap", "so_overlap")
 olabels, mat = overlap(rows)
 st.caption("Jaccard overlap of removed blocks: " + "; ".join(
     f"{olabels[i]} vs {olabels[j]}: {mat[i][j]:.2f}" for i in range(len(olabels)) for j in range(i + 1, len(olabels))))
