@@ -74,6 +74,7 @@ class Session:
     keep_last: bool = True
     scale_free: bool = True
     exports: list = field(default_factory=list)    # files on disk: still there after a recalibration
+    pinned_runs: dict = field(default_factory=dict)  # Compare runs: runs the user pinned, kept on purpose
     calib_cancelled: bool = False
     # the model and its calibration: replaced together by new_calibration()
     model_spec: dict | None = None   # spec, device, dtype, trust_remote_code (None: streamed, nothing held)
@@ -91,10 +92,12 @@ class Session:
     shootout: dict | None = None     # Shootout page: compare.run_compare result
     recovery: dict | None = None     # Recovery page: recovered model and report
     accuracy: dict = field(default_factory=dict)   # Recovery page: (model, plan, tasks) -> accuracy
+    sens_runs: dict | None = None    # Calibration sensitivity page: scores per calibration source
+    drill: dict | None = None        # Block drill-down page: the last drill-down
 
 
 RESULT_KEYS = ("plan", "evals", "damage", "damage_result", "set_damage", "auto_alpha", "shootout", "recovery",
-               "accuracy")
+               "accuracy", "sens_runs", "drill")
 DEFAULTS = {f.name: getattr(Session(), f.name) for f in fields(Session)}
 _calibrations = itertools.count(1)
 
