@@ -20,7 +20,9 @@ from ui import charts, state, views
 
 EMBEDDED = {"Embedded SmolLM2-135M (default, offline)": "default", "Embedded Gemma3-270M (offline)": "gemma3-270m"}
 OTHER = ["Hugging Face hub id", "Local model directory", "GGUF file"]
-CALIB = ["WikiText-2 (shipped)", "Upload a .txt file", "Paste text", "Hugging Face dataset"]
+CALIB = ["WikiText-2 (shipped)", "Upload a .txt file", "Paste text", "Hugging Face dataset",
+         "Code sample (shipped, CC0)", "Dialogue sample (shipped, CC0)"]
+SHIPPED_CALIB = {CALIB[4]: "shipped:code", CALIB[5]: "shipped:dialogue"}
 
 state.setup_page("Load & calibrate")
 
@@ -83,6 +85,8 @@ st.markdown("Which transformer blocks of a causal LM are redundant? Load a model
 def calib_source():
     if calib_kind == CALIB[0]:
         return load_text("wikitext2", purpose="calib")
+    if calib_kind in SHIPPED_CALIB:
+        return load_text(SHIPPED_CALIB[calib_kind], purpose="calib")
     if calib_kind == CALIB[1]:
         if upload is None:
             raise SimDiffError("no file uploaded: choose a .txt file first")
@@ -120,6 +124,9 @@ def run_calibration() -> None:
     if not spec:
         raise SimDiffError("enter a model first (hub id, directory or .gguf path)")
     t0 = time.perf_counter()
+    # transformers' lazy imports must not run in two threads at once: let the server-start prewarm
+    # (state.prewarm_once) finish first; usually it long has by the time anyone clicks
+    state.prewarm_once().join()
     if stream:
         return run_streamed_calibration(t0)
     with st.spinner(f"Loading {display_name(spec)} (cached after the first load)…"):

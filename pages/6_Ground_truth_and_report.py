@@ -73,8 +73,8 @@ except SimDiffError as e:
 st.caption(f"Dense calibration ppl {dmg.dense_ppl:.2f} on {dmg.calibration.get('samples')} × "
            f"{dmg.calibration.get('seq_len')} tokens · {dmg.meta.get('seconds', 0):.1f} s · "
            f"{dmg.meta.get('block_executions')} block calls (naive {dmg.meta.get('naive_block_executions')})")
-st.plotly_chart(curves_figure(scores, dmg, alpha=alpha, removed=plan.removed_layers if plan else None),
-                key="gt_curves")
+views.chart(curves_figure(scores, dmg, alpha=alpha, removed=plan.removed_layers if plan else None),
+            "ground_truth_curves", "gt_curves")
 
 st.header("Criterion agreement")
 try:
@@ -88,7 +88,7 @@ try:
     st.caption(f"Importance (higher = keep) vs measured loss increase; +1 = perfect proxy. SimDiff at α = {alpha:.2f}; "
                f"top-k: the k blocks each criterion removes at ratio {ratio:.2f} vs the k least damaging.")
     crit = st.selectbox("Scatter: criterion", list(CRITERIA), index=list(CRITERIA).index("simdiff"), key="gt_criterion")
-    st.plotly_chart(agreement_scatter(scores, dmg, crit, alpha=alpha), key="gt_scatter")
+    views.chart(agreement_scatter(scores, dmg, crit, alpha=alpha), f"agreement_{crit}", "gt_scatter")
 except Exception as e:  # noqa: BLE001
     views.show_error(e)
 
@@ -110,13 +110,25 @@ sets_rows = state.result("set_damage")
 if sets_rows:
     st.dataframe(pd.DataFrame(sets_rows)[["label", "removed", "ppl", "delta_loss", "additive_delta", "interaction"]],
                  key="set_table")
-    st.plotly_chart(set_damage_figure(sets_rows), key="gt_sets")
+    views.chart(set_damage_figure(sets_rows), "set_damage", "gt_sets")
 
 st.header("Report")
 # the Export page's evaluation of this plan (records.Evaluation), if it ran one
 ppl = None if plan is None else state.plan_evaluation(plan)
 try:
-    html_doc, n_figs = build_report_html(scores, damage=dmg, plan=plan, ppl=ppl, sets=sets_rows, alpha=alpha)
+    sens = None  # the Calibration sensitivity page's comparison, when it ran on this model
+    stored = state.get("sens_runs")
+    from simdiff_core.metrics import CRITERIA
+
+    if stored and plan is not None and plan.criterion in CRITERIA and stored["runs"] and \
+            all(r.num_layers == L for r in stored["runs"].values()):
+        from simdiff_core.sensitivity import sensitivity
+
+        sens = sensitivity(stored["runs"], plan.criterion, num=plan.num_removed, alpha=alpha,
+                           keep_first=plan.keep_first, keep_last=plan.keep_last,
+                           **(state.fusion_kwargs() if plan.criterion == "simdiff" else {}))
+    html_doc, n_figs = build_report_html(scores, damage=dmg, plan=plan, ppl=ppl, sets=sets_rows, alpha=alpha,
+                                         sensitivity=sens)
     st.download_button("Download report (HTML, works offline)", html_doc.encode("utf-8"),
                        f"simdiff_report_{L}blocks.html", "text/html", key="dl_report",
                        help=f"{n_figs} interactive figures, agreement table, plan and perplexity in one file")

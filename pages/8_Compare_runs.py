@@ -14,7 +14,9 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from simdiff_core import SimDiffError
+from simdiff_core import SimDiffError, score_model
+from simdiff_core.load import wrap_model
+from simdiff_core.prune import pruned_model
 from simdiff_core.metrics import METRIC_KEYS
 from simdiff_core.score import Scores
 from simdiff_core.sensitivity import overlay_frame
@@ -49,11 +51,32 @@ with st.sidebar:
         label = st.text_input("Name for the current scores", key="pin_name", value="")
         if st.button("Pin the current scores", key="pin_btn", width="stretch",
                      help="Keep this run for comparison after you load or calibrate something else."):
-            name = label.strip() or f"{current.model} · {current.calibration.get('source', '?')[:30]}"
+            cal = current.calibration
+            name = label.strip() or (f"{current.model} · {cal.get('samples', '?')}×{cal.get('seq_len', '?')} · "
+                                     f"{str(cal.get('source', '?'))[:24]}")
             pinned = dict(state.get("pinned_runs") or {})
             pinned[name] = current
             state.put("pinned_runs", pinned)
             st.rerun()
+    lm = state.current_lm()
+    if current is not None and lm is not None and state.get("calib_ids") is not None \
+            and lm.num_layers == current.num_layers:
+        if st.button("Score the pruned model of the current plan", key="pin_pruned", width="stretch",
+                     help="Prune the loaded model by the Prune preview's plan (a view: the shared model is never "
+                          "changed), score it on the same calibration windows and pin it as a run."):
+            try:
+                plan = state.current_plan(current)
+                view = wrap_model(pruned_model(lm, plan.kept_layers), lm.tokenizer,
+                                  source=f"{current.model} pruned")
+                with st.spinner("Scoring the pruned model…"):
+                    pruned_scores = score_model(view, state.get("calib_ids"),
+                                                calibration=dict(current.calibration))
+                pinned = dict(state.get("pinned_runs") or {})
+                pinned[f"pruned: −{len(plan.removed_layers)} blocks {plan.removed_layers}"] = pruned_scores
+                state.put("pinned_runs", pinned)
+                st.rerun()
+            except SimDiffError as e:
+                views.show_error(e)
     up = st.file_uploader("Upload a scores.json", type=["json"], key="runs_upload")
     if up is not None:
         try:
@@ -76,13 +99,18 @@ if a == b:
 A, B = runs[a], runs[b]
 pair = {a: A, b: B}
 diff_depth = A.num_layers != B.num_layers
-metric = st.selectbox("Metric", list(METRIC_KEYS), index=list(METRIC_KEYS).index("mssd_rel"), key="runs_metric")
+metric = st.selectbox("Metric", list(METRIC_KEYS), index=0, key="runs_metric")
 if diff_depth:
     st.session_state["runs_relative"] = True  # shown as it is drawn: forced on
 relative = st.toggle("Relative depth (0 = first block, 1 = last)", key="runs_relative",
                      disabled=diff_depth, help="Forced on when the block counts differ.")
-st.caption(f"A: {A.model}, {A.num_layers} blocks, {A.calibration.get('source', '?')} · "
-           f"B: {B.model}, {B.num_layers} blocks, {B.calibration.get('source', '?')}")
+def _about(r) -> str:
+    cal = r.calibration
+    return (f"{r.model}, {r.num_layers} blocks, {cal.get('samples', '?')} × {cal.get('seq_len', '?')} tokens of "
+            f"{cal.get('source', '?')}")
+
+
+st.caption(f"A: {_about(A)} · B: {_about(B)}")
 try:
     frame, rel = overlay_frame(pair, metric, relative=relative or diff_depth)
 except SimDiffError as e:

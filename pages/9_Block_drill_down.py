@@ -42,10 +42,10 @@ key = (id(scores), int(block), int(windows), int(top))
 if go_btn:
     try:
         with st.spinner(f"Running block {block} on {windows} windows…"):
-            state.put("drill", {"key": key, "result": drill_down(lm, ids, int(block), int(windows), int(top))})
+            state.put_result("drill", {"key": key, "result": drill_down(lm, ids, int(block), int(windows), int(top))})
     except Exception as e:  # noqa: BLE001
         views.show_error(e)
-res = state.get("drill")
+res = state.result("drill")
 if not res or res["key"] != key:
     st.info("Pick a block and press **Drill down** (one bounded pass over the first windows, this block only).",
             icon=":material/arrow_back:")
@@ -60,9 +60,16 @@ m[3].metric("Max ‖y−x‖/‖x‖", f"{s['max']:.3g}")
 st.caption(f"The top {len(d.top)} tokens carry {s['share_top']:.0%} of the summed relative change of the "
            f"{s['tokens']} tokens. Relative change r = ‖y − x‖₂ / ‖x‖₂ (input x, output y of the block).")
 
+def shown(text: str) -> str:
+    """Whitespace made visible: a newline is ⏎, a token of spaces is ␣."""
+    t = text.replace("\n", "⏎")
+    return t if t.strip() else "␣" * max(1, len(t))
+
+
 rows = "".join(
     f"<tr><td>{t['value']:.4g}</td><td>{t['window']}:{t['position']}</td><td class='sd-ctx'>"
-    f"{html.escape(t['before'])}<mark>{html.escape(t['token']) or '∅'}</mark>{html.escape(t['after'])}</td>"
+    f"{html.escape(t['before'].replace(chr(10), '⏎'))}<mark>{html.escape(shown(t['token']))}</mark>"
+    f"{html.escape(t['after'].replace(chr(10), '⏎'))}</td>"
     f"<td>{t['x_norm']:.3g}</td><td>{'special' if t['special'] else ''}</td></tr>" for t in d.top)
 st.html("<style>.sd-dd{border-collapse:collapse;font:13px Inter,system-ui,sans-serif;width:100%}"
         ".sd-dd td,.sd-dd th{border-bottom:1px solid #eef2f7;padding:4px 8px;text-align:left}"
@@ -72,9 +79,11 @@ st.html("<style>.sd-dd{border-collapse:collapse;font:13px Inter,system-ui,sans-s
 st.download_button("Top tokens (CSV)", d.frame().to_csv(index=False).encode(), f"block_{d.block}_tokens.csv",
                    "text/csv", key="dd_csv", on_click="ignore")
 
-fig = go.Figure(go.Heatmap(z=d.values, colorscale="Magma", colorbar=dict(thickness=12),
-                           hovertemplate="window %{y}, position %{x}<br>r %{z:.4g}<extra></extra>"))
-fig.update_layout(title=dict(text=f"‖y−x‖/‖x‖ of block {d.block} per token (windows × positions)", x=0),
+# log colour scale: one sink token can be 1000x the rest
+fig = go.Figure(go.Heatmap(z=np.log10(np.maximum(d.values, 1e-12)), customdata=d.values, colorscale="Magma",
+                           colorbar=dict(thickness=12, title="log₁₀ r"),
+                           hovertemplate="window %{y}, position %{x}<br>r %{customdata:.4g}<extra></extra>"))
+fig.update_layout(title=dict(text=f"‖y−x‖/‖x‖ of block {d.block} per token (windows × positions, log colour)", x=0),
                   height=120 + 28 * d.values.shape[0], margin=dict(l=10, r=10, t=50, b=10))
 fig.update_xaxes(title_text="position")
 fig.update_yaxes(title_text="window", autorange="reversed", dtick=1)

@@ -24,7 +24,7 @@ import sys
 from .errors import SimDiffError
 
 COMMAND_MODULES: list[str] = ["simdiff_core.cli_ground_truth", "simdiff_core.cli_ecosystem", "simdiff_core.cli_eval",
-                              "simdiff_core.cli_methods"]
+                              "simdiff_core.cli_methods", "simdiff_core.cli_insight"]
 
 
 # Shared argument helpers live in cli_common (which imports no subcommand module); re-exported here

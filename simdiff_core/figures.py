@@ -531,7 +531,10 @@ def overlay_curves(frame: pd.DataFrame, metric: str, relative: bool, title: str 
     fig.update_layout(title=dict(text=title or metric, x=0, font=dict(size=15)))
     fig.update_xaxes(title_text="relative depth (0 = first block, 1 = last)" if relative else "block")
     fig.update_yaxes(title_text=metric)
-    return _app_style(fig, 380)
+    _app_style(fig, 420)
+    # legend under the plot: run names are long and would run into the title
+    fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.22, x=0), margin=dict(b=110))
+    return fig
 
 
 def shootout_bars(rows: list[dict]) -> go.Figure:

@@ -64,12 +64,15 @@ pre{background:#f6f8fa;padding:.8em;overflow-x:auto;font-size:.85em}.note{color:
 
 def build_report_html(scores, damage=None, plan=None, ppl=None, agreement: list | None = None,
                       sets: list | None = None, alpha: float | None = None, ratio=None,
-                      title: str | None = None) -> tuple[str, int]:
+                      title: str | None = None, sensitivity=None) -> tuple[str, int]:
     """The report as an HTML string, and the number of plotly figures it embeds.
 
     ``agreement`` defaults to ``agreement.agreement_table`` (when ``damage`` is given); ``sets`` is
     the output of ``agreement.set_damage``; ``ppl`` is a ``records.Evaluation`` (or a dict it reads:
-    {"before", "after", "protocol"} or {"ppl_dense", "ppl_pruned", "protocol"}).
+    {"before", "after", "protocol"} or {"ppl_dense", "ppl_pruned", "protocol"}). Where the scores carry
+    per-window statistics, the report adds 90 % bootstrap bands per block and the plan's stability
+    (``uncertainty.py``); ``sensitivity`` (a ``sensitivity.Sensitivity``) adds the calibration-sensitivity
+    section.
     """
     from .records import Evaluation
 
@@ -166,6 +169,7 @@ def build_report_html(scores, damage=None, plan=None, ppl=None, agreement: list 
                             [[s["label"], str(s["removed"]), s["ppl"], s["delta_loss"], s["additive_delta"],
                               s["interaction"]] for s in sets]))
         parts.append(next(it))
+    parts += _insight_sections(scores, plan, sensitivity)
     parts.append("<h2>Chosen plan</h2>")
     if plan is not None:
         parts.append(_kv([("method", plan.method), ("criterion", plan.criterion), ("alpha", plan.alpha),
@@ -195,6 +199,52 @@ def build_report_html(scores, damage=None, plan=None, ppl=None, agreement: list 
            f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>{_esc(title)}</title>"
            f"<style>{CSS}</style></head><body>" + "\n".join(parts) + "</body></html>")
     return doc, len(figs)
+
+
+def _insight_sections(scores, plan, sens) -> list[str]:
+    """Uncertainty (bands, plan stability) and calibration sensitivity, as HTML tables (no extra figures)."""
+    from .metrics import CRITERIA
+    from .uncertainty import DEFAULT_BOOT, DEFAULT_SEED, bands, has_windows, plan_stability
+
+    out = []
+    if has_windows(scores):
+        fused = {"alpha": plan.alpha if plan is not None and plan.alpha is not None else 0.5}
+        b = bands(scores, fused=fused)
+        keys = ("cosine", "mssd_rel", "masd_rel", "simdiff")
+        out.append("<h2>Uncertainty: bootstrap bands</h2>")
+        out.append(f"<p class='note'>{b['_level']:.0%} percentile-bootstrap intervals over the "
+                   f"{len(scores.windows['tokens'])} calibration windows ({DEFAULT_BOOT} resamples of whole windows, "
+                   f"seed {DEFAULT_SEED}); SimDiff at α = {fused['alpha']:g}. Value [low, high].</p>")
+        rows = [[i] + [f"{b[k]['value'][i]:.4g} [{b[k]['lo'][i]:.4g}, {b[k]['hi'][i]:.4g}]" for k in keys]
+                for i in range(scores.num_layers)]
+        out.append(_table(["block"] + list(keys), rows))
+        if plan is not None and plan.criterion in CRITERIA and plan.method in (None, "oneshot"):
+            fusion = {k: v for k, v in (plan.options or {}).items() if k in ("scale_free", "norm")}
+            if plan.beta is not None:
+                fusion["beta"] = plan.beta
+            stab = plan_stability(scores, plan.criterion, num=plan.num_removed,
+                                  alpha=plan.alpha if plan.alpha is not None else 0.5, keep_first=plan.keep_first,
+                                  keep_last=plan.keep_last, **fusion)
+            out.append("<h2>Plan stability</h2>")
+            verdict = ("<span class='good'>stable</span>" if stab.stable else
+                       f"<span class='bad'>unstable: blocks {stab.unstable} are removed in fewer than "
+                       f"{stab.threshold:.0%} of the resamples</span>")
+            out.append(f"<p class='note'>How often each block is removed when the same plan is made from a bootstrap "
+                       f"resample of the windows ({stab.n_boot} resamples, seed {stab.seed}). Verdict: {verdict}.</p>")
+            shown = stab.removed + stab.contenders
+            out.append(_table(["block", "in plan", "removed in"],
+                              [[i, "yes" if i in stab.removed else "no", f"{stab.frequency[i]:.0%}"] for i in shown]))
+    if sens is not None:
+        out.append("<h2>Calibration sensitivity</h2>")
+        out.append("<p class='note'>The same model scored on several calibration texts: Spearman ρ between the "
+                   "per-block importance rankings and the overlap of the blocks each text would remove.</p>")
+        out.append(_table(["source A", "source B", "Spearman ρ", "common removed", "Jaccard"],
+                          [[r["source A"], r["source B"], r["spearman_rho"], r["common_removed"], r["jaccard"]]
+                           for r in sens.pairs_table()]))
+        out.append(_table(["source", "removed blocks"], [[n, str(sens.removed[n])] for n in sens.names]))
+        flips = "; ".join(f"block {k}: {', '.join(v)}" for k, v in sens.flips.items()) or "none: all sources agree"
+        out.append(f"<p>Blocks that flip (removed by some sources only): {_esc(flips)}</p>")
+    return out
 
 
 def write_report(path, scores, **kw) -> dict:

@@ -229,3 +229,63 @@ def test_removed_blocks_are_marked_whatever_their_importance():
     assert marks[0]["customdata"] == [0.0, 0.0]  # the hover keeps the true value
     assert charts.outliers([1, 1.1, 0.9, 1.2, 40, 1.0, 0.95, 1.05, 1.1, 1.0]) == [4]
     assert charts.outliers(np.linspace(1, 2, 30)) == []
+
+
+def test_html_report_carries_bands_stability_and_sensitivity(tiny, ids32):
+    from simdiff_core.plan import make_plan
+    from simdiff_core.report import build_report_html
+    from simdiff_core.sensitivity import sensitivity
+
+    lm = tiny("llama", 6)
+    sc = score_model(lm, ids32[:5])
+    plan = make_plan(sc, "simdiff", num=2, alpha=0.5)
+    other = score_model(lm, ids32[5:10])
+    sens = sensitivity({"first": sc, "second": other}, num=2)
+    doc, _ = build_report_html(sc, plan=plan, sensitivity=sens)
+    b = bands(sc, fused={"alpha": 0.5})
+    st = plan_stability(sc, "simdiff", num=2, alpha=0.5)
+    assert "Uncertainty: bootstrap bands" in doc and f"{b['cosine']['lo'][3]:.4g}" in doc
+    assert "Plan stability" in doc and ("stable" if st.stable else f"unstable: blocks {st.unstable}") in doc
+    assert "Calibration sensitivity" in doc and f"{round(sens.rho['first', 'second'], 4)}" in doc
+    old = Scores.from_dict({k: v for k, v in sc.to_dict().items() if k != "windows"})
+    doc2, _ = build_report_html(old, plan=plan)
+    assert "bootstrap bands" not in doc2 and "Plan stability" not in doc2  # old scores files: no section
+
+
+def test_cli_sensitivity_overlay_and_drilldown(tmp_path, tiny, ids32):
+    import json
+
+    from conftest import run_cli
+    from simdiff_core.drilldown import drill_down
+    from simdiff_core.sensitivity import overlay_frame
+
+    a = score_model(tiny("llama", 6), ids32[:3])
+    b = score_model(tiny("llama", 4), ids32[:3])
+    a.save(tmp_path / "a.json")
+    b.save(tmp_path / "b.json")
+    r = run_cli("overlay", "--scores", tmp_path / "a.json", "--scores", tmp_path / "b.json", "--metric", "masd_rel",
+                "--out", tmp_path / "o.csv", timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["relative_depth"] is True
+    import pandas as pd
+
+    csv = pd.read_csv(tmp_path / "o.csv")
+    ref, _ = overlay_frame({"a": a, "b": b}, "masd_rel")
+    assert np.allclose(csv["x"], ref["x"]) and np.allclose(csv["value"], ref["value"])
+    r = run_cli("overlay", "--scores", tmp_path / "a.json", "--scores", tmp_path / "nope.json", timeout=120)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: ")
+    r = run_cli("sensitivity", "--model", "default", "--calib", "wikitext2", "--calib", "shipped:dialogue",
+                "--samples", 2, "--seq-len", 32, "--num", 4, timeout=600)
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout.strip().splitlines()[-1])
+    assert rep["sources"] == ["wikitext2", "shipped:dialogue"] and len(rep["pairs"]) == 1
+    assert all(len(v) == 4 for v in rep["removed"].values())
+    assert set(rep["agreed"]) == set(rep["removed"]["wikitext2"]) & set(rep["removed"]["shipped:dialogue"])
+    r = run_cli("drilldown", "--model", "default", "--block", 11, "--windows", 2, "--seq-len", 32, "--top", 3,
+                timeout=600)
+    assert r.returncode == 0, r.stderr
+    top = json.loads(r.stdout.strip().splitlines()[-1])["top"]
+    assert len(top) == 3 and top[0]["value"] >= top[1]["value"] >= top[2]["value"]
+    r = run_cli("drilldown", "--model", "default", "--block", 99, "--windows", 1, "--seq-len", 16, timeout=600)
+    assert r.returncode == 2 and "does not exist" in r.stderr

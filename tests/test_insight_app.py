@@ -168,3 +168,32 @@ def test_compare_runs_pins_uploads_validates_and_shares_the_colour_scale(calibra
     at.radio(key="runs_matrix").set_value("output_cosine").run()
     heat = [json.loads(c.proto.spec)["data"][0] for c in at.get("plotly_chart")[1:3]]
     assert heat[0]["zmin"] == heat[1]["zmin"] == -0.5 and heat[0]["zmax"] == heat[1]["zmax"]
+
+
+def test_load_page_calibrates_on_a_shipped_sample():
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=T)
+    at.run()
+    at.radio(key="calib_kind").set_value("Dialogue sample (shipped, CC0)")
+    at.number_input(key="samples").set_value(2)
+    at.number_input(key="seq_len").set_value(32)
+    at.button(key="calibrate").click().run()
+    assert not at.exception and not at.error
+    assert "dialogue" in at.session_state["scores"].calibration["source"]
+    assert len(at.session_state["scores"].windows["tokens"]) == 2
+
+
+def test_compare_runs_scores_the_pruned_view_without_touching_the_model(calibrated):
+    at = calibrated
+    at.switch_page("pages/8_Compare_runs.py").run()
+    lm = at.session_state["_lm_pin"][1]
+    at.button(key="pin_pruned").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    plan = at.session_state["plan"]
+    name = [n for n in at.session_state["pinned_runs"] if n.startswith("pruned")][0]
+    pr = at.session_state["pinned_runs"][name]
+    assert pr.num_layers == 30 - plan.num_removed and len(lm.blocks) == 30  # the shared model is unchanged
+    # kept block j of the view sees the same input as original block kept[j] only before the first removal
+    first_gone = plan.removed_layers[0]
+    base = at.session_state["scores"].layers
+    assert [l["cosine"] for l in pr.layers[:first_gone]] == pytest.approx([l["cosine"] for l in base[:first_gone]],
+                                                                          rel=1e-5)

@@ -156,3 +156,15 @@ def test_one_json_record_path_for_scores_damage_and_plan(kind, embedded_scores, 
                       (tmp_path / "list.json", f"malformed {kind}: expected a JSON object")):
         with pytest.raises(SimDiffError, match=msg):
             cls.load(path)
+
+
+def test_iterative_plans_record_simdiff_settings_in_the_recipe(tiny, calib_ids):
+    from simdiff_core.methods import run_method
+    from simdiff_core.plan import Plan
+
+    lm = tiny("llama", 5, seed=1)
+    it = run_method("iterative", lm, calib_ids[:2, :32], num=1, criterion="simdiff", alpha=0.3, beta=0.0,
+                    scale_free=False)
+    r = it.recipe
+    assert (r.method, r.alpha, r.beta, r.options) == ("iterative", 0.3, 0.0, {"norm": "rank", "scale_free": False})
+    assert "fusion" not in it.details and Plan.from_dict(it.to_dict()).recipe == r

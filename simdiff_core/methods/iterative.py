@@ -38,6 +38,7 @@ def run(ctx, criterion: str = "simdiff", alpha: float = 0.5, matrix_tokens: int 
                       "importance": [round(float(v), 6) for v in imp]})
         kept.pop(j)
     removed = sorted(set(range(L)) - set(kept))
+    # the SimDiff settings go in the plan's typed recipe fields (beta, options), not in details
     return ctx.plan(removed, "iterative", criterion=criterion, alpha=alpha if criterion == "simdiff" else None,
-                    details={"order": [t["removed"] for t in trace], "trace": trace,
-                             **({"fusion": fusion} if fusion else {})})
+                    beta=beta, options={"norm": norm, "scale_free": scale_free},
+                    details={"order": [t["removed"] for t in trace], "trace": trace})
