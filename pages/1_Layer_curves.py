@@ -94,9 +94,9 @@ def curves_panel():
         for k, b in list(bands.items()) + [("simdiff", fband)]:
             if k in frame.columns and isinstance(b, dict):
                 frame[f"{k}_lo"], frame[f"{k}_hi"] = b["lo"], b["hi"]
-    views.chart(charts.Spec(charts.curves_spec(base, dropped)), "layer_curves", "curves", frame=frame)
+    views.chart(charts.Spec(charts.curves_spec(base, dropped)), "layer_curves", "curves", frame=frame, live=True)
     fused = charts.bars_spec(imp, dropped, title=f"SimDiff importance, α = {alpha:.2f} (higher = keep)")
-    views.chart(charts.Spec(charts.with_band(fused, fband)), "simdiff_importance", "simdiff", frame=frame)
+    views.chart(charts.Spec(charts.with_band(fused, fband)), "simdiff_importance", "simdiff", frame=frame, live=True)
 
 
 curves_panel()
