@@ -99,10 +99,13 @@ def test_full_flow_in_chromium(server, tmp_path):
             idle(page)
             k = max(1, round(ratio * 30))
             expect(page.get_by_text(f"Highlighted: the {k} blocks")).to_be_visible()
-            # drawn points on the curves chart: 30 per metric panel + k dropped markers per panel
+            # the curves chart: 30 drawn points per metric panel, and the k dropped blocks shaded on each panel
             drawn = page.evaluate("() => document.querySelector('.js-plotly-plot').querySelectorAll("
                                   "'.scatterlayer .point').length")
-            assert drawn == 3 * (30 + k)
+            assert drawn == 3 * 30
+            shaded = page.evaluate("() => document.querySelector('.sd-live').layout.shapes"
+                                   ".filter(s => s.name === 'dropped').reduce((n, s) => n + (s.x1 - s.x0), 0)")
+            assert round(shaded) == 3 * k
             # the very same graph divs (Plotly.react, no remount), and the bars mark the same k blocks
             assert page.evaluate("() => { const g = [...document.querySelectorAll('.sd-live')];"
                                  " return g.length === 2 && g.every((d, i) => d === window.__sdGraphs[i]); }")

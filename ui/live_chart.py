@@ -46,7 +46,33 @@ export default function (component) {
   if (!window.Plotly) { setTriggerValue('need_plotly', true); return; }
   const fig = JSON.parse(data.spec);
   const layout = Object.assign({}, fig.layout, {autosize: true});
-  window.Plotly.react(gd, fig.data, layout, Object.assign({responsive: true}, data.config));
+  const dataJson = JSON.stringify(fig.data);
+  if (gd.data && gd.__sdData === dataJson && gd.__sdConfig === JSON.stringify(data.config)) {
+    // same traces: only the layout moved (e.g. the dropped blocks' shapes): relayout just those keys,
+    // a few ms, where Plotly.react would re-run every trace's defaults
+    const prev = gd.__sdLayout, upd = {};
+    for (const k of new Set([...Object.keys(prev), ...Object.keys(layout)]))
+      if (JSON.stringify(prev[k]) !== JSON.stringify(layout[k])) upd[k] = layout[k] === undefined ? null : layout[k];
+    gd.__sdLayout = layout;
+    if (Object.keys(upd).length) window.Plotly.relayout(gd, upd);
+    return;
+  }
+  gd.__sdData = dataJson;
+  gd.__sdLayout = layout;
+  gd.__sdConfig = JSON.stringify(data.config);
+  // Plotly.react compares data arrays by reference: hand it the drawn arrays back wherever the new
+  // figure has the same values, so a move that changes only the shapes or one colour array redraws
+  // only that (no recalculation of every trace).
+  const same = (a, b) => JSON.stringify(a) === JSON.stringify(b);
+  const reuse = (nv, ov) => {
+    if (nv === null || typeof nv !== 'object' || ov === null || typeof ov !== 'object') return nv;
+    if (same(nv, ov)) return ov;
+    if (!Array.isArray(nv) && !Array.isArray(ov)) for (const k of Object.keys(nv)) nv[k] = reuse(nv[k], ov[k]);
+    return nv;
+  };
+  const old = gd.data || [];
+  const traces = fig.data.map((t, i) => (i < old.length ? reuse(t, old[i]) : t));
+  window.Plotly.react(gd, traces, layout, Object.assign({responsive: true}, data.config));
 }
 """
 
