@@ -59,6 +59,7 @@ if st.button("Run shoot-out", type="primary", key="run_shootout", disabled=not s
         parsed = parse_specs(list(specs))
         ev = eval_windows(lm.tokenizer, "wikitext2", int(ev_len), int(ev_n))
         bar = st.progress(0.0, text="Starting…")
+        made_under = state.tag()  # the calibration these rows come from
         res = run_compare(lm, calib, parsed, ratio=float(ratio), eval_ids=ev, accuracy=accuracy, objective=objective,
                           budget=int(budget), keep_first=bool(state.get("keep_first", True)),
                           keep_last=bool(state.get("keep_last", True)), alpha=float(state.get("alpha", 0.5)),
@@ -68,7 +69,7 @@ if st.button("Run shoot-out", type="primary", key="run_shootout", disabled=not s
                           progress=lambda f, m: bar.progress(f, text=m[:150]))
         bar.empty()
         res["protocol"] = protocol_note(lm.tokenizer, "wikitext2", int(ev_len), int(ev_n))
-        state.put_result("shootout", res)
+        state.put_result("shootout", res, made_under=made_under)
     except (SimDiffError, Exception) as e:  # noqa: BLE001 - every failure is one line
         views.show_error(e)
 
@@ -86,11 +87,10 @@ st.caption(caption)
 
 labels = [f"{r['method']}:{r['criterion']}" if r["criterion"] else r["method"] for r in rows]
 fig = figures.shootout_bars(rows)
-st.plotly_chart(fig, key="so_bars", config=figures.plot_config("shootout_ppl"))
+views.chart(fig, "shootout_ppl", "so_bars")
 
 sets = {lab: [int(i) for i in r["removed_layers"].split()] for lab, r in zip(labels, rows) if r["method"] != "dense"}
-st.plotly_chart(figures.overlap_matrix(sets, res["num_layers"]), key="so_overlap",
-                config=figures.plot_config("shootout_overlap"))
+views.chart(figures.overlap_matrix(sets, res["num_layers"]), "shootout_overlap", "so_overlap")
 olabels, mat = overlap(rows)
 st.caption("Jaccard overlap of removed blocks: " + "; ".join(
     f"{olabels[i]} vs {olabels[j]}: {mat[i][j]:.2f}" for i in range(len(olabels)) for j in range(i + 1, len(olabels))))

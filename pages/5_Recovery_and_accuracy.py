@@ -97,7 +97,7 @@ if rec is not None:
     c[2].metric("Perplexity, recovered", f"{r['ppl_recovered']:.2f}",
                 delta=f"{r['ppl_recovered'] - r['ppl_pruned']:+.2f}", delta_color="inverse")
     c[3].metric("Training time", f"{r['seconds']:.0f} s", help=f"{r['trainable_params']:,} LoRA parameters")
-    st.plotly_chart(figures.loss_curve(r["loss_curve"]), key="loss_curve", config=figures.plot_config("loss_curve"))
+    views.chart(figures.loss_curve(r["loss_curve"]), "loss_curve", "loss_curve")
     st.caption(f"Perplexity protocol: {r['eval_protocol']}. Training: {r['calibration']['source']}, "
                f"{r['train_windows'][0]} × {r['train_windows'][1]} tokens; targets {', '.join(r['target_modules'])}.")
     c1, c2 = st.columns([3, 1])

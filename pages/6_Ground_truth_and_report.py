@@ -73,8 +73,8 @@ except SimDiffError as e:
 st.caption(f"Dense calibration ppl {dmg.dense_ppl:.2f} on {dmg.calibration.get('samples')} × "
            f"{dmg.calibration.get('seq_len')} tokens · {dmg.meta.get('seconds', 0):.1f} s · "
            f"{dmg.meta.get('block_executions')} block calls (naive {dmg.meta.get('naive_block_executions')})")
-st.plotly_chart(curves_figure(scores, dmg, alpha=alpha, removed=plan.removed_layers if plan else None),
-                key="gt_curves")
+views.chart(curves_figure(scores, dmg, alpha=alpha, removed=plan.removed_layers if plan else None),
+            "ground_truth_curves", "gt_curves")
 
 st.header("Criterion agreement")
 try:
@@ -88,7 +88,7 @@ try:
     st.caption(f"Importance (higher = keep) vs measured loss increase; +1 = perfect proxy. SimDiff at α = {alpha:.2f}; "
                f"top-k: the k blocks each criterion removes at ratio {ratio:.2f} vs the k least damaging.")
     crit = st.selectbox("Scatter: criterion", list(CRITERIA), index=list(CRITERIA).index("simdiff"), key="gt_criterion")
-    st.plotly_chart(agreement_scatter(scores, dmg, crit, alpha=alpha), key="gt_scatter")
+    views.chart(agreement_scatter(scores, dmg, crit, alpha=alpha), f"agreement_{crit}", "gt_scatter")
 except Exception as e:  # noqa: BLE001
     views.show_error(e)
 
@@ -110,7 +110,7 @@ sets_rows = state.result("set_damage")
 if sets_rows:
     st.dataframe(pd.DataFrame(sets_rows)[["label", "removed", "ppl", "delta_loss", "additive_delta", "interaction"]],
                  key="set_table")
-    st.plotly_chart(set_damage_figure(sets_rows), key="gt_sets")
+    views.chart(set_damage_figure(sets_rows), "set_damage", "gt_sets")
 
 st.header("Report")
 # the Export page's evaluation of this plan (records.Evaluation), if it ran one

@@ -83,10 +83,10 @@ if go_btn:
         except Exception as e:  # noqa: BLE001 — one st.error line, nothing stored
             views.show_error(e)
         else:
-            state.put("sens_runs", {"tag": tag, "runs": runs, "windows": (int(n), int(s))})
+            state.put_result("sens_runs", {"tag": tag, "runs": runs, "windows": (int(n), int(s))})
         bar.empty()
 
-stored = state.get("sens_runs")
+stored = state.result("sens_runs")
 if not stored or stored.get("tag") != tag:
     st.info("Pick two or more sources in the sidebar and press **Score on these sources** "
             f"(one calibration pass each, {n} × {s} tokens).", icon=":material/arrow_back:")

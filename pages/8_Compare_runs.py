@@ -14,7 +14,9 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from simdiff_core import SimDiffError
+from simdiff_core import SimDiffError, score_model
+from simdiff_core.load import wrap_model
+from simdiff_core.prune import pruned_model
 from simdiff_core.metrics import METRIC_KEYS
 from simdiff_core.score import Scores
 from simdiff_core.sensitivity import overlay_frame
@@ -56,6 +58,25 @@ with st.sidebar:
             pinned[name] = current
             state.put("pinned_runs", pinned)
             st.rerun()
+    lm = state.current_lm()
+    if current is not None and lm is not None and state.get("calib_ids") is not None \
+            and lm.num_layers == current.num_layers:
+        if st.button("Score the pruned model of the current plan", key="pin_pruned", width="stretch",
+                     help="Prune the loaded model by the Prune preview's plan (a view: the shared model is never "
+                          "changed), score it on the same calibration windows and pin it as a run."):
+            try:
+                plan = state.current_plan(current)
+                view = wrap_model(pruned_model(lm, plan.kept_layers), lm.tokenizer,
+                                  source=f"{current.model} pruned")
+                with st.spinner("Scoring the pruned model…"):
+                    pruned_scores = score_model(view, state.get("calib_ids"),
+                                                calibration=dict(current.calibration))
+                pinned = dict(state.get("pinned_runs") or {})
+                pinned[f"pruned: −{len(plan.removed_layers)} blocks {plan.removed_layers}"] = pruned_scores
+                state.put("pinned_runs", pinned)
+                st.rerun()
+            except SimDiffError as e:
+                views.show_error(e)
     up = st.file_uploader("Upload a scores.json", type=["json"], key="runs_upload")
     if up is not None:
         try:

@@ -42,10 +42,10 @@ key = (id(scores), int(block), int(windows), int(top))
 if go_btn:
     try:
         with st.spinner(f"Running block {block} on {windows} windows…"):
-            state.put("drill", {"key": key, "result": drill_down(lm, ids, int(block), int(windows), int(top))})
+            state.put_result("drill", {"key": key, "result": drill_down(lm, ids, int(block), int(windows), int(top))})
     except Exception as e:  # noqa: BLE001
         views.show_error(e)
-res = state.get("drill")
+res = state.result("drill")
 if not res or res["key"] != key:
     st.info("Pick a block and press **Drill down** (one bounded pass over the first windows, this block only).",
             icon=":material/arrow_back:")

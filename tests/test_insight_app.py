@@ -183,3 +183,20 @@ def test_load_page_calibrates_on_a_shipped_sample():
     assert not at.exception and not at.error
     assert "dialogue" in at.session_state["scores"].calibration["source"]
     assert len(at.session_state["scores"].windows["tokens"]) == 2
+
+
+def test_compare_runs_scores_the_pruned_view_without_touching_the_model(calibrated):
+    at = calibrated
+    at.switch_page("pages/8_Compare_runs.py").run()
+    lm = at.session_state["_lm_pin"][1]
+    at.button(key="pin_pruned").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    plan = at.session_state["plan"]
+    name = [n for n in at.session_state["pinned_runs"] if n.startswith("pruned")][0]
+    pr = at.session_state["pinned_runs"][name]
+    assert pr.num_layers == 30 - plan.num_removed and len(lm.blocks) == 30  # the shared model is unchanged
+    # kept block j of the view sees the same input as original block kept[j] only before the first removal
+    first_gone = plan.removed_layers[0]
+    base = at.session_state["scores"].layers
+    assert [l["cosine"] for l in pr.layers[:first_gone]] == pytest.approx([l["cosine"] for l in base[:first_gone]],
+                                                                          rel=1e-5)

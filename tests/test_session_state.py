@@ -16,6 +16,7 @@ APP = str(ROOT / "app.py")
 CURVES, PREVIEW, EXPORT = "pages/1_Layer_curves.py", "pages/2_Prune_preview.py", "pages/3_Export_and_evaluate.py"
 SHOOTOUT, RECOVERY, TRUTH = "pages/4_Shootout.py", "pages/5_Recovery_and_accuracy.py", "pages/6_Ground_truth_and_report.py"
 LOAD = "pages/0_Load_and_calibrate.py"
+SENS, DRILL = "pages/7_Calibration_sensitivity.py", "pages/9_Block_drill_down.py"
 TEXT = "The river rose in the spring and the town moved its market to the hill above the old bridge. " * 40
 
 
@@ -82,6 +83,16 @@ def fill_every_result(at):
     at.number_input(key="dmg_seq_len").set_value(16)
     ok(at.button(key="measure_damage").click().run())
     ok(at.button(key="measure_sets").click().run())
+    at.switch_page(SENS).run()
+    at.multiselect(key="sens_sources").set_value(["WikiText-2 (shipped)", "Dialogue sample (shipped, CC0)"])
+    at.number_input(key="sens_samples").set_value(2)
+    at.number_input(key="sens_seq_len").set_value(32)
+    ok(at.button(key="sens_run").click().run())
+    at.switch_page(DRILL).run()
+    at.selectbox(key="dd_block").set_value(1)
+    at.number_input(key="dd_windows").set_value(1)
+    at.number_input(key="dd_top").set_value(5)
+    ok(at.button(key="dd_run").click().run())
     for k in RESULT_KEYS:  # every result exists, so the reset below has something to clear
         assert at.session_state[k] is not None and at.session_state[k] != DEFAULTS[k], k
 
@@ -112,6 +123,15 @@ def shown_results(at) -> list[str]:
     ok(at.switch_page(TRUTH).run())
     if not any("No damage measured yet" in i.value for i in at.info):
         shown.append("ground truth: damage")
+    ok(at.switch_page(SENS).run())
+    if not any("Pick two or more sources" in i.value for i in at.info):
+        shown.append("sensitivity: runs")
+    ok(at.switch_page(DRILL).run())
+    at.selectbox(key="dd_block").set_value(1)
+    at.number_input(key="dd_windows").set_value(1)
+    ok(at.number_input(key="dd_top").set_value(5).run())
+    if not any("Pick a block and press" in i.value for i in at.info):
+        shown.append("drill-down: result")
     return shown
 
 
@@ -130,7 +150,7 @@ def test_recalibration_and_model_switch_clear_every_result_on_every_page(models)
     at.run()
     calibrate(at, models["a"])
     fill_every_result(at)
-    assert len(shown_results(at)) == 7  # the check below can see each result
+    assert len(shown_results(at)) == 9  # the check below can see each result
 
     calibrate(at, models["a"], text=TEXT.upper())  # same model, new calibration
     assert_all_reset(at)

@@ -17,7 +17,8 @@ Session keys are the fields of ``Session`` (one default each), in three groups:
   recovery, accuracy, ...): reset to their defaults by every calibration or model change, and each
   stored with the ``calib_tag`` it was computed under (``_tags``). ``result(name)`` returns a value
   only when its tag is the current one, so a page never shows a result of another model or
-  calibration, even one written late by a run that started before the recalibration.
+  calibration: not a stale key, and not one written late by a long run that began before the
+  recalibration (it passes the tag it started under: ``put_result(name, value, made_under=tag)``).
 
 Widgets get their own ``_w_<name>`` keys seeded from the persistent value: Streamlit deletes a
 widget's state when the user navigates to a page that does not render it, and the persistent copy
@@ -73,6 +74,7 @@ class Session:
     keep_last: bool = True
     scale_free: bool = True
     exports: list = field(default_factory=list)    # files on disk: still there after a recalibration
+    pinned_runs: dict = field(default_factory=dict)  # Compare runs: runs the user pinned, kept on purpose
     calib_cancelled: bool = False
     # the model and its calibration: replaced together by new_calibration()
     model_spec: dict | None = None   # spec, device, dtype, trust_remote_code (None: streamed, nothing held)
@@ -90,10 +92,12 @@ class Session:
     shootout: dict | None = None     # Shootout page: compare.run_compare result
     recovery: dict | None = None     # Recovery page: recovered model and report
     accuracy: dict = field(default_factory=dict)   # Recovery page: (model, plan, tasks) -> accuracy
+    sens_runs: dict | None = None    # Calibration sensitivity page: scores per calibration source
+    drill: dict | None = None        # Block drill-down page: the last drill-down
 
 
 RESULT_KEYS = ("plan", "evals", "damage", "damage_result", "set_damage", "auto_alpha", "shootout", "recovery",
-               "accuracy")
+               "accuracy", "sens_runs", "drill")
 DEFAULTS = {f.name: getattr(Session(), f.name) for f in fields(Session)}
 _calibrations = itertools.count(1)
 
@@ -174,12 +178,13 @@ def tag() -> str | None:
     return st.session_state.get("calib_tag")
 
 
-def put_result(name: str, value) -> None:
-    """Store result ``name`` tagged with the current calibration."""
+def put_result(name: str, value, made_under: str | None = None) -> None:
+    """Store result ``name`` tagged with the calibration it was computed from: ``made_under`` (the
+    ``tag()`` read before a long computation started), else the current one."""
     if name not in RESULT_KEYS:
         raise KeyError(f"{name!r} is not a result key: add it to Session and RESULT_KEYS")
     st.session_state[name] = value
-    st.session_state.setdefault("_tags", {})[name] = tag()
+    st.session_state.setdefault("_tags", {})[name] = tag() if made_under is None else made_under
 
 
 def result(name: str):
