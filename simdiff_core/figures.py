@@ -413,11 +413,16 @@ def _plain(v):
     return v
 
 
-def curves_spec(base: dict, dropped=()) -> dict:
-    """``layer_curves`` for this dropped set, from ``curves_base``: microseconds, no plotly objects."""
+def curves_spec(base: dict, dropped=(), markers: bool = True) -> dict:
+    """``layer_curves`` for this dropped set, from ``curves_base``: microseconds, no plotly objects.
+
+    ``markers=False``: the dropped set is drawn by the shaded bands alone (a darker shade; the shapes are
+    named ``dropped``), so the traces do not change with it and a browser that updates the drawn chart in
+    place (ui/live_chart.py, ``Plotly.react``) redraws only the shapes on a slider move, not every trace.
+    """
     drop = sorted(set(int(i) for i in dropped))
     data = [t for t in base["data"]]
-    if drop:
+    if drop and markers:
         for c, p in enumerate(base["_panels"]):
             data.append({"type": "scatter", "x": drop, "y": p["y"][drop].tolist(), "mode": "markers",
                          "name": "dropped", "xaxis": p["xaxis"], "yaxis": p["yaxis"],
@@ -426,7 +431,8 @@ def curves_spec(base: dict, dropped=()) -> dict:
                          "showlegend": c == 0})
     # one shaded band per run of dropped blocks per panel
     shapes = [{"type": "rect", "xref": p["xaxis"], "yref": f"{p['yaxis']} domain", "x0": a - 0.5, "x1": b + 0.5,
-               "y0": 0, "y1": 1, "fillcolor": DROP, "opacity": 0.08, "line": {"width": 0}, "layer": "below"}
+               "y0": 0, "y1": 1, "fillcolor": DROP, "opacity": 0.08 if markers else 0.2, "line": {"width": 0},
+               "layer": "below", **({} if markers else {"name": "dropped"})}
               for p in base["_panels"] for a, b in _runs(drop)]
     return {"data": data, "layout": dict(base["layout"], shapes=shapes)}
 

@@ -32,7 +32,9 @@ def arr(v):
 
 
 def _spec(at, i=0):
-    return json.loads(at.get("plotly_chart")[i].proto.spec)
+    from apptest_figures import figures
+
+    return figures(at)[i]
 
 
 def test_curves_draw_bands_clip_outliers_and_offer_csv_png(calibrated):
@@ -68,6 +70,7 @@ def test_curves_draw_bands_clip_outliers_and_offer_csv_png(calibrated):
 
 
 def test_preview_shows_plan_stability_matching_the_library(calibrated):
+    from apptest_figures import figures
     from simdiff_core.uncertainty import plan_stability
 
     at = calibrated
@@ -77,13 +80,13 @@ def test_preview_shows_plan_stability_matching_the_library(calibrated):
     ref = plan_stability(scores, plan.criterion, num=plan.num_removed, alpha=plan.alpha, beta=0.5)
     msg = (at.success[0].value if ref.stable else at.warning[0].value)
     assert ("Stable plan" if ref.stable else f"Unstable plan: blocks {ref.unstable}") in msg
-    spec = [json.loads(c.proto.spec) for c in at.get("plotly_chart") if "stability" in c.proto.spec][0]
+    spec = [f for f in figures(at) if "stability" in json.dumps(f)][0]
     shown = spec["data"][0]["y"]
     assert all(shown[i] == pytest.approx(max(ref.frequency[i], 0.015 if i in ref.removed else 0)) for i in range(30))
     at.number_input(key="_w_num").set_value(3).run()
     assert not at.exception
     ref3 = plan_stability(scores, plan.criterion, num=3, alpha=plan.alpha, beta=0.5)
-    spec = [json.loads(c.proto.spec) for c in at.get("plotly_chart") if "stability" in c.proto.spec][0]
+    spec = [f for f in figures(at) if "stability" in json.dumps(f)][0]
     assert [i for i, c in enumerate(spec["data"][0]["marker"]["color"]) if c == "#e11d48"] == ref3.removed
 
 
