@@ -12,7 +12,7 @@ Chromium (Debian's /usr/bin/chromium, Playwright) moves
 
 timing, inside the page, from the key event to the first animation frame in which the preview shows
 the new set: on Prune preview the greyed blocks of the block stack and the criteria-overlap chart both
-have the new count; on Layer curves the text names the new ratio and the dropped markers on the curves
+have the new count; on Layer curves the text names the new ratio and the dropped blocks' shading on the curves
 and the red bars of the importance chart both have the count that text names. The same two controls on
 a no-op page (a slider, a number box and one line of text) give the Streamlit round-trip floor on this
 machine. Reported: median and p90 per page and model, ratios to the floor, and the full-page reruns the
@@ -69,13 +69,16 @@ WATCH_JS = r"""
       if (!line) return false;
       const k = parseInt(line.match(/the (\d+) blocks/)[1]);
       const ps = plots();
-      const curves = ps.filter(g => g.data.some(t => t.name === 'dropped'));
+      const curves = ps.filter(g => g.data.some(t => t.xaxis === 'x3'));
       const bars = ps.filter(g => g.data[0].type === 'bar');
       if (curves.length !== 1 || bars.length !== 1) return false;
-      const drops = curves[0].data.filter(t => t.name === 'dropped');
+      // the dropped blocks are shaded columns (shapes named 'dropped') on each of the 3+ panels
+      const shaded = (curves[0].layout.shapes || []).filter(s => s.name === 'dropped')
+        .reduce((n, s) => n + Math.round(s.x1 - s.x0), 0);
+      const panels = new Set(curves[0].data.map(t => t.xaxis || 'x')).size;
       const red = bars[0].data[0].marker.color.filter(c => c === DROP).length;
       window.__sd.k = k;
-      return drops.length >= 3 && drops.every(t => t.x.length === k) && red === k;
+      return shaded === panels * k && red === k;
     },
   };
   const sd = window.__sd = {t0: null, t1: null, k: null};

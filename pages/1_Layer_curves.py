@@ -3,7 +3,7 @@
 Everything here is recomputed from the stored Scores (no forward pass). The ratio and α sliders sit in
 a fragment with the charts they change: a move reruns only that fragment, on top of figure bases and
 heatmaps built once per calibration (ui/charts.py), so it repaints in milliseconds. The blocks the
-current plan (criterion, ratio, locks from the Prune preview) would drop are marked on every curve.
+current plan (criterion, ratio, locks from the Prune preview) would drop are shaded on every curve.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ if scores.meta.get("partial"):
 damage = state.result("damage")
 damage = damage if damage is not None and len(damage) == scores.num_layers else None
 # The metric traces depend on the scores and the toggles only: built (and validated) once per
-# calibration; a slider move adds the dropped markers to this base (ui/charts.py: curves_spec).
+# calibration; a slider move adds the dropped blocks' shading to this base (ui/charts.py: curves_spec).
 bands = None
 if show_bands:
     if uncertainty.has_windows(scores):
@@ -94,9 +94,9 @@ def curves_panel():
         for k, b in list(bands.items()) + [("simdiff", fband)]:
             if k in frame.columns and isinstance(b, dict):
                 frame[f"{k}_lo"], frame[f"{k}_hi"] = b["lo"], b["hi"]
-    views.chart(charts.Spec(charts.curves_spec(base, dropped)), "layer_curves", "curves", frame=frame)
+    views.chart(charts.Spec(charts.curves_spec(base, dropped, markers=False)), "layer_curves", "curves", frame=frame, live=True)
     fused = charts.bars_spec(imp, dropped, title=f"SimDiff importance, α = {alpha:.2f} (higher = keep)")
-    views.chart(charts.Spec(charts.with_band(fused, fband)), "simdiff_importance", "simdiff", frame=frame)
+    views.chart(charts.Spec(charts.with_band(fused, fband)), "simdiff_importance", "simdiff", frame=frame, live=True)
 
 
 curves_panel()

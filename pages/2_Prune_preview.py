@@ -112,7 +112,7 @@ def stability_section(plan, alpha: float) -> None:
     freq = pd.DataFrame({"block": range(L), "removal_frequency": stab.frequency,
                          "in_plan": [i in stab.removed for i in range(L)]}).set_index("block")
     views.chart(charts.Spec(charts.stability_spec(stab.frequency, stab.removed, stab.threshold, stab.n_boot)),
-                "plan_stability", "stability", frame=freq)
+                "plan_stability", "stability", frame=freq, live=True)
 
 
 @st.fragment
@@ -178,7 +178,7 @@ def preview():
         rows.append({"criterion": other, "shared with " + criterion: len(shared),
                      "only here": sorted(set(p.removed_layers) - shared),
                      f"only in {criterion}": sorted(set(plan.removed_layers) - shared)})
-    views.chart(charts.Spec(charts.overlap_spec(sets, L)), "criteria_overlap", "overlap")
+    views.chart(charts.Spec(charts.overlap_spec(sets, L)), "criteria_overlap", "overlap", live=True)
     if rows:
         st.dataframe(pd.DataFrame(rows).set_index("criterion"), width="stretch", key="overlap_table")
 

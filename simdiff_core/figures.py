@@ -312,7 +312,7 @@ def importance_bars(values, dropped=(), title: str = "SimDiff importance (higher
     # draw a stub of 1.5% of the axis; the hover still shows the true value.
     stub = 0.015 * (float(np.abs(v).max()) or 1.0)
     shown = np.where(np.abs(v) < stub, stub, v)
-    fig = go.Figure(go.Bar(x=list(range(len(v))), y=shown, marker_color=colors,
+    fig = go.Figure(go.Bar(x=list(range(len(v))), y=shown, marker_color=colors, showlegend=False,
                            customdata=[["dropped" if i in drop else "kept", float(v[i])] for i in range(len(v))],
                            hovertemplate="<b>block %{x}</b><br>importance %{customdata[1]:.4f}<br>%{customdata[0]}<extra></extra>"))
     if drop:
@@ -327,7 +327,7 @@ def _removed_marks(v: np.ndarray, shown: np.ndarray, drop: set) -> dict:
     d = sorted(drop)
     return {"x": d, "y": [float(shown[i]) for i in d], "mode": "markers", "name": "removed",
             "marker": {"color": DROP, "size": 10, "symbol": "x", "line": {"width": 1, "color": "white"}},
-            "customdata": [float(v[i]) for i in d], "showlegend": True,
+            "customdata": [float(v[i]) for i in d], "showlegend": False,
             "hovertemplate": "<b>block %{x}</b> removed<br>importance %{customdata:.4f}<extra></extra>"}
 
 
@@ -413,11 +413,16 @@ def _plain(v):
     return v
 
 
-def curves_spec(base: dict, dropped=()) -> dict:
-    """``layer_curves`` for this dropped set, from ``curves_base``: microseconds, no plotly objects."""
+def curves_spec(base: dict, dropped=(), markers: bool = True) -> dict:
+    """``layer_curves`` for this dropped set, from ``curves_base``: microseconds, no plotly objects.
+
+    ``markers=False``: the dropped set is drawn by the shaded bands alone (a darker shade; the shapes are
+    named ``dropped``), so the traces do not change with it and a browser that updates the drawn chart in
+    place (ui/live_chart.py, ``Plotly.react``) redraws only the shapes on a slider move, not every trace.
+    """
     drop = sorted(set(int(i) for i in dropped))
     data = [t for t in base["data"]]
-    if drop:
+    if drop and markers:
         for c, p in enumerate(base["_panels"]):
             data.append({"type": "scatter", "x": drop, "y": p["y"][drop].tolist(), "mode": "markers",
                          "name": "dropped", "xaxis": p["xaxis"], "yaxis": p["yaxis"],
@@ -426,7 +431,8 @@ def curves_spec(base: dict, dropped=()) -> dict:
                          "showlegend": c == 0})
     # one shaded band per run of dropped blocks per panel
     shapes = [{"type": "rect", "xref": p["xaxis"], "yref": f"{p['yaxis']} domain", "x0": a - 0.5, "x1": b + 0.5,
-               "y0": 0, "y1": 1, "fillcolor": DROP, "opacity": 0.08, "line": {"width": 0}, "layer": "below"}
+               "y0": 0, "y1": 1, "fillcolor": DROP, "opacity": 0.08 if markers else 0.2, "line": {"width": 0},
+               "layer": "below", **({} if markers else {"name": "dropped"})}
               for p in base["_panels"] for a, b in _runs(drop)]
     return {"data": data, "layout": dict(base["layout"], shapes=shapes)}
 
@@ -437,7 +443,7 @@ def bars_spec(values, dropped=(), title: str = "SimDiff importance (higher = kee
     drop = set(int(i) for i in dropped)
     stub = 0.015 * (float(np.abs(v).max()) or 1.0)  # near-zero bars stay visible (see importance_bars)
     shown = np.where(np.abs(v) < stub, stub, v)
-    trace = {"type": "bar", "x": list(range(len(v))), "y": shown.tolist(),
+    trace = {"type": "bar", "x": list(range(len(v))), "y": shown.tolist(), "showlegend": False,
              "marker": {"color": [DROP if i in drop else KEEP for i in range(len(v))]},
              "customdata": [["dropped" if i in drop else "kept", float(v[i])] for i in range(len(v))],
              "hovertemplate": "<b>block %{x}</b><br>importance %{customdata[1]:.4f}<br>%{customdata[0]}<extra></extra>"}

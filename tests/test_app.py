@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from apptest_figures import figures
+
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app.py")
 CURVES, PREVIEW, EXPORT = "pages/1_Layer_curves.py", "pages/2_Prune_preview.py", "pages/3_Export_and_evaluate.py"
@@ -49,7 +51,7 @@ def calibrated():
 
 
 def figure(at, i: int) -> dict:
-    return json.loads(at.get("plotly_chart")[i].proto.spec)
+    return figures(at)[i]
 
 
 def arr(v) -> list:
@@ -69,7 +71,7 @@ def test_every_page_has_an_empty_state_with_a_link(page):
     assert at.info, "an empty state should explain what to do"
     if page:  # the guard links back to the load page and stops before any chart
         assert any(p.proto.label == "Go to Load & calibrate" for p in at.get("page_link"))
-        assert not at.get("plotly_chart")
+        assert not figures(at)
 
 
 def test_bad_inputs_show_one_line_errors_and_the_app_keeps_working(calibrated):
@@ -114,14 +116,18 @@ def test_layer_curves_follow_the_controls_without_recomputing(calibrated):
     at.switch_page(CURVES).run()
     assert not at.exception and not errors(at)
     scores = at.session_state["scores"]
-    charts = at.get("plotly_chart")
-    assert len(charts) == 5  # curves, fused score, 3 heatmaps
+    assert len(at.get("plotly_chart")) == 3  # the heatmaps: a slider move does not change them
+    assert len(figures(at)) == 5  # curves, fused score (updated in place: ui/live_chart.py), 3 heatmaps
     curves = figure(at, 0)
     names = {t.get("xaxis", "x") for t in curves["data"]}
     assert names == {"x", "x2", "x3"}, "cosine, MSSD and MASD side by side"
     plan = at.session_state["plan"]
-    dropped = [t for t in curves["data"] if t.get("name") == "dropped"]
-    assert len(dropped) == 3 and all(sorted(arr(t["x"])) == plan.removed_layers for t in dropped)
+    # the dropped blocks: shaded columns on each panel (shapes, so a move restyles no trace)
+    assert not [t for t in curves["data"] if t.get("name") == "dropped"]
+    for ax in ("x", "x2", "x3"):
+        runs = [s for s in curves["layout"]["shapes"] if s.get("name") == "dropped" and s["xref"] == ax]
+        covered = sorted(i for s in runs for i in range(round(s["x0"] + 0.5), round(s["x1"] - 0.5) + 1))
+        assert covered == plan.removed_layers, ax
     assert len(plan.removed_layers) == round(0.25 * 30)
     # cosine panel shows the measured cosines
     cos_trace = next(t for t in curves["data"] if t.get("name") == "cos(x, y)")  # after its bootstrap band
@@ -189,7 +195,7 @@ def test_prune_preview_updates_instantly_and_reports_impossible_plans(calibrated
     at.selectbox(key="_w_criterion").set_value("cosine").run()
     cos_plan = at.session_state["plan"]
     assert cos_plan.criterion == "cosine"
-    overlap = next(json.loads(c.proto.spec) for c in at.get("plotly_chart") if "criterion removes" in c.proto.spec)
+    overlap = next(f for f in figures(at) if "criterion removes" in json.dumps(f))
     assert overlap["data"][0]["y"][0] == "cosine"
     z = arr(overlap["data"][0]["z"])
     assert [i for i, v in enumerate(z[0]) if v] == cos_plan.removed_layers

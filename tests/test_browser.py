@@ -89,6 +89,9 @@ def test_full_flow_in_chromium(server, tmp_path):
         _shot(page, "03_layer_curves")
         # the ratio slider reruns only its fragment; the curves' drawn markers follow every move
         before = _runs(page)
+        # the curves and the fused bars are drawn by ui/live_chart.py: one graph each, updated in place
+        assert page.locator(".sd-live.js-plotly-plot").count() == 2
+        page.evaluate("() => { window.__sdGraphs = [...document.querySelectorAll('.sd-live')]; }")
         thumb = page.get_by_role("slider", name="Pruning ratio")
         for key, ratio in (("PageUp", 0.35), ("PageUp", 0.45), ("PageDown", 0.35)):
             thumb.focus()
@@ -96,10 +99,19 @@ def test_full_flow_in_chromium(server, tmp_path):
             idle(page)
             k = max(1, round(ratio * 30))
             expect(page.get_by_text(f"Highlighted: the {k} blocks")).to_be_visible()
-            # drawn points on the curves chart: 30 per metric panel + k dropped markers per panel
+            # the curves chart: 30 drawn points per metric panel, and the k dropped blocks shaded on each panel
             drawn = page.evaluate("() => document.querySelector('.js-plotly-plot').querySelectorAll("
                                   "'.scatterlayer .point').length")
-            assert drawn == 3 * (30 + k)
+            assert drawn == 3 * 30
+            shaded = page.evaluate("() => document.querySelector('.sd-live').layout.shapes"
+                                   ".filter(s => s.name === 'dropped').reduce((n, s) => n + (s.x1 - s.x0), 0)")
+            assert round(shaded) == 3 * k
+            # the very same graph divs (Plotly.react, no remount), and the bars mark the same k blocks
+            assert page.evaluate("() => { const g = [...document.querySelectorAll('.sd-live')];"
+                                 " return g.length === 2 && g.every((d, i) => d === window.__sdGraphs[i]); }")
+            red = page.evaluate("() => document.querySelectorAll('.sd-live')[1].data[0].marker.color"
+                                ".filter(c => c === '#e11d48').length")
+            assert red == k
         after = _runs(page)
         assert after["curves_page"] == before["curves_page"], "a slider move must not rerun the page"
         assert after["curves_fragment"] == before["curves_fragment"] + 3
@@ -113,6 +125,10 @@ def test_full_flow_in_chromium(server, tmp_path):
             set_number(page, "Blocks to remove", k)
             assert page.locator(".sd-block.sd-gone").count() == k
             expect(page.get_by_text(f"removes {k} of 30")).to_be_visible()
+            # the criteria-overlap chart (first row: this criterion) shows the same k blocks
+            ones = page.evaluate("() => [...document.querySelectorAll('.sd-live')].map(g => g.data[0])"
+                                 ".filter(t => t.type === 'heatmap').map(t => t.z[0].filter(v => v === 1).length)")
+            assert ones == [k]
         after = _runs(page)
         assert after["preview_page"] == before["preview_page"], "a count change must not rerun the page"
         assert after["preview_fragment"] == before["preview_fragment"] + 4

@@ -159,16 +159,23 @@ def figure_png(fig) -> bytes:
     return figure_bytes(go.Figure(fig) if isinstance(fig, dict) else fig, "png")
 
 
-def chart(fig, name: str, key: str, frame=None, config: dict | None = None) -> None:
+def chart(fig, name: str, key: str, frame=None, config: dict | None = None, live: bool = False) -> None:
     """``st.plotly_chart`` plus its data as CSV and the chart as PNG (two real download buttons).
 
     ``frame``: the table behind the chart (default: ``figure_frame``, the points as drawn). The PNG is
     made by kaleido on click only (deferred), so the buttons cost nothing per rerun.
+    ``live``: draw it with ``ui.live_chart`` (updated in place by ``Plotly.react``) instead of
+    ``st.plotly_chart`` (redrawn from scratch whenever the figure changes): for charts a slider move changes.
     """
     from ui import charts
 
     spec = fig.to_dict() if isinstance(fig, charts.Spec) else fig
-    st.plotly_chart(fig, key=key, config=config or charts.plot_config(name))
+    if live:
+        from ui.live_chart import plotly_live
+
+        plotly_live(spec, key, config or charts.plot_config(name))
+    else:
+        st.plotly_chart(fig, key=key, config=config or charts.plot_config(name))
     df = frame if frame is not None else figure_frame(spec)
     c = st.columns([1, 1, 6])
     c[0].download_button("CSV", df.to_csv().encode(), f"{name}.csv", "text/csv", key=f"{key}_csv",
