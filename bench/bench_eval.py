@@ -262,8 +262,8 @@ def results_section(res: dict) -> str:
         w(f"Shootout defaults ({', '.join(res.get('shootout_methods', []))}; 8 x 256 calibration, 4 x 256 eval "
           f"windows, ratio 0.25): {res['shootout_default_s']} CPU seconds at 1 thread, "
           f"{res.get('shootout_default_wall_s')} s wall. The previous default set also had `slm`: that run "
-          "was stopped after 9.3 CPU-minutes without finishing (sliding layer merging on this model keeps "
-          "lowering its threshold and re-growing windows, each trial a forward over 8 x 256 tokens), so `slm` "
+          "was stopped after 9.3 CPU-minutes without finishing (not profiled further; each SLM window trial "
+          "is a candidate merged model run over the 8 x 256 tokens), so `slm` "
           "left the default set; the page says so.")
     w("")
     w(PROFILE)
