@@ -69,7 +69,15 @@ def test_evaluator_errors_and_cancel(tiny, ids):
         ev.loss((0, 1, 2, 3))
     with pytest.raises(SimDiffError, match="non-empty"):
         PrefixEvaluator(lm, ids[0])
-    stop = PrefixEvaluator(lm, ids, should_stop=lambda: True)
+    with pytest.raises(Cancelled):  # polled between the recording batches
+        PrefixEvaluator(lm, ids, should_stop=lambda: True)
+    calls = {"n": 0}
+
+    def stop_later():
+        calls["n"] += 1
+        return calls["n"] > len(range(0, ids.shape[0], 1))  # after construction, at the first candidate
+
+    stop = PrefixEvaluator(lm, ids, batch_size=1, should_stop=stop_later)
     with pytest.raises(Cancelled):
         stop.loss((1,))
 
