@@ -12,6 +12,7 @@ import pandas as pd
 import streamlit as st
 
 from simdiff_core import SimDiffError, make_windows, score_model
+from simdiff_core.score import counts_first_token
 from simdiff_core.data import load_text, text_source
 from simdiff_core.metrics import METRIC_KEYS
 from simdiff_core.sensitivity import overlay_frame, sensitivity
@@ -78,6 +79,7 @@ if go_btn:
                 ids = make_windows(lm.tokenizer, src, int(n), int(s))
                 runs[name] = score_model(
                     lm, ids, calibration={"source": src.description},
+                    first_token=counts_first_token(scores.calibration),  # the session's position-0 choice
                     progress=lambda f, m, j=j, name=name: bar.progress(min((j + f) / len(chosen), 1.0),
                                                                        text=f"{name}: {m}"))
         except Exception as e:  # noqa: BLE001 — one st.error line, nothing stored

@@ -15,6 +15,7 @@ import pandas as pd
 import streamlit as st
 
 from simdiff_core import SimDiffError, score_model
+from simdiff_core.score import counts_first_token
 from simdiff_core.load import wrap_model
 from simdiff_core.prune import pruned_model
 from simdiff_core.metrics import METRIC_KEYS
@@ -70,7 +71,8 @@ with st.sidebar:
                                   source=f"{current.model} pruned")
                 with st.spinner("Scoring the pruned model…"):
                     pruned_scores = score_model(view, state.get("calib_ids"),
-                                                calibration=dict(current.calibration))
+                                                calibration=dict(current.calibration),
+                                                first_token=counts_first_token(current.calibration))
                 pinned = dict(state.get("pinned_runs") or {})
                 pinned[f"pruned: −{len(plan.removed_layers)} blocks {plan.removed_layers}"] = pruned_scores
                 state.put("pinned_runs", pinned)

@@ -312,7 +312,7 @@ def importance_bars(values, dropped=(), title: str = "SimDiff importance (higher
     # draw a stub of 1.5% of the axis; the hover still shows the true value.
     stub = 0.015 * (float(np.abs(v).max()) or 1.0)
     shown = np.where(np.abs(v) < stub, stub, v)
-    fig = go.Figure(go.Bar(x=list(range(len(v))), y=shown, marker_color=colors,
+    fig = go.Figure(go.Bar(x=list(range(len(v))), y=shown, marker_color=colors, showlegend=False,
                            customdata=[["dropped" if i in drop else "kept", float(v[i])] for i in range(len(v))],
                            hovertemplate="<b>block %{x}</b><br>importance %{customdata[1]:.4f}<br>%{customdata[0]}<extra></extra>"))
     if drop:
@@ -327,7 +327,7 @@ def _removed_marks(v: np.ndarray, shown: np.ndarray, drop: set) -> dict:
     d = sorted(drop)
     return {"x": d, "y": [float(shown[i]) for i in d], "mode": "markers", "name": "removed",
             "marker": {"color": DROP, "size": 10, "symbol": "x", "line": {"width": 1, "color": "white"}},
-            "customdata": [float(v[i]) for i in d], "showlegend": True,
+            "customdata": [float(v[i]) for i in d], "showlegend": False,
             "hovertemplate": "<b>block %{x}</b> removed<br>importance %{customdata:.4f}<extra></extra>"}
 
 
@@ -458,7 +458,7 @@ def bars_spec(values, dropped=(), title: str = "SimDiff importance (higher = kee
              "y1": float(shown[i]), "fillcolor": DROP, "line": {"width": 0}, "layer": "above", "name": "dropped"}
             for i in sorted(drop)])
         return spec
-    trace = {"type": "bar", "x": list(range(len(v))), "y": shown.tolist(),
+    trace = {"type": "bar", "x": list(range(len(v))), "y": shown.tolist(), "showlegend": False,
              "marker": {"color": [DROP if i in drop else KEEP for i in range(len(v))]},
              "customdata": [["dropped" if i in drop else "kept", float(v[i])] for i in range(len(v))],
              "hovertemplate": "<b>block %{x}</b><br>importance %{customdata[1]:.4f}<br>%{customdata[0]}<extra></extra>"}

@@ -309,10 +309,15 @@ def _metric_mask(mask, B: int, S: int, device, first_token: bool):
     return m
 
 
+def counts_first_token(calibration: dict | None) -> bool:
+    """Whether scores with this ``calibration`` record counted position 0 (older scores did)."""
+    return (calibration or {}).get("first_token", "included") == "included"
+
+
 def protocol(calibration: dict) -> str:
     """One line saying what the scores were measured on (shown by the app and the CLI)."""
     c = calibration or {}
-    first = c.get("first_token", "included")  # older scores and the streamed path include it
+    first = "included" if counts_first_token(c) else "excluded"  # older scores and the streamed path include it
     src = c.get("source") or c.get("description") or "?"
     return (f"{c.get('samples', '?')} x {c.get('seq_len', '?')} tokens of {src}; per-block metrics over "
             f"positions {'0' if first == 'included' else '1'}..S-1 (position 0 / BOS {first}); "

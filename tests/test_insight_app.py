@@ -200,3 +200,35 @@ def test_compare_runs_scores_the_pruned_view_without_touching_the_model(calibrat
     base = at.session_state["scores"].layers
     assert [l["cosine"] for l in pr.layers[:first_gone]] == pytest.approx([l["cosine"] for l in base[:first_gone]],
                                                                           rel=1e-5)
+
+
+def test_sensitivity_and_pinned_runs_follow_the_sessions_position_0_choice():
+    """Calibrated with position 0 excluded, the extra runs must exclude it too (they used to include it)."""
+    from simdiff_core import make_windows, score_model
+    from simdiff_core.data import load_text
+
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=T)
+    at.run()
+    at.checkbox(key="first_token").uncheck()
+    at.number_input(key="samples").set_value(2)
+    at.number_input(key="seq_len").set_value(32)
+    at.button(key="calibrate").click().run()
+    assert at.session_state["scores"].calibration["first_token"] == "excluded"
+    at.switch_page("pages/7_Calibration_sensitivity.py").run()
+    at.multiselect(key="sens_sources").set_value(["WikiText-2 (shipped)", "Code sample (shipped, CC0)"])
+    at.number_input(key="sens_samples").set_value(2)
+    at.number_input(key="sens_seq_len").set_value(32)
+    at.button(key="sens_run").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    runs = at.session_state["sens_runs"]["runs"]
+    assert {r.calibration["first_token"] for r in runs.values()} == {"excluded"}
+    lm = at.session_state["_lm_pin"][1]
+    ids = make_windows(lm.tokenizer, load_text("shipped:code", purpose="calib"), 2, 32)
+    solo = score_model(lm, ids, first_token=False)
+    assert [l["cosine"] for l in runs["Code sample (shipped, CC0)"].layers] == \
+        pytest.approx([l["cosine"] for l in solo.layers], rel=1e-6, abs=1e-7)
+    at.switch_page("pages/8_Compare_runs.py").run()
+    at.button(key="pin_pruned").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    pinned = [r for n, r in at.session_state["pinned_runs"].items() if n.startswith("pruned")]
+    assert pinned and pinned[0].calibration["first_token"] == "excluded"
