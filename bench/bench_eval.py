@@ -257,6 +257,14 @@ def results_section(res: dict) -> str:
       "whose first removed block is early (this small calibration gives "
       f"{res.get('auto_alpha_distinct_plans', '?')} plans for 33 grid points) the recording pass is a large "
       "share and the ratio stays near 1; it falls with more plans (16 x 256 on Gemma3-270M: up to 33).")
+    if "shootout_default_s" in res:
+        w("")
+        w(f"Shootout defaults ({', '.join(res.get('shootout_methods', []))}; 8 x 256 calibration, 4 x 256 eval "
+          f"windows, ratio 0.25): {res['shootout_default_s']} CPU seconds at 1 thread, "
+          f"{res.get('shootout_default_wall_s')} s wall. The previous default set also had `slm`: that run "
+          "was stopped after 9.3 CPU-minutes without finishing (not profiled further; each SLM window trial "
+          "is a candidate merged model run over the 8 x 256 tokens), so `slm` "
+          "left the default set; the page says so.")
     w("")
     w(PROFILE)
     w("")

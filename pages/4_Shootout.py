@@ -21,7 +21,7 @@ from ui import state, views
 state.setup_page("Shootout")
 # Defaults sized to finish within 5 minutes on a 2-core CPU with the embedded model and the default
 # 8 x 256 calibration (bench/bench_eval.py measures them: shootout_default_s).
-DEFAULT_METHODS = ["oneshot:cosine", "oneshot:simdiff", "iterative:simdiff", "block", "slm"]
+DEFAULT_METHODS = ["oneshot:cosine", "oneshot:simdiff", "iterative:simdiff", "block"]
 DEFAULT_BUDGET = 40
 DEFAULT_EVAL_WINDOWS = 4
 DEFAULT_EVAL_SEQ_LEN = 256
@@ -43,8 +43,9 @@ with st.sidebar:
     ev_len = c2.number_input("Eval seq.", 32, 4096, DEFAULT_EVAL_SEQ_LEN, step=32, key="so_eval_seq_len")
     st.caption("Defaults (these methods, budget and eval windows, with the default 8 x 256 calibration) are "
                "sized to finish within 5 minutes on a 2-core CPU with the embedded model (measured: "
-               "bench/RESULTS.md, shootout_default_s). Greedy and search evaluate many candidates: add them "
-               "with a small budget.")
+               "bench/RESULTS.md, shootout_default_s). slm, greedy and search evaluate many candidate models "
+               "(the old default set with slm used over 9 CPU-minutes at 8 x 256): add them with a small "
+               "calibration or budget.")
 
 st.title("Shoot-out")
 scores = state.require_scores()
