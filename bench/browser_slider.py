@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -76,7 +77,7 @@ WATCH_JS = r"""
       const shaded = (curves[0].layout.shapes || []).filter(s => s.name === 'dropped')
         .reduce((n, s) => n + Math.round(s.x1 - s.x0), 0);
       const panels = new Set(curves[0].data.map(t => t.xaxis || 'x')).size;
-      const red = bars[0].data[0].marker.color.filter(c => c === DROP).length;
+      const red = (bars[0].layout.shapes || []).filter(s => s.name === 'dropped' && s.fillcolor === DROP).length;
       window.__sd.k = k;
       return shaded === panels * k && red === k;
     },
@@ -257,6 +258,7 @@ def main(argv=None) -> dict:
         "no_full_page_reruns": all(res[k]["full_page_reruns"] == 0 for k in ("preview_30", "curves_30", "preview_80",
                                                                                "curves_80"))}
     res["moves"] = args.moves
+    res["loadavg"] = round(os.getloadavg()[0], 1)
     res["seconds"] = round(time.perf_counter() - t_start, 1)
     out = {"slider_repaint_ms": res}
     line = json.dumps(out)
@@ -270,6 +272,30 @@ def main(argv=None) -> dict:
     return out
 
 
+# Written from in-page traces of the moves on this machine (PerformanceObserver long tasks, WebSocket
+# message times and Plotly call durations, all from the key event); see RESULTS.md.
+WHERE_TIME = """Where the time goes (in-page traces of single moves, 30 blocks, load ~7 on 2 cores, times from the key event):
+
+- **Server**: a move reruns only the fragment (`st.fragment`; the run counters confirm 0 full-page
+  reruns) on figure bases built once per calibration; the fragment's messages arrive 20-100 ms after
+  the key event (the no-op page's round trip is ~40 ms). `runner.postScriptGC = false` removed a
+  0.5-1 s `gc.collect()` per run; figures are plain dicts (microseconds to build).
+- **Charts, fixed here**: `st.plotly_chart` (Streamlit 1.67) cannot update a chart in place: the
+  element id includes the figure spec (`key` is not the main identity) and its frontend keeps the
+  figure in React state initialised once per id, so a changed figure is unmounted and drawn from
+  scratch (`Plotly.newPlot`). The per-move charts now go through `ui/live_chart.py`, a
+  `st.components.v2` component with the plotly.js bundled in the `plotly` package that keeps one graph
+  per key: on Layer curves the dropped blocks are shapes, the traces do not change, and a move is a
+  `Plotly.relayout` of the shapes (~2 ms, was a remount + redraw of the 3-panel chart); other charts get
+  `Plotly.react` with the unchanged arrays handed back (only what changed is recalculated).
+- **Left (browser main thread, inflated by the load)**: the fused importance bars' colours and ✕ marks
+  change with the set, so that chart is recalculated (`Plotly.react`, 20-50 ms); on Prune preview the
+  plan-stability and criteria-overlap charts likewise (20-50 ms each); Streamlit's React render of the
+  fragment's other elements (text, sliders, block stack, metrics, the two `st.dataframe` tables) shows
+  as 50-120 ms long tasks; and the component is invoked 30-70 ms after the last message arrives (React
+  commit, then the component's effect). On an idle machine these shrink about 3-4x."""
+
+
 def markdown(res: dict) -> str:
     import os
 
@@ -277,7 +303,7 @@ def markdown(res: dict) -> str:
             ("Prune preview, block count, 80 blocks", "preview_80"), ("Layer curves, ratio slider, 80 blocks", "curves_80")]
     out = ["## Slider repaint in the browser (`bench/browser_slider.py`)", "",
            f"Written {time.strftime('%Y-%m-%d %H:%M')}; {res['moves']} timed moves per row, headless Chromium on "
-           f"loopback; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the end (other work was "
+           f"loopback; load average {res.get('loadavg', os.getloadavg()[0]):.1f} on {os.cpu_count()} cores at the end (other work was "
            "running on this shared machine: absolute times are inflated, the floor is measured interleaved with "
            "the app, one floor move per app move).", "",
            "| move -> preview repainted | median ms | p90 ms | no-op floor median ms | x floor | full-page reruns |",
@@ -289,7 +315,8 @@ def markdown(res: dict) -> str:
     g = res["goals"]
     out += ["", "Goals (issue 17): 30 blocks median <= 1.5 x floor: " + ("met" if g["30_median_le_1.5x_floor"] else
             "**not met**") + "; <= 150 ms: " + ("met" if g["30_median_le_150ms"] else "**not met**") +
-            "; 80 blocks p90 <= 250 ms: " + ("met" if g["80_p90_le_250ms"] else "**not met**") + "."]
+            "; 80 blocks p90 <= 250 ms: " + ("met" if g["80_p90_le_250ms"] else "**not met**") + ".", "",
+            WHERE_TIME]
     return "\n".join(out)
 
 

@@ -95,7 +95,8 @@ def curves_panel():
             if k in frame.columns and isinstance(b, dict):
                 frame[f"{k}_lo"], frame[f"{k}_hi"] = b["lo"], b["hi"]
     views.chart(charts.Spec(charts.curves_spec(base, dropped, markers=False)), "layer_curves", "curves", frame=frame, live=True)
-    fused = charts.bars_spec(imp, dropped, title=f"SimDiff importance, α = {alpha:.2f} (higher = keep)")
+    fused = charts.bars_spec(imp, dropped, title=f"SimDiff importance, α = {alpha:.2f} (higher = keep)",
+                             shapes=True)
     views.chart(charts.Spec(charts.with_band(fused, fband)), "simdiff_importance", "simdiff", frame=frame, live=True)
 
 

@@ -437,12 +437,27 @@ def curves_spec(base: dict, dropped=(), markers: bool = True) -> dict:
     return {"data": data, "layout": dict(base["layout"], shapes=shapes)}
 
 
-def bars_spec(values, dropped=(), title: str = "SimDiff importance (higher = keep)") -> dict:
-    """``importance_bars`` as a plain dict (the layout comes from a once-built template per block count)."""
+def bars_spec(values, dropped=(), title: str = "SimDiff importance (higher = keep)", shapes: bool = False) -> dict:
+    """``importance_bars`` as a plain dict (the layout comes from a once-built template per block count).
+
+    ``shapes=True``: the removed blocks' bars are painted red by rectangles over them (layout shapes named
+    ``dropped``, a stub bar included) instead of by the bar colours and an ✕ trace, so the traces do
+    not change with the dropped set and an in-place chart (ui/live_chart.py) only redraws the shapes.
+    """
     v = np.asarray(values, dtype=float)
     drop = set(int(i) for i in dropped)
     stub = 0.015 * (float(np.abs(v).max()) or 1.0)  # near-zero bars stay visible (see importance_bars)
     shown = np.where(np.abs(v) < stub, stub, v)
+    if shapes:
+        spec = bars_spec(v, (), title)
+        # the hover cannot say kept/dropped without changing the trace: it gives the importance only
+        spec["data"][0]["hovertemplate"] = "<b>block %{x}</b><br>importance %{customdata[1]:.4f}<extra></extra>"
+        half = (1 - spec["layout"].get("bargap", 0.15)) / 2
+        spec["layout"] = dict(spec["layout"], shapes=[
+            {"type": "rect", "xref": "x", "yref": "y", "x0": i - half, "x1": i + half, "y0": 0,
+             "y1": float(shown[i]), "fillcolor": DROP, "line": {"width": 0}, "layer": "above", "name": "dropped"}
+            for i in sorted(drop)])
+        return spec
     trace = {"type": "bar", "x": list(range(len(v))), "y": shown.tolist(), "showlegend": False,
              "marker": {"color": [DROP if i in drop else KEEP for i in range(len(v))]},
              "customdata": [["dropped" if i in drop else "kept", float(v[i])] for i in range(len(v))],

@@ -128,6 +128,10 @@ def test_layer_curves_follow_the_controls_without_recomputing(calibrated):
         runs = [s for s in curves["layout"]["shapes"] if s.get("name") == "dropped" and s["xref"] == ax]
         covered = sorted(i for s in runs for i in range(round(s["x0"] + 0.5), round(s["x1"] - 0.5) + 1))
         assert covered == plan.removed_layers, ax
+    bars = figure(at, 1)  # the removed blocks' bars are painted red by shapes of the bars' own heights
+    red = [s for s in bars["layout"]["shapes"] if s.get("name") == "dropped"]
+    assert sorted(round((s["x0"] + s["x1"]) / 2) for s in red) == plan.removed_layers
+    assert all(s["y1"] == pytest.approx(arr(bars["data"][0]["y"])[round((s["x0"] + s["x1"]) / 2)]) for s in red)
     assert len(plan.removed_layers) == round(0.25 * 30)
     # cosine panel shows the measured cosines
     cos_trace = next(t for t in curves["data"] if t.get("name") == "cos(x, y)")  # after its bootstrap band

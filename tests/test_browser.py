@@ -109,9 +109,13 @@ def test_full_flow_in_chromium(server, tmp_path):
             # the very same graph divs (Plotly.react, no remount), and the bars mark the same k blocks
             assert page.evaluate("() => { const g = [...document.querySelectorAll('.sd-live')];"
                                  " return g.length === 2 && g.every((d, i) => d === window.__sdGraphs[i]); }")
-            red = page.evaluate("() => document.querySelectorAll('.sd-live')[1].data[0].marker.color"
-                                ".filter(c => c === '#e11d48').length")
-            assert red == k
+            red = page.evaluate("() => document.querySelectorAll('.sd-live')[1].layout.shapes"
+                                ".filter(s => s.name === 'dropped').map(s => Math.round((s.x0 + s.x1) / 2))")
+            assert len(red) == k and red == sorted(page.evaluate("() => document.querySelector('.sd-live')"
+                                                                 ".layout.shapes.filter(s => s.name === 'dropped'"
+                                                                 " && s.xref === 'x').flatMap(s => Array.from("
+                                                                 "{length: Math.round(s.x1 - s.x0)}, (_, j) =>"
+                                                                 " Math.round(s.x0 + 0.5) + j))"))
         after = _runs(page)
         assert after["curves_page"] == before["curves_page"], "a slider move must not rerun the page"
         assert after["curves_fragment"] == before["curves_fragment"] + 3

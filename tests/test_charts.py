@@ -102,3 +102,20 @@ def test_spec_goes_through_streamlit_plotly_chart_unchanged():
     spec = charts.bars_spec(np.arange(5.0), [2])
     out = plotly.tools.return_figure_from_figure_or_data(charts.Spec(spec), validate_figure=True)
     assert out is spec
+
+
+def test_bars_spec_with_shapes_paints_exactly_the_dropped_bars_and_keeps_the_traces():
+    v = np.array([0.5, 0.0, 2.0, -0.3, 1.0])
+    spec = charts.bars_spec(v, [1, 3], title="t", shapes=True)
+    plain = charts.bars_spec(v, [], title="t")
+    assert len(spec["data"]) == 1 and spec["data"][0]["y"] == plain["data"][0]["y"]  # no per-set trace
+    assert "kept" not in spec["data"][0]["hovertemplate"] and "dropped" not in spec["data"][0]["hovertemplate"]
+    red = [s for s in spec["layout"]["shapes"] if s["name"] == "dropped"]
+    assert [(s["x0"] + s["x1"]) / 2 for s in red] == [1, 3]
+    # each rectangle covers its whole bar: zero importance -> the 1.5% stub, negative -> down to the value
+    assert [s["y1"] for s in red] == [0.015 * 2.0, -0.3] and all(s["y0"] == 0 for s in red)
+    assert all(s["x1"] - s["x0"] == pytest.approx(0.85) for s in red)  # the bar width (bargap 0.15)
+    curves = charts.curves_spec(charts.curves_base(_layers(6)), [2, 3, 5], markers=False)
+    assert not [t for t in curves["data"] if t.get("name") == "dropped"]
+    shaded = {(s["xref"], s["x0"], s["x1"]) for s in curves["layout"]["shapes"] if s.get("name") == "dropped"}
+    assert {(x0, x1) for _, x0, x1 in shaded} == {(1.5, 3.5), (4.5, 5.5)}
