@@ -51,15 +51,15 @@ def timed(fn):
 
 
 def naive_ppl(lm, ids, removed) -> float:
-    from simdiff_core.evaluate import perplexity
-    from simdiff_core.prune import pruned_model
+    from simdiff_core.evaluation.evaluate import perplexity
+    from simdiff_core.pruning.prune import pruned_model
 
     return perplexity(pruned_model(lm, [i for i in range(lm.num_layers) if i not in set(removed)]), ids,
                       batch_size=4)["ppl"]
 
 
 def bench_damage(lm, ids, bs: int) -> dict:
-    from simdiff_core.damage import measure_damage
+    from simdiff_core.evaluation.damage import measure_damage
 
     L = lm.num_layers
 
@@ -80,7 +80,7 @@ def bench_damage(lm, ids, bs: int) -> dict:
 def bench_greedy(lm, ids, k: int) -> dict:
     """SLEB greedy k steps; at every candidate the cached and the naive evaluation alternate (fair under
     shifting load), CPU time of this process; each step's choice must be the same on both paths."""
-    from simdiff_core.evaluator import PrefixEvaluator
+    from simdiff_core.evaluation.evaluator import PrefixEvaluator
     from simdiff_core.methods import run_method
 
     wall = {"c": 0.0, "n": 0.0}
@@ -114,9 +114,9 @@ def bench_greedy(lm, ids, k: int) -> dict:
 
 def bench_alpha(lm, ids, k: int) -> dict:
     """Auto alpha's distinct plans; cached (in the evaluator's order) and naive alternate per plan."""
-    from simdiff_core.alpha import AUTO_BETAS, auto_alpha
-    from simdiff_core.evaluator import PrefixEvaluator
-    from simdiff_core.score import score_model
+    from simdiff_core.analysis.score import score_model
+    from simdiff_core.evaluation.evaluator import PrefixEvaluator
+    from simdiff_core.methods.alpha import AUTO_BETAS, auto_alpha
 
     scores = score_model(lm, ids)
     best, trials = auto_alpha(lm, scores, ids, num=k, betas=AUTO_BETAS)  # the real function (untimed)
@@ -140,7 +140,7 @@ def bench_alpha(lm, ids, k: int) -> dict:
 
 def bench_shootout(lm) -> dict:
     from simdiff_core import eval_windows, make_windows
-    from simdiff_core.compare import parse_specs, run_compare
+    from simdiff_core.methods.compare import parse_specs, run_compare
 
     sys.path.insert(0, str(ROOT))
     defaults = shootout_defaults()

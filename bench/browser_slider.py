@@ -152,7 +152,7 @@ def page_runs(page) -> dict:
 
 def build_80_block_model(out: Path) -> Path:
     """A random-weight 80-block Llama (hidden 64) with the embedded model's tokenizer, saved to ``out``."""
-    from simdiff_core.load import load_model
+    from simdiff_core.models.load import load_model
     from tiny import tiny_model
 
     tok = load_model("default").tokenizer  # from the dequantised cache after the first load

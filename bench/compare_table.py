@@ -36,10 +36,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from simdiff_core import load_model, make_windows
-    from simdiff_core.cli_common import progress_printer
-    from simdiff_core.compare import parse_specs, run_compare, to_markdown, write_csv
-    from simdiff_core.evaluate import eval_windows, protocol_note
-    from simdiff_core.fileio import atomic_write_text
+    from simdiff_core.cli.common import progress_printer
+    from simdiff_core.common.fileio import atomic_write_text
+    from simdiff_core.evaluation.evaluate import eval_windows, protocol_note
+    from simdiff_core.methods.compare import parse_specs, run_compare, to_markdown, write_csv
 
     lm = load_model(args.model, device="cpu", dtype="float32")
     calib = make_windows(lm.tokenizer, "wikitext2", n=4, seq_len=128)

@@ -8,7 +8,7 @@ The click does what the app's Load & calibrate does: ``load_model``, cut the cal
 (8 x 256 of WikiText-2, the app's defaults), score until the first batch's partial scores arrive
 (``score_model(on_batch=...)``) and build the partial curves figure. That time is divided by the time
 of one plain forward batch of the same windows (base model, no hooks; best of 2) -- issue 14's
-``first_curves_after_s`` goal is <= 2. Run twice: with ``simdiff_core.load.prewarm`` done first (the
+``first_curves_after_s`` goal is <= 2. Run twice: with ``simdiff_core.models.load.prewarm`` done first (the
 app starts it in a background thread when the server starts), and without (what a click cost
 before). Cost: two fresh processes, ~1 minute on 2 CPU cores.
 """
@@ -30,9 +30,9 @@ sys.path.insert(0, {root!r})
 import torch
 import simdiff_core
 from simdiff_core import load_model, make_windows, score_model
-from simdiff_core.errors import Cancelled
-from simdiff_core.load import prewarm
-from simdiff_core.score import _forward_base
+from simdiff_core.analysis.score import _forward_base
+from simdiff_core.common.errors import Cancelled
+from simdiff_core.models.load import prewarm
 from ui import charts  # the app's figure module (imported by every page)
 out = {{}}
 if {prewarm}:
@@ -56,7 +56,7 @@ try:
     score_model(lm, ids, on_batch=on_batch)
 except Cancelled:
     pass
-bs = int({bs}) if {bs} else simdiff_core.score.auto_batch_size(lm.device, ids.shape[1])
+bs = int({bs}) if {bs} else simdiff_core.analysis.score.auto_batch_size(lm.device, ids.shape[1])
 fwd = []
 with torch.inference_mode():
     for _ in range(2):

@@ -25,7 +25,7 @@ START, END = "<!-- simdiff-vs-cosine:start -->", "<!-- simdiff-vs-cosine:end -->
 
 def run(spec: str, ratio: float) -> list[dict]:
     from simdiff_core import eval_windows, load_model, make_plan, make_windows, perplexity, pruned_model, score_model
-    from simdiff_core.alpha import AUTO_BETAS, auto_alpha, trials_best
+    from simdiff_core.methods.alpha import AUTO_BETAS, auto_alpha, trials_best
 
     lm = load_model(spec, device="cpu", dtype="float32")
     calib = make_windows(lm.tokenizer, "wikitext2", n=8, seq_len=128)

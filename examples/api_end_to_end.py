@@ -47,7 +47,7 @@ def main(argv=None) -> dict:
 
     # 4. export with a perplexity check in the report (and so in the model card)
     ids = eval_windows(lm.tokenizer, "wikitext2", seq_len=args.seq_len, windows=2)
-    from simdiff_core.export import build_pruned
+    from simdiff_core.pruning.build import build_pruned
 
     report = {"evaluation": {"ppl_dense": perplexity(lm.model, ids)["ppl"],
                              "ppl_pruned": perplexity(build_pruned(lm, plan), ids)["ppl"],

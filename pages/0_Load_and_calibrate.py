@@ -13,8 +13,8 @@ import time
 import streamlit as st
 
 from simdiff_core import SimDiffError, make_windows
-from simdiff_core.data import load_text, text_source
-from simdiff_core.load import display_name
+from simdiff_core.data.text import load_text, text_source
+from simdiff_core.models.load import display_name
 from simdiff_core.workflows import calibrate
 from ui import charts, state, views
 
@@ -102,8 +102,9 @@ def calib_source():
 
 
 def run_streamed_calibration(t0: float) -> None:
-    """Score without loading the model: one block at a time from disk (simdiff_core.streaming)."""
-    from simdiff_core.streaming import resolve_stream_dir, stream_score
+    """Score without loading the model: one block at a time from disk (simdiff_core.analysis.streaming)."""
+    from simdiff_core.analysis.streaming import stream_score
+    from simdiff_core.models.streaming import resolve_stream_dir
 
     model_dir = resolve_stream_dir(spec)
     tok = state.cached_tokenizer(str(model_dir))

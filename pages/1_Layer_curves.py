@@ -12,8 +12,8 @@ import pandas as pd
 import streamlit as st
 
 from simdiff_core import SimDiffError
-from simdiff_core.score import protocol as score_protocol
-from simdiff_core import uncertainty
+from simdiff_core.analysis import uncertainty
+from simdiff_core.analysis.score import protocol as score_protocol
 from ui import charts, state, views
 
 state.setup_page("Layer curves")

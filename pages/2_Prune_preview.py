@@ -13,8 +13,9 @@ import pandas as pd
 import streamlit as st
 
 from simdiff_core import CRITERIA, SimDiffError
-from simdiff_core import uncertainty
-from simdiff_core.plan import make_plan
+from simdiff_core.analysis import uncertainty
+from simdiff_core.pruning import stability
+from simdiff_core.pruning.plan import make_plan
 from ui import charts, state, views
 
 state.setup_page("Prune preview")
@@ -94,7 +95,7 @@ def stability_section(plan, alpha: float) -> None:
         return
     fusion = state.fusion_kwargs() if plan.criterion == "simdiff" else {}
     key = ("stability", plan.criterion, plan.num_removed, alpha, tuple(sorted(fusion.items())), kf, kl)
-    stab = state.per_scores(scores, key, lambda: uncertainty.plan_stability(
+    stab = state.per_scores(scores, key, lambda: stability.plan_stability(
         scores, plan.criterion, num=plan.num_removed, alpha=alpha, keep_first=kf, keep_last=kl, **fusion))
     if stab.removed != plan.removed_layers:  # same selection rule on the same numbers: never expected
         st.error("internal: the stability plan differs from the preview plan")

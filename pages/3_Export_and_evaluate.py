@@ -14,7 +14,8 @@ import streamlit as st
 import torch
 
 from simdiff_core import generate_sample, measure_latency
-from simdiff_core.export import build_pruned, export_dir_under
+from simdiff_core.export.checkpoint import export_dir_under
+from simdiff_core.pruning.build import build_pruned
 from simdiff_core.workflows import evaluate_plan, export_and_record
 from ui import state, views
 

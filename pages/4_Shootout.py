@@ -1,6 +1,6 @@
 """Page 4: the shoot-out — several pruning methods/criteria at the same ratio, one table.
 
-Runs ``simdiff_core.compare.run_compare`` on the session's model and calibration windows: every
+Runs ``simdiff_core.methods.compare.run_compare`` on the session's model and calibration windows: every
 chosen method makes a plan (merging plans included), each pruned model is measured by perplexity
 (and multiple-choice accuracy when asked), and the page shows the table, a bar chart, and which
 blocks each method removes. Results stay in the session (key ``shootout``) until the next run.
@@ -11,10 +11,10 @@ from __future__ import annotations
 import streamlit as st
 
 from simdiff_core import CRITERIA, SimDiffError, eval_windows
-from simdiff_core.compare import overlap, parse_specs, run_compare, to_csv_text, to_markdown
-from simdiff_core.evaluate import protocol_note
+from simdiff_core.evaluation.evaluate import protocol_note
+from simdiff_core.export import figures
 from simdiff_core.methods import METHODS
-from simdiff_core import figures
+from simdiff_core.methods.compare import overlap, parse_specs, run_compare, to_csv_text, to_markdown
 from simdiff_core.methods.search import ALGORITHMS
 from ui import state, views
 

@@ -1,6 +1,6 @@
 """Page 5: heal the pruned model with a short LoRA fine-tune, then compare dense / pruned / recovered.
 
-Recovery trains a private, materialised copy of the pruned model (``simdiff_core.recover``); the
+Recovery trains a private, materialised copy of the pruned model (``simdiff_core.evaluation.recover``); the
 shared cached model is never touched. The recovered model lives in this session only (key
 ``recovery``) until it is exported. Accuracy comes from lm-eval (standard tasks when the Hugging Face
 hub is reachable, else the shipped multiple-choice set through lm-eval local tasks, labelled
@@ -13,13 +13,15 @@ import pandas as pd
 import streamlit as st
 import torch
 
-from simdiff_core import eval_windows, figures, make_windows
-from simdiff_core.downstream import OFFLINE_TASKS, STANDARD_TASKS, evaluate_tasks, retained
-from simdiff_core.evaluate import protocol_note
-from simdiff_core.export import build_pruned, export_dir_under
-from simdiff_core.records import Evaluation
+from simdiff_core import eval_windows, make_windows
+from simdiff_core.common.records import Evaluation
+from simdiff_core.evaluation.downstream import OFFLINE_TASKS, STANDARD_TASKS, evaluate_tasks, retained
+from simdiff_core.evaluation.evaluate import protocol_note
+from simdiff_core.evaluation.recover import RecoveryConfig, recover
+from simdiff_core.export import figures
+from simdiff_core.export.checkpoint import export_dir_under
+from simdiff_core.pruning.build import build_pruned
 from simdiff_core.workflows import export_and_record
-from simdiff_core.recover import RecoveryConfig, recover
 from ui import state, views
 
 state.setup_page("Recovery & accuracy")

@@ -11,12 +11,12 @@ import pandas as pd
 import streamlit as st
 
 from simdiff_core import SimDiffError
-from simdiff_core.agreement import agreement_table, set_damage
-from simdiff_core.damage import block_executions, measure_damage
-from simdiff_core.figures import agreement_scatter, curves_figure, set_damage_figure
-from simdiff_core.metrics import CRITERIA
-from simdiff_core.plan import make_plan
-from simdiff_core.report import build_report_html
+from simdiff_core.analysis.metrics import CRITERIA
+from simdiff_core.evaluation.agreement import agreement_table, set_damage
+from simdiff_core.evaluation.damage import block_executions, measure_damage
+from simdiff_core.export.figures import agreement_scatter, curves_figure, set_damage_figure
+from simdiff_core.export.report import build_report_html
+from simdiff_core.pruning.plan import make_plan
 from ui import state, views
 
 state.setup_page("Ground truth & report")
@@ -118,11 +118,11 @@ ppl = None if plan is None else state.plan_evaluation(plan)
 try:
     sens = None  # the Calibration sensitivity page's comparison, when it ran on this model
     stored = state.get("sens_runs")
-    from simdiff_core.metrics import CRITERIA
+    from simdiff_core.analysis.metrics import CRITERIA
 
     if stored and plan is not None and plan.criterion in CRITERIA and stored["runs"] and \
             all(r.num_layers == L for r in stored["runs"].values()):
-        from simdiff_core.sensitivity import sensitivity
+        from simdiff_core.pruning.sensitivity import sensitivity
 
         sens = sensitivity(stored["runs"], plan.criterion, num=plan.num_removed, alpha=alpha,
                            keep_first=plan.keep_first, keep_last=plan.keep_last,

@@ -3,7 +3,7 @@
 Each chosen source is scored with the session's window count and length (one calibration pass per
 source, cached in the session for this model). Shows the curves overlaid, Spearman's rho between the
 per-block importance rankings, the overlap of the blocks each source removes at the Prune preview's
-ratio/criterion/alpha, and which blocks flip (``simdiff_core.sensitivity``).
+ratio/criterion/alpha, and which blocks flip (``simdiff_core.pruning.sensitivity``).
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import pandas as pd
 import streamlit as st
 
 from simdiff_core import SimDiffError, make_windows, score_model
-from simdiff_core.score import counts_first_token
-from simdiff_core.data import load_text, text_source
-from simdiff_core.metrics import METRIC_KEYS
-from simdiff_core.sensitivity import overlay_frame, sensitivity
+from simdiff_core.analysis.metrics import METRIC_KEYS
+from simdiff_core.analysis.score import counts_first_token
+from simdiff_core.data.text import load_text, text_source
+from simdiff_core.pruning.sensitivity import overlay_frame, sensitivity
 from ui import charts, state, views
 
 state.setup_page("Calibration sensitivity")

@@ -15,12 +15,12 @@ import pandas as pd
 import streamlit as st
 
 from simdiff_core import SimDiffError, score_model
-from simdiff_core.score import counts_first_token
-from simdiff_core.load import wrap_model
-from simdiff_core.prune import pruned_model
-from simdiff_core.metrics import METRIC_KEYS
-from simdiff_core.score import Scores
-from simdiff_core.sensitivity import overlay_frame
+from simdiff_core.analysis.metrics import METRIC_KEYS
+from simdiff_core.analysis.score import counts_first_token
+from simdiff_core.analysis.score import Scores
+from simdiff_core.models.load import wrap_model
+from simdiff_core.pruning.prune import pruned_model
+from simdiff_core.pruning.sensitivity import overlay_frame
 from ui import charts, state, views
 
 state.setup_page("Compare runs")

@@ -1,7 +1,7 @@
 """Block drill-down: the calibration tokens whose hidden state one block changes most.
 
 Runs a second, bounded forward pass over the first few calibration windows that stops after the
-chosen block (``simdiff_core.drilldown``) and lists the tokens with the largest ||y − x|| / ||x||
+chosen block (``simdiff_core.analysis.drilldown``) and lists the tokens with the largest ||y − x|| / ||x||
 in context — where massive activations and BOS sinks show up, the evidence behind an MSSD spike.
 """
 
@@ -14,7 +14,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from simdiff_core.drilldown import MAX_WINDOWS, drill_down
+from simdiff_core.analysis.drilldown import MAX_WINDOWS, drill_down
 from ui import state, views
 
 state.setup_page("Block drill-down")

@@ -21,15 +21,15 @@ import os as _os
 # torch (the CLI and the app); an explicit OMP_WAIT_POLICY in the environment wins.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from .data import load_text, make_windows, text_source  # noqa: E402
-from .errors import Cancelled, SimDiffError  # noqa: E402
-from .evaluate import eval_windows, generate_sample, measure_latency, perplexity  # noqa: E402
-from .export import export_pruned, zip_dir  # noqa: E402
-from .load import LoadedModel, load_model, wrap_model  # noqa: E402
-from .metrics import CRITERIA, importance, simdiff_importance  # noqa: E402
-from .plan import Plan, make_plan  # noqa: E402
-from .prune import pruned_model  # noqa: E402
-from .score import Scores, score_model  # noqa: E402
+from .analysis.metrics import CRITERIA, importance, simdiff_importance  # noqa: E402
+from .analysis.score import Scores, score_model  # noqa: E402
+from .common.errors import Cancelled, SimDiffError  # noqa: E402
+from .data.text import load_text, make_windows, text_source  # noqa: E402
+from .evaluation.evaluate import eval_windows, generate_sample, measure_latency, perplexity  # noqa: E402
+from .export.checkpoint import export_pruned, zip_dir  # noqa: E402
+from .models.load import LoadedModel, load_model, wrap_model  # noqa: E402
+from .pruning.plan import Plan, make_plan  # noqa: E402
+from .pruning.prune import pruned_model  # noqa: E402
 
 __all__ = [
     "Cancelled", "CRITERIA", "LoadedModel", "Plan", "Scores", "SimDiffError", "eval_windows",

@@ -1,4 +1,5 @@
 """``python -m simdiff_core ...`` — see cli.py."""
+
 import sys
 
 from .cli import main

@@ -20,7 +20,7 @@ from typing import Callable
 
 import torch
 
-from .records import Evaluation, ExportReport
+from .common.records import Evaluation, ExportReport
 
 Progress = Callable[[float, str], None]
 
@@ -47,8 +47,8 @@ def calibrate(lm, source, samples: int, seq_len: int, progress: Progress | None 
     ``source`` (the app keeps them for partial scores). Returns (Scores,
     the calibration windows, an info dict: source, samples, seq_len, seconds, forward_seconds).
     """
-    from .data import load_text, make_windows
-    from .score import score_model
+    from .analysis.score import score_model
+    from .data.text import load_text, make_windows
 
     t0 = time.perf_counter()
     src = load_text(source, purpose="calib") if isinstance(source, str) else source
@@ -89,8 +89,8 @@ def choose_alpha(lm, scores, calib_ids, ratio=None, num=None, keep_first: bool =
                  tune_beta: bool = True, beta: float = 0.5, progress: Progress | None = None,
                  should_stop=None, **fusion) -> AlphaChoice:
     """Auto α (and β over 0, 0.5, 1 when ``tune_beta``) by calibration perplexity; see alpha.py."""
-    from .alpha import AUTO_BETAS, auto_alpha, trials_best
-    from .plan import num_from_ratio
+    from .methods.alpha import AUTO_BETAS, auto_alpha, trials_best
+    from .pruning.plan import num_from_ratio
 
     k = num_from_ratio(scores.num_layers, ratio, num)
     a, trials = auto_alpha(lm, scores, calib_ids, num=k, keep_first=keep_first, keep_last=keep_last,
@@ -107,8 +107,8 @@ def evaluate_plan(lm, plan, windows: int, seq_len: int, text: str = "wikitext2",
     ``dense`` may pass an earlier Evaluation on the same windows (same protocol) whose dense number
     is reused: the dense perplexity does not depend on the plan.
     """
-    from .evaluate import eval_windows, perplexity, protocol_note
-    from .export import build_pruned
+    from .evaluation.evaluate import eval_windows, perplexity, protocol_note
+    from .pruning.build import build_pruned
 
     protocol = protocol_note(lm.tokenizer, text, int(seq_len), int(windows))
     ids = eval_windows(lm.tokenizer, text, int(seq_len), int(windows))
@@ -129,7 +129,7 @@ def export_and_record(lm, plan, out_dir: str | Path, evaluation: Evaluation | di
                       recovery: dict | None = None, force: bool = False, make_zip: bool = False,
                       dtype: torch.dtype | None = None, model=None) -> tuple[Path, ExportReport]:
     """Export ``plan`` applied to ``lm`` (export.export_pruned) with its one report; returns both."""
-    from .export import export_pruned
+    from .export.checkpoint import export_pruned
 
     report = ExportReport.build(lm, plan, evaluation=evaluation, scores=scores, recovery=recovery)
     out = export_pruned(lm, plan, out_dir, force=force, make_zip=make_zip, report=report, dtype=dtype, model=model)

@@ -46,7 +46,7 @@ def _sessions(rt) -> list:
 
 
 def _scores_in(session_state) -> list:
-    from simdiff_core.score import Scores
+    from simdiff_core.analysis.score import Scores
 
     found = []
     try:
@@ -64,11 +64,11 @@ def _scores_in(session_state) -> list:
 def snapshot() -> dict:
     import torch
 
-    from simdiff_core.damage import Damage
-    from simdiff_core.hooks import HookPass
-    from simdiff_core.load import LoadedModel
-    from simdiff_core.plan import Plan
-    from simdiff_core.score import Scores
+    from simdiff_core.analysis.hooks import HookPass
+    from simdiff_core.analysis.score import Scores
+    from simdiff_core.evaluation.damage import Damage
+    from simdiff_core.models.load import LoadedModel
+    from simdiff_core.pruning.plan import Plan
 
     rt = _runtime()
     sessions = _sessions(rt) if rt is not None else []

@@ -13,11 +13,11 @@ import threading
 import pytest
 import torch
 
-from simdiff_core.damage import measure_damage
-from simdiff_core.evaluate import perplexity
-from simdiff_core.hooks import block_hooks, hook_pass, user_hooks
-from simdiff_core.prune import pruned_model
-from simdiff_core.score import score_model
+from simdiff_core.analysis.hooks import block_hooks, hook_pass, user_hooks
+from simdiff_core.analysis.score import score_model
+from simdiff_core.evaluation.damage import measure_damage
+from simdiff_core.evaluation.evaluate import perplexity
+from simdiff_core.pruning.prune import pruned_model
 
 THREADS = 3
 TIMEOUT = 120

@@ -12,10 +12,10 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
 from simdiff_core import SimDiffError, make_plan, make_windows, perplexity, pruned_model, score_model
-from simdiff_core.export import export_pruned, safe_name, export_dir_under
-from simdiff_core.metrics import normalise, simdiff_importance
-from simdiff_core.plan import Plan, num_from_ratio, select_lowest
-from simdiff_core.prune import weights_fingerprint
+from simdiff_core.analysis.metrics import normalise, simdiff_importance
+from simdiff_core.export.checkpoint import export_pruned, safe_name, export_dir_under
+from simdiff_core.pruning.plan import Plan, num_from_ratio, select_lowest
+from simdiff_core.pruning.prune import weights_fingerprint
 from tiny import CORE_FAMILIES as FAMILIES
 
 
@@ -49,7 +49,7 @@ def test_last_block_is_hooked_before_the_final_norm(tiny, tokenizer):
     lm = tiny("llama", num_layers=4)
     ids = _ids(tokenizer, 1, 24)
     captured = {}
-    from simdiff_core.hooks import block_hooks
+    from simdiff_core.analysis.hooks import block_hooks
 
     with torch.no_grad(), block_hooks(lm.blocks, lambda i, x, y: captured.__setitem__(i, y.clone())):
         hs = lm.model(ids, output_hidden_states=True).hidden_states
@@ -243,7 +243,7 @@ def test_perplexity_of_embedded_model_is_sane(embedded_lm):
 
 
 def test_auto_alpha_is_never_worse_than_cosine_on_calibration(embedded_lm, embedded_scores, calib_ids):
-    from simdiff_core.alpha import AUTO_BETAS, auto_alpha, trials_best
+    from simdiff_core.methods.alpha import AUTO_BETAS, auto_alpha, trials_best
 
     alpha, trials = auto_alpha(embedded_lm, embedded_scores, calib_ids, ratio=0.2, betas=AUTO_BETAS)
     best = trials_best(trials)

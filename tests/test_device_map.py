@@ -12,11 +12,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from simdiff_core.export import export_pruned
-from simdiff_core.load import wrap_model
-from simdiff_core.merge import merged_model
-from simdiff_core.plan import Plan
-from simdiff_core.prune import pruned_model, weights_fingerprint
+from simdiff_core.export.checkpoint import export_pruned
+from simdiff_core.models.load import wrap_model
+from simdiff_core.pruning.merge import merged_model
+from simdiff_core.pruning.plan import Plan
+from simdiff_core.pruning.prune import pruned_model, weights_fingerprint
 
 L = 6
 KEPT = [0, 2, 3, 5]

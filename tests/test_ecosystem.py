@@ -58,8 +58,8 @@ def saved_tiny(tmp_path_factory, tokenizer):
 def tiny_export(saved_tiny, tmp_path_factory):
     """The saved tiny Llama pruned by a plan (blocks 2 and 3 out) and exported."""
     from simdiff_core import load_model
-    from simdiff_core.plan import Plan
-    from simdiff_core.records import Evaluation
+    from simdiff_core.common.records import Evaluation
+    from simdiff_core.pruning.plan import Plan
     from simdiff_core.workflows import export_and_record
 
     lm = load_model(str(saved_tiny), device="cpu", dtype="float32")
@@ -98,7 +98,7 @@ def test_wheel_builds_installs_and_simdiff_entry_point_runs(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     (whl,) = (tmp_path / "dist").glob("simdiff_explorer-*.whl")
     names = zipfile.ZipFile(whl).namelist()
-    assert "simdiff_core/cli.py" in names and "simdiff_core/cli_ecosystem.py" in names
+    assert "simdiff_core/cli/__init__.py" in names and "simdiff_core/cli/ecosystem.py" in names
     assert "simdiff_core/data/wikitext-2/test.txt" in names and "simdiff_core/data/wikitext-2/LICENSE.md" in names
     assert not any(n.startswith(("tests/", "ui/", "pages/", "app.py")) for n in names)
     ep = zipfile.ZipFile(whl).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
@@ -116,7 +116,7 @@ def test_wheel_builds_installs_and_simdiff_entry_point_runs(tmp_path):
     for cmd in ("score", "plan", "prune", "ppl", "to-gguf"):
         assert cmd in h.stdout
     # the installed copy (not the checkout) is what runs, and its packaged data is readable
-    code = ("import simdiff_core, simdiff_core.data as d; print(simdiff_core.__file__); "
+    code = ("import simdiff_core, simdiff_core.data.text as d; print(simdiff_core.__file__); "
             "s = d.load_text('wikitext2', purpose='eval'); print(s.path.stat().st_size)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -150,8 +150,8 @@ def test_export_writes_hub_model_card(tiny_export, saved_tiny):
 
 
 def test_model_card_front_matter_for_embedded_and_hub_sources(tiny_export):
-    from simdiff_core.load import wrap_model
-    from simdiff_core.modelcard import model_card
+    from simdiff_core.export.modelcard import model_card
+    from simdiff_core.models.load import wrap_model
 
     lm, plan, _ = tiny_export
     import yaml
@@ -167,7 +167,7 @@ def test_model_card_front_matter_for_embedded_and_hub_sources(tiny_export):
 def test_push_to_hub_offline_fails_in_one_line_without_leaking_token(saved_tiny, tmp_path):
     secret = "hf_simdiffTESTtoken0123456789abcdef"
     plan = tmp_path / "plan.json"
-    from simdiff_core.plan import Plan
+    from simdiff_core.pruning.plan import Plan
 
     Plan(model="tiny", num_layers=6, removed_layers=[3]).save(plan)
     args = ("prune", "--model", saved_tiny, "--plan", plan, "--out", tmp_path / "out", "--eval-windows", "0",
@@ -209,8 +209,8 @@ def test_mergekit_passthrough_reproduces_our_export(tiny_export, tmp_path):
 # ---------------------------------------------------------------- llama.cpp / GGUF
 @pytest.fixture(scope="module")
 def converter():
-    from simdiff_core.errors import SimDiffError
-    from simdiff_core.gguf_export import find_converter, install_converter
+    from simdiff_core.common.errors import SimDiffError
+    from simdiff_core.export.gguf import find_converter, install_converter
 
     try:
         return find_converter() or install_converter(timeout=300)
@@ -236,8 +236,8 @@ def test_to_gguf_round_trip_loads_back_with_identical_logits(tiny_export, conver
     text = "Layer pruning keeps the residual stream."
     assert tok(text).input_ids == lm.tokenizer(text).input_ids
     # existing output refused, a folder that is not a checkpoint refused: one-line errors, nothing written
-    from simdiff_core.errors import SimDiffError
-    from simdiff_core.gguf_export import to_gguf
+    from simdiff_core.common.errors import SimDiffError
+    from simdiff_core.export.gguf import to_gguf
 
     with pytest.raises(SimDiffError, match="already exists"):
         to_gguf(out, gguf_path)

@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from simdiff_core import make_windows, score_model
-from simdiff_core.alpha import auto_alpha
-from simdiff_core.errors import Cancelled, SimDiffError
-from simdiff_core.evaluate import perplexity
-from simdiff_core.evaluator import PrefixEvaluator
+from simdiff_core.common.errors import Cancelled, SimDiffError
+from simdiff_core.evaluation.evaluate import perplexity
+from simdiff_core.evaluation.evaluator import PrefixEvaluator
 from simdiff_core.methods import run_method
-from simdiff_core.plan import make_plan
-from simdiff_core.prune import pruned_model
+from simdiff_core.methods.alpha import auto_alpha
+from simdiff_core.pruning.plan import make_plan
+from simdiff_core.pruning.prune import pruned_model
 
 FAMS = ("llama", "gemma3", "qwen2")  # gemma3: sliding and global layers with their own masks and rotary
 
@@ -151,7 +151,7 @@ def test_one_evaluator_shared_between_methods(tiny, ids):
 
 @pytest.mark.parametrize("family", FAMS)
 def test_slm_cached_similarity_equals_building_each_merged_model(tiny, ids, family):
-    from simdiff_core.prune import weights_fingerprint
+    from simdiff_core.pruning.prune import weights_fingerprint
 
     lm = tiny(family, num_layers=7, seed=6)
     before = weights_fingerprint(lm.model)

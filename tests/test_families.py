@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
 from simdiff_core import make_plan, make_windows, pruned_model, score_model
-from simdiff_core.export import export_pruned
-from simdiff_core.load import SUPPORTED_FAMILIES
+from simdiff_core.export.checkpoint import export_pruned
+from simdiff_core.models.blocks import SUPPORTED_FAMILIES
 from tiny import FAMILIES
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,11 +13,12 @@ import pytest
 
 from conftest import ROOT, run_cli
 from simdiff_core import Cancelled, SimDiffError, make_windows, perplexity, pruned_model, score_model
-from simdiff_core.agreement import agreement_table, kendall_tau_b, rankdata, set_damage, spearman, topk_overlap
-from simdiff_core.damage import Damage, block_executions, measure_damage
-from simdiff_core.plan import Plan, make_plan
-from simdiff_core.report import build_report_html, write_report
-from simdiff_core.score import Scores
+from simdiff_core.evaluation.agreement import (agreement_table, kendall_tau_b, rankdata, set_damage, spearman,
+                                               topk_overlap)
+from simdiff_core.analysis.score import Scores
+from simdiff_core.evaluation.damage import Damage, block_executions, measure_damage
+from simdiff_core.export.report import build_report_html, write_report
+from simdiff_core.pruning.plan import Plan, make_plan
 from tiny import FAMILIES
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -72,7 +73,7 @@ def test_damage_cancel_and_bad_input(tiny_bundle, ids):
     with pytest.raises(SimDiffError, match="non-empty"):
         measure_damage(lm, ids[0])
     # hooks are gone after a cancel: a plain forward still matches the reference
-    from simdiff_core.hooks import current_passes, user_hooks
+    from simdiff_core.analysis.hooks import current_passes, user_hooks
 
     assert all(not user_hooks(b) for b in lm.blocks) and not current_passes()
 

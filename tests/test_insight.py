@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from simdiff_core import SimDiffError, make_windows, score_model
-from simdiff_core.score import Scores
-from simdiff_core.uncertainty import bands, plan_stability, replicate_metrics, resample_weights
+from simdiff_core.analysis.score import Scores
+from simdiff_core.analysis.uncertainty import bands, replicate_metrics, resample_weights
+from simdiff_core.pruning.stability import plan_stability
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +118,7 @@ def test_cli_plan_stability_reports_membership_frequencies(tmp_path, tiny, ids32
     import json
 
     from conftest import run_cli
-    from simdiff_core.uncertainty import plan_stability
+    from simdiff_core.pruning.stability import plan_stability
 
     sc = score_model(tiny("llama", 6), ids32[:6])
     sc.save(tmp_path / "s.json")
@@ -141,9 +142,10 @@ def test_cli_plan_stability_reports_membership_frequencies(tmp_path, tiny, ids32
 @pytest.mark.parametrize("criterion,norm", [("simdiff", "rank"), ("simdiff", "robust"), ("cosine", "rank"),
                                             ("mssd_rel", "rank")])
 def test_vectorised_replicates_equal_the_planner_per_replicate(tiny, ids32, criterion, norm):
-    from simdiff_core.metrics import importance
-    from simdiff_core.plan import select_lowest
-    from simdiff_core.uncertainty import replicate_importance, replicate_layers, select_lowest_cols
+    from simdiff_core.analysis.metrics import importance
+    from simdiff_core.analysis.uncertainty import replicate_importance, replicate_layers
+    from simdiff_core.pruning.plan import select_lowest
+    from simdiff_core.pruning.stability import select_lowest_cols
 
     sc = score_model(tiny("llama", 6), ids32[:6])
     reps = replicate_metrics(sc, n_boot=40, seed=1)
@@ -158,8 +160,8 @@ def test_vectorised_replicates_equal_the_planner_per_replicate(tiny, ids32, crit
 
 # ------------------------------------------------------------------ calibration sensitivity, overlays
 def test_sensitivity_identical_sources_agree_and_different_texts_are_measured(tiny, tokenizer):
-    from simdiff_core.data import load_text
-    from simdiff_core.sensitivity import sensitivity, spearman
+    from simdiff_core.data.text import load_text
+    from simdiff_core.pruning.sensitivity import sensitivity, spearman
 
     lm = tiny("llama", 6)
     wiki = score_model(lm, make_windows(tokenizer, "wikitext2", n=3, seq_len=32))
@@ -180,7 +182,7 @@ def test_sensitivity_identical_sources_agree_and_different_texts_are_measured(ti
 
 
 def test_relative_depth_overlay_maps_block_counts():
-    from simdiff_core.sensitivity import overlay_frame, relative_depth
+    from simdiff_core.pruning.sensitivity import overlay_frame, relative_depth
 
     assert relative_depth(5).tolist() == [0, 0.25, 0.5, 0.75, 1.0]
     assert relative_depth(1).tolist() == [0.0]
@@ -200,7 +202,7 @@ def test_relative_depth_overlay_maps_block_counts():
 
 # ------------------------------------------------------------------ block drill-down
 def test_drill_down_tokens_equal_a_direct_computation(tiny, ids32):
-    from simdiff_core.drilldown import drill_down
+    from simdiff_core.analysis.drilldown import drill_down
 
     lm = tiny("qwen2", 5)
     ids = ids32[:3]
@@ -232,9 +234,9 @@ def test_removed_blocks_are_marked_whatever_their_importance():
 
 
 def test_html_report_carries_bands_stability_and_sensitivity(tiny, ids32):
-    from simdiff_core.plan import make_plan
-    from simdiff_core.report import build_report_html
-    from simdiff_core.sensitivity import sensitivity
+    from simdiff_core.export.report import build_report_html
+    from simdiff_core.pruning.plan import make_plan
+    from simdiff_core.pruning.sensitivity import sensitivity
 
     lm = tiny("llama", 6)
     sc = score_model(lm, ids32[:5])
@@ -256,8 +258,8 @@ def test_cli_sensitivity_overlay_and_drilldown(tmp_path, tiny, ids32):
     import json
 
     from conftest import run_cli
-    from simdiff_core.drilldown import drill_down
-    from simdiff_core.sensitivity import overlay_frame
+    from simdiff_core.analysis.drilldown import drill_down
+    from simdiff_core.pruning.sensitivity import overlay_frame
 
     a = score_model(tiny("llama", 6), ids32[:3])
     b = score_model(tiny("llama", 4), ids32[:3])

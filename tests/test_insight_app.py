@@ -38,7 +38,7 @@ def _spec(at, i=0):
 
 
 def test_curves_draw_bands_clip_outliers_and_offer_csv_png(calibrated):
-    from simdiff_core.uncertainty import bands
+    from simdiff_core.analysis.uncertainty import bands
 
     at = calibrated
     at.switch_page("pages/1_Layer_curves.py").run()
@@ -71,7 +71,7 @@ def test_curves_draw_bands_clip_outliers_and_offer_csv_png(calibrated):
 
 def test_preview_shows_plan_stability_matching_the_library(calibrated):
     from apptest_figures import figures
-    from simdiff_core.uncertainty import plan_stability
+    from simdiff_core.pruning.stability import plan_stability
 
     at = calibrated
     at.switch_page("pages/2_Prune_preview.py").run()
@@ -91,7 +91,7 @@ def test_preview_shows_plan_stability_matching_the_library(calibrated):
 
 
 def test_sensitivity_page_scores_two_sources_and_reports_the_library_numbers(calibrated):
-    from simdiff_core.sensitivity import sensitivity
+    from simdiff_core.pruning.sensitivity import sensitivity
 
     at = calibrated
     at.switch_page("pages/7_Calibration_sensitivity.py").run()
@@ -123,7 +123,7 @@ def test_sensitivity_page_scores_two_sources_and_reports_the_library_numbers(cal
 
 
 def test_drill_down_page_lists_the_library_top_tokens(calibrated):
-    from simdiff_core.drilldown import drill_down
+    from simdiff_core.analysis.drilldown import drill_down
 
     at = calibrated
     at.switch_page("pages/9_Block_drill_down.py").run()
@@ -155,7 +155,7 @@ def test_compare_runs_pins_uploads_validates_and_shares_the_colour_scale(calibra
     at.file_uploader(key="runs_upload").set_value(("plan.json", b'{"removed_layers": [1]}', "application/json")).run()
     assert len(at.error) == 1 and "not a SimDiff scores file" in at.error[0].value
     # a saved scores.json of a 6-block model: overlaid on relative depth
-    from simdiff_core.score import Scores
+    from simdiff_core.analysis.score import Scores
 
     sc = at.session_state["scores"]
     small = Scores("six", 6, [dict(l, index=i) for i, l in enumerate(sc.layers[:6])], matrices={
@@ -205,7 +205,7 @@ def test_compare_runs_scores_the_pruned_view_without_touching_the_model(calibrat
 def test_sensitivity_and_pinned_runs_follow_the_sessions_position_0_choice():
     """Calibrated with position 0 excluded, the extra runs must exclude it too (they used to include it)."""
     from simdiff_core import make_windows, score_model
-    from simdiff_core.data import load_text
+    from simdiff_core.data.text import load_text
 
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=T)
     at.run()

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from simdiff_core import score_model
-from simdiff_core.load import wrap_model
+from simdiff_core.models.load import wrap_model
 
 METRICS = ("cosine", "bi", "mssd", "masd", "mssd_rel", "masd_rel", "max_abs_diff", "input_rms", "simdiff")
 
@@ -48,7 +48,7 @@ def test_partial_scores_after_each_batch_equal_scoring_those_windows(lm):
 
 def test_a_cancelled_pass_leaves_usable_partial_scores(lm):
     from simdiff_core import make_plan
-    from simdiff_core.errors import Cancelled
+    from simdiff_core.common.errors import Cancelled
 
     torch.manual_seed(1)
     ids = torch.randint(0, 512, (6, 16))

@@ -12,13 +12,14 @@ import torch.nn.functional as F
 
 from conftest import run_cli
 from simdiff_core import make_windows, score_model
-from simdiff_core.errors import SimDiffError
-from simdiff_core.export import build_pruned, export_pruned
-from simdiff_core.load import LoadedModel
-from simdiff_core.merge import merged_model
+from simdiff_core.common.errors import SimDiffError
+from simdiff_core.export.checkpoint import export_pruned
 from simdiff_core.methods import run_method
-from simdiff_core.plan import Plan, make_plan, select_lowest
-from simdiff_core.prune import pruned_model, weights_fingerprint
+from simdiff_core.models.load import LoadedModel
+from simdiff_core.pruning.build import build_pruned
+from simdiff_core.pruning.merge import merged_model
+from simdiff_core.pruning.plan import Plan, make_plan, select_lowest
+from simdiff_core.pruning.prune import pruned_model, weights_fingerprint
 
 
 @pytest.fixture(scope="module")
@@ -157,8 +158,8 @@ def test_slm_merges_to_target(tiny, ids):
 
 # ------------------------------------------------------------------ multiple choice
 def test_mc_accuracy_matches_naive_loglikelihood(tiny):
-    from simdiff_core.data import bos_prefix
-    from simdiff_core.objectives import load_mc, mc_accuracy
+    from simdiff_core.data.text import bos_prefix
+    from simdiff_core.evaluation.objectives import load_mc, mc_accuracy
 
     lm = tiny("llama", 4, seed=0)
     items = load_mc()[:6]
@@ -180,7 +181,7 @@ def test_mc_accuracy_matches_naive_loglikelihood(tiny):
 
 
 def test_mc_file_errors(tmp_path):
-    from simdiff_core.objectives import load_mc
+    from simdiff_core.evaluation.objectives import load_mc
 
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"context": "Q", "choices": ["a"], "gold": 0}\n')
@@ -189,8 +190,8 @@ def test_mc_file_errors(tmp_path):
 
 
 def test_compare_library_with_accuracy(tiny, ids):
-    from simdiff_core.compare import overlap, parse_specs, run_compare, to_csv_text, to_markdown
-    from simdiff_core.objectives import load_mc
+    from simdiff_core.evaluation.objectives import load_mc
+    from simdiff_core.methods.compare import overlap, parse_specs, run_compare, to_csv_text, to_markdown
 
     lm = tiny("llama", 6, seed=0)
     res = run_compare(lm, ids, parse_specs("oneshot:cosine,block,search:local"), num=2, accuracy=True, eval_ids=ids,
@@ -211,7 +212,7 @@ def test_compare_library_with_accuracy(tiny, ids):
 def test_compare_keeps_going_when_one_method_fails(tiny, ids):
     import math
 
-    from simdiff_core.compare import overlap, parse_specs, run_compare, to_markdown
+    from simdiff_core.methods.compare import overlap, parse_specs, run_compare, to_markdown
 
     lm = tiny("llama", 6, seed=0)
     specs = parse_specs("oneshot:cosine") + [{"method": "slm", "label": "slm", "threshold": 2.0}] + parse_specs("block")

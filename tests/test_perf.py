@@ -55,10 +55,12 @@ def big_dir(tmp_path_factory):
 
 
 def test_streaming_equals_in_memory_under_a_quarter_budget(big_dir):
-    from simdiff_core.evaluate import perplexity
-    from simdiff_core.load import count_parameters, wrap_model
-    from simdiff_core.score import score_model
-    from simdiff_core.streaming import stream_perplexity, stream_score
+    from simdiff_core.analysis.score import score_model
+    from simdiff_core.analysis.streaming import stream_score
+    from simdiff_core.evaluation.evaluate import perplexity
+    from simdiff_core.evaluation.streaming import stream_perplexity
+    from simdiff_core.models.blocks import count_parameters
+    from simdiff_core.models.load import wrap_model
 
     d, model = big_dir
     model_mb = count_parameters(model) * 4 / 2**20
@@ -80,8 +82,8 @@ def test_streaming_equals_in_memory_under_a_quarter_budget(big_dir):
 
 
 def test_streaming_budget_too_small_is_one_line_error(big_dir):
-    from simdiff_core.errors import SimDiffError
-    from simdiff_core.streaming import stream_score
+    from simdiff_core.analysis.streaming import stream_score
+    from simdiff_core.common.errors import SimDiffError
 
     d, _ = big_dir
     with pytest.raises(SimDiffError, match="memory budget 1.0 MB is too small.*minimum for this model"):
@@ -98,10 +100,11 @@ def test_streaming_tied_gemma3_family(tmp_path):
     import transformers as tf
     from tiny import tiny_config
 
-    from simdiff_core.evaluate import perplexity
-    from simdiff_core.load import wrap_model
-    from simdiff_core.score import score_model
-    from simdiff_core.streaming import stream_perplexity, stream_score
+    from simdiff_core.analysis.score import score_model
+    from simdiff_core.analysis.streaming import stream_score
+    from simdiff_core.evaluation.evaluate import perplexity
+    from simdiff_core.evaluation.streaming import stream_perplexity
+    from simdiff_core.models.load import wrap_model
 
     torch.manual_seed(0)
     model = tf.AutoModelForCausalLM.from_config(tiny_config("gemma3", 6, vocab_size=1024), dtype=torch.float32).eval()
@@ -115,10 +118,10 @@ def test_streaming_tied_gemma3_family(tmp_path):
 
 
 def test_cli_stream_score_and_ppl(tmp_path, tokenizer, capsys):
+    from simdiff_core.analysis.score import Scores, score_model
     from simdiff_core.cli import main
-    from simdiff_core.load import load_model
-    from simdiff_core.score import Scores, score_model
-    from simdiff_core.data import make_windows
+    from simdiff_core.data.text import make_windows
+    from simdiff_core.models.load import load_model
 
     d = tmp_path / "m"
     _save_model(d, num_layers=4, hidden=64, inter=128, vocab=49152, tie=True, tokenizer=tokenizer)
@@ -147,8 +150,8 @@ def test_device_map_split_with_disk_offload_equals_plain(tmp_path, tokenizer):
     """A real accelerate dispatch (blocks 2-3 offloaded to disk) gives the plain path's scores."""
     from transformers import AutoModelForCausalLM
 
-    from simdiff_core.load import load_model, wrap_model
-    from simdiff_core.score import score_model
+    from simdiff_core.analysis.score import score_model
+    from simdiff_core.models.load import load_model, wrap_model
 
     d = tmp_path / "m"
     model = _save_model(d, num_layers=4, hidden=64, inter=128, vocab=49152, tie=True, tokenizer=tokenizer)
@@ -162,7 +165,7 @@ def test_device_map_split_with_disk_offload_equals_plain(tmp_path, tokenizer):
     # really dispatched: offloaded blocks hold meta weights and run through accelerate's hooks
     assert split.model.layers[3].mlp.up_proj.weight.device.type == "meta"
     assert type(split.model.layers[3]._hf_hook).__name__ == "AlignDevicesHook"
-    from simdiff_core.hooks import user_hooks
+    from simdiff_core.analysis.hooks import user_hooks
 
     before = [user_hooks(b) for b in split.model.layers]
     _assert_same_scores(ref, score_model(wrap_model(split, tokenizer, "split"), ids, batch_size=2), tol=1e-6)

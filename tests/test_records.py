@@ -76,9 +76,9 @@ def test_app_and_cli_exports_of_one_plan_write_equal_reports_and_cards(tmp_path,
 
 
 def test_old_flat_report_and_nested_report_read_the_same(tiny):
-    from simdiff_core.modelcard import model_card
-    from simdiff_core.plan import Plan
-    from simdiff_core.records import Evaluation, ExportReport, read_report
+    from simdiff_core.common.records import Evaluation, ExportReport, read_report
+    from simdiff_core.export.modelcard import model_card
+    from simdiff_core.pruning.plan import Plan
 
     lm = tiny("llama", 4)
     plan = Plan(model="t", num_layers=4, removed_layers=[2])
@@ -95,9 +95,9 @@ def test_old_flat_report_and_nested_report_read_the_same(tiny):
 
 
 def test_html_report_reads_the_same_evaluation(embedded_scores):
-    from simdiff_core.plan import make_plan
-    from simdiff_core.records import Evaluation
-    from simdiff_core.report import build_report_html
+    from simdiff_core.common.records import Evaluation
+    from simdiff_core.export.report import build_report_html
+    from simdiff_core.pruning.plan import make_plan
 
     plan = make_plan(embedded_scores, "cosine", num=3)
     old, _ = build_report_html(embedded_scores, plan=plan, ppl={"before": 10.0, "after": 12.5, "protocol": "p"})
@@ -108,7 +108,7 @@ def test_html_report_reads_the_same_evaluation(embedded_scores):
 
 
 def test_old_plan_files_load_into_the_typed_recipe(embedded_scores, tmp_path):
-    from simdiff_core.plan import Plan, Recipe, make_plan
+    from simdiff_core.pruning.plan import Plan, Recipe, make_plan
 
     plan = make_plan(embedded_scores, "simdiff", num=5, alpha=0.3, beta=0.0, scale_free=False, keep_last=False)
     assert plan.recipe == Recipe(method="oneshot", criterion="simdiff", ratio=5 / 30, num=5, alpha=0.3, beta=0.0,
@@ -132,10 +132,10 @@ def test_old_plan_files_load_into_the_typed_recipe(embedded_scores, tmp_path):
 
 @pytest.mark.parametrize("kind", ["scores", "damage", "plan"])
 def test_one_json_record_path_for_scores_damage_and_plan(kind, embedded_scores, tmp_path):
-    from simdiff_core.damage import Damage
-    from simdiff_core.errors import SimDiffError
-    from simdiff_core.plan import Plan, make_plan
-    from simdiff_core.records import JsonRecord
+    from simdiff_core.common.errors import SimDiffError
+    from simdiff_core.common.records import JsonRecord
+    from simdiff_core.evaluation.damage import Damage
+    from simdiff_core.pruning.plan import Plan, make_plan
 
     cls = {"scores": type(embedded_scores), "damage": Damage, "plan": Plan}[kind]
     assert issubclass(cls, JsonRecord) and cls.KIND == kind
@@ -160,7 +160,7 @@ def test_one_json_record_path_for_scores_damage_and_plan(kind, embedded_scores, 
 
 def test_iterative_plans_record_simdiff_settings_in_the_recipe(tiny, calib_ids):
     from simdiff_core.methods import run_method
-    from simdiff_core.plan import Plan
+    from simdiff_core.pruning.plan import Plan
 
     lm = tiny("llama", 5, seed=1)
     it = run_method("iterative", lm, calib_ids[:2, :32], num=1, criterion="simdiff", alpha=0.3, beta=0.0,

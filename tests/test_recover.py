@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from conftest import ROOT, run_cli
-from simdiff_core.errors import SimDiffError
-from simdiff_core.prune import weights_fingerprint
-from simdiff_core.recover import RecoveryConfig, default_target_modules, recover
+from simdiff_core.common.errors import SimDiffError
+from simdiff_core.evaluation.recover import RecoveryConfig, default_target_modules, recover
+from simdiff_core.pruning.prune import weights_fingerprint
 
 
 def _logits(model, ids):
@@ -25,8 +25,8 @@ def test_recovery_lowers_loss_and_merge_equals_adapters(tiny, tmp_path):
     transformers with the same outputs."""
     from transformers import AutoModelForCausalLM
 
-    from simdiff_core.export import export_pruned
-    from simdiff_core.plan import Plan
+    from simdiff_core.export.checkpoint import export_pruned
+    from simdiff_core.pruning.plan import Plan
 
     lm = tiny("llama", 4)
     lm.model.requires_grad_(False)
@@ -50,7 +50,7 @@ def test_recovery_lowers_loss_and_merge_equals_adapters(tiny, tmp_path):
     assert type(merged).__name__ == "LlamaForCausalLM"
     torch.testing.assert_close(_logits(merged, probe), adapted, atol=2e-4, rtol=1e-4)
     # and the adapters really changed the function (so the comparison above means something)
-    from simdiff_core.prune import pruned_model
+    from simdiff_core.pruning.prune import pruned_model
 
     assert (_logits(pruned_model(lm, [0, 2, 3]), probe) - adapted).abs().max() > 1e-3
 
@@ -98,7 +98,7 @@ def _hand_loglik(model, tok, context, continuation):
 
 
 def test_accuracy_agrees_with_hand_computed_loglikelihoods(tiny, tokenizer):
-    from simdiff_core.downstream import evaluate_tasks
+    from simdiff_core.evaluation.downstream import evaluate_tasks
 
     model = tiny("llama", 2, seed=3).model
     items = [
@@ -126,7 +126,8 @@ def test_accuracy_agrees_with_hand_computed_loglikelihoods(tiny, tokenizer):
 
 
 def test_retained_and_task_parsing():
-    from simdiff_core.downstream import OFFLINE_TASKS, STANDARD_TASKS, offline_tasks_for, parse_tasks, retained
+    from simdiff_core.evaluation.downstream import (OFFLINE_TASKS, STANDARD_TASKS, offline_tasks_for, parse_tasks,
+                                                        retained)
 
     assert parse_tasks("all") == list(STANDARD_TASKS)
     assert parse_tasks("offline") == list(OFFLINE_TASKS)
@@ -145,8 +146,8 @@ def test_evaluate_and_recover_cli(tiny, tmp_path):
     """evaluate prints the required JSON offline; recover exports a merged checkpoint with its report."""
     from transformers import AutoModelForCausalLM
 
-    from simdiff_core.export import export_pruned
-    from simdiff_core.plan import Plan
+    from simdiff_core.export.checkpoint import export_pruned
+    from simdiff_core.pruning.plan import Plan
 
     lm = tiny("llama", 3)
     src = export_pruned(lm, Plan(model="tiny", num_layers=3, removed_layers=[1]), tmp_path / "pruned")

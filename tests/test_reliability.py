@@ -32,7 +32,7 @@ from conftest import ROOT
 from reliability_cases import BEHAVIOURS, CASES, troubleshooting_table
 
 from simdiff_core import cli
-from simdiff_core.errors import SimDiffError
+from simdiff_core.common.errors import SimDiffError
 
 SECRET = "secret-xyz"
 CUSTOM_CODE = '''
@@ -62,8 +62,8 @@ def ws(tmp_path_factory, tokenizer):
     from tiny import tiny_lm
 
     from simdiff_core import make_windows, score_model
-    from simdiff_core.load import embedded_gguf
-    from simdiff_core.plan import Plan, make_plan
+    from simdiff_core.models.sources import embedded_gguf
+    from simdiff_core.pruning.plan import Plan, make_plan
 
     d = tmp_path_factory.mktemp("rel")
     w = {"ws": str(d)}
@@ -248,7 +248,7 @@ def test_trust_remote_code_runs_only_when_enabled(ws, tmp_path):
 
 
 def test_no_block_list_names_supported_families():
-    from simdiff_core.load import SUPPORTED_FAMILIES, find_block_path
+    from simdiff_core.models.blocks import SUPPORTED_FAMILIES, find_block_path
 
     class Odd(torch.nn.Module):  # blocks in a Sequential: nothing a decoder-block search can trust
         def __init__(self):
@@ -304,7 +304,7 @@ def test_oom_during_calibration_halves_batch(tiny, tokenizer):
 def test_large_text_is_streamed(tmp_path, tokenizer):
     """A 40 MB file: the windows read only the first chunk, so Python allocations stay far below the
     file size (a whole-file read would allocate > 40 MB)."""
-    from simdiff_core.data import load_text, make_windows
+    from simdiff_core.data.text import load_text, make_windows
 
     big = tmp_path / "big.txt"
     line = ("lorem ipsum dolor sit amet consectetur " * 20 + "\n").encode()
@@ -323,7 +323,7 @@ def test_large_text_is_streamed(tmp_path, tokenizer):
 
 
 def test_pasted_text_limit_and_binary(monkeypatch):
-    from simdiff_core.data import text_source
+    from simdiff_core.data.text import text_source
 
     monkeypatch.setenv("SIMDIFF_MAX_TEXT_MB", "0.01")  # read at call time, like the app's uploads
     with pytest.raises(SimDiffError, match="over the 0 MB limit"):
@@ -335,8 +335,8 @@ def test_pasted_text_limit_and_binary(monkeypatch):
 
 
 def test_export_names_stay_inside_root(tmp_path, tiny):
-    from simdiff_core.export import export_dir_under, export_pruned, safe_name
-    from simdiff_core.plan import Plan
+    from simdiff_core.export.checkpoint import export_dir_under, export_pruned, safe_name
+    from simdiff_core.pruning.plan import Plan
 
     root = tmp_path / "exports"
     root.mkdir()
@@ -363,9 +363,9 @@ def test_export_names_stay_inside_root(tmp_path, tiny):
 
 
 def test_force_replaces_atomically_and_source_untouched(tmp_path, tiny):
-    from simdiff_core.export import export_pruned
-    from simdiff_core.plan import Plan
-    from simdiff_core.prune import weights_fingerprint
+    from simdiff_core.export.checkpoint import export_pruned
+    from simdiff_core.pruning.plan import Plan
+    from simdiff_core.pruning.prune import weights_fingerprint
 
     lm = tiny("qwen2", 4)
     fp = weights_fingerprint(lm.model)
@@ -387,7 +387,7 @@ def test_zip_is_streamed(tmp_path):
     archives past 4 GiB; the writer code path is the same.)"""
     import zipfile
 
-    from simdiff_core.export import zip_dir
+    from simdiff_core.export.checkpoint import zip_dir
 
     src = tmp_path / "ckpt"
     src.mkdir()

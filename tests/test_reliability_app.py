@@ -17,7 +17,7 @@ from streamlit.testing.v1 import AppTest
 
 from conftest import ROOT
 
-from simdiff_core.prune import weights_fingerprint
+from simdiff_core.pruning.prune import weights_fingerprint
 
 APP = str(ROOT / "app.py")
 PREVIEW, EXPORT = "pages/2_Prune_preview.py", "pages/3_Export_and_evaluate.py"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from simdiff_core.score import Scores
+from simdiff_core.analysis.score import Scores
 
 
 def _tied_mssd_scores(cos_by_block: list[list[float]]) -> Scores:
@@ -33,9 +33,9 @@ def tied():
 
 @pytest.mark.parametrize("criterion", ["mssd", "masd_rel"])
 def test_stability_and_sensitivity_break_ties_like_the_planner(tied, criterion):
-    from simdiff_core.plan import make_plan
-    from simdiff_core.sensitivity import sensitivity
-    from simdiff_core.uncertainty import plan_stability
+    from simdiff_core.pruning.plan import make_plan
+    from simdiff_core.pruning.sensitivity import sensitivity
+    from simdiff_core.pruning.stability import plan_stability
 
     plan = make_plan(tied, criterion, num=1)
     assert plan.removed_layers == [4]  # all tied: the cosine order decides (plan.cosine_tiebreak)
@@ -48,8 +48,8 @@ def test_stability_and_sensitivity_break_ties_like_the_planner(tied, criterion):
 
 
 def test_vectorised_selection_with_tiebreak_equals_the_planner_per_column():
-    from simdiff_core.plan import select_lowest
-    from simdiff_core.uncertainty import select_lowest_cols
+    from simdiff_core.pruning.plan import select_lowest
+    from simdiff_core.pruning.stability import select_lowest_cols
 
     rng = np.random.default_rng(0)
     imp = rng.integers(0, 3, size=(9, 60)).astype(float)   # many ties
@@ -87,8 +87,8 @@ LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{
 def test_chunked_tokenisation_equals_whole_text_for_a_llama3_style_tokenizer(monkeypatch, tmp_path):
     import random
 
-    from simdiff_core import data
-    from simdiff_core.data import iter_tokens, load_text, text_source
+    from simdiff_core.data import text as data
+    from simdiff_core.data.text import iter_tokens, load_text, text_source
 
     tok = _regex_bpe_tokenizer(LLAMA3_PATTERN)
     monkeypatch.setattr(data, "_CHUNK_CHARS", 64)  # many chunk boundaries in a small text
@@ -111,7 +111,7 @@ def test_parameter_counts_of_a_disk_offloaded_model_equal_the_plain_model(tmp_pa
     import torch
     from transformers import AutoModelForCausalLM
 
-    from simdiff_core.load import count_parameters
+    from simdiff_core.models.blocks import count_parameters
     from tiny import tiny_model
 
     tiny_model("llama", num_layers=4, seed=0).save_pretrained(tmp_path / "m")
@@ -127,7 +127,7 @@ def test_parameter_counts_of_a_disk_offloaded_model_equal_the_plain_model(tmp_pa
 
 def test_prune_preview_parameter_estimate_equals_the_pruned_model(tiny):
     """Prune preview's "Parameters" metric against counting the parameters of the model actually built."""
-    from simdiff_core.prune import pruned_model
+    from simdiff_core.pruning.prune import pruned_model
     from ui.views import estimate_cost
 
     lm = tiny("llama", 6)
@@ -146,9 +146,9 @@ def test_streamed_scores_keep_the_same_per_window_sums_as_in_memory(tmp_path):
     """Bootstrap bands and plan stability of streamed scores rest on their per-window sums."""
     import torch
 
-    from simdiff_core.load import wrap_model
-    from simdiff_core.score import score_model
-    from simdiff_core.streaming import stream_score
+    from simdiff_core.analysis.score import score_model
+    from simdiff_core.analysis.streaming import stream_score
+    from simdiff_core.models.load import wrap_model
     from tiny import tiny_model
 
     model = tiny_model("llama", num_layers=3, seed=2).eval()
@@ -163,8 +163,8 @@ def test_shootout_simdiff_rows_use_the_sessions_fusion_settings(tiny, tokenizer)
     """compare's oneshot:simdiff row must be the plan the Prune preview shows for the same alpha, beta and
     scale-free setting (auto alpha also picks beta), not a default-beta plan under the same label."""
     from simdiff_core import make_windows, score_model
-    from simdiff_core.compare import parse_specs, run_compare
-    from simdiff_core.plan import make_plan
+    from simdiff_core.methods.compare import parse_specs, run_compare
+    from simdiff_core.pruning.plan import make_plan
 
     lm = tiny("llama", 8, seed=4)
     ids = make_windows(tokenizer, "wikitext2", n=2, seq_len=24)
@@ -182,7 +182,7 @@ def test_shootout_simdiff_rows_use_the_sessions_fusion_settings(tiny, tokenizer)
 def test_shootout_scores_follow_the_sessions_first_token_choice(tiny, tokenizer):
     """With position 0 excluded on Load & calibrate, the shoot-out's criterion rows rank the same metrics."""
     from simdiff_core import make_windows
-    from simdiff_core.compare import parse_specs, run_compare
+    from simdiff_core.methods.compare import parse_specs, run_compare
 
     lm = tiny("llama", 6, seed=4)
     ids = make_windows(tokenizer, "wikitext2", n=2, seq_len=24)
@@ -193,9 +193,9 @@ def test_shootout_scores_follow_the_sessions_first_token_choice(tiny, tokenizer)
 def test_iterative_rescoring_keeps_the_first_token_choice(tiny, tokenizer):
     """Every step of iterative pruning scores with the same position-0 choice as its dense scores."""
     from simdiff_core import make_windows, score_model
-    from simdiff_core.load import LoadedModel
     from simdiff_core.methods import run_method
-    from simdiff_core.prune import pruned_model
+    from simdiff_core.models.load import LoadedModel
+    from simdiff_core.pruning.prune import pruned_model
 
     lm = tiny("llama", 6, seed=5)
     ids = make_windows(tokenizer, "wikitext2", n=2, seq_len=24)

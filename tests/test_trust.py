@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from simdiff_core import make_windows
-from simdiff_core.errors import SimDiffError
-from simdiff_core.export import build_pruned
-from simdiff_core.merge import group_for, merged_model
+from simdiff_core.common.errors import SimDiffError
 from simdiff_core.methods import run_method
-from simdiff_core.plan import Plan
+from simdiff_core.pruning.build import build_pruned
+from simdiff_core.pruning.merge import group_for, merged_model
+from simdiff_core.pruning.plan import Plan
 
 
 @pytest.fixture
@@ -85,7 +85,7 @@ def test_gguf_cache_written_by_a_bf16_load_serves_exact_float32(embedded_lm, tmp
     from safetensors import safe_open
 
     from simdiff_core import load_model
-    from simdiff_core.load import _gguf_cache_dir
+    from simdiff_core.models.gguf import _gguf_cache_dir
 
     monkeypatch.setenv("SIMDIFF_CACHE", str(tmp_path))
     half = load_model("default", device="cpu", dtype="bfloat16")
@@ -109,7 +109,7 @@ def test_gguf_cache_written_by_a_bf16_load_serves_exact_float32(embedded_lm, tmp
 def _tie_scores(L=12):
     """Per-block stats where robust z-scores of BI clip: blocks 1, 2 and 7 are far below the median,
     so all three normalise to 0 (a tie); cosine ranks them 7 (most redundant), 2, 1."""
-    from simdiff_core.score import Scores
+    from simdiff_core.analysis.score import Scores
 
     bi = [0.5, 0.004, 0.002, 0.30, 0.31, 0.32, 0.29, 0.001, 0.305, 0.295, 0.315, 0.6][:L]
     layers = [{"index": i, "cosine": 1.0 - b, "bi": b, "mssd": 1.0 + ((i * 7) % L), "masd": 1.0 + ((i * 3) % L),
@@ -119,8 +119,8 @@ def _tie_scores(L=12):
 
 @pytest.mark.parametrize("norm", ["rank", "robust"])
 def test_alpha_one_plan_is_the_cosine_plan_on_ties(norm):
-    from simdiff_core.metrics import normalise
-    from simdiff_core.plan import make_plan
+    from simdiff_core.analysis.metrics import normalise
+    from simdiff_core.pruning.plan import make_plan
 
     scores = _tie_scores()
     if norm == "robust":  # the constructed case really ties
@@ -134,7 +134,7 @@ def test_alpha_one_plan_is_the_cosine_plan_on_ties(norm):
 
 @pytest.mark.parametrize("norm", ["rank", "robust"])
 def test_alpha_one_plan_is_the_cosine_plan_on_the_embedded_model(embedded_scores, norm):
-    from simdiff_core.plan import make_plan
+    from simdiff_core.pruning.plan import make_plan
 
     for k in range(1, embedded_scores.num_layers - 2):
         cos = make_plan(embedded_scores, "cosine", num=k).removed_layers
@@ -143,8 +143,8 @@ def test_alpha_one_plan_is_the_cosine_plan_on_the_embedded_model(embedded_scores
 
 def test_auto_alpha_never_worse_than_cosine_with_robust_ties(tiny, ids):
     from simdiff_core import perplexity, pruned_model
-    from simdiff_core.alpha import auto_alpha, trials_best
-    from simdiff_core.plan import make_plan
+    from simdiff_core.methods.alpha import auto_alpha, trials_best
+    from simdiff_core.pruning.plan import make_plan
 
     lm = tiny("llama", 12, seed=4)
     scores = _tie_scores()
@@ -161,7 +161,7 @@ def test_first_token_option_matches_direct_computation(tiny, tokenizer, first_to
     import torch.nn.functional as F
 
     from simdiff_core import score_model
-    from simdiff_core.score import protocol
+    from simdiff_core.analysis.score import protocol
 
     lm = tiny("llama", 4)
     ids = make_windows(tokenizer, "wikitext2", n=3, seq_len=20)
@@ -180,7 +180,7 @@ def test_first_token_option_matches_direct_computation(tiny, tokenizer, first_to
     line = protocol(scores.calibration)
     assert f"position 0 / BOS {word}" in line and "heatmaps on a subsample of positions 1..S-1" in line
     if not first_token:  # the HTML report states it too
-        from simdiff_core.report import build_report_html
+        from simdiff_core.export.report import build_report_html
 
         assert f"position 0 / BOS {word}" in build_report_html(scores)[0]
 
@@ -188,8 +188,8 @@ def test_first_token_option_matches_direct_computation(tiny, tokenizer, first_to
 # ------------------------------------------------------------------ item 8b: compare evaluates held-out text
 def test_compare_without_eval_ids_measures_held_out_test_windows(tiny, ids):
     from simdiff_core import perplexity, pruned_model
-    from simdiff_core.compare import DEFAULT_EVAL_SEQ_LEN, DEFAULT_EVAL_WINDOWS, parse_specs, run_compare
-    from simdiff_core.data import load_text
+    from simdiff_core.data.text import load_text
+    from simdiff_core.methods.compare import DEFAULT_EVAL_SEQ_LEN, DEFAULT_EVAL_WINDOWS, parse_specs, run_compare
 
     lm = tiny("llama", 4, seed=0)
     res = run_compare(lm, ids, parse_specs("oneshot:cosine"), num=1)
@@ -209,7 +209,7 @@ def test_compare_without_eval_ids_measures_held_out_test_windows(tiny, ids):
 def test_chunked_tokenisation_equals_whole_text_in_memory_and_from_file(tokenizer, tmp_path):
     import random
 
-    from simdiff_core.data import _CHUNK_CHARS, iter_tokens, load_text, text_source
+    from simdiff_core.data.text import _CHUNK_CHARS, iter_tokens, load_text, text_source
 
     rng = random.Random(0)
     words = ["layer", "pruning", "redundant", "transformer", "blocks", "cosine", "similarity", "3.14", "(MSSD)"]
@@ -237,7 +237,7 @@ def test_export_force_restores_the_previous_export_when_the_final_rename_fails(t
     import errno
     import os
 
-    from simdiff_core import export as export_mod
+    from simdiff_core.export import checkpoint as export_mod
 
     lm = tiny("llama", 4)
     out = tmp_path / "model"
@@ -265,7 +265,7 @@ def test_export_force_restores_the_previous_export_when_the_final_rename_fails(t
 
 # ------------------------------------------------------------------ item 8e: damage memory counts the logits
 def test_damage_memory_estimate_counts_the_cache_and_the_logits(tiny, tokenizer):
-    from simdiff_core.damage import measure_damage
+    from simdiff_core.evaluation.damage import measure_damage
 
     lm = tiny("llama", 4)
     ids = make_windows(tokenizer, "wikitext2", n=2, seq_len=16)

@@ -17,7 +17,7 @@ CODE = r"""
 import json, sys
 sys.path.insert(0, {root!r})
 import torch
-from simdiff_core.load import prewarm
+from simdiff_core.models.load import prewarm
 before = set(sys.modules)
 steps = prewarm("default")
 bad = [prewarm(s) for s in ("no/such-model-anywhere", "/no/such/dir", None)]

@@ -22,9 +22,9 @@ def _naive_ppl(model, ids) -> float:
 
 
 def test_evaluate_plan_matches_a_naive_loop_and_reuses_the_dense_number(tiny):
-    from simdiff_core.evaluate import eval_windows
-    from simdiff_core.plan import Plan
-    from simdiff_core.prune import pruned_model
+    from simdiff_core.evaluation.evaluate import eval_windows
+    from simdiff_core.pruning.plan import Plan
+    from simdiff_core.pruning.prune import pruned_model
     from simdiff_core.workflows import evaluate_plan
 
     lm = tiny("llama", 5, seed=4)
@@ -42,7 +42,7 @@ def test_evaluate_plan_matches_a_naive_loop_and_reuses_the_dense_number(tiny):
 
 def test_choose_alpha_is_auto_alpha_with_its_best_trial(tiny, calib_ids):
     from simdiff_core import score_model
-    from simdiff_core.alpha import AUTO_BETAS, auto_alpha, trials_best
+    from simdiff_core.methods.alpha import AUTO_BETAS, auto_alpha, trials_best
     from simdiff_core.workflows import choose_alpha
 
     lm = tiny("llama", 6, seed=2)
@@ -66,11 +66,11 @@ def _env(monkeypatch, **kv):
 
 def test_one_hub_reachable_says_offline_when_offline(monkeypatch):
     """One function for models, datasets and lm-eval; offline mode means unreachable, without a try."""
-    import simdiff_core.data
-    import simdiff_core.downstream
-    from simdiff_core.load import hub_reachable
+    import simdiff_core.data.text
+    import simdiff_core.evaluation.downstream
+    from simdiff_core.models.sources import hub_reachable
 
-    assert not hasattr(simdiff_core.downstream, "hub_reachable") or simdiff_core.downstream.hub_reachable is hub_reachable
+    assert not hasattr(simdiff_core.evaluation.downstream, "hub_reachable") or simdiff_core.evaluation.downstream.hub_reachable is hub_reachable
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(1)
@@ -91,9 +91,9 @@ def test_one_hub_reachable_says_offline_when_offline(monkeypatch):
 
 
 def test_one_batch_rule_for_scoring_streaming_and_damage():
-    import simdiff_core.damage as damage
-    import simdiff_core.streaming as streaming
-    from simdiff_core.score import auto_batch_size
+    import simdiff_core.evaluation.damage as damage
+    import simdiff_core.analysis.streaming as streaming
+    from simdiff_core.analysis.score import auto_batch_size
 
     assert streaming.auto_batch_size is auto_batch_size and damage.auto_batch_size is auto_batch_size
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
@@ -105,8 +105,8 @@ def test_one_batch_rule_for_scoring_streaming_and_damage():
 
 
 def test_one_figures_module_for_app_report_and_cli(embedded_scores):
-    from simdiff_core import figures
-    from simdiff_core.report import build_report_html
+    from simdiff_core.export import figures
+    from simdiff_core.export.report import build_report_html
     from ui import charts
 
     for name in ("layer_curves", "heatmap", "overlap_matrix", "importance_bars", "plot_config"):

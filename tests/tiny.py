@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-# Same order and names as the README list and simdiff_core.load.SUPPORTED_FAMILIES.
+# Same order and names as the README list and simdiff_core.models.blocks.SUPPORTED_FAMILIES.
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "phi3", "olmo", "granite",
             "gpt2", "gpt-neox", "opt")
 # The first families the suite was written for; older per-family tests keep to these.
@@ -75,6 +75,6 @@ def tiny_model(family: str, num_layers: int = 6, seed: int = 0, vocab_size: int 
 
 
 def tiny_lm(family: str, tokenizer, num_layers: int = 6, seed: int = 0):
-    from simdiff_core.load import wrap_model
+    from simdiff_core.models.load import wrap_model
 
     return wrap_model(tiny_model(family, num_layers, seed), tokenizer, source=f"tiny-{family}")

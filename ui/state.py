@@ -36,7 +36,7 @@ from pathlib import Path
 import streamlit as st
 
 from simdiff_core import SimDiffError, load_model
-from simdiff_core.plan import make_plan
+from simdiff_core.pruning.plan import make_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 # The navigation of app.py: section -> (key, page file, title, icon). PAGES maps a key to its file.
@@ -117,10 +117,10 @@ def setup_page(title: str, icon: str = "assets/favicon.png") -> None:
 @st.cache_resource(show_spinner=False)
 def prewarm_once():
     """Once per server process, in a background thread: the imports and page-cache reads that would
-    otherwise sit between the first Load click and the first forward (``simdiff_core.load.prewarm``)."""
+    otherwise sit between the first Load click and the first forward (``simdiff_core.models.load.prewarm``)."""
     import threading
 
-    from simdiff_core.load import prewarm
+    from simdiff_core.models.load import prewarm
 
     def run():
         try:

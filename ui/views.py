@@ -34,7 +34,7 @@ def show_error(e: BaseException) -> None:
 
 def device_summary(device: str = "auto", dtype: str = "auto") -> str:
     """What ``auto`` resolves to here, with the GPU name and memory when there is one."""
-    from simdiff_core.load import pick_device, pick_dtype
+    from simdiff_core.models.device import pick_device, pick_dtype
 
     try:
         dev = pick_device(device)
@@ -100,8 +100,8 @@ def estimate_cost(lm, removed) -> dict:
     Per-token FLOPs are ~2 x (block weights + LM head weights); embeddings are a lookup. The head
     counts even when tied to the embeddings, since the logits matmul runs anyway.
     """
-    from simdiff_core.load import count_parameters
-    from simdiff_core.prune import block_parameter_count
+    from simdiff_core.models.blocks import count_parameters
+    from simdiff_core.pruning.prune import block_parameter_count
 
     per_block = block_parameter_count(lm)
     total = count_parameters(lm.model)
@@ -154,7 +154,7 @@ def figure_png(fig) -> bytes:
     """PNG of a plotly figure (object or dict) via kaleido, rendered only when the button is clicked."""
     import plotly.graph_objects as go
 
-    from simdiff_core.report import figure_bytes
+    from simdiff_core.export.report import figure_bytes
 
     return figure_bytes(go.Figure(fig) if isinstance(fig, dict) else fig, "png")
 

@@ -27,8 +27,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..errors import Cancelled, SimDiffError
-from ..plan import Plan, candidates, num_from_ratio
+from ..common.errors import Cancelled, SimDiffError
+from ..pruning.plan import Plan, candidates, num_from_ratio
 
 METHODS = {
     "oneshot": "one-shot ranking by a criterion (score once)",
@@ -75,7 +75,7 @@ class Context:
 
     def get_scores(self):
         if self.scores is None:
-            from ..score import score_model
+            from ..analysis.score import score_model
 
             self.scores = score_model(self.lm, self.calib_ids, should_stop=self.should_stop,
                                       calibration=self.calibration)
@@ -84,7 +84,7 @@ class Context:
     def get_evaluator(self):
         """The prefix-cached evaluator of removal sets on ``calib_ids`` (one per context or shared)."""
         if self.evaluator is None:
-            from ..evaluator import PrefixEvaluator
+            from ..evaluation.evaluator import PrefixEvaluator
 
             self.evaluator = PrefixEvaluator(self.lm, self.calib_ids, should_stop=self.should_stop)
         return self.evaluator

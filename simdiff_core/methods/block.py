@@ -8,7 +8,7 @@ records both the half-open range ``[start, end)`` and the explicit list of remov
 
 from __future__ import annotations
 
-from ..errors import SimDiffError
+from ..common.errors import SimDiffError
 
 
 def run(ctx):

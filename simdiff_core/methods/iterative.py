@@ -7,10 +7,10 @@ Step 1 equals the one-shot choice (the dense scores are reused when given).
 
 from __future__ import annotations
 
-from ..load import LoadedModel
-from ..plan import cosine_tiebreak, select_lowest
-from ..prune import pruned_model
-from ..score import score_model
+from ..analysis.score import score_model
+from ..models.load import LoadedModel
+from ..pruning.plan import cosine_tiebreak, select_lowest
+from ..pruning.prune import pruned_model
 
 
 def run(ctx, criterion: str = "simdiff", alpha: float = 0.5, matrix_tokens: int = 16, beta: float = 0.5, norm: str = "rank",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..plan import make_plan
+from ..pruning.plan import make_plan
 
 
 def run(ctx, criterion: str = "simdiff", alpha: float = 0.5, beta: float = 0.5, norm: str = "rank",

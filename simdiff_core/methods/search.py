@@ -29,10 +29,10 @@ import math
 import random
 import time
 
-from ..errors import SimDiffError
-from ..objectives import make_objective
-from ..plan import cosine_tiebreak, select_lowest
-from ..prune import pruned_model
+from ..common.errors import SimDiffError
+from ..evaluation.objectives import make_objective
+from ..pruning.plan import cosine_tiebreak, select_lowest
+from ..pruning.prune import pruned_model
 
 ALGORITHMS = {
     "greedy": "sequential removal, cheapest block each step (SLEB)",

@@ -24,9 +24,9 @@ import copy
 
 import torch
 
-from ..errors import SimDiffError
-from ..merge import DEFAULT_BASE, group_for, merge_block_params, merged_model
-from ..score import _forward_base
+from ..analysis.score import _forward_base
+from ..common.errors import SimDiffError
+from ..pruning.merge import DEFAULT_BASE, group_for, merge_block_params, merged_model
 
 
 @torch.inference_mode()

@@ -1,0 +1,261 @@
+"""The core subcommands: ``score``, ``plan``, ``prune``, ``ppl`` (registered first, so ``--help`` lists them first).
+
+    python -m simdiff_core score --model default --out scores.json
+    python -m simdiff_core plan  --scores scores.json --criterion simdiff --ratio 0.25 --out plan.json
+    python -m simdiff_core prune --model default --plan plan.json --out pruned/ --zip
+    python -m simdiff_core ppl   --model pruned/ --json
+
+Each command is a thin wrapper over the library functions the app uses too; shared flags come from
+``cli.common``. Cost: the import of argparse only; the library is imported inside each command.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from ..common.errors import SimDiffError
+from .common import (add_calib_args, add_model_args, add_ratio_args, add_stream_args, calib_from_args, load_from_args,
+                     parse_alpha, print_result, progress_line, progress_printer)
+
+
+def _stream_tokenizer(args):
+    """--stream: the model directory to stream and a stand-in 'lm' carrying only its tokenizer."""
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    from ..models.streaming import resolve_stream_dir
+
+    where = resolve_stream_dir(args.model)
+    try:
+        tok = AutoTokenizer.from_pretrained(str(where))
+    except (OSError, ValueError) as e:
+        raise SimDiffError(f"no usable tokenizer in '{where}': {str(e).splitlines()[0][:200]}") from None
+    progress_line(f"streaming {where} one block at a time"
+                  + (f" (memory budget {args.memory_budget_mb} MB)" if args.memory_budget_mb else ""), end=True)
+    return where, SimpleNamespace(tokenizer=tok)
+
+
+def cmd_score(args) -> int:
+    from ..analysis.score import protocol
+
+    if getattr(args, "stream", False) and args.exclude_first_token:
+        raise SimDiffError("--exclude-first-token is not available with --stream (streamed scores include position 0)")
+    if getattr(args, "stream", False):
+        from ..analysis.streaming import stream_score
+
+        where, lm = _stream_tokenizer(args)
+        ids, calib = calib_from_args(args, lm)
+        scores = stream_score(where, ids, memory_budget_mb=args.memory_budget_mb, device=args.device,
+                              dtype=args.dtype, batch_size=args.batch_size, matrix_tokens=args.matrix_tokens,
+                              progress=progress_printer("score"), calibration=calib, source=args.model)
+        scores.save(args.out)
+        print_result({"out": args.out, "num_layers": scores.num_layers, "seconds": scores.meta["seconds"],
+                      "stream": scores.meta["stream"], "protocol": protocol(scores.calibration)})
+        return 0
+    from ..workflows import calibrate
+
+    lm = load_from_args(args)
+    scores, _, _ = calibrate(lm, args.calib, args.samples, args.seq_len, batch_size=args.batch_size,
+                             matrix_tokens=args.matrix_tokens, progress=progress_printer("score"),
+                             first_token=not args.exclude_first_token)
+    scores.save(args.out)
+    print_result({"out": args.out, "num_layers": scores.num_layers, "seconds": scores.meta["seconds"],
+                  "protocol": protocol(scores.calibration)})
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from ..analysis.score import Scores
+    from ..pruning.plan import make_plan
+
+    if args.stability and (args.stability < 2 or (args.method not in (None, "oneshot"))):
+        raise SimDiffError("--stability needs N >= 2 resamples and a one-shot plan from --scores")
+    if args.method is not None and (args.method != "oneshot" or args.scores is None):
+        if args.model is None:
+            raise SimDiffError(f"--method {args.method} runs the model: give --model too")
+        from .methods import method_plan
+
+        plan = method_plan(args)
+        plan.save(args.out)
+        print_result({"out": args.out, "method": plan.method, "removed_layers": plan.removed_layers,
+                      "kept_layers": plan.kept_layers, "merged_groups": plan.merged_groups,
+                      "seconds": plan.details.get("seconds")})
+        return 0
+    if args.scores is None:
+        raise SimDiffError("plan needs --scores scores.json (or --model with --method; see --help)")
+    scores = Scores.load(args.scores)
+    alpha = parse_alpha(args.alpha)
+    fusion = {"norm": args.norm, "scale_free": not args.raw, "beta": 0.5 if args.beta is None else args.beta}
+    choice = None
+    if alpha == "auto":
+        if args.criterion != "simdiff":
+            raise SimDiffError("--alpha auto only applies to --criterion simdiff")
+        if args.model is None:
+            raise SimDiffError("--alpha auto evaluates candidate prunings: give --model too")
+        from ..workflows import choose_alpha
+
+        lm = load_from_args(args)
+        if lm.num_layers != scores.num_layers:
+            raise SimDiffError(f"scores are for {scores.num_layers} blocks but the model has {lm.num_layers}")
+        ids, _ = calib_from_args(args, lm)
+        # With --beta left unset, auto also tries an all-MSSD and an all-MASD difference view.
+        choice = choose_alpha(lm, scores, ids, ratio=args.ratio, num=args.num, keep_first=args.keep_first,
+                              keep_last=args.keep_last, tune_beta=args.beta is None, beta=fusion.pop("beta"),
+                              progress=progress_printer("alpha"), **fusion)
+        alpha, fusion["beta"] = choice.alpha, choice.beta
+    plan = make_plan(scores, args.criterion, ratio=args.ratio, num=args.num, alpha=alpha,
+                     keep_first=args.keep_first, keep_last=args.keep_last, **fusion)
+    if choice is not None:
+        plan.details["auto_alpha"] = choice.record()
+    result = {"out": args.out, "removed_layers": plan.removed_layers, "kept_layers": plan.kept_layers,
+              "alpha": plan.alpha}
+    if args.stability:
+        from ..pruning.stability import plan_stability
+
+        stab = plan_stability(scores, args.criterion, num=plan.num_removed, alpha=plan.alpha,
+                              keep_first=args.keep_first, keep_last=args.keep_last, n_boot=args.stability,
+                              seed=args.seed, **fusion)
+        plan.details["stability"] = stab.to_dict()
+        result["stability"] = {"frequency": {str(i): round(f, 4) for i, f in enumerate(stab.frequency) if f > 0},
+                               "unstable": stab.unstable, "stable": stab.stable, "resamples": stab.n_boot,
+                               "seed": stab.seed}
+        for i, f in enumerate(stab.frequency):
+            if f > 0:
+                print(f"block {i:3d}: removed in {100 * f:5.1f}% of {stab.n_boot} resamples"
+                      f"{'  (in plan)' if i in plan.removed_layers else ''}", file=sys.stderr)
+        if not stab.stable:
+            print(f"warning: unstable plan: blocks {stab.unstable} are removed in fewer than "
+                  f"{100 * stab.threshold:.0f}% of the resamples", file=sys.stderr)
+    plan.save(args.out)
+    print_result(result)
+    return 0
+
+
+def cmd_prune(args) -> int:
+    from ..analysis.score import Scores
+    from ..models.device import pick_dtype
+    from ..pruning.plan import Plan
+    from ..workflows import evaluate_plan, export_and_record
+
+    plan = Plan.load(args.plan)
+    out = os.path.abspath(args.out)
+    if os.path.exists(out) and not args.force:
+        raise SimDiffError(f"'{args.out}' already exists; use --force to replace it")
+    scores = Scores.load(args.scores) if args.scores else None
+    lm = load_from_args(args)
+    plan.validate(lm.num_layers)
+    evaluation = None
+    if args.eval_windows > 0:
+        evaluation = evaluate_plan(lm, plan, args.eval_windows, args.eval_seq_len, text=args.text,
+                                   progress=progress_printer("ppl dense/pruned"))
+    dtype = pick_dtype(args.out_dtype) if args.out_dtype else None
+    path, report = export_and_record(lm, plan, out, evaluation=evaluation, scores=scores, force=args.force,
+                                     make_zip=args.zip, dtype=dtype)
+    result = {"out": str(path), "num_layers": len(plan.kept_layers), **report.to_dict().get("evaluation", {})}
+    if args.zip:
+        result["zip"] = str(path.with_suffix(".zip"))
+    print_result(result)
+    return 0
+
+
+def cmd_ppl(args) -> int:
+    from ..evaluation.evaluate import eval_windows, perplexity, protocol_note
+    from ..pruning.build import build_pruned
+    from ..pruning.plan import Plan
+
+    if getattr(args, "stream", False):
+        from ..evaluation.streaming import stream_perplexity
+
+        if args.plan:
+            raise SimDiffError("--stream measures the model as saved; export the pruned model first (prune) "
+                               "and stream that directory")
+        where, lm = _stream_tokenizer(args)
+        ids = eval_windows(lm.tokenizer, args.text, args.seq_len, args.windows)
+        res = stream_perplexity(where, ids, memory_budget_mb=args.memory_budget_mb, device=args.device,
+                                dtype=args.dtype, batch_size=args.batch_size or 2, progress=progress_printer("ppl"))
+        res["protocol"] = protocol_note(lm.tokenizer, args.text, args.seq_len, args.windows)
+        if args.json:
+            print_result(res)
+        else:
+            print(f"ppl {res['ppl']:.3f} over {res['tokens']} tokens ({res['protocol']}; streamed, "
+                  f"peak weights {res['stream']['peak_weights_mb']:.1f} MB)")
+        return 0
+    lm = load_from_args(args)
+    model = lm.model
+    if args.plan:
+        model = build_pruned(lm, Plan.load(args.plan))
+    ids = eval_windows(lm.tokenizer, args.text, args.seq_len, args.windows)
+    res = perplexity(model, ids, batch_size=args.batch_size or 2, device=lm.device, progress=progress_printer("ppl"))
+    res["protocol"] = protocol_note(lm.tokenizer, args.text, args.seq_len, args.windows)
+    if args.json:
+        print_result(res)
+    else:
+        print(f"ppl {res['ppl']:.3f} over {res['tokens']} tokens ({res['protocol']})")
+    return 0
+
+
+def register(sub) -> None:
+    s = sub.add_parser("score", help="score every block on calibration text (one streaming pass)",
+                       description="Score every decoder block (cosine, BI, angular, MSSD, MASD, SimDiff) and the cross-layer matrices.")
+    add_model_args(s)
+    add_calib_args(s)
+    s.add_argument("--matrix-tokens", type=int, default=256, help="token subsample for the cosine/CKA heatmaps")
+    s.add_argument("--exclude-first-token", action="store_true",
+                   help="leave position 0 (BOS, massive activation) out of the per-block metrics (default: "
+                        "included, as ShortGPT's BI; the heatmaps always use positions 1..S-1)")
+    s.add_argument("--out", required=True, help="scores.json to write")
+    add_stream_args(s)
+    s.set_defaults(func=cmd_score)
+
+    s = sub.add_parser("plan", help="choose blocks to remove (from scores, or by a method on a model)",
+                       description="One-shot plan from --scores by a criterion, or --model with --method "
+                                   "(oneshot, iterative, greedy, block, slm, search).")
+    from .methods import add_method_args
+
+    add_method_args(s)
+    s.add_argument("--scores", help="scores.json from 'score'")
+    s.add_argument("--criterion", default="simdiff", help="simdiff, cosine, bi, angular, mssd, masd, mssd_rel, masd_rel")
+    s.add_argument("--alpha", default="0.5", help="SimDiff similarity weight in [0, 1], or 'auto' (needs --model)")
+    s.add_argument("--beta", type=float, default=None,
+                   help="SimDiff MSSD share of the difference view (default 0.5; with --alpha auto and no --beta, "
+                        "beta is tuned over 0, 0.5, 1 too)")
+    s.add_argument("--norm", default="rank", choices=["rank", "robust"], help="SimDiff per-signal normalisation")
+    s.add_argument("--raw", action="store_true", help="fuse raw MSSD/MASD instead of the scale-free variants")
+    s.add_argument("--stability", type=int, default=0, metavar="N",
+                   help="also report how often each block is removed when the plan is made from N bootstrap "
+                        "resamples of the calibration windows (needs scores with per-window statistics)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the --stability resampling (default 0)")
+    add_ratio_args(s)
+    add_model_args(s, required=False)
+    s.set_defaults(model=None)
+    add_calib_args(s)
+    s.add_argument("--out", required=True, help="plan.json to write")
+    s.set_defaults(func=cmd_plan)
+
+    s = sub.add_parser("prune", help="export a pruned checkpoint from a plan",
+                       description="Apply a plan and export a checkpoint loadable by plain transformers (atomic write).")
+    add_model_args(s)
+    s.add_argument("--plan", required=True, help="plan.json")
+    s.add_argument("--out", required=True, help="output directory")
+    s.add_argument("--force", action="store_true", help="replace an existing output directory")
+    s.add_argument("--zip", action="store_true", help="also write OUT.zip for download")
+    s.add_argument("--scores", help="include this scores.json in the report")
+    s.add_argument("--out-dtype", default=None, help="dtype of the exported weights (default: as loaded)")
+    s.add_argument("--text", default="wikitext2", help="perplexity text for the report (default: WikiText-2 test)")
+    s.add_argument("--eval-windows", type=int, default=8, help="perplexity windows for the report (0 = skip)")
+    s.add_argument("--eval-seq-len", type=int, default=512, help="perplexity window length for the report")
+    s.set_defaults(func=cmd_prune)
+
+    s = sub.add_parser("ppl", help="perplexity of a model (optionally with a plan applied)",
+                       description="Perplexity on non-overlapping windows (default: WikiText-2 test, 16 x 512 tokens).")
+    add_model_args(s)
+    s.add_argument("--text", default="wikitext2", help="wikitext2 (test split), a file path, text:RAW, hf:DATASET/SPLIT")
+    s.add_argument("--seq-len", type=int, default=512, help="tokens per window (default 512)")
+    s.add_argument("--windows", type=int, default=16, help="number of windows (default 16)")
+    s.add_argument("--batch-size", type=int, default=None)
+    s.add_argument("--plan", help="apply this plan (prune in memory) before measuring")
+    s.add_argument("--json", action="store_true", help='print {"ppl": ..., "tokens": ...} as the last line')
+    add_stream_args(s)
+    s.set_defaults(func=cmd_ppl)

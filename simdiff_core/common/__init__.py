@@ -1,0 +1,3 @@
+"""Below every stage: errors (SimDiffError, Cancelled), atomic file writes, typed JSON records. Imports
+nothing from the stages.
+"""

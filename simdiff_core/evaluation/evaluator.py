@@ -1,0 +1,352 @@
+"""One evaluator of pruned variants of a model, shared by every method that compares candidates.
+
+    from simdiff_core.evaluation.evaluator import PrefixEvaluator
+    ev = PrefixEvaluator(lm, calib_ids)                 # one dense pass per batch: inputs + kwargs of every block
+    ev.losses([(), (3,), (3, 7), (4, 7)])               # mean NLL per predicted token of each removal set
+    ev.ppl((3, 7))                                      # exp(loss), as evaluate.perplexity reports it
+    ev.dense_loss                                       # the unpruned model's loss
+
+What. The calibration loss (mean NLL of tokens 1..S-1 of every window, float32 cross-entropy,
+exactly ``evaluate.perplexity``'s definition) of the model with a set of blocks removed — or, more
+generally, of a *layout*: for every block position either the original block, a replacement module
+(e.g. a merged block, see ``methods/slm.py``) or ``None`` (skipped). Greedy/SLEB, beam, local and
+evolutionary search, auto alpha, leave-one-out damage and SLM's similarity all evaluate through it.
+
+Why it is cheaper. Two layouts that agree on blocks 0..i-1 give the same hidden state entering
+position i. The evaluator keeps, per batch of windows, the hidden states entering every position
+under the last layout it evaluated (the "path"); a new layout that first differs from it at position
+i starts from that cached state and runs only positions i..L-1, the final norm and the LM head.
+``losses(layouts)`` sorts its layouts lexicographically by membership (kept before skipped), so a
+greedy step's candidates, auto alpha's plans or damage's single removals share their prefixes
+(depth-first order of the prefix trie), and processes the windows one batch at a time. Blocks are
+called directly with the positional and keyword arguments the model passed them in one recorded
+dense forward per batch (per block: sliding-window families give local and global layers different
+masks and rotary tables), so no hooks are active while candidates run. The LM head runs in chunks of
+rows whose float32 logits stay under ``head_chunk_bytes``, never the whole (B, S, V) tensor, and
+without the last position of each window (it predicts nothing). The model's own logit
+post-processing is applied (Gemma2/3 final soft-capping, Granite ``logits_scaling``, Cohere
+``logit_scale``, OPT's ``project_out``); the construction checks the cached tail against the
+model's own logits on the first batch and refuses (SimDiffError) a model whose logits it does not
+reproduce, instead of returning silently different numbers.
+
+Cost. Per batch, construction runs one dense forward (the model returns logits for only
+``CHECK_ROWS`` positions; the dense loss comes from the chunked tail). A layout first differing from the cached path
+at position i costs the kept blocks among i..L-1 plus the head; ``stats`` counts block calls.
+
+Memory bound. Per batch: its token ids, its recorded kwargs (shared tensors: rotary tables, masks)
+and the hidden state entering block 0. Paths (L+1 hidden states of (B, S, H) each, about
+(L+1) * B * S * H * itemsize bytes per batch: 30 blocks, 4 x 256 tokens, H=576, fp32 = 73 MB) are
+kept across calls for as many batches as fit in ``cache_bytes`` (default 256 MiB); the other
+batches recompute their path from block 0 on each call (one working path at a time). Peak extra
+memory is therefore <= cache_bytes + one path + one head chunk (``head_chunk_bytes``, default
+32 MiB of float32 logits) + the kwargs — bounded by the batch size, not the number of windows or
+candidates. No model or weight copies are made.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..analysis.hooks import block_io, hook_pass
+from ..common.errors import Cancelled, SimDiffError
+from ..models.blocks import get_attr_path, text_config
+from ..analysis.score import auto_batch_size  # the one batch rule (re-exported: damage imports it from here)
+
+FINAL_NORM_NAMES = ("norm", "final_layernorm", "final_layer_norm", "ln_f", "final_norm")
+DEFAULT_CACHE_BYTES = 256 * 2 ** 20
+DEFAULT_HEAD_CHUNK_BYTES = 32 * 2 ** 20
+Progress = Callable[[float, str], None]
+CHECK_ROWS = 8  # positions whose logits the dense pass asks the model for (the tail check)
+
+
+def head_chunk_rows(vocab: int, head_chunk_bytes: int = DEFAULT_HEAD_CHUNK_BYTES) -> int:
+    """Rows of the LM head computed at once: their float32 logits stay under ``head_chunk_bytes``."""
+    return max(1, int(head_chunk_bytes) // (4 * max(1, int(vocab))))
+
+
+def tail_modules(lm):
+    """(final norm, projection after the norm or None, LM head, post-processing fn) of a LoadedModel."""
+    model = lm.model
+    owner_path = lm.block_path.rsplit(".", 1)[0] if "." in lm.block_path else ""
+    owner = get_attr_path(model, owner_path) if owner_path else model
+    norm = None
+    for name in FINAL_NORM_NAMES:
+        m = getattr(owner, name, None)
+        if isinstance(m, nn.Module):
+            norm = m
+            break
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None:
+        raise SimDiffError(f"{lm.name}: no LM head found (get_output_embeddings() is None); the loss needs logits")
+    if norm is None:
+        raise SimDiffError(f"{lm.name}: no final norm found on '{owner_path or 'model'}' "
+                           f"(looked for {', '.join(FINAL_NORM_NAMES)})")
+    proj = getattr(owner, "project_out", None)  # OPT: hidden -> word_embed_proj_dim after the final norm
+    proj = proj if isinstance(proj, nn.Module) else None
+    cfg = text_config(model.config)
+    cap = getattr(cfg, "final_logit_softcapping", None)
+    scaling = getattr(cfg, "logits_scaling", None)      # Granite: logits / logits_scaling
+    scale = getattr(cfg, "logit_scale", None)           # Cohere: logits * logit_scale
+
+    def post(logits: torch.Tensor) -> torch.Tensor:
+        if scale is not None:
+            logits = logits * scale
+        if scaling is not None:
+            logits = logits / scaling
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    return norm, proj, head, post
+
+
+class PrefixEvaluator:
+    """Calibration loss of layouts of ``lm`` from cached block inputs (see the module docstring).
+
+    A layout is a removal set (iterable of block indices) or a tuple of length L whose entries are
+    a module (the block, or a replacement) or None (position skipped). ``should_stop()`` is polled
+    between candidates and raises ``Cancelled``.
+    """
+
+    def __init__(self, lm, input_ids: torch.Tensor, batch_size: int | None = None,
+                 cache_bytes: int = DEFAULT_CACHE_BYTES, head_chunk_bytes: int = DEFAULT_HEAD_CHUNK_BYTES,
+                 should_stop: Callable[[], bool] | None = None, check_logits: bool = True):
+        if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.shape[0] == 0 \
+                or input_ids.shape[1] < 2:
+            raise SimDiffError("calibration input must be a non-empty (N, S) tensor of token ids with S >= 2")
+        self.lm = lm
+        self.blocks = list(lm.blocks)
+        self.L = len(self.blocks)
+        self.norm, self.proj, self.head, self.post = tail_modules(lm)
+        self.should_stop = should_stop
+        N, S = input_ids.shape
+        # the scoring rule at half the tokens: this pass caches every block's input (see score.auto_batch_size)
+        self.bs = max(1, int(batch_size or auto_batch_size(lm.device, S, share=0.5)))
+        self.tokens = N * (S - 1)
+        self.shape = (N, S)
+        self.head_chunk_bytes = int(head_chunk_bytes)
+        self.stats = {"block_calls": 0, "head_rows": 0, "layouts": 0}
+        self._memo: dict[tuple, float] = {}
+        self._batches: list[dict] = []
+        hidden = None
+        dense_nll = 0.0
+        with torch.inference_mode():
+            for b, start in enumerate(range(0, N, self.bs)):
+                if should_stop is not None and should_stop():
+                    raise Cancelled()
+                ids = input_ids[start:start + self.bs].to(lm.device)
+                calls, states, logits = self._capture(ids)
+                if check_logits and b == 0:
+                    self._check_tail(states[-1], logits)
+                del logits
+                dense_nll += self._nll_sum(states[-1], ids)
+                hidden = states[0].shape[-1]
+                self._batches.append({"ids": ids, "calls": calls, "x0": states[0],
+                                      "path": (self._dense_key(), tuple(self.blocks), states)})
+        self.dense_loss = dense_nll / self.tokens
+        self._memo[self._dense_key()] = self.dense_loss
+        itemsize = torch.finfo(lm.dtype).bits // 8 if lm.dtype.is_floating_point else 4
+        self.path_bytes = (self.L + 1) * min(self.bs, N) * S * int(hidden) * itemsize
+        self.persistent = max(0, min(len(self._batches), int(cache_bytes) // max(1, self.path_bytes)))
+        for bt in self._batches[self.persistent:]:
+            bt["path"] = None  # recomputed from x0 on every call (memory bound)
+
+    # ----------------------------------------------------------------- capture
+    def _dense_key(self) -> tuple:
+        return tuple(id(b) for b in self.blocks)
+
+    def _capture(self, ids):
+        """One dense forward: every block's call arguments and input, and the model's logits."""
+        L = self.L
+        states: list[torch.Tensor | None] = [None] * (L + 1)
+        calls: list[tuple | None] = [None] * L
+        index = {blk: i for i, blk in enumerate(self.blocks)}
+        if len(index) != L:
+            raise SimDiffError(f"{self.lm.name}: the same block object appears twice in the block list")
+
+        def pre(module, args, kwargs):
+            i = index[module]
+            kw = dict(kwargs)
+            positional = bool(args)
+            if not positional:
+                kw.pop("hidden_states", None)
+            rest = tuple(None if _is_cache(a) else a for a in args[1:])
+            if "past_key_values" in kw:
+                kw["past_key_values"] = None
+            if "use_cache" in kw:
+                kw["use_cache"] = False
+            calls[i] = (positional, rest, kw)
+
+        def post(module, args, kwargs, output):
+            i = index[module]
+            x, y = block_io(args, kwargs, output)
+            states[i] = x
+            states[i + 1] = y
+
+        with hook_pass(pre={b: pre for b in self.blocks}, post={b: post for b in self.blocks}, name="evaluator"):
+            try:  # the loss comes from the chunked tail; the model's logits only for the check
+                out = self.lm.model(input_ids=ids, use_cache=False, logits_to_keep=CHECK_ROWS)
+            except TypeError:  # model code without logits_to_keep
+                out = self.lm.model(input_ids=ids, use_cache=False)
+        if any(s is None for s in states) or any(c is None for c in calls):
+            raise SimDiffError(f"{self.lm.name}: not every block ran in the forward pass; cannot evaluate prunings")
+        return calls, states, out.logits
+
+    def _check_tail(self, last: torch.Tensor, logits: torch.Tensor) -> None:
+        """Refuse a model whose logits the cached tail (norm, head, post-processing) does not reproduce."""
+        rows = min(CHECK_ROWS, last.shape[1], logits.shape[1])
+        mine = self._logits(last[:1, -rows:]).float()
+        ref = logits[:1, -rows:].float()
+        tol = 1e-3 if self.lm.dtype == torch.float32 else 5e-2
+        err = float((mine - ref).abs().max())
+        if not err <= tol * max(1.0, float(ref.abs().max())):
+            raise SimDiffError(f"{self.lm.name}: the cached evaluation cannot reproduce this model's logits "
+                               f"(max difference {err:.3g}); its family post-processes logits in a way "
+                               f"this tool does not know")
+
+    # ----------------------------------------------------------------- pieces
+    def _run(self, block, h, call):
+        positional, rest, kw = call
+        out = block(h, *rest, **kw) if positional else block(hidden_states=h, **kw)
+        self.stats["block_calls"] += 1
+        return out[0] if isinstance(out, (tuple, list)) else out
+
+    def _logits(self, h: torch.Tensor) -> torch.Tensor:
+        h = self.norm(h)
+        if self.proj is not None:
+            h = self.proj(h)
+        return self.post(self.head(h))
+
+    def _nll_sum(self, last: torch.Tensor, ids: torch.Tensor) -> float:
+        """Summed NLL of tokens 1..S-1 from the last block's output, head in row chunks."""
+        h = last[:, :-1].reshape(-1, last.shape[-1])
+        tgt = ids[:, 1:].reshape(-1)
+        V = int(getattr(self.head, "out_features", 0) or self.head.weight.shape[0])
+        rows = head_chunk_rows(V, self.head_chunk_bytes)
+        total = torch.zeros((), dtype=torch.float64, device=h.device)
+        for s in range(0, h.shape[0], rows):
+            logits = self._logits(h[s:s + rows]).float()
+            total += F.cross_entropy(logits, tgt[s:s + rows], reduction="sum").double()
+        self.stats["head_rows"] += h.shape[0]
+        return float(total)
+
+    def layout(self, spec) -> tuple:
+        """A removal set or a layout -> the layout tuple (module or None per position)."""
+        if isinstance(spec, tuple) and len(spec) == self.L and any(isinstance(s, nn.Module) for s in spec):
+            if not all(s is None or isinstance(s, nn.Module) for s in spec):
+                raise SimDiffError("a layout holds a module or None at every block position")
+            return spec
+        removed = set()
+        for i in spec:
+            i = int(i)
+            if not 0 <= i < self.L:
+                raise SimDiffError(f"block index {i} is out of range 0..{self.L - 1}")
+            removed.add(i)
+        if len(removed) >= self.L:
+            raise SimDiffError("cannot evaluate a model with no blocks")
+        return tuple(None if j in removed else self.blocks[j] for j in range(self.L))
+
+    def _plain(self, layout) -> bool:
+        """True when the layout uses only the model's own blocks (then its key is stable and memoised)."""
+        return all(m is None or m is b for m, b in zip(layout, self.blocks))
+
+    @staticmethod
+    def _key(layout) -> tuple:
+        return tuple(0 if m is None else id(m) for m in layout)
+
+    def _advance(self, bt: dict, layout: tuple, key: tuple) -> torch.Tensor:
+        """Hidden state after the last position under ``layout`` for batch ``bt``, reusing its path."""
+        L = self.L
+        path = bt["path"]
+        if path is None:
+            states = [bt["x0"]] + [None] * L
+            start = 0
+        else:
+            pkey, _, states = path
+            start = next((j for j in range(L) if pkey[j] != key[j]), L)
+            states = list(states[:start + 1]) + [None] * (L - start)
+        h = states[start]
+        for j in range(start, L):
+            m = layout[j]
+            if m is not None:
+                h = self._run(m, h, bt["calls"][j])
+            states[j + 1] = h
+        bt["path"] = (key, layout, states)
+        return h
+
+    # ----------------------------------------------------------------- public
+    @staticmethod
+    def order(keys: Sequence[tuple]) -> list[int]:
+        """Indices of ``keys`` in depth-first prefix order (kept before skipped at each position)."""
+        return sorted(range(len(keys)), key=lambda n: tuple((0, k) if k else (1, 0) for k in keys[n]))
+
+    @torch.inference_mode()
+    def losses(self, specs: Iterable, progress: Progress | None = None) -> list[float]:
+        """Mean NLL per predicted token of each removal set / layout in ``specs`` (memoised)."""
+        layouts = [self.layout(s) for s in specs]
+        keys = [self._key(lay) for lay in layouts]
+        todo, seen = [], set()
+        for n, k in enumerate(keys):
+            if k not in self._memo and k not in seen:
+                seen.add(k)
+                todo.append(n)
+        todo = [todo[j] for j in self.order([keys[n] for n in todo])]
+        nll = {keys[n]: 0.0 for n in todo}
+        steps = max(1, len(todo) * len(self._batches))
+        done = 0
+        for b, bt in enumerate(self._batches):
+            for c, n in enumerate(todo):
+                if self.should_stop is not None and self.should_stop():
+                    raise Cancelled()
+                last = self._advance(bt, layouts[n], keys[n])
+                nll[keys[n]] += self._nll_sum(last, bt["ids"])
+                done += 1
+                if progress is not None:
+                    progress(done / steps, f"batch {b + 1}/{len(self._batches)}: candidate {c + 1}/{len(todo)}")
+            if b >= self.persistent:
+                bt["path"] = None
+        out = {}
+        for n in todo:
+            out[keys[n]] = nll[keys[n]] / self.tokens
+            if self._plain(layouts[n]):
+                self._memo[keys[n]] = out[keys[n]]
+        self.stats["layouts"] += len(todo)
+        return [out[k] if k in out else self._memo[k] for k in keys]
+
+    def loss(self, spec) -> float:
+        return self.losses([spec])[0]
+
+    def ppl(self, spec) -> float:
+        return math.exp(min(self.loss(spec), 700.0))
+
+    def ppls(self, specs: Iterable, progress: Progress | None = None) -> list[float]:
+        return [math.exp(min(v, 700.0)) for v in self.losses(specs, progress)]
+
+    @torch.inference_mode()
+    def final_states(self, spec) -> list[torch.Tensor]:
+        """Per batch, the final-normed hidden states (float32) under a layout (SLM's similarity): the
+        model's ``last_hidden_state`` (OPT: after ``project_out``)."""
+        layout = self.layout(spec)
+        key = self._key(layout)
+        out = []
+        for n, bt in enumerate(self._batches):
+            if self.should_stop is not None and self.should_stop():
+                raise Cancelled()
+            h = self.norm(self._advance(bt, layout, key))
+            out.append((self.proj(h) if self.proj is not None else h).float())
+            if n >= self.persistent:
+                bt["path"] = None
+        return out
+
+
+def _is_cache(obj) -> bool:
+    try:
+        from transformers.cache_utils import Cache
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(obj, Cache)

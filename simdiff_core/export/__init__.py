@@ -1,0 +1,3 @@
+"""Stage 7, ship: checkpoints (safetensors + report + mergekit yaml), GGUF out, model cards, the HTML
+report and its figures.
+"""

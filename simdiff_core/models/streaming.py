@@ -1,0 +1,294 @@
+"""Weights streamed from safetensors shards one decoder block at a time (the engine; see analysis/streaming.py).
+
+    from simdiff_core.models.streaming import StreamedModel, resolve_stream_dir
+    sm = StreamedModel(resolve_stream_dir("./big-model"), "cpu", "float32", memory_budget_mb=2000)
+    xs, calls = _capture(sm, ids, None, bs=2)        # block 0's inputs and every block's kwargs
+
+The skeleton is built on the ``meta`` device; tensors are materialised from the shard the index
+names and released again, so resident weights never exceed max(embeddings, one block, norm + head).
+Recorders/replayers stand in for the blocks while the model's own forward runs the embeddings or
+the head. Why a separate module: streamed scoring (analysis) and streamed perplexity (evaluation)
+share this engine. Cost: one read of each shard tensor per pass; no weights kept between blocks.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..common.errors import SimDiffError
+from .blocks import find_block_path, get_attr_path
+from .device import pick_device, pick_dtype
+
+
+class _Stop(Exception):
+    """Raised by the last recorder: nothing after the blocks is needed while capturing."""
+
+
+class _Recorder(nn.Module):
+    """Stands in for block i during capture: records its call, passes hidden states through."""
+
+    def __init__(self, inner: nn.Module, index: int, sink: dict, last: bool):
+        super().__init__()
+        object.__setattr__(self, "_inner", inner)  # not a submodule: keeps it out of .modules()
+        self.index, self.sink, self.last = index, sink, last
+
+    def __getattr__(self, name):  # families read e.g. ``decoder_layer.attention_type``
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(object.__getattribute__(self, "_inner"), name)
+
+    def forward(self, hidden_states, *args, **kwargs):
+        if self.index == 0:
+            self.sink["x"] = hidden_states
+        self.sink["calls"][self.index] = (args, kwargs)
+        if self.last:
+            raise _Stop()
+        return hidden_states
+
+
+class _Replayer(nn.Module):
+    """Stands in for every block in the head phase: returns the streamed final hidden states."""
+
+    def __init__(self, inner: nn.Module, box: dict):
+        super().__init__()
+        object.__setattr__(self, "_inner", inner)
+        self.box = box
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(object.__getattribute__(self, "_inner"), name)
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return self.box["y"]
+
+
+class StreamedModel:
+    """A meta-device skeleton of a safetensors checkpoint that materialises tensors on demand."""
+
+    def __init__(self, model_dir: str | Path, device="auto", dtype="auto", memory_budget_mb: float | None = None):
+        from accelerate import init_empty_weights
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        self.dir = Path(model_dir)
+        self.device = pick_device(device) if not isinstance(device, torch.device) else device
+        self.dtype = pick_dtype(dtype, self.device)
+        self.weight_map = _weight_map(self.dir)
+        try:
+            config = AutoConfig.from_pretrained(str(self.dir))
+            with init_empty_weights():
+                self.model = AutoModelForCausalLM.from_config(config)
+        except (ValueError, OSError) as e:
+            raise SimDiffError(f"cannot build '{model_dir}' for streaming: {str(e).splitlines()[0][:200]}") from None
+        self.model.eval()
+        self.model.requires_grad_(False)
+        self.block_path = find_block_path(self.model)
+        self.blocks: nn.ModuleList = get_attr_path(self.model, self.block_path)
+        self.budget = None if memory_budget_mb is None else float(memory_budget_mb) * 2**20
+        if self.budget is not None and self.budget <= 0:
+            raise SimDiffError("--memory-budget-mb must be positive")
+        self._handles: dict[str, object] = {}
+        self.held = 0  # bytes of parameters currently materialised
+        self.peak = 0
+        self.bytes_read = 0
+
+    # ------------------------------------------------------------------ tensor bookkeeping
+    def _param_names(self, prefix: str = "", module: nn.Module | None = None) -> list[str]:
+        module = module if module is not None else self.model
+        names = [prefix + n for n, _ in module.named_parameters(remove_duplicate=False)]
+        names += [prefix + n for n, b in module.named_buffers(remove_duplicate=False) if b.device.type == "meta"]
+        return names
+
+    def block_names(self, i: int) -> list[str]:
+        return self._param_names(f"{self.block_path}.{i}.", self.blocks[i])
+
+    def outer_names(self) -> list[str]:
+        """Every meta tensor outside the block list (embeddings, final norm, LM head)."""
+        inside = self.block_path + "."
+        return [n for n in self._param_names() if not n.startswith(inside)]
+
+    def nbytes(self, names) -> int:
+        el = torch.empty((), dtype=self.dtype).element_size()
+        total, seen = 0, set()
+        for n in names:
+            t = get_attr_path(self.model, n)
+            try:
+                key = self._source_key(n)  # tied tensors are one checkpoint entry, held once
+            except SimDiffError:
+                key = id(t)
+            if key in seen:
+                continue
+            seen.add(key)
+            total += t.numel() * (el if t.is_floating_point() else t.element_size())
+        return total
+
+    def _source_key(self, name: str) -> str:
+        if name in self.weight_map:
+            return name
+        tied = getattr(self.model, "_tied_weights_keys", None) or {}
+        if isinstance(tied, dict) and name in tied and tied[name] in self.weight_map:
+            return tied[name]  # tied LM head stored once, as the embeddings
+        if name.endswith("lm_head.weight"):
+            for key in self.weight_map:
+                if key.endswith("embed_tokens.weight"):
+                    return key
+        raise SimDiffError(f"checkpoint in '{self.dir}' has no tensor '{name}': streaming needs a "
+                           "save_pretrained safetensors directory whose names match the model")
+
+    def _read(self, key: str) -> torch.Tensor:
+        from safetensors import safe_open
+
+        shard = self.weight_map[key]
+        if shard not in self._handles:
+            self._handles[shard] = safe_open(str(self.dir / shard), framework="pt", device="cpu")
+        t = self._handles[shard].get_tensor(key)
+        self.bytes_read += t.numel() * t.element_size()
+        return t
+
+    def load(self, names: list[str], what: str) -> None:
+        from accelerate.utils import set_module_tensor_to_device
+
+        need = self.nbytes(names)
+        if self.budget is not None and self.held + need > self.budget:
+            raise SimDiffError(
+                f"memory budget {self.budget / 2**20:.1f} MB is too small for the {what} "
+                f"({need / 2**20:.1f} MB); the minimum for this model is {self.min_budget_mb():.1f} MB")
+        loaded: dict[str, str] = {}  # source key -> first name it was loaded into
+        for n in names:
+            key = self._source_key(n)
+            if key in loaded:  # tied weights (LM head = embeddings): share, do not load twice
+                owner, attr = n.rsplit(".", 1) if "." in n else ("", n)
+                module = get_attr_path(self.model, owner) if owner else self.model
+                setattr(module, attr, get_attr_path(self.model, loaded[key]))
+                continue
+            t = self._read(key)
+            if t.is_floating_point():
+                t = t.to(self.dtype)
+            set_module_tensor_to_device(self.model, n, self.device, value=t)
+            loaded[key] = n
+        # What we hold, measured (each storage once), not what we planned to hold.
+        self.held = self.measured_bytes()
+        self.peak = max(self.peak, self.held)
+
+    def release(self, names: list[str]) -> None:
+        from accelerate.utils import set_module_tensor_to_device
+
+        for n in names:
+            set_module_tensor_to_device(self.model, n, "meta")
+        self.held = self.measured_bytes()
+
+    def measured_bytes(self) -> int:
+        """Bytes of parameters actually materialised (not on meta), each storage counted once."""
+        seen, total = set(), 0
+        for p in list(self.model.parameters()) + list(self.model.buffers()):
+            if p.device.type == "meta" or p.data_ptr() in seen:
+                continue
+            seen.add(p.data_ptr())
+            total += p.numel() * p.element_size()
+        return total
+
+    def min_budget_mb(self) -> float:
+        outer = self.outer_names()
+        worst = max([self.nbytes(outer)] + [self.nbytes(self.block_names(i)) for i in range(len(self.blocks))])
+        return worst / 2**20
+
+    def model_mb(self) -> float:
+        return self.nbytes(self._param_names()) / 2**20
+
+    @contextmanager
+    def swapped_blocks(self, make):
+        """Temporarily replace every block with ``make(i, block)`` (the skeleton is private)."""
+        original = list(self.blocks)
+        try:
+            for i, b in enumerate(original):
+                self.blocks[i] = make(i, b)
+            yield
+        finally:
+            for i, b in enumerate(original):
+                self.blocks[i] = b
+
+    def base(self) -> nn.Module:
+        base = getattr(self.model, getattr(self.model, "base_model_prefix", "model"), None)
+        return base if isinstance(base, nn.Module) and base is not self.model else self.model
+
+
+def _weight_map(model_dir: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    if not model_dir.is_dir() or not (model_dir / "config.json").is_file():
+        raise SimDiffError(f"streaming needs a model directory with config.json and safetensors shards: {model_dir}")
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            return dict(json.loads(index.read_text())["weight_map"])
+        except (KeyError, json.JSONDecodeError) as e:
+            raise SimDiffError(f"malformed shard index {index}: {e}") from None
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        raise SimDiffError(f"no .safetensors weights in '{model_dir}' (streaming reads safetensors only)")
+    out = {}
+    for f in files:
+        with safe_open(str(f), framework="pt", device="cpu") as h:  # reads the header only
+            for k in h.keys():
+                out[k] = f.name
+    return out
+
+
+def resolve_stream_dir(spec: str) -> Path:
+    """The safetensors directory to stream for a model spec (embedded GGUFs: their dequantised cache)."""
+    from .gguf import _gguf_cache_dir
+    from .sources import DEFAULT_MODEL, embedded_gguf, resolve_spec
+
+    kind, path = resolve_spec(spec or "default")
+    if kind == "dir":
+        return path
+    if kind in ("embedded", "gguf"):
+        gguf = embedded_gguf(DEFAULT_MODEL if spec in (None, "", "default") else spec) if kind == "embedded" else path
+        cache = _gguf_cache_dir(gguf)
+        if not (cache / "config.json").is_file():
+            raise SimDiffError(f"--stream reads safetensors: load '{spec}' once without --stream to cache "
+                               "its dequantised weights, then retry")
+        return cache
+    raise SimDiffError(f"--stream needs a local model directory; download '{spec}' first "
+                       "(huggingface-cli download) and pass its path")
+
+
+def _batches(N: int, bs: int):
+    return [(s, min(s + bs, N)) for s in range(0, N, bs)]
+
+
+def _capture(sm: StreamedModel, input_ids, attention_mask, bs, runner_kw=None):
+    """Embeddings phase: block 0 inputs and every block's call kwargs, per batch."""
+    L = len(sm.blocks)
+    outer = sm.outer_names()
+    sm.load(outer, "embeddings and head")  # the outer part is small next to the blocks
+    xs, calls = [], []
+    try:
+        with torch.inference_mode():
+            for s, e in _batches(input_ids.shape[0], bs):
+                sink = {"x": None, "calls": [None] * L}
+                with sm.swapped_blocks(lambda i, b: _Recorder(b, i, sink, last=i == L - 1)):
+                    ids = input_ids[s:e].to(sm.device)
+                    mask = attention_mask[s:e].to(sm.device) if attention_mask is not None else None
+                    try:
+                        sm.base()(input_ids=ids, attention_mask=mask, use_cache=False)
+                    except _Stop:
+                        pass
+                xs.append(sink["x"])
+                calls.append(sink["calls"])
+    finally:
+        sm.release(outer)
+    return xs, calls
+
+
+def stream_meta(sm: StreamedModel) -> dict:
+    return {"peak_weights_mb": round(sm.peak / 2**20, 3), "model_mb": round(sm.model_mb(), 3),
+            "budget_mb": None if sm.budget is None else round(sm.budget / 2**20, 3),
+            "min_budget_mb": round(sm.min_budget_mb(), 3), "read_mb": round(sm.bytes_read / 2**20, 3)}
