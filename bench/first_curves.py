@@ -33,7 +33,7 @@ from simdiff_core import load_model, make_windows, score_model
 from simdiff_core.analysis.score import _forward_base
 from simdiff_core.common.errors import Cancelled
 from simdiff_core.models.load import prewarm
-from ui import charts  # the app's figure module (imported by every page)
+from simdiff_core.export import figures as charts  # the app's figure module (imported by every page)
 out = {{}}
 if {prewarm}:
     t = time.perf_counter()

@@ -16,7 +16,8 @@ from simdiff_core import SimDiffError, make_windows
 from simdiff_core.data.text import load_text, text_source
 from simdiff_core.models.load import display_name
 from simdiff_core.workflows import calibrate
-from ui import charts, state, views
+from simdiff_core.export import figures as charts
+from ui import state, views
 
 EMBEDDED = {"Embedded SmolLM2-135M (default, offline)": "default", "Embedded Gemma3-270M (offline)": "gemma3-270m"}
 OTHER = ["Hugging Face hub id", "Local model directory", "GGUF file"]

@@ -2,7 +2,7 @@
 
 Everything here is recomputed from the stored Scores (no forward pass). The ratio and α sliders sit in
 a fragment with the charts they change: a move reruns only that fragment, on top of figure bases and
-heatmaps built once per calibration (ui/charts.py), so it repaints in milliseconds. The blocks the
+heatmaps built once per calibration (simdiff_core/export/figures.py), so it repaints in milliseconds. The blocks the
 current plan (criterion, ratio, locks from the Prune preview) would drop are shaded on every curve.
 """
 
@@ -14,7 +14,8 @@ import streamlit as st
 from simdiff_core import SimDiffError
 from simdiff_core.analysis import uncertainty
 from simdiff_core.analysis.score import protocol as score_protocol
-from ui import charts, state, views
+from simdiff_core.export import figures as charts
+from ui import state, views
 
 state.setup_page("Layer curves")
 
@@ -47,7 +48,7 @@ if scores.meta.get("partial"):
 damage = state.result("damage")
 damage = damage if damage is not None and len(damage) == scores.num_layers else None
 # The metric traces depend on the scores and the toggles only: built (and validated) once per
-# calibration; a slider move adds the dropped blocks' shading to this base (ui/charts.py: curves_spec).
+# calibration; a slider move adds the dropped blocks' shading to this base (simdiff_core/export/figures.py: curves_spec).
 bands = None
 if show_bands:
     if uncertainty.has_windows(scores):

@@ -16,7 +16,8 @@ from simdiff_core import CRITERIA, SimDiffError
 from simdiff_core.analysis import uncertainty
 from simdiff_core.pruning import stability
 from simdiff_core.pruning.plan import make_plan
-from ui import charts, state, views
+from simdiff_core.export import figures as charts
+from ui import state, views
 
 state.setup_page("Prune preview")
 scores = state.get("scores")

@@ -16,7 +16,8 @@ from simdiff_core.analysis.metrics import METRIC_KEYS
 from simdiff_core.analysis.score import counts_first_token
 from simdiff_core.data.text import load_text, text_source
 from simdiff_core.pruning.sensitivity import overlay_frame, sensitivity
-from ui import charts, state, views
+from simdiff_core.export import figures as charts
+from ui import state, views
 
 state.setup_page("Calibration sensitivity")
 SHIPPED = {"WikiText-2 (shipped)": "wikitext2", "Code sample (shipped, CC0)": "shipped:code",

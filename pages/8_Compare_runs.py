@@ -21,7 +21,8 @@ from simdiff_core.analysis.score import Scores
 from simdiff_core.models.load import wrap_model
 from simdiff_core.pruning.prune import pruned_model
 from simdiff_core.pruning.sensitivity import overlay_frame
-from ui import charts, state, views
+from simdiff_core.export import figures as charts
+from ui import state, views
 
 state.setup_page("Compare runs")
 st.title("Compare runs")

@@ -14,7 +14,7 @@ import plotly.graph_objects as go
 import plotly.io
 import pytest
 
-from ui import charts
+from simdiff_core.export import figures as charts
 
 
 def _layers(L: int, seed: int = 0) -> list[dict]:

@@ -222,7 +222,7 @@ def test_drill_down_tokens_equal_a_direct_computation(tiny, ids32):
 
 
 def test_removed_blocks_are_marked_whatever_their_importance():
-    from ui import charts
+    from simdiff_core.export import figures as charts
 
     v = np.array([0.0, 0.5, 0.9, 0.0, 0.3])
     spec = charts.bars_spec(v, [0, 3])

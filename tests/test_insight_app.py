@@ -26,7 +26,7 @@ def calibrated():
 
 
 def arr(v):
-    from ui.charts import _plain
+    from simdiff_core.export.figures import _plain
 
     return list(np.asarray(_plain(v)).tolist())
 

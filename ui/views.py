@@ -129,7 +129,7 @@ def figure_frame(fig) -> "pd.DataFrame":
     """
     import pandas as pd
 
-    from ui.charts import _plain
+    from simdiff_core.export.figures import _plain
 
     d = fig if isinstance(fig, dict) else fig.to_dict()
     traces = [t for t in d.get("data", []) if isinstance(t, dict)]
@@ -167,7 +167,7 @@ def chart(fig, name: str, key: str, frame=None, config: dict | None = None, live
     ``live``: draw it with ``ui.live_chart`` (updated in place by ``Plotly.react``) instead of
     ``st.plotly_chart`` (redrawn from scratch whenever the figure changes): for charts a slider move changes.
     """
-    from ui import charts
+    from simdiff_core.export import figures as charts
 
     spec = fig.to_dict() if isinstance(fig, charts.Spec) else fig
     if live:

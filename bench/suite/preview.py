@@ -13,7 +13,7 @@ def bench_preview(L: int, repeats: int, figures: bool = True) -> dict:
     """One slider move: new plan from cached scores + the chart data the preview redraws.
 
     ``preview_ms`` = ``make_plan`` + the chart data (the curves frame with the SimDiff column and the
-    dropped flags, which is what changes on a move). The app's plotly figure builders (``ui.charts``)
+    dropped flags, which is what changes on a move). The app's plotly figure builders (``simdiff_core.export.figures``)
     are timed separately as ``preview_figure_ms`` on two moves: they are the app's code, not data.
     """
     import numpy as np
@@ -25,9 +25,9 @@ def bench_preview(L: int, repeats: int, figures: bool = True) -> dict:
     charts = None
     if figures:
         try:
-            from ui import charts  # the app's own chart builders (plotly)
+            from simdiff_core.export import figures as charts  # the app's own chart builders (plotly)
         except Exception as e:  # app not present
-            log(f"preview: ui.charts not importable ({type(e).__name__}); figures not timed")
+            log(f"preview: figures not importable ({type(e).__name__}); figures not timed")
 
     forwards = {"n": 0}
 
