@@ -44,7 +44,7 @@ def test_insight_walk_in_chromium(tmp_path_factory):
         idle(page)
 
         _goto(page, "Layer curves")
-        chart = page.locator("[data-testid=stPlotlyChart]").first
+        chart = page.locator(".sd-live").first  # the curves: an in-place live chart (ui/live_chart.py)
         expect(chart.get_by_text("90% bootstrap band")).to_be_visible()
         expect(chart.get_by_text(re.compile("▲ [0-9]")).first).to_be_visible()  # clipped outlier written at the top
         _shot(page, "insight_01_bands", chart)
@@ -57,7 +57,7 @@ def test_insight_walk_in_chromium(tmp_path_factory):
         _goto(page, "Prune preview")
         expect(page.get_by_text("Plan stability", exact=True)).to_be_visible()
         expect(page.get_by_text("stable plan", exact=False).first).to_be_visible()
-        stab = page.locator("[data-testid=stPlotlyChart]").first
+        stab = page.locator(".sd-live").filter(has_text="Plan stability").first
         _shot(page, "insight_02_stability", stab)
 
         _goto(page, "Calibration sensitivity")
