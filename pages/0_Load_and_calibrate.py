@@ -13,7 +13,7 @@ import time
 import streamlit as st
 
 from simdiff_core import SimDiffError, make_windows
-from simdiff_core.data.text import load_text, text_source
+from simdiff_core.data.text import load_text
 from simdiff_core.models.load import display_name
 from simdiff_core.workflows import calibrate
 from simdiff_core.export import figures as charts
@@ -88,18 +88,8 @@ def calib_source():
         return load_text("wikitext2", purpose="calib")
     if calib_kind in SHIPPED_CALIB:
         return load_text(SHIPPED_CALIB[calib_kind], purpose="calib")
-    if calib_kind == CALIB[1]:
-        if upload is None:
-            raise SimDiffError("no file uploaded: choose a .txt file first")
-        try:
-            return text_source(upload.getvalue().decode("utf-8"), f"uploaded file {upload.name}")
-        except UnicodeDecodeError:
-            raise SimDiffError(f"'{upload.name}' is not UTF-8 text") from None
-    if calib_kind == CALIB[2]:
-        return text_source(pasted or "", "pasted text")
-    if not (hf_name or "").strip():
-        raise SimDiffError("enter a dataset as DATASET[/CONFIG]/SPLIT")
-    return load_text("hf:" + hf_name.strip(), purpose="calib")
+    kind = {CALIB[1]: "upload", CALIB[2]: "paste"}.get(calib_kind, "hf")
+    return views.text_from_widgets(kind, upload, pasted, hf_name)
 
 
 def run_streamed_calibration(t0: float) -> None:

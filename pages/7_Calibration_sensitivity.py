@@ -14,7 +14,7 @@ import streamlit as st
 from simdiff_core import SimDiffError, make_windows, score_model
 from simdiff_core.analysis.metrics import METRIC_KEYS
 from simdiff_core.analysis.score import counts_first_token
-from simdiff_core.data.text import load_text, text_source
+from simdiff_core.data.text import load_text
 from simdiff_core.pruning.sensitivity import overlay_frame, sensitivity
 from simdiff_core.export import figures as charts
 from ui import state, views
@@ -53,18 +53,8 @@ with st.sidebar:
 def source_for(name: str):
     if name in SHIPPED:
         return load_text(SHIPPED[name], purpose="calib")
-    if name == "Uploaded .txt":
-        if upload is None:
-            raise SimDiffError("no file uploaded: choose a .txt file first")
-        try:
-            return text_source(upload.getvalue().decode("utf-8"), f"uploaded file {upload.name}")
-        except UnicodeDecodeError:
-            raise SimDiffError(f"'{upload.name}' is not UTF-8 text") from None
-    if name == "Pasted text":
-        return text_source(pasted or "", "pasted text")
-    if not (hf_name or "").strip():
-        raise SimDiffError("enter a dataset as DATASET[/CONFIG]/SPLIT")
-    return load_text("hf:" + hf_name.strip(), purpose="calib")
+    kind = {"Uploaded .txt": "upload", "Pasted text": "paste"}.get(name, "hf")
+    return views.text_from_widgets(kind, upload, pasted, hf_name)
 
 
 tag = (state.get("model_spec") or {}).get("spec"), lm.num_layers

@@ -32,6 +32,26 @@ def show_error(e: BaseException) -> None:
     st.error(one_line(e), icon=":material/error:")
 
 
+def text_from_widgets(kind: str, upload=None, pasted: str | None = None, hf_name: str | None = None):
+    """The text a visitor chose with the upload / paste / HF-dataset widgets (``kind``: "upload", "paste" or
+    "hf"), shared by Load & calibrate and Calibration sensitivity; bad input raises a one-line SimDiffError."""
+    from simdiff_core import SimDiffError
+    from simdiff_core.data.text import load_text, text_source
+
+    if kind == "upload":
+        if upload is None:
+            raise SimDiffError("no file uploaded: choose a .txt file first")
+        try:
+            return text_source(upload.getvalue().decode("utf-8"), f"uploaded file {upload.name}")
+        except UnicodeDecodeError:
+            raise SimDiffError(f"'{upload.name}' is not UTF-8 text") from None
+    if kind == "paste":
+        return text_source(pasted or "", "pasted text")
+    if not (hf_name or "").strip():
+        raise SimDiffError("enter a dataset as DATASET[/CONFIG]/SPLIT")
+    return load_text("hf:" + hf_name.strip(), purpose="calib")
+
+
 def device_summary(device: str = "auto", dtype: str = "auto") -> str:
     """What ``auto`` resolves to here, with the GPU name and memory when there is one."""
     from simdiff_core.models.device import pick_device, pick_dtype
