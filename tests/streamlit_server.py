@@ -90,3 +90,10 @@ def set_number(page, label: str, value: int) -> None:
     box.fill(str(value))
     box.press("Enter")
     idle(page)
+
+
+def calibrate_in_browser(page, samples: int, seq_len: int) -> None:
+    """On Load & calibrate: set the window count and length, click Load & calibrate (no wait)."""
+    set_number(page, "Samples", samples)
+    set_number(page, "Seq. length", seq_len)
+    page.get_by_role("button", name="Load & calibrate").click()

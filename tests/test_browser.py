@@ -15,7 +15,7 @@ import pytest
 import subprocess
 import sys
 
-from streamlit_server import CHROMIUM, idle, require_browser, running_app, set_number, watcher_lines
+from streamlit_server import CHROMIUM, calibrate_in_browser, idle, require_browser, running_app, set_number, watcher_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
@@ -75,9 +75,7 @@ def test_full_flow_in_chromium(server, tmp_path):
         expect(page.get_by_text("Nothing loaded yet")).to_be_visible()
         _shot(page, "01_load_empty")
 
-        set_number(page, "Samples", 4)
-        set_number(page, "Seq. length", 64)
-        page.get_by_role("button", name="Load & calibrate").click()
+        calibrate_in_browser(page, 4, 64)
         expect(page.get_by_text("Calibrated on 4 × 64")).to_be_visible(timeout=300_000)
         idle(page)
         _shot(page, "02_calibrated")
@@ -184,9 +182,7 @@ def test_live_curves_appear_after_the_first_batch_and_cancel_keeps_them(server):
         page.set_default_timeout(240_000)
         page.goto(url)
         idle(page)
-        set_number(page, "Samples", 48)
-        set_number(page, "Seq. length", 64)
-        page.get_by_role("button", name="Load & calibrate").click()
+        calibrate_in_browser(page, 48, 64)
         expect(page.get_by_text(re.compile(r"Partial curves after \d+ of 48"))).to_be_visible(timeout=300_000)
         page.wait_for_function("() => [...document.querySelectorAll('.js-plotly-plot')].some(g => "
                                "g.layout && g.layout.title && String(g.layout.title.text).includes('Partial:'))")

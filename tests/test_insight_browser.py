@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from streamlit_server import CHROMIUM, idle, require_browser, running_app, set_number
+from streamlit_server import CHROMIUM, calibrate_in_browser, idle, require_browser, running_app
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
@@ -37,9 +37,7 @@ def test_insight_walk_in_chromium(tmp_path_factory):
         page.set_default_timeout(240_000)
         page.goto(url)
         idle(page)
-        set_number(page, "Samples", 6)
-        set_number(page, "Seq. length", 64)
-        page.get_by_role("button", name="Load & calibrate").click()
+        calibrate_in_browser(page, 6, 64)
         expect(page.get_by_text("Calibrated on 6 × 64")).to_be_visible(timeout=300_000)
         idle(page)
 
@@ -70,9 +68,7 @@ def test_insight_walk_in_chromium(tmp_path_factory):
         page.get_by_role("button", name="Pin the current scores").click()
         idle(page)
         _goto(page, "Load & calibrate")
-        set_number(page, "Samples", 6)
-        set_number(page, "Seq. length", 32)
-        page.get_by_role("button", name="Load & calibrate").click()
+        calibrate_in_browser(page, 6, 32)
         expect(page.get_by_text("Calibrated on 6 × 32")).to_be_visible(timeout=300_000)
         idle(page)
         _goto(page, "Compare runs")

@@ -6,21 +6,13 @@ import numpy as np
 import pytest
 
 from simdiff_core.analysis.score import Scores
+from test_insight import _constructed
 
 
 def _tied_mssd_scores(cos_by_block: list[list[float]]) -> Scores:
     """Scores (with per-window sums, one token per window) whose MSSD/MASD are 1 for every block,
     so every difference criterion ties everywhere and only the cosine tie-break decides."""
-    L, N = len(cos_by_block), len(cos_by_block[0])
-    win = {"tokens": [1.0] * N, "cos": [list(r) for r in cos_by_block]}
-    for k in ("sq", "ab", "x2", "xa", "sq_rel", "ab_rel"):
-        win[k] = [[1.0] * N for _ in range(L)]
-    layers = []
-    for i, r in enumerate(cos_by_block):
-        c = float(np.mean(r))
-        layers.append({"index": i, "cosine": c, "bi": 1 - c, "angular": float(np.arccos(c) / np.pi), "mssd": 1.0,
-                       "masd": 1.0, "mssd_rel": 1.0, "masd_rel": 1.0})
-    return Scores("constructed", L, layers, windows=win)
+    return _constructed(cos_by_block)
 
 
 @pytest.fixture
