@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from apptest_figures import figures
+from apptest_figures import figures, html_bodies
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app.py")
@@ -187,7 +187,7 @@ def test_prune_preview_updates_instantly_and_reports_impossible_plans(calibrated
     assert 0 not in plan.removed_layers and 29 not in plan.removed_layers
     table = at.dataframe[0].value
     assert sorted(table.index.tolist()) == plan.removed_layers
-    html = "".join(h.proto.body for h in at.get("html"))
+    html = html_bodies(at)
     assert html.count("sd-block sd-gone") == 6 and html.count('class="sd-block"') == 24
     speed = next(m for m in at.metric if m.label == "Est. speedup")
     assert 1.0 < float(speed.value.rstrip("×")) < 30 / 24 + 1e-6

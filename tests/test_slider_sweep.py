@@ -4,6 +4,8 @@ stability by planning every bootstrap replicate on its own (per-replicate import
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -61,3 +63,63 @@ def test_ties_go_by_the_cosine_order_then_the_index():
     assert removal_order(sc, "mssd", keep_first=True, keep_last=True) == [2, 3, 4, 1]
     freq = stability_sweep(sc, "mssd", n_boot=10)
     assert freq[0].tolist() == [0, 0, 1, 0, 0, 0] and freq[1].tolist() == [0, 0, 1, 1, 0, 0]
+
+
+# ----------------------------------------------------------------- the live slider's payloads (ui/live_slider.py)
+def _j(x):
+    return json.loads(json.dumps(x))
+
+
+def _naive_freq(scores, criterion, alpha, k, kf, kl, fusion, n_boot=200, seed=0):
+    reps = replicate_metrics(scores, n_boot, seed)
+    counts = np.zeros(scores.num_layers)
+    for b in range(n_boot):
+        lay = replicate_layers(reps, b)
+        counts[_naive_removed(lay, importance(lay, criterion, alpha=alpha, **fusion), k, kf, kl)] += 1
+    return counts / n_boot
+
+
+def test_preview_payload_equals_naive_plans_at_every_count(scores):
+    from simdiff_core.export import figures as charts
+    from ui import live_slider
+
+    fusion = {"beta": 0.5, "scale_free": True}
+    p = live_slider.preview_payload(scores, "simdiff", 0.35, True, False, fusion, ["cosine", "mssd_rel"], True)
+    sent = _j(live_slider.public(p))  # what the browser gets
+    assert "_orders" not in sent and all("_freq" not in c for c in sent["charts"].values())
+    L = scores.num_layers
+    assert sent["kmax"] == L - 1 and sent["ratio_k"]["0.35"] == round(0.35 * L)
+    imp = {c: importance(scores.layers, c, alpha=0.35, **(fusion if c == "simdiff" else {}))
+           for c in ("simdiff", "cosine", "mssd_rel")}
+    for k in range(1, L):
+        want = {c: _naive_removed(scores.layers, imp[c], k, True, False) for c in imp}
+        assert live_slider.removed(sent, k) == want["simdiff"]
+        freq = _naive_freq(scores, "simdiff", 0.35, k, True, False, fusion)
+        assert live_slider.frequency(p, k) == pytest.approx(freq, abs=1e-12)
+        assert live_slider.assemble(sent, "stability", k) == _j(charts.stability_spec(freq, want["simdiff"]))
+        assert live_slider.assemble(sent, "overlap", k) == _j(charts.overlap_spec(want, L))
+    assert live_slider.removed(sent, L) is None and live_slider.removed(sent, 0) is None
+
+
+@pytest.mark.parametrize("criterion", ["simdiff", "cosine"])
+def test_curves_payload_equals_naive_plans_at_every_count_and_alpha(scores, criterion):
+    from simdiff_core.analysis.uncertainty import fused_band
+    from simdiff_core.export import figures as charts
+    from ui import live_slider
+
+    fusion = {"beta": 0.3, "scale_free": False}
+    base = charts.curves_base(scores.layers, scale_free=False)
+    band = lambda a: fused_band(scores, alpha=a, n_boot=20, **fusion)  # noqa: E731
+    sent = _j(live_slider.public(live_slider.curves_payload(scores, criterion, True, True, fusion, base, band)))
+    L = scores.num_layers
+    assert len(sent["charts"]["simdiff"]["frames"]) == 21
+    for a in live_slider.ALPHAS:
+        alpha = float(a)
+        fused = importance(scores.layers, "simdiff", alpha=alpha, **fusion)
+        imp = fused if criterion == "simdiff" else importance(scores.layers, criterion)
+        for k in range(1, L - 1):
+            want = _naive_removed(scores.layers, imp, k, True, True)
+            assert live_slider.removed(sent, k, a) == want, (a, k)
+            assert live_slider.assemble(sent, "curves", k, a) == _j(charts.curves_spec(base, want, markers=False))
+            assert live_slider.assemble(sent, "simdiff", k, a) == _j(charts.with_band(charts.bars_spec(
+                fused, want, title=f"SimDiff importance, α = {alpha:.2f} (higher = keep)", shapes=True), band(alpha)))
