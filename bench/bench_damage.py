@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from simdiff_core import load_model, make_windows  # noqa: E402
-from simdiff_core.evaluation.damage import benchmark_damage  # noqa: E402
+from simdiff_core.evaluation.damage_reference import benchmark_damage  # noqa: E402
 
 
 def main() -> None:
