@@ -77,8 +77,8 @@ def payload_for(criterion: str, kf: bool, kl: bool) -> dict:
         return state.per_scores(scores, ("fused_band", level, a, fusion["beta"], fusion["scale_free"]),
                                 lambda: uncertainty.fused_band(scores, alpha=a, level=level, **fusion))
 
-    return state.per_scores(scores, key, lambda: live_slider.curves_payload(scores, criterion, kf, kl, fusion, base,
-                                                                             band))
+    return state.per_scores_recent(scores, "live_curves", key, lambda: live_slider.curves_payload(
+        scores, criterion, kf, kl, fusion, base, band))
 
 
 @st.fragment
@@ -91,11 +91,10 @@ def curves_panel():
     c1, c2 = st.columns(2)
     ratio = c1.slider("Pruning ratio", 0.01, 1.0, step=0.01, **state.bound("ratio"),
                       help="Fraction of blocks the highlighted plan removes (shared with Prune preview).")
-    ratio = round(ratio, 2)  # the slider's grid (the browser maps the same values to counts)
     state.put("ratio", ratio)
     alpha = c2.slider("SimDiff α", 0.0, 1.0, step=0.05, **state.bound("alpha"),
                       help="Weight of similarity (1 − cosine) against difference (MSSD, MASD). α = 1 is cosine-only.")
-    alpha = round(alpha, 2)
+    alpha = round(alpha, 2)  # the slider's 0.05 grid, as the precomputed payload (no float noise)
     state.put("alpha", alpha)
     dropped = []
     criterion = state.get("criterion", "simdiff")

@@ -25,7 +25,7 @@ L = scores.num_layers if scores is not None else 0
 
 def _ratio_changed():
     # keep the count box in step with the slider (callbacks run before the page re-renders)
-    r = round(st.session_state["_w_ratio"], 2)
+    r = st.session_state["_w_ratio"]
     state.put("ratio", r)
     st.session_state["_w_num"] = max(1, int(round(r * L)))
 
@@ -93,7 +93,7 @@ def payload_for(plan, alpha: float, others: list[str]) -> dict:
     fusion = state.fusion_kwargs()
     stab = plan.criterion in CRITERIA and uncertainty.has_windows(scores)
     key = ("live_preview", plan.criterion, alpha, kf, kl, tuple(sorted(fusion.items())), tuple(others), stab)
-    return state.per_scores(scores, key, lambda: live_slider.preview_payload(
+    return state.per_scores_recent(scores, "live_preview", key, lambda: live_slider.preview_payload(
         scores, plan.criterion, alpha, kf, kl, fusion, others, stab))
 
 
@@ -139,7 +139,6 @@ def preview():
     wk = state.widget_key("ratio")
     ratio = c[0].slider("Pruning ratio", 0.01, 1.0, step=0.01, key=wk, on_change=_ratio_changed,
                         help="Fraction of the blocks to remove; k = round(ratio × L).")
-    ratio = round(ratio, 2)  # the slider's 0.01 grid (the browser maps the same values to counts)
     state.put("ratio", ratio)
     # re-derived every run: the ratio may have moved on another page
     st.session_state["_w_num"] = max(1, int(round(ratio * L)))
@@ -147,7 +146,7 @@ def preview():
                       help=f"Same as the ratio, as a count (of {L}).")
     alpha = c[2].slider("SimDiff α", 0.0, 1.0, step=0.05, **state.bound("alpha"),
                         disabled=criterion != "simdiff", help="Only used by the simdiff criterion.")
-    alpha = round(alpha, 2)
+    alpha = round(alpha, 2)  # the slider's 0.05 grid, as the precomputed payload (no float noise)
     state.put("alpha", alpha)
     try:
         plan = state.current_plan(scores)

@@ -1,4 +1,4 @@
-"""A plotly chart that updates in place: the per-move charts of the slider fragments (issue 17).
+"""Charts and a block stack that update in place, and repaint before the server on a slider move (issue 17).
 
 Why: ``st.plotly_chart`` (Streamlit 1.67) derives the element's id from the figure spec (its ``key`` is
 not the main identity) and its frontend keeps the figure in React state initialised once per id. A
@@ -8,14 +8,28 @@ machine, where the Streamlit round trip is ~40 ms. This ``st.components.v2`` com
 div per ``key`` (a keyed v2 component keeps its identity when its data changes) and calls
 ``Plotly.react`` with the new figure, which diffs it against the drawn one and redraws only what moved.
 
+Live binding (``live`` + ``payload``, ui/live_slider.py): even an in-place chart waits for the fragment's
+rerun (a round trip plus Streamlit's render of the whole fragment, 3-6 x the floor). So a bound element
+also repaints *from the payload* when the page's real widgets move: one document-level hook (components
+v2 run in the main document) watches the sliders' hidden ``<input type=range>`` (a MutationObserver on
+its value: keys and drags) and the count box's commits (Enter, blur, +/-), works out the count k (as
+``round(ratio * L)``, halves to even, like Python) and α, and paints every bound element in the same
+task. When the server's run arrives it is drawn as before (no redraw when it equals what is drawn); if
+it names an older state than the one the client shows (a move still in flight, < 3 s) the client's is
+kept. A server figure that differs from the client's paint of the same state is recorded in
+``window.__sdLive.mismatches`` (the browser test asserts there is none). ``data-live`` on an element says
+whether the hook found the bound widgets ("off": the server path alone draws it); ``data-painted``
+says who drew it last.
+
 plotly.js is the copy bundled with the installed ``plotly`` package (no network): sent to a browser
 session once, in the first chart's data, and run as a script there (``window.Plotly``); if a page ever
 renders without it (a lost first message), the component asks for it again through a trigger and the
-next run resends it. Cost on the server: the spec's JSON per move (as ``st.plotly_chart``) and, once
-per session, ~4.6 MB of JavaScript.
+next run resends it; the payloads likewise (once per session and payload id). Cost on the server: the
+spec's JSON per move (as ``st.plotly_chart``), once per session ~4.6 MB of JavaScript, once per
+settings the payload (tens to a few hundred kB).
 
 AppTest has no browser: the element shows up as a ``bidi_component`` whose JSON data holds the spec
-(``spec_of`` reads it back for tests).
+(``spec_of`` reads it back for tests; the block stack's holds its ``html``).
 """
 
 from __future__ import annotations
@@ -31,7 +45,7 @@ _PAYLOADS = "_sd_live_payloads_sent"
 
 _JS = r"""
 const LIVE = window.__sdLive || (window.__sdLive = {
-  payloads: {}, els: new Set(), pending: null, current: {}, mismatches: [], clientPaints: 0, serverDraws: 0,
+  payloads: {}, els: new Set(), pending: null, current: {}, mismatches: [], log: [], seen: new WeakMap(), clientPaints: 0, serverDraws: 0,
   hooked: false});
 
 // ---- drawing a plotly figure in place (the server path and the client path both end here)
@@ -39,18 +53,20 @@ function draw(gd, fig, config) {
   const layout = Object.assign({}, fig.layout, {autosize: true});
   const dataJson = JSON.stringify(fig.data);
   const cfg = JSON.stringify(config);
+  // the layout as sent, key by key (plotly writes into the layout object it draws: autorange, range)
+  const keys = Object.fromEntries(Object.keys(layout).map((k) => [k, JSON.stringify(layout[k])]));
   if (gd.data && gd.__sdData === dataJson && gd.__sdConfig === cfg) {
     // same traces: only the layout moved (e.g. the dropped blocks' shapes): relayout just those keys,
-    // a few ms, where Plotly.react would re-run every trace's defaults
-    const prev = gd.__sdLayout, upd = {};
-    for (const k of new Set([...Object.keys(prev), ...Object.keys(layout)]))
-      if (JSON.stringify(prev[k]) !== JSON.stringify(layout[k])) upd[k] = layout[k] === undefined ? null : layout[k];
-    gd.__sdLayout = layout;
+    // a few ms, where Plotly.react would re-run every trace's defaults; nothing when nothing moved
+    const prev = gd.__sdKeys, upd = {};
+    for (const k of new Set([...Object.keys(prev), ...Object.keys(keys)]))
+      if (prev[k] !== keys[k]) upd[k] = layout[k] === undefined ? null : layout[k];
+    gd.__sdKeys = keys;
     if (Object.keys(upd).length) window.Plotly.relayout(gd, upd);
     return;
   }
   gd.__sdData = dataJson;
-  gd.__sdLayout = layout;
+  gd.__sdKeys = keys;
   gd.__sdConfig = cfg;
   // Plotly.react compares data arrays by reference: hand it the drawn arrays back wherever the new
   // figure has the same values, so a move that changes only the shapes or one colour array redraws
@@ -103,6 +119,11 @@ function assemble(p, chart, st, drop) {  // ui/live_slider.py: assemble
   }
   return {data: f.data || c.base.data, layout};
 }
+// Python's round(): halves to even (x * L is the same double in both languages)
+function roundHalfEven(x) {
+  const f = Math.floor(x), d = x - f;
+  return d > 0.5 ? f + 1 : d < 0.5 ? f : (f % 2 === 0 ? f : f + 1);
+}
 const sameState = (a, b) => a && b && a.k === b.k && a.a === b.a;
 const fmt4 = (v) => (Math.round(v * 1e4) / 1e4).toFixed(4);
 
@@ -127,13 +148,16 @@ function paintClient(e, st) {
     e.client = {st, canon: JSON.stringify(drop)};
   } else {
     if (!window.Plotly) return false;
-    const fig = assemble(p, e.live.chart, st, drop);
-    if (!fig) return false;
-    draw(e.root, fig, e.config);
+    const made = assemble(p, e.live.chart, st, drop);
+    if (!made) return false;
+    // a deep copy: plotly writes into the layout it draws (autorange, range), never into the payload
+    const fig = JSON.parse(JSON.stringify(made));
     e.client = {st, canon: canon(fig)};
+    draw(e.root, fig, e.config);
   }
   e.root.dataset.painted = 'client';
   LIVE.clientPaints += 1;
+  LIVE.log.push([Math.round(performance.now()), 'paint', e.kind, st.k, st.a]);
   return true;
 }
 
@@ -155,7 +179,8 @@ function drawServer(e) {
     draw(e.root, fig, d.config);
   }
   if (e.client && d.live && sameState(e.client.st, d.live.state) && e.client.canon !== serverCanon)
-    LIVE.mismatches.push({kind: e.kind, chart: d.live.chart || 'stack', state: d.live.state});
+    LIVE.mismatches.push({kind: e.kind, chart: d.live.chart || 'stack', state: d.live.state,
+                          client: e.client.canon, server: serverCanon});
   e.client = null;
   e.root.dataset.painted = 'server';
   LIVE.serverDraws += 1;
@@ -175,9 +200,11 @@ function move(kind, input) {
     const p = LIVE.payloads[id];
     if (p.bind[kind] !== input.getAttribute('aria-label')) continue;
     const cur = Object.assign({}, LIVE.current[id]);
-    if (kind === 'ratio') cur.k = p.ratio_k[parseFloat(input.value).toFixed(2)];
+    if (kind === 'ratio') cur.k = Math.max(1, roundHalfEven(parseFloat(input.value) * p.L));
     else if (kind === 'count') cur.k = parseInt(input.value, 10);
     else cur.a = parseFloat(input.value).toFixed(2);
+    LIVE.log.push([Math.round(performance.now()), kind, input.value, cur.k, cur.a]);
+    if (LIVE.log.length > 50) LIVE.log.shift();
     if (sameState(cur, LIVE.current[id])) continue;
     LIVE.current[id] = cur;
     LIVE.pending = {id, st: cur, t: performance.now()};
@@ -198,7 +225,14 @@ function hook() {
   new MutationObserver((ms) => {
     for (const m of ms) {
       const t = m.target;
-      if (t.tagName === 'INPUT' && t.type === 'range') { const k = kindOf(t); if (k) move(k, t); }
+      if (t.tagName !== 'INPUT' || t.type !== 'range') continue;
+      // a re-render that sets the same value again (e.g. during a run) is not a move; neither is the
+      // first sight of a new input element (it shows what the server rendered)
+      const seen = LIVE.seen.get(t);
+      LIVE.seen.set(t, t.value);
+      if (seen === undefined || seen === t.value) continue;
+      const k = kindOf(t);
+      if (k) move(k, t);
     }
   }).observe(document.body, {subtree: true, attributes: true, attributeFilter: ['value', 'aria-valuetext']});
   // the count box commits like Streamlit's number_input: Enter, blur, or the +/- buttons
@@ -234,13 +268,21 @@ export default function (component) {
   e.data = data; e.live = data.live || null; e.config = data.config;
   if (e.live) {
     hook();
+    for (const t of document.querySelectorAll('input[type=range]')) if (!LIVE.seen.has(t)) LIVE.seen.set(t, t.value);
+    // explicit fallback: without the bound widgets in the page (another Streamlit, renamed labels) the
+    // element is drawn by the server path alone; data-live says which
+    const p = LIVE.payloads[e.live.id];
+    if (p) root.dataset.live = Object.values(p.bind).filter(Boolean)
+      .every((label) => document.querySelector(`input[aria-label="${label}"]`)) ? 'on' : 'off';
     const id = e.live.id;
     if (!LIVE.payloads[id])
       setTimeout(() => { if (!LIVE.payloads[id] && root.isConnected) setTriggerValue('need_payload', id); }, 2000);
     // the server answered an older move than the one the client shows: keep the client's (newer) state
     const P = LIVE.pending;
-    if (P && P.id === id && !sameState(P.st, e.live.state) && performance.now() - P.t < 3000 && paintClient(e, P.st))
-      return;
+    if (P && P.id === id && !sameState(P.st, e.live.state) && performance.now() - P.t < 3000) {
+      if (e.client && sameState(e.client.st, P.st)) return;  // already shows it
+      if (paintClient(e, P.st)) return;
+    }
     if (P && P.id === id && sameState(P.st, e.live.state)) LIVE.pending = null;
     LIVE.current[id] = Object.assign({}, e.live.state);
   }

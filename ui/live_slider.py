@@ -14,7 +14,6 @@ bound label in the page, e.g. a future Streamlit) the page works through the ser
 A payload (plain JSON)::
 
     {"id", "L", "bind": {"ratio": label, "count": label | None, "alpha": label | None},
-     "ratio_k": {"0.25": 8, ...},            # the ratio slider's values -> k, as current_plan computes it
      "kmax": K,                               # the largest count the planner allows with these locks
      "orders": {akey: [blocks in removal order]},   # akey "" when the order does not depend on α
      "importance": {akey: [...]},             # for the block stack's tooltips
@@ -46,11 +45,6 @@ ALPHAS = [f"{i * 0.05:.2f}" for i in range(21)]     # the α slider's values (st
 
 def akey(alpha: float) -> str:
     return f"{float(alpha):.2f}"
-
-
-def ratio_to_k(L: int) -> dict[str, int]:
-    """The ratio slider's values (0.01 .. 1.00, step 0.01) to the block count ``state.current_plan`` uses."""
-    return {f"{r / 100:.2f}": max(1, int(round(float(f"{r / 100:.2f}") * L))) for r in range(1, 101)}
 
 
 def kmax(L: int, keep_first: bool, keep_last: bool) -> int:
@@ -99,7 +93,7 @@ def _base(spec: dict) -> dict:
 
 
 def _new(L, kf, kl, bind, orders, importance, charts_: dict) -> dict:
-    return {"id": uuid.uuid4().hex, "L": L, "bind": bind, "ratio_k": ratio_to_k(L), "kmax": kmax(L, kf, kl),
+    return {"id": uuid.uuid4().hex, "L": L, "bind": bind, "kmax": kmax(L, kf, kl),
             "orders": orders, "importance": importance, "charts": charts_}
 
 
