@@ -123,7 +123,7 @@ def test_the_checker_sees_lazy_and_string_imports():
     """The parser finds what the rules below rely on (a checker that sees nothing passes everything)."""
     mods, graph, raw = _graph()
     assert len(mods) > 20 and sum(map(len, graph.values())) > 50
-    # lazy (function-level) imports are edges too: cli_common loads the model only inside a function
+    # lazy (function-level) imports are edges too: cli/common.py loads the model only inside a function
     common = next(m for m in mods if m.endswith("common") and "cli" in m)
     assert any(t.endswith(".load") for t in graph[common])
     # the CLI registry names its subcommand modules as strings: those are edges as well
