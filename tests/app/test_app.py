@@ -258,7 +258,7 @@ def test_export_page_evaluates_and_exports_a_loadable_checkpoint(calibrated, tmp
     out = tmp_path / "app-test-export"
     assert (out / "config.json").is_file() and out.with_suffix(".zip").is_file()
     report = json.loads((out / "simdiff_report.json").read_text())
-    assert report["evaluation"]["ppl_pruned"] == pytest.approx(pruned, rel=1e-3)  # one shape: see test_records.py
+    assert report["evaluation"]["ppl_pruned"] == pytest.approx(pruned, rel=1e-3)  # one shape: see tests/common/test_records.py
     assert report["plan"]["removed_layers"] == plan.removed_layers
     with zipfile.ZipFile(out.with_suffix(".zip")) as z:
         assert "app-test-export/model.safetensors" in z.namelist()
