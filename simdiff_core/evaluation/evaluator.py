@@ -115,7 +115,7 @@ class PrefixEvaluator:
 
     def __init__(self, lm, input_ids: torch.Tensor, batch_size: int | None = None,
                  cache_bytes: int = DEFAULT_CACHE_BYTES, head_chunk_bytes: int = DEFAULT_HEAD_CHUNK_BYTES,
-                 should_stop: Callable[[], bool] | None = None, check_logits: bool = True):
+                 should_stop: Callable[[], bool] | None = None, check_logits: bool = True, lazy: bool = False):
         if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.shape[0] == 0 \
                 or input_ids.shape[1] < 2:
             raise SimDiffError("calibration input must be a non-empty (N, S) tensor of token ids with S >= 2")
@@ -133,23 +133,29 @@ class PrefixEvaluator:
         self.stats = {"block_calls": 0, "head_rows": 0, "layouts": 0}
         self._memo: dict[tuple, float] = {}
         self._batches: list[dict] = []
+        self.lazy = bool(lazy)
+        self.stats["capture_block_calls"] = 0
         hidden = None
         dense_nll = 0.0
+        view = self._recording_view() if self.lazy else None
         with torch.inference_mode():
             for b, start in enumerate(range(0, N, self.bs)):
                 if should_stop is not None and should_stop():
                     raise Cancelled()
                 ids = input_ids[start:start + self.bs].to(lm.device)
-                calls, states, logits = self._capture(ids)
+                calls, states, logits = self._capture_calls(view, ids) if self.lazy else self._capture(ids)
+                last = next(s for s in reversed(states) if s is not None)
+                self.stats["capture_block_calls"] += sum(1 for s in states[1:] if s is not None)
                 if check_logits and b == 0:
-                    self._check_tail(states[-1], logits)
+                    self._check_tail(last, logits)
                 del logits
-                dense_nll += self._nll_sum(states[-1], ids)
+                if not self.lazy:
+                    dense_nll += self._nll_sum(last, ids)
                 hidden = states[0].shape[-1]
                 self._batches.append({"ids": ids, "calls": calls, "x0": states[0],
                                       "path": (self._dense_key(), tuple(self.blocks), states)})
-        self.dense_loss = dense_nll / self.tokens
-        self._memo[self._dense_key()] = self.dense_loss
+        if not self.lazy:
+            self._memo[self._dense_key()] = dense_nll / self.tokens
         itemsize = torch.finfo(lm.dtype).bits // 8 if lm.dtype.is_floating_point else 4
         self.path_bytes = (self.L + 1) * min(self.bs, N) * S * int(hidden) * itemsize
         self.persistent = max(0, min(len(self._batches), int(cache_bytes) // max(1, self.path_bytes)))
@@ -170,17 +176,7 @@ class PrefixEvaluator:
             raise SimDiffError(f"{self.lm.name}: the same block object appears twice in the block list")
 
         def pre(module, args, kwargs):
-            i = index[module]
-            kw = dict(kwargs)
-            positional = bool(args)
-            if not positional:
-                kw.pop("hidden_states", None)
-            rest = tuple(None if _is_cache(a) else a for a in args[1:])
-            if "past_key_values" in kw:
-                kw["past_key_values"] = None
-            if "use_cache" in kw:
-                kw["use_cache"] = False
-            calls[i] = (positional, rest, kw)
+            calls[index[module]] = _call_record(args, kwargs)
 
         def post(module, args, kwargs, output):
             i = index[module]
@@ -195,6 +191,46 @@ class PrefixEvaluator:
                 out = self.lm.model(input_ids=ids, use_cache=False)
         if any(s is None for s in states) or any(c is None for c in calls):
             raise SimDiffError(f"{self.lm.name}: not every block ran in the forward pass; cannot evaluate prunings")
+        return calls, states, out.logits
+
+    def _recording_view(self) -> nn.Module:
+        """A view of the model (``pruning.prune``'s shallow path copies; the loaded model is untouched)
+        whose block list holds stand-ins: position 0 runs the real block, every later position only
+        records the arguments the model calls it with and passes its input on. One forward of the
+        view gives every block's call arguments for the cost of the embeddings and one block."""
+        from ..pruning.prune import _shallow
+
+        model = self.lm.model
+        parts = self.lm.block_path.split(".")
+        top = _shallow(model)
+        old, new = model, top
+        for part in parts[:-1]:
+            child = _shallow(getattr(old, part))
+            new._modules[part] = child
+            old, new = getattr(old, part), child
+        form: dict = {}
+        new._modules[parts[-1]] = nn.ModuleList([_Recorder(b, j, real=(j == 0), form=form)
+                                                 for j, b in enumerate(self.blocks)])
+        return top
+
+    def _capture_calls(self, view: nn.Module, ids):
+        """Lazy capture (``lazy=True``): every block's call arguments, the input of block 0 and its output,
+        and the model's logits of the state the stand-ins passed on (block 0's output; the tail check)."""
+        L = self.L
+        recorders = list(get_attr_path(view, self.lm.block_path))
+        for r in recorders:
+            r.reset()
+        try:
+            out = view(input_ids=ids, use_cache=False, logits_to_keep=CHECK_ROWS)
+        except TypeError:  # model code without logits_to_keep
+            out = view(input_ids=ids, use_cache=False)
+        calls = [r.call for r in recorders]
+        if any(c is None for c in calls):
+            raise SimDiffError(f"{self.lm.name}: not every block ran in the forward pass; cannot evaluate prunings")
+        states: list[torch.Tensor | None] = [recorders[0].x, recorders[0].y] + [None] * (L - 1)
+        for r in recorders:
+            r.reset()
+        recorders[0]._form.clear()
         return calls, states, out.logits
 
     def _check_tail(self, last: torch.Tensor, logits: torch.Tensor) -> None:
@@ -268,7 +304,8 @@ class PrefixEvaluator:
             start = 0
         else:
             pkey, _, states = path
-            start = next((j for j in range(L) if pkey[j] != key[j]), L)
+            # the first position where the layouts differ, or past which the path is not computed yet
+            start = next((j for j in range(L) if pkey[j] != key[j] or states[j + 1] is None), L)
             states = list(states[:start + 1]) + [None] * (L - start)
         h = states[start]
         for j in range(start, L):
@@ -321,6 +358,11 @@ class PrefixEvaluator:
     def loss(self, spec) -> float:
         return self.losses([spec])[0]
 
+    @property
+    def dense_loss(self) -> float:
+        """The unpruned model's loss (memoised; computed on first use when built with ``lazy=True``)."""
+        return self.loss(())
+
     def ppl(self, spec) -> float:
         return math.exp(min(self.loss(spec), 700.0))
 
@@ -342,6 +384,59 @@ class PrefixEvaluator:
             if n >= self.persistent:
                 bt["path"] = None
         return out
+
+
+def _call_record(args: tuple, kwargs: dict) -> tuple:
+    """(positional?, the other positional args, keyword args) of a block call, minus its hidden state
+    and any KV cache (candidates run without one)."""
+    kw = dict(kwargs)
+    positional = bool(args)
+    if not positional:
+        kw.pop("hidden_states", None)
+    rest = tuple(None if _is_cache(a) else a for a in args[1:])
+    if "past_key_values" in kw:
+        kw["past_key_values"] = None
+    if "use_cache" in kw:
+        kw["use_cache"] = False
+    return positional, rest, kw
+
+
+class _Recorder(nn.Module):
+    """Stand-in for one block in ``PrefixEvaluator._recording_view``: records how the model calls it;
+    runs the real block only when ``real`` (its output's form is what the others hand back). Other
+    attributes (``attention_type``, ``layer_idx``, ...) read through to the real block."""
+
+    def __init__(self, block: nn.Module, index: int, real: bool, form: dict):
+        super().__init__()
+        self.__dict__["_block"] = block  # not a registered child: the view owns no parameters
+        self.__dict__["_form"] = form    # shared by one view's stand-ins: the real block's last output
+        self.index, self.real = index, real
+        self.call = self.x = self.y = None
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            block = self.__dict__.get("_block")
+            if block is None:
+                raise
+            return getattr(block, name)
+
+    def reset(self) -> None:
+        self.call = self.x = self.y = None
+
+    def forward(self, *args, **kwargs):
+        self.call = _call_record(args, kwargs)
+        x = args[0] if args else kwargs.get("hidden_states")
+        if self.real:
+            out = self._block(*args, **kwargs)
+            self.x, self.y = block_io(args, kwargs, out)
+            self._form["out"] = out
+            return out
+        prev = self._form.get("out")
+        if isinstance(prev, (tuple, list)):  # older block APIs: (hidden, attn weights / cache, ...)
+            return type(prev)((x,) + tuple(prev[1:]))
+        return x
 
 
 def _is_cache(obj) -> bool:
