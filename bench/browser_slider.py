@@ -34,7 +34,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
 
 NOOP_APP = '''
@@ -107,7 +106,7 @@ def _stats(ms: list[float]) -> dict:
 
 
 def _timed_move(page, mode: str, target, act) -> float:
-    from streamlit_server import idle
+    from tests.support.streamlit_server import idle
 
     page.evaluate(WATCH_JS, [mode, target])
     act()
@@ -153,7 +152,7 @@ def page_runs(page) -> dict:
 def build_80_block_model(out: Path) -> Path:
     """A random-weight 80-block Llama (hidden 64) with the embedded model's tokenizer, saved to ``out``."""
     from simdiff_core.models.load import load_model
-    from tiny import tiny_model
+    from tests.support.tiny import tiny_model
 
     tok = load_model("default").tokenizer  # from the dequantised cache after the first load
     tiny_model("llama", num_layers=80).save_pretrained(out)
@@ -164,7 +163,7 @@ def build_80_block_model(out: Path) -> Path:
 def calibrate(page, model_dir: str | None) -> None:
     from playwright.sync_api import expect
 
-    from streamlit_server import idle, set_number
+    from tests.support.streamlit_server import idle, set_number
 
     if model_dir:
         page.get_by_role("combobox", name="Model source").click()  # the selectbox opens its option list
@@ -182,7 +181,7 @@ def calibrate(page, model_dir: str | None) -> None:
 
 
 def goto(page, label: str) -> None:
-    from streamlit_server import idle
+    from tests.support.streamlit_server import idle
 
     page.locator("[data-testid=stSidebarNav] a", has_text=label).first.click()
     idle(page)
@@ -197,7 +196,7 @@ def main(argv=None) -> dict:
 
     from playwright.sync_api import sync_playwright
 
-    from streamlit_server import CHROMIUM, idle, running_app
+    from tests.support.streamlit_server import CHROMIUM, idle, running_app
 
     if CHROMIUM is None:
         sys.exit("error: Debian chromium not found (apt-get install chromium)")

@@ -153,7 +153,7 @@ __all__ = ["curves_figure", "heatmap_figure", "matrix_figures", "agreement_scatt
 # ``st.plotly_chart`` runs on it) costs 25-120 ms. So what a move changes is built as plain dicts on top
 # of a figure validated once: ``curves_base`` + ``curves_spec`` (the dropped-block markers and bands),
 # ``bars_spec`` (importance bars) and ``overlap_spec`` (criteria overlap); ``Spec`` hands such a dict to
-# ``st.plotly_chart`` without a second validation. tests/test_charts.py checks each against the plotly-
+# ``st.plotly_chart`` without a second validation. tests/export/test_figures.py checks each against the plotly-
 # built figure (same traces, and plotly validates the dict).
 
 KEEP = "#2563eb"     # blue: kept blocks / main curves

@@ -1,0 +1,202 @@
+"""End-to-end: ``streamlit run app.py`` driven in headless Chromium through load → calibrate → curves
+→ preview → evaluate → export → download, with screenshots under ``test-artifacts/browser/``.
+
+Needs Debian's ``/usr/bin/chromium`` and the ``playwright`` package (scripts/setup.sh test installs
+both); skipped with a reason where either is absent.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import pytest
+
+import subprocess
+import sys
+
+from tests.support.streamlit_server import CHROMIUM, calibrate_in_browser, idle, require_browser, running_app, set_number, watcher_lines
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "test-artifacts" / "browser"
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    require_browser()
+    exports = tmp_path_factory.mktemp("exports")
+    log = tmp_path_factory.mktemp("log") / "streamlit.log"
+    with running_app(log, {"SIMDIFF_EXPORT_DIR": str(exports)}) as (url, _):
+        yield url, exports, log
+
+
+def test_shipped_config_turns_the_file_watcher_off():
+    """Streamlit, reading the project's .streamlit/config.toml the way `streamlit run` does, watches nothing.
+
+    The default watcher covers the whole project folder (./.venv included when setup.sh creates it
+    there) and floods the log with "Inotify queue overflowed" while a model loads.
+    """
+    code = ("from streamlit import config; config.get_config_options(force_reparse=True); "
+            "print(config.get_option('server.fileWatcherType'), config.get_option('server.runOnSave'))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["none", "False"]
+
+
+
+def _shot(page, name: str):
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def _runs(page) -> dict:
+    """The page's run counters (ui.state.count_run): full page runs and fragment runs, by name."""
+    return page.evaluate("() => Object.fromEntries([...document.querySelectorAll('.sd-runs')]"
+                         ".map(e => [e.dataset.name, +e.dataset.count]))")
+
+
+def _goto_page(page, label: str):
+    page.locator("[data-testid=stSidebarNav] a", has_text=label).first.click()
+    idle(page)
+
+
+def test_full_flow_in_chromium(server, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    url, exports, log = server
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"])
+        page = browser.new_page(viewport={"width": 1440, "height": 1000}, accept_downloads=True)
+        page.set_default_timeout(240_000)
+        page.goto(url)
+        idle(page)
+        expect(page.get_by_text("Nothing loaded yet")).to_be_visible()
+        _shot(page, "01_load_empty")
+
+        calibrate_in_browser(page, 4, 64)
+        expect(page.get_by_text("Calibrated on 4 × 64")).to_be_visible(timeout=300_000)
+        idle(page)
+        _shot(page, "02_calibrated")
+
+        _goto_page(page, "Layer curves")
+        expect(page.locator("[data-testid=stPlotlyChart]").first).to_be_visible()
+        assert page.locator("[data-testid=stPlotlyChart]").count() >= 3
+        page.wait_for_selector(".js-plotly-plot .scatterlayer .trace", timeout=60_000)
+        _shot(page, "03_layer_curves")
+        # the ratio slider reruns only its fragment; the curves' drawn markers follow every move
+        before = _runs(page)
+        # the curves and the fused bars are drawn by ui/live_chart.py: one graph each, updated in place
+        assert page.locator(".sd-live.js-plotly-plot").count() == 2
+        page.evaluate("() => { window.__sdGraphs = [...document.querySelectorAll('.sd-live')]; }")
+        thumb = page.get_by_role("slider", name="Pruning ratio")
+        for key, ratio in (("PageUp", 0.35), ("PageUp", 0.45), ("PageDown", 0.35)):
+            thumb.focus()
+            thumb.press(key)
+            idle(page)
+            k = max(1, round(ratio * 30))
+            expect(page.get_by_text(f"Highlighted: the {k} blocks")).to_be_visible()
+            # the curves chart: 30 drawn points per metric panel, and the k dropped blocks shaded on each panel
+            drawn = page.evaluate("() => document.querySelector('.js-plotly-plot').querySelectorAll("
+                                  "'.scatterlayer .point').length")
+            assert drawn == 3 * 30
+            shaded = page.evaluate("() => document.querySelector('.sd-live').layout.shapes"
+                                   ".filter(s => s.name === 'dropped').reduce((n, s) => n + (s.x1 - s.x0), 0)")
+            assert round(shaded) == 3 * k
+            # the very same graph divs (Plotly.react, no remount), and the bars mark the same k blocks
+            assert page.evaluate("() => { const g = [...document.querySelectorAll('.sd-live')];"
+                                 " return g.length === 2 && g.every((d, i) => d === window.__sdGraphs[i]); }")
+            red = page.evaluate("() => document.querySelectorAll('.sd-live')[1].layout.shapes"
+                                ".filter(s => s.name === 'dropped').map(s => Math.round((s.x0 + s.x1) / 2))")
+            assert len(red) == k and red == sorted(page.evaluate("() => document.querySelector('.sd-live')"
+                                                                 ".layout.shapes.filter(s => s.name === 'dropped'"
+                                                                 " && s.xref === 'x').flatMap(s => Array.from("
+                                                                 "{length: Math.round(s.x1 - s.x0)}, (_, j) =>"
+                                                                 " Math.round(s.x0 + 0.5) + j))"))
+        after = _runs(page)
+        assert after["curves_page"] == before["curves_page"], "a slider move must not rerun the page"
+        assert after["curves_fragment"] == before["curves_fragment"] + 3
+
+        _goto_page(page, "Prune preview")
+        expect(page.get_by_text("Est. speedup")).to_be_visible()
+        _shot(page, "04_prune_preview")
+        assert page.locator(".sd-block.sd-gone").count() == round(0.35 * 30)
+        before = _runs(page)
+        for k in (5, 9, 12, 4):
+            set_number(page, "Blocks to remove", k)
+            assert page.locator(".sd-block.sd-gone").count() == k
+            expect(page.get_by_text(f"removes {k} of 30")).to_be_visible()
+            # the criteria-overlap chart (first row: this criterion) shows the same k blocks
+            ones = page.evaluate("() => [...document.querySelectorAll('.sd-live')].map(g => g.data[0])"
+                                 ".filter(t => t.type === 'heatmap').map(t => t.z[0].filter(v => v === 1).length)")
+            assert ones == [k]
+        after = _runs(page)
+        assert after["preview_page"] == before["preview_page"], "a count change must not rerun the page"
+        assert after["preview_fragment"] == before["preview_fragment"] + 4
+        set_number(page, "Blocks to remove", round(0.25 * 30))
+
+        _goto_page(page, "Export & evaluate")
+        set_number(page, "Windows", 2)
+        set_number(page, "Seq. length", 64)
+        for label in ("Generation sample", "Latency (prefill / decode)"):  # covered by the AppTest suite
+            page.get_by_text(label, exact=True).click()
+            idle(page)
+        page.get_by_role("button", name="Evaluate dense vs pruned").click()
+        expect(page.get_by_text("Perplexity, pruned")).to_be_visible(timeout=300_000)
+        idle(page)
+        page.get_by_role("button", name="Export pruned checkpoint").click()
+        expect(page.get_by_text("Exported to")).to_be_visible(timeout=300_000)
+        idle(page)
+        _shot(page, "05_export")
+
+        with page.expect_download(timeout=120_000) as dl:
+            # .first: Streamlit may briefly keep the previous run's element while re-rendering
+            page.locator("[data-testid=stDownloadButton] button", has_text="Download pruned checkpoint").first.click()
+        target = tmp_path / dl.value.suggested_filename
+        dl.value.save_as(target)
+        assert not page.locator("[data-testid=stException]").count()
+        browser.close()
+
+    assert target.suffix == ".zip"
+    with zipfile.ZipFile(target) as z:
+        names = z.namelist()
+    folder = target.stem
+    assert {f"{folder}/config.json", f"{folder}/model.safetensors", f"{folder}/simdiff_report.json"} <= set(names)
+    assert (exports / folder / "config.json").is_file()
+    # the server ran with the shipped config: no file watcher, so no "Inotify queue overflowed" flood
+    assert watcher_lines(log) == []
+
+
+def test_live_curves_appear_after_the_first_batch_and_cancel_keeps_them(server):
+    """Calibrating 48 windows (12 batches): partial curves show up while the pass runs; Cancel keeps
+    the windows scored so far as usable (partial) scores for the curves and the preview."""
+    import re
+
+    from playwright.sync_api import expect, sync_playwright
+
+    url, _, _ = server
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"])
+        page = browser.new_page(viewport={"width": 1440, "height": 1000})
+        page.set_default_timeout(240_000)
+        page.goto(url)
+        idle(page)
+        calibrate_in_browser(page, 48, 64)
+        expect(page.get_by_text(re.compile(r"Partial curves after \d+ of 48"))).to_be_visible(timeout=300_000)
+        page.wait_for_function("() => [...document.querySelectorAll('.js-plotly-plot')].some(g => "
+                               "g.layout && g.layout.title && String(g.layout.title.text).includes('Partial:'))")
+        _shot(page, "06_live_curves")
+        page.get_by_role("button", name="Cancel").click()
+        note = page.get_by_text(re.compile(r"Calibration cancelled after \d+ of 48 windows"))
+        expect(note).to_be_visible(timeout=120_000)
+        done = int(re.search(r"after (\d+) of 48", note.inner_text()).group(1))
+        assert 1 <= done < 48
+        idle(page)
+        _goto_page(page, "Layer curves")
+        expect(page.get_by_text(f"cancelled after {done} of 48 windows")).to_be_visible()
+        page.wait_for_selector(".js-plotly-plot .scatterlayer .trace", timeout=60_000)
+        _goto_page(page, "Prune preview")
+        expect(page.get_by_text("Est. speedup")).to_be_visible()
+        assert not page.locator("[data-testid=stException]").count()
+        browser.close()
