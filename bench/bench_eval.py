@@ -194,6 +194,19 @@ def bench_alpha(lm, ids, k: int, rounds: int = 2) -> dict:
     return out
 
 
+def bench_alpha_floor(lm, ids, k: int) -> dict:
+    """Only the floor of auto alpha's evaluation on these windows (one scoring pass, no timing)."""
+    from simdiff_core.analysis.score import score_model
+    from simdiff_core.methods.alpha import AUTO_BETAS, DEFAULT_GRID
+    from simdiff_core.pruning.plan import make_plan
+
+    scores = score_model(lm, ids)
+    sets = list(dict.fromkeys(tuple(make_plan(scores, "simdiff", num=k, alpha=a, beta=b).removed_layers)
+                              for b in AUTO_BETAS for a in DEFAULT_GRID))
+    return dict(alpha_floor(lm, sets, tuple(ids.shape)), auto_alpha_distinct_plans=len(sets),
+                auto_alpha_plans=[list(s) for s in sets])
+
+
 def bench_shootout(lm) -> dict:
     from simdiff_core import eval_windows, make_windows
     from simdiff_core.methods.compare import parse_specs, run_compare
@@ -353,6 +366,9 @@ def run_all(lm, ids, num: int = 7, parts=("damage", "greedy", "alpha", "shootout
     if "alpha" in parts:
         res.update(bench_alpha(lm, ids, num))
         log(f"auto_alpha_cost_vs_naive {res['auto_alpha_cost_vs_naive']}")
+    if "alpha_floor" in parts:
+        res.update(bench_alpha_floor(lm, ids, num))
+        log(f"auto_alpha_floor_vs_naive {res['auto_alpha_floor_vs_naive']}")
     if "shootout" in parts:
         res.update(bench_shootout(lm))
         log(f"shootout_default_s {res['shootout_default_s']}")
@@ -373,7 +389,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: 1 when the machine is oversubscribed, else 2)")
     ap.add_argument("--no-shootout", action="store_true")
     ap.add_argument("--no-omp", action="store_true")
-    ap.add_argument("--only", default="", help="comma list of damage,greedy,alpha,shootout,omp")
+    ap.add_argument("--only", default="", help="comma list of damage,greedy,alpha,alpha_floor,"
+                    "shootout,omp (alpha_floor: only the floor, no timing)")
     ap.add_argument("--results", action="store_true", help="rewrite the eval-bench section of bench/RESULTS.md")
     ap.add_argument("--merge", nargs="*", default=[], help="JSON outputs of other bench_eval runs whose keys "
                     "join (and override) this run's; with --only none, just write their results")

@@ -80,3 +80,20 @@ def test_head_tiles_of_any_size_give_the_naive_loss(tiny, ids, family, monkeypat
     ev = PrefixEvaluator(lm, ids, head_chunk_bytes=4 * 4999 * 5)  # 5 rows per tile: many row blocks
     assert math.isclose(ev.loss((1,)), ref, rel_tol=1e-5)
     assert math.isclose(ev.dense_loss, naive_loss(lm, ids, ()), rel_tol=1e-5)
+
+
+def test_set_damage_through_the_evaluator_equals_each_pruned_model(tiny, ids):
+    from simdiff_core.evaluation.agreement import set_damage
+    from simdiff_core.evaluation.damage import measure_damage
+
+    lm = tiny("qwen2", num_layers=6, seed=5)
+    dmg = measure_damage(lm, ids)
+    sets = {"a": [2, 4], "b": [4, 2], "c": [1], "d": [1, 3, 4]}
+    rows = {r["label"]: r for r in set_damage(lm, ids, sets, dmg)}
+    for label, rem in sets.items():
+        ref = naive_loss(lm, ids, rem)
+        assert math.isclose(rows[label]["loss"], ref, rel_tol=1e-5), (label, rows[label]["loss"], ref)
+        assert rows[label]["ppl"] == pytest.approx(math.exp(ref), rel=1e-5)
+        assert rows[label]["delta_loss"] == pytest.approx(ref - dmg.dense_loss, abs=1e-5)
+    assert rows["a"]["loss"] == rows["b"]["loss"] and rows["a"]["removed"] == [2, 4]
+    assert rows["c"]["interaction"] == pytest.approx(0.0, abs=1e-5)  # one block: its single damage
