@@ -10,10 +10,10 @@ from __future__ import annotations
 
 
 def run(ctx, objective: str = "ppl", budget: int | None = None, seconds: float | None = None,
-        items=None, criterion: str = "simdiff", cached: bool = True):
+        items=None, criterion: str = "simdiff", cached: bool = True, bound: bool = True):
     from .search import run as search_run
 
     plan = search_run(ctx, search="greedy", objective=objective, budget=budget, seconds=seconds, items=items,
-                      fallback_criterion=criterion, cached=cached)
+                      fallback_criterion=criterion, cached=cached, bound=bound)
     plan.method = "greedy"
     return plan
