@@ -16,8 +16,17 @@ Algorithms (``search=``):
   several criteria plus random sets; a tournament parent is mutated (1-2 swaps) and replaces the
   worst member when better.
 
-Every objective value is memoised by removal set, so ``evals`` counts distinct models evaluated.
-``budget`` caps evaluations and ``seconds`` caps wall time; ``local``/``evolutionary`` run until a
+Every objective value is memoised by removal set. With the ``ppl`` objective (prefix-cached
+evaluator, no ``seconds`` cap) candidates are *eliminated* exactly where possible
+(``PrefixEvaluator.losses_bounded``): greedy/beam evaluate exactly only the candidates whose proven
+lower bound does not exceed the step's best exact values, local/evolutionary only a candidate whose
+bound is below the set it must beat; the chosen sets are the same as with every candidate exact
+(``bound=False``). An eliminated set has no exact value: its trace entry carries ``lower_bound`` (ppl)
+and no ``value``; if its exact value is needed later (completing a budget-stopped greedy from the
+single-removal costs), ``value`` is filled in. ``evals`` counts distinct sets *considered* (exact or
+eliminated), ``exact_evals`` the exact ones, ``eliminated_by_bound`` the eliminated ones.
+``budget`` caps ``evals`` (so a budgeted run follows the same path as exact evaluation) and
+``seconds`` caps wall time; ``local``/``evolutionary`` run until a
 cap (default budget 100). When a cap stops ``greedy``/``beam`` early, the partial set is completed
 without further evaluation: by the measured single-block removal costs where known, else by the
 dense model's ``fallback_criterion`` importance; ``details["completed_by_fallback"]`` says so.
