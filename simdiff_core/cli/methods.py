@@ -1,4 +1,4 @@
-"""CLI for the methods: ``plan --model ... --method M`` (in cli.py) and the ``compare`` shoot-out.
+"""CLI for the methods: ``plan --model ... --method M`` (in ``cli/core.py``) and the ``compare`` shoot-out.
 
     python -m simdiff_core plan --model default --method greedy --ratio 0.25 --out plan.json
     python -m simdiff_core plan --model default --method search --search local --budget 100 --num 8 --out p.json
