@@ -10,16 +10,21 @@ Chromium (Debian's /usr/bin/chromium, Playwright) moves
 * the **Blocks to remove** count on Prune preview (type a new count, Enter), and
 * the **Pruning ratio** slider on Layer curves (keyboard PageUp/PageDown: 0.10 per press),
 
-timing, inside the page, from the key event to the first animation frame in which the preview shows
-the new set: on Prune preview the greyed blocks of the block stack and the criteria-overlap chart both
-have the new count; on Layer curves the text names the new ratio and the dropped blocks' shading on the curves
-and the red bars of the importance chart both have the count that text names. The same two controls on
-a no-op page (a slider, a number box and one line of text) give the Streamlit round-trip floor on this
-machine. Reported: median and p90 per page and model, ratios to the floor, and the full-page reruns the
-moves caused (the page run counters; must be 0: a move reruns only the fragment).
+timing, inside the page, from the key event's timestamp to the first animation frame in which the
+preview shows the new set: on Prune preview the greyed blocks of the block stack and the first row of
+the criteria-overlap chart are the same k blocks; on Layer curves the dropped blocks' shading on the
+curves and the red bars of the importance chart are the same blocks, as many as ``round(ratio * L)``
+for the slider's new value. After each move's server run the set painted is compared with the set the
+server's text line names (``painted_set_differs_from_server``, must be 0), and the live elements'
+client/server mismatch counter (ui/live_chart.py) must not move. The same two controls on a no-op page
+(a slider, a number box and one line of text) give the Streamlit round-trip floor on this machine,
+measured interleaved with the app. Reported: median and p90 per page and model, ratios to the floor,
+the full-page reruns the moves caused (the page run counters; must be 0: a move reruns only the
+fragment) and the client paints.
 
 Goals (issue 17): 30 blocks: median <= 1.5 x floor and <= 150 ms; 80 blocks: p90 <= 250 ms.
-Cost: about 2-4 minutes (two calibrations on tiny settings, ~100 browser moves).
+Cost: about 3-5 minutes (two calibrations on tiny settings, ~200 browser moves); ``--blocks 30 --moves 6``
+for a quick check (~1 minute).
 """
 
 from __future__ import annotations
@@ -44,8 +49,9 @@ k = st.number_input("Blocks to remove", 1, 80, 8, key="k")
 st.markdown(f"Highlighted: the **{k}** blocks at ratio {r:.2f}")
 '''
 
-# In-page timer: t0 at the key event (capture phase), t1 at the first animation frame whose DOM passes
-# the page's check. Checks read the DOM and the plotly graph divs' data (what the charts draw).
+# In-page timer: t0 = the key event's timestamp (window, capture phase: before any page handler), t1 = the
+# first animation frame whose DOM passes the page's check. The checks read the DOM and the plotly graph
+# divs' data and layout (what the charts draw), and record the set shown (window.__sd.set).
 WATCH_JS = r"""
 (args) => {
   const [mode, target] = args;
@@ -53,39 +59,43 @@ WATCH_JS = r"""
   const texts = () => [...document.querySelectorAll('[data-testid=stMarkdownContainer]')].map(e => e.textContent);
   const plots = () => [...document.querySelectorAll('.js-plotly-plot')].filter(g => g.data && g.data.length);
   const slider = () => document.querySelector('input[type=range][aria-label="Pruning ratio"]');
+  const sd = window.__sd = {t0: null, t1: null, set: null};
   const checks = {
     noop_count: () => texts().some(t => t.includes(`the ${target} blocks`)),
     noop_ratio: () => { const r = parseFloat(slider().value).toFixed(2);
                         return texts().some(t => t.includes(`at ratio ${r}`)); },
     preview_count: () => {
-      if (document.querySelectorAll('.sd-block.sd-gone').length !== target) return false;
-      if (!texts().some(t => t.includes(`removes ${target} of`))) return false;
+      // the block stack and the criteria-overlap chart's first row (this criterion) show the same k blocks
+      const gone = [...document.querySelectorAll('.sd-block')].map((c, i) => c.classList.contains('sd-gone') ? i : -1)
+        .filter(i => i >= 0);
+      if (gone.length !== target) return false;
       const heat = plots().filter(g => g.data[0].type === 'heatmap');
-      return heat.length === 1 && heat[0].data[0].z[0].filter(v => v === 1).length === target;
+      if (heat.length !== 1) return false;
+      const row = heat[0].data[0].z[0].map((v, i) => v === 1 ? i : -1).filter(i => i >= 0);
+      if (JSON.stringify(row) !== JSON.stringify(gone)) return false;
+      sd.set = gone;
+      return true;
     },
     curves_ratio: () => {
-      const r = parseFloat(slider().value).toFixed(2);
-      const line = texts().find(t => t.startsWith('Highlighted:') && t.includes(`at ratio ${r}`));
-      if (!line) return false;
-      const k = parseInt(line.match(/the (\d+) blocks/)[1]);
+      const x = parseFloat(slider().value) * target, f = Math.floor(x), d = x - f;   // Python's round(ratio * L)
+      const k = Math.max(1, d > 0.5 ? f + 1 : d < 0.5 ? f : (f % 2 === 0 ? f : f + 1));
       const ps = plots();
       const curves = ps.filter(g => g.data.some(t => t.xaxis === 'x3'));
       const bars = ps.filter(g => g.data[0].type === 'bar');
       if (curves.length !== 1 || bars.length !== 1) return false;
-      // the dropped blocks are shaded columns (shapes named 'dropped') on each of the 3+ panels
-      const shaded = (curves[0].layout.shapes || []).filter(s => s.name === 'dropped')
-        .reduce((n, s) => n + Math.round(s.x1 - s.x0), 0);
-      const panels = new Set(curves[0].data.map(t => t.xaxis || 'x')).size;
-      const red = (bars[0].layout.shapes || []).filter(s => s.name === 'dropped' && s.fillcolor === DROP).length;
-      window.__sd.k = k;
-      return shaded === panels * k && red === k;
+      // the dropped blocks: shaded columns (shapes named 'dropped') on the first panel, red shapes on the bars
+      const shaded = (curves[0].layout.shapes || []).filter(s => s.name === 'dropped' && s.xref === 'x')
+        .flatMap(s => Array.from({length: Math.round(s.x1 - s.x0)}, (_, j) => Math.round(s.x0 + 0.5) + j));
+      const red = (bars[0].layout.shapes || []).filter(s => s.name === 'dropped' && s.fillcolor === DROP)
+        .map(s => Math.round((s.x0 + s.x1) / 2));
+      if (shaded.length !== k || JSON.stringify(red) !== JSON.stringify(shaded)) return false;
+      sd.set = red;
+      return true;
     },
   };
-  const sd = window.__sd = {t0: null, t1: null, k: null};
   if (!window.__sdKey) {
     window.__sdKey = true;
-    document.addEventListener('keydown', () => { if (window.__sd.t0 === null) window.__sd.t0 = performance.now(); },
-                              true);
+    window.addEventListener('keydown', (ev) => { if (window.__sd.t0 === null) window.__sd.t0 = ev.timeStamp; }, true);
   }
   const check = () => {
     let ok = false;
@@ -97,6 +107,16 @@ WATCH_JS = r"""
 }
 """
 
+# The set the server's run names (after the move's run): Prune preview's plan line, Layer curves' highlight line.
+SERVER_SET_JS = r"""
+(mode) => {
+  const texts = [...document.querySelectorAll('[data-testid=stMarkdownContainer]')].map(e => e.textContent);
+  const re = mode === 'preview_count' ? /removes \d+ of \d+ blocks: \[([\d, ]*)\]/ : /would drop: \[([\d, ]*)\]/;
+  for (const t of texts) { const m = t.match(re); if (m) return m[1] ? m[1].split(',').map(Number) : []; }
+  return null;
+}
+"""
+
 
 def _stats(ms: list[float]) -> dict:
     xs = sorted(ms)
@@ -105,14 +125,21 @@ def _stats(ms: list[float]) -> dict:
             "max": round(xs[-1], 1), "n": len(xs)}
 
 
+WRONG: list = []  # moves whose painted set differed from the set the server's run then named
+
+
 def _timed_move(page, mode: str, target, act) -> float:
     from tests.support.streamlit_server import idle
 
     page.evaluate(WATCH_JS, [mode, target])
     act()
     page.wait_for_function("() => window.__sd.t1 !== null", timeout=60_000, polling=50)
-    ms = page.evaluate("() => window.__sd.t1 - window.__sd.t0")
+    ms, shown = page.evaluate("() => [window.__sd.t1 - window.__sd.t0, window.__sd.set]")
     idle(page)  # the run is over before the next move
+    if not mode.startswith("noop"):
+        server = page.evaluate(SERVER_SET_JS, mode)
+        if server != shown:
+            WRONG.append({"mode": mode, "painted": shown, "server": server})
     return float(ms)
 
 
@@ -133,15 +160,21 @@ def count_moves(page, mode: str, L: int, n: int, seed: int = 0, warm: int = 2) -
     return out[warm:]
 
 
-def ratio_moves(page, mode: str, n: int, start: int = 0, warm: int = 2) -> list[float]:
+def ratio_moves(page, mode: str, n: int, start: int = 0, warm: int = 2, L: int = 0) -> list[float]:
     thumb = page.get_by_role("slider", name="Pruning ratio")
     thumb.focus()
     pattern = ["PageUp"] * 3 + ["PageDown"] * 3  # 0.25 -> 0.55 -> 0.25: every press changes the count
     out = []
     for i in range(start, start + n + warm):
         key = pattern[i % len(pattern)]
-        out.append(_timed_move(page, mode, None, lambda: thumb.press(key)))
+        out.append(_timed_move(page, mode, L, lambda: thumb.press(key)))
     return out[warm:]
+
+
+def live_state(page) -> dict:
+    """The live elements' counters (ui/live_chart.py): client paints, server draws, client/server mismatches."""
+    return page.evaluate("() => window.__sdLive ? {client: window.__sdLive.clientPaints, server: "
+                         "window.__sdLive.serverDraws, mismatches: window.__sdLive.mismatches.length} : null")
 
 
 def page_runs(page) -> dict:
@@ -190,6 +223,7 @@ def goto(page, label: str) -> None:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--moves", type=int, default=24, help="timed moves per page and model (>= 20 for the issue)")
+    ap.add_argument("--blocks", default="30,80", help="models to run: 30 (embedded), 80 (config-built), or both")
     ap.add_argument("--json-out", default=None, help="also write the result JSON here")
     ap.add_argument("--write-results", action="store_true", help="update this benchmark's section of bench/RESULTS.md")
     args = ap.parse_args(argv)
@@ -214,19 +248,20 @@ def main(argv=None) -> dict:
             idle(page)
             return page
 
-        model80 = str(build_80_block_model(tmp / "llama80"))
+        sizes = [int(b) for b in args.blocks.split(",")]
+        model80 = str(build_80_block_model(tmp / "llama80")) if 80 in sizes else None
         # The floor is measured interleaved with the app (one floor move, one app move, ...): on a shared
         # machine the load drifts, and a floor measured minutes apart would not be comparable.
         with running_app(tmp / "noop.log", {}, script=str(tmp / "noop.py")) as (noop_url, _), \
                 running_app(tmp / "app.log", {"SIMDIFF_EXPORT_DIR": str(tmp / "exports")}) as (url, _):
             noop = new_page(noop_url)
             floors = {"count": [], "ratio": []}
-            for L, model_dir in ((30, None), (80, model80)):
+            for L, model_dir in [(L, m) for L, m in ((30, None), (80, model80)) if L in sizes]:
                 page = new_page(url)
                 calibrate(page, model_dir)
                 for label, name, kind in (("Prune preview", "preview", "count"), ("Layer curves", "curves", "ratio")):
                     goto(page, label)
-                    before = page_runs(page)
+                    before, live0, wrong0 = page_runs(page), live_state(page), len(WRONG)
                     app_ms, floor_ms = [], []
                     for i in range(args.moves + 2):
                         seed = 1000 * L + i
@@ -235,27 +270,34 @@ def main(argv=None) -> dict:
                             app_ms += count_moves(page, "preview_count", L, 1, seed=seed, warm=0)
                         else:
                             floor_ms += ratio_moves(noop, "noop_ratio", 1, start=i, warm=0)
-                            app_ms += ratio_moves(page, "curves_ratio", 1, start=i, warm=0)
-                    after = page_runs(page)
+                            app_ms += ratio_moves(page, "curves_ratio", 1, start=i, warm=0, L=L)
+                    after, live1 = page_runs(page), live_state(page)
                     res[f"{name}_{L}"] = _stats(app_ms[2:])
                     res[f"{name}_{L}"]["floor"] = _stats(floor_ms[2:])
                     floors[kind] += floor_ms[2:]
                     res[f"{name}_{L}"]["full_page_reruns"] = after[f"{name}_page"] - before[f"{name}_page"]
                     res[f"{name}_{L}"]["fragment_runs"] = after[f"{name}_fragment"] - before[f"{name}_fragment"]
+                    # client paints by the live elements, and client/server disagreements (must be 0)
+                    res[f"{name}_{L}"]["client_paints"] = live1["client"] - live0["client"]
+                    res[f"{name}_{L}"]["client_server_mismatches"] = live1["mismatches"] - live0["mismatches"]
+                    res[f"{name}_{L}"]["painted_set_differs_from_server"] = len(WRONG) - wrong0
                 page.close()
                 print(f"{L} blocks done ({time.perf_counter() - t_start:.0f} s)", file=sys.stderr)
             res["floor_count"] = _stats(floors["count"])
             res["floor_ratio"] = _stats(floors["ratio"])
         browser.close()
 
-    res["ratio_to_floor"] = {k: round(res[k]["median"] / res[k]["floor"]["median"], 2)
-                             for k in ("preview_30", "curves_30", "preview_80", "curves_80")}
+    rows = [k for k in ("preview_30", "curves_30", "preview_80", "curves_80") if k in res]
+    res["ratio_to_floor"] = {k: round(res[k]["median"] / res[k]["floor"]["median"], 2) for k in rows}
+    r30, r80 = [k for k in rows if k.endswith("_30")], [k for k in rows if k.endswith("_80")]
     res["goals"] = {
-        "30_median_le_1.5x_floor": max(res["ratio_to_floor"]["preview_30"], res["ratio_to_floor"]["curves_30"]) <= 1.5,
-        "30_median_le_150ms": max(res["preview_30"]["median"], res["curves_30"]["median"]) <= 150,
-        "80_p90_le_250ms": max(res["preview_80"]["p90"], res["curves_80"]["p90"]) <= 250,
-        "no_full_page_reruns": all(res[k]["full_page_reruns"] == 0 for k in ("preview_30", "curves_30", "preview_80",
-                                                                               "curves_80"))}
+        "30_median_le_1.5x_floor": all(res["ratio_to_floor"][k] <= 1.5 for k in r30) if r30 else None,
+        "30_median_le_150ms": all(res[k]["median"] <= 150 for k in r30) if r30 else None,
+        "80_p90_le_250ms": all(res[k]["p90"] <= 250 for k in r80) if r80 else None,
+        "no_full_page_reruns": all(res[k]["full_page_reruns"] == 0 for k in rows),
+        "painted_sets_equal_server": not WRONG and all(res[k]["client_server_mismatches"] == 0 for k in rows)}
+    if WRONG:
+        res["wrong_sets"] = WRONG[:5]
     res["moves"] = args.moves
     res["loadavg"] = round(os.getloadavg()[0], 1)
     res["seconds"] = round(time.perf_counter() - t_start, 1)

@@ -4,7 +4,7 @@
     python examples/api_end_to_end.py --model ./my-model --ratio 0.25 --out exports/my-model-pruned
 
 Runs offline on CPU in well under a minute with the defaults (2 calibration windows x 64 tokens).
-The test suite runs this file (tests/export/test_ecosystem.py), so it stays in step with the API.
+The test suite runs this file (tests/structure/test_packaging.py), so it stays in step with the API.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from simdiff_core import SimDiffError
 from simdiff_core.analysis import uncertainty
 from simdiff_core.analysis.score import protocol as score_protocol
 from simdiff_core.export import figures as charts
-from ui import state, views
+from ui import live_slider, state, views
 
 state.setup_page("Layer curves")
 
@@ -56,8 +56,8 @@ if show_bands:
     else:
         st.caption("No bootstrap bands: these scores carry no per-window statistics (calibrate again with at "
                    "least 2 windows).")
-base = state.per_scores(scores, ("curves", scale_free, log_mssd, clip, level if bands else None,
-                                 None if damage is None else tuple(damage)),
+base_key = ("curves", scale_free, log_mssd, clip, level if bands else None, None if damage is None else tuple(damage))
+base = state.per_scores(scores, base_key,
                         lambda: charts.curves_base(scores.layers, scale_free=scale_free, log_mssd=log_mssd,
                                                    damage=damage, bands=bands, clip=clip))
 if bands:
@@ -65,9 +65,28 @@ if bands:
                "windows (200 resamples, seed 0); error bars on the fused importance likewise.")
 
 
+def payload_for(criterion: str, kf: bool, kl: bool) -> dict:
+    """The curves' shading and the fused bars at every count and α of the slider grid (ui/live_slider.py):
+    built once per settings and session, so a ratio / α move is painted by the browser before the server."""
+    fusion = state.fusion_kwargs()
+    key = ("live_curves", criterion, kf, kl, tuple(sorted(fusion.items())), base_key)
+
+    def band(a: float):
+        if not bands:
+            return None
+        return state.per_scores(scores, ("fused_band", level, a, fusion["beta"], fusion["scale_free"]),
+                                lambda: uncertainty.fused_band(scores, alpha=a, level=level, **fusion))
+
+    return state.per_scores_recent(scores, "live_curves", key, lambda: live_slider.curves_payload(
+        scores, criterion, kf, kl, fusion, base, band))
+
+
 @st.fragment
 def curves_panel():
-    """The ratio and α sliders with everything they change: a move reruns only this function."""
+    """The ratio and α sliders with everything they change: a move reruns only this function.
+
+    The two charts are live elements (ui/live_slider.py): the browser repaints them from a payload
+    precomputed for every count and α as soon as a slider moves; this run then confirms them."""
     views.run_marker("curves_fragment", state.count_run("curves_fragment"))
     c1, c2 = st.columns(2)
     ratio = c1.slider("Pruning ratio", 0.01, 1.0, step=0.01, **state.bound("ratio"),
@@ -75,30 +94,37 @@ def curves_panel():
     state.put("ratio", ratio)
     alpha = c2.slider("SimDiff α", 0.0, 1.0, step=0.05, **state.bound("alpha"),
                       help="Weight of similarity (1 − cosine) against difference (MSSD, MASD). α = 1 is cosine-only.")
+    alpha = round(alpha, 2)  # the slider's 0.05 grid, as the precomputed payload (no float noise)
     state.put("alpha", alpha)
     dropped = []
+    criterion = state.get("criterion", "simdiff")
+    payload = payload_for(criterion, bool(state.get("keep_first", True)), bool(state.get("keep_last", True)))
+    live = None
     try:
         plan = state.current_plan(scores)
         dropped = plan.removed_layers
         st.markdown(f"Highlighted: the **{len(dropped)}** blocks that **{plan.criterion}** at ratio {ratio:.2f} "
                     f"would drop: `{dropped}`")
+        a = live_slider.akey(alpha)
+        live = {"id": payload["id"], "state": {"k": plan.num_removed, "a": a}}
+        if live_slider.removed(payload, plan.num_removed, a) != dropped:  # same order, same rule: never expected
+            st.error("internal: the precomputed curves differ from the plan")
     except SimDiffError as e:
         views.show_error(e)
-    beta = float(state.get("beta", 0.5))
-    imp = scores.importance("simdiff", alpha=alpha, scale_free=scale_free, beta=beta)
+    fusion = state.fusion_kwargs()
+    imp = scores.importance("simdiff", alpha=alpha, **fusion)
     frame = charts.curves_frame(scores.layers, imp, dropped)
     fband = None
     if bands:
-        fband = state.per_scores(scores, ("fused_band", level, alpha, beta, scale_free),
-                                 lambda: uncertainty.fused_band(scores, alpha=alpha, beta=beta, scale_free=scale_free,
-                                                                level=level))
+        fband = state.per_scores(scores, ("fused_band", level, alpha, fusion["beta"], fusion["scale_free"]),
+                                 lambda: uncertainty.fused_band(scores, alpha=alpha, level=level, **fusion))
         for k, b in list(bands.items()) + [("simdiff", fband)]:
             if k in frame.columns and isinstance(b, dict):
                 frame[f"{k}_lo"], frame[f"{k}_hi"] = b["lo"], b["hi"]
-    views.chart(charts.Spec(charts.curves_spec(base, dropped, markers=False)), "layer_curves", "curves", frame=frame, live=True)
-    fused = charts.bars_spec(imp, dropped, title=f"SimDiff importance, α = {alpha:.2f} (higher = keep)",
-                             shapes=True)
-    views.chart(charts.Spec(charts.with_band(fused, fband)), "simdiff_importance", "simdiff", frame=frame, live=True)
+    views.chart(charts.Spec(charts.curves_spec(base, dropped, markers=False)), "layer_curves", "curves", frame=frame,
+                live=True, bind=live and dict(live, chart="curves"), payload=payload)
+    views.chart(charts.Spec(live_slider.bars_at(imp, alpha, dropped, fband)), "simdiff_importance", "simdiff",
+                frame=frame, live=True, bind=live and dict(live, chart="simdiff"), payload=payload)
 
 
 curves_panel()

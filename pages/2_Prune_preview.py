@@ -15,9 +15,8 @@ import streamlit as st
 from simdiff_core import CRITERIA, SimDiffError
 from simdiff_core.analysis import uncertainty
 from simdiff_core.pruning import stability
-from simdiff_core.pruning.plan import make_plan
 from simdiff_core.export import figures as charts
-from ui import state, views
+from ui import live_chart, live_slider, state, views
 
 state.setup_page("Prune preview")
 scores = state.get("scores")
@@ -88,18 +87,25 @@ if criterion == "simdiff" and auto:
                f"{auto['k']} blocks, best of {auto['trials']} distinct prunings).")
 
 
-def stability_section(plan, alpha: float) -> None:
+def payload_for(plan, alpha: float, others: list[str]) -> dict:
+    """Everything the preview shows at every block count for these settings (ui/live_slider.py): built
+    once per settings and session, so a count / ratio move is painted by the browser before the server."""
+    fusion = state.fusion_kwargs()
+    stab = plan.criterion in CRITERIA and uncertainty.has_windows(scores)
+    key = ("live_preview", plan.criterion, alpha, kf, kl, tuple(sorted(fusion.items())), tuple(others), stab)
+    return state.per_scores_recent(scores, "live_preview", key, lambda: live_slider.preview_payload(
+        scores, plan.criterion, alpha, kf, kl, fusion, others, stab))
+
+
+def stability_section(plan, payload: dict, live: dict) -> None:
     """How often each block is removed across bootstrap resamples of the windows, at these settings."""
     st.subheader("Plan stability")
-    if plan.criterion not in CRITERIA or not uncertainty.has_windows(scores):
+    freq = live_slider.frequency(payload, plan.num_removed)
+    if freq is None:
         st.caption("No stability: these scores carry no per-window statistics (calibrate again with ≥ 2 windows).")
         return
-    fusion = state.fusion_kwargs() if plan.criterion == "simdiff" else {}
-    key = ("stability", plan.criterion, plan.num_removed, alpha, tuple(sorted(fusion.items())), kf, kl)
-    stab = state.per_scores(scores, key, lambda: stability.plan_stability(
-        scores, plan.criterion, num=plan.num_removed, alpha=alpha, keep_first=kf, keep_last=kl, **fusion))
-    if stab.removed != plan.removed_layers:  # same selection rule on the same numbers: never expected
-        st.error("internal: the stability plan differs from the preview plan")
+    stab = stability.Stability(removed=plan.removed_layers, frequency=freq, n_boot=uncertainty.DEFAULT_BOOT,
+                               seed=uncertainty.DEFAULT_SEED)
     low = min(stab.frequency[i] for i in stab.removed)
     if stab.stable:
         st.success(f"Stable plan: every removed block is removed in at least {low:.0%} of {stab.n_boot} bootstrap "
@@ -111,15 +117,23 @@ def stability_section(plan, alpha: float) -> None:
         st.warning(f"Unstable plan: blocks {stab.unstable} are removed in fewer than {stab.threshold:.0%} of "
                    f"{stab.n_boot} resamples (lowest {low:.0%}). Contenders: {rival or 'none'}. More calibration "
                    "windows would make the choice firmer.", icon=":material/warning:")
-    freq = pd.DataFrame({"block": range(L), "removal_frequency": stab.frequency,
-                         "in_plan": [i in stab.removed for i in range(L)]}).set_index("block")
+    frame = pd.DataFrame({"block": range(L), "removal_frequency": stab.frequency,
+                          "in_plan": [i in stab.removed for i in range(L)]}).set_index("block")
     views.chart(charts.Spec(charts.stability_spec(stab.frequency, stab.removed, stab.threshold, stab.n_boot)),
-                "plan_stability", "stability", frame=freq, live=True)
+                "plan_stability", "stability", frame=frame, live=True, bind=dict(live, chart="stability"),
+                payload=payload)
+
+
+COMPARE_DEFAULT = ("cosine", "mssd_rel", "masd_rel", "angular")
 
 
 @st.fragment
 def preview():
-    """The ratio / count / α controls and everything they change: a move reruns only this function."""
+    """The ratio / count / α controls and everything they change: a move reruns only this function.
+
+    The block stack and the two charts are live elements (ui/live_slider.py): the browser repaints them
+    from a payload precomputed for every count as soon as the ratio slider or the count box moves, and
+    this run then confirms them with the same data."""
     views.run_marker("preview_fragment", state.count_run("preview_fragment"))
     c = st.columns([3, 1, 2])
     wk = state.widget_key("ratio")
@@ -132,6 +146,7 @@ def preview():
                       help=f"Same as the ratio, as a count (of {L}).")
     alpha = c[2].slider("SimDiff α", 0.0, 1.0, step=0.05, **state.bound("alpha"),
                         disabled=criterion != "simdiff", help="Only used by the simdiff criterion.")
+    alpha = round(alpha, 2)  # the slider's 0.05 grid, as the precomputed payload (no float noise)
     state.put("alpha", alpha)
     try:
         plan = state.current_plan(scores)
@@ -140,9 +155,16 @@ def preview():
         return
 
     k = plan.num_removed
+    default = [o for o in COMPARE_DEFAULT if o != criterion]
+    others = [o for o in st.session_state.get("compare", default) if o in CRITERIA and o != criterion]
+    payload = payload_for(plan, alpha, others)
+    live = {"id": payload["id"], "state": {"k": k, "a": ""}}
+    if live_slider.removed(payload, k) != plan.removed_layers:  # same order, same rule: never expected
+        st.error("internal: the precomputed preview differs from the plan")
     st.markdown(f"**{criterion}** removes **{k} of {L}** blocks: `{plan.removed_layers}` · kept ranges "
                 f"(half-open, mergekit `layer_range`): `{[list(r) for r in plan.kept_ranges()]}`")
-    st.html(views.block_diagram(L, plan.removed_layers, plan.scores))
+    live_chart.stack_live(views.block_diagram(L, plan.removed_layers, plan.scores), "block_stack",
+                          dict(live, removed=plan.removed_layers), payload)
 
     m = st.columns(4)
     m[0].metric("Blocks", f"{L - k}", delta=f"-{k}", delta_color="off")
@@ -155,7 +177,7 @@ def preview():
                     "measure it for real on Export & evaluate.")
     m[3].metric("Removed", f"{k / L:.0%}")
 
-    stability_section(plan, alpha)
+    stability_section(plan, payload, live)
 
     st.subheader("Removed blocks")
     table = pd.DataFrame([{**{key: l[key] for key in ("index", "cosine", "mssd_rel", "masd_rel", "mssd", "masd")},
@@ -164,23 +186,17 @@ def preview():
     st.dataframe(table.set_index("index"), width="stretch", key="removed_table")
 
     st.subheader("How criteria differ")
-    others = st.multiselect("Compare with", [c for c in crit_names if c != criterion],
-                            default=[c for c in ("cosine", "mssd_rel", "masd_rel", "angular") if c != criterion],
-                            key="compare", help="Same block count, same locks; only the ranking differs.")
-    sets = {criterion: plan.removed_layers}
+    st.multiselect("Compare with", [c for c in crit_names if c != criterion], default=default, key="compare",
+                   help="Same block count, same locks; only the ranking differs.")
+    sets = live_slider.overlap_sets(criterion, others, k, payload["_orders"])
     rows = []
     for other in others:
-        try:
-            p = make_plan(scores, other, num=k, alpha=alpha, keep_first=kf, keep_last=kl)
-        except SimDiffError as e:
-            views.show_error(e)
-            continue
-        sets[other] = p.removed_layers
-        shared = set(p.removed_layers) & set(plan.removed_layers)
+        shared = set(sets[other]) & set(plan.removed_layers)
         rows.append({"criterion": other, "shared with " + criterion: len(shared),
-                     "only here": sorted(set(p.removed_layers) - shared),
+                     "only here": sorted(set(sets[other]) - shared),
                      f"only in {criterion}": sorted(set(plan.removed_layers) - shared)})
-    views.chart(charts.Spec(charts.overlap_spec(sets, L)), "criteria_overlap", "overlap", live=True)
+    views.chart(charts.Spec(charts.overlap_spec(sets, L)), "criteria_overlap", "overlap", live=True,
+                bind=dict(live, chart="overlap"), payload=payload)
     if rows:
         st.dataframe(pd.DataFrame(rows).set_index("criterion"), width="stretch", key="overlap_table")
 

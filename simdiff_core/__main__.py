@@ -1,4 +1,4 @@
-"""``python -m simdiff_core ...`` — see cli.py."""
+"""``python -m simdiff_core ...`` — see ``simdiff_core/cli/__init__.py`` (the subcommand registry)."""
 
 import sys
 

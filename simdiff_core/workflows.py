@@ -7,7 +7,7 @@
     out, report = export_and_record(lm, plan, "exports/x", evaluation=ev, scores=scores)
 
 Why: the Export page and ``simdiff prune`` used to evaluate and write the report each their own way
-(two report shapes, see records.py). Pages call these and only render; the CLI calls these and only
+(two report shapes, see ``common/records.py``). Pages call these and only render; the CLI calls these and only
 parses flags. Cost: exactly the forward passes named (no hidden extra evaluation).
 """
 
@@ -88,7 +88,7 @@ class AlphaChoice:
 def choose_alpha(lm, scores, calib_ids, ratio=None, num=None, keep_first: bool = True, keep_last: bool = True,
                  tune_beta: bool = True, beta: float = 0.5, progress: Progress | None = None,
                  should_stop=None, **fusion) -> AlphaChoice:
-    """Auto α (and β over 0, 0.5, 1 when ``tune_beta``) by calibration perplexity; see alpha.py."""
+    """Auto α (and β over 0, 0.5, 1 when ``tune_beta``) by calibration perplexity; see ``methods/alpha.py``."""
     from .methods.alpha import AUTO_BETAS, auto_alpha, trials_best
     from .pruning.plan import num_from_ratio
 

@@ -44,6 +44,14 @@ def embedded_scores(embedded_lm, calib_ids):
     return score_model(embedded_lm, calib_ids, calibration={"source": "wikitext2"})
 
 
+@pytest.fixture(scope="module")
+def ids32(tokenizer):
+    """32 wikitext2 windows of 24 tokens (the insight tests resample them: bands, stability, reports)."""
+    from simdiff_core import make_windows
+
+    return make_windows(tokenizer, "wikitext2", n=32, seq_len=24)
+
+
 @pytest.fixture
 def tiny(tokenizer):
     """Factory: tiny(family, num_layers=6, seed=0) -> LoadedModel."""
@@ -54,3 +62,16 @@ def tiny(tokenizer):
 
     return make
 
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tokenizer, ids):
+    """A 6-block tiny llama with its scores and damage on the requesting module's ``ids`` windows
+    (shared by the damage, agreement, report and ground-truth CLI tests)."""
+    from simdiff_core import score_model
+    from simdiff_core.evaluation.damage import measure_damage
+    from tests.support.tiny import tiny_lm
+
+    lm = tiny_lm("llama", tokenizer, 6, seed=1)
+    scores = score_model(lm, ids, calibration={"source": "wikitext2"})
+    dmg = measure_damage(lm, ids, batch_size=2, calibration={"source": "wikitext2"})
+    return lm, scores, dmg

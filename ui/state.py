@@ -360,6 +360,20 @@ def per_scores(scores, key, build):
     return memo[1][key]
 
 
+def per_scores_recent(scores, group: str, key, build, keep: int = 4):
+    """``per_scores`` for values that are large and keyed by many settings (the live slider payloads):
+    only the ``keep`` most recently used of ``group`` stay memoised, so moving α through its grid does
+    not pile up one payload per value in the session."""
+    memo = per_scores(scores, ("_recent", group), dict)
+    if key in memo:
+        memo[key] = memo.pop(key)  # most recent last
+    else:
+        memo[key] = build()
+        while len(memo) > keep:
+            memo.pop(next(iter(memo)))
+    return memo[key]
+
+
 def count_run(name: str) -> int:
     """Count script runs of ``name`` (a page, or a fragment) in this session: the browser test reads it
     to prove a slider move reran only the fragment, never the whole page."""

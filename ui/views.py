@@ -179,13 +179,16 @@ def figure_png(fig) -> bytes:
     return figure_bytes(go.Figure(fig) if isinstance(fig, dict) else fig, "png")
 
 
-def chart(fig, name: str, key: str, frame=None, config: dict | None = None, live: bool = False) -> None:
+def chart(fig, name: str, key: str, frame=None, config: dict | None = None, live: bool = False,
+          bind: dict | None = None, payload: dict | None = None) -> None:
     """``st.plotly_chart`` plus its data as CSV and the chart as PNG (two real download buttons).
 
     ``frame``: the table behind the chart (default: ``figure_frame``, the points as drawn). The PNG is
     made by kaleido on click only (deferred), so the buttons cost nothing per rerun.
     ``live``: draw it with ``ui.live_chart`` (updated in place by ``Plotly.react``) instead of
     ``st.plotly_chart`` (redrawn from scratch whenever the figure changes): for charts a slider move changes.
+    ``bind``/``payload``: also repainted in the browser from the precomputed payload as the slider widgets
+    move (ui/live_slider.py; ``live_chart.plotly_live``'s ``live``/``payload``).
     """
     from simdiff_core.export import figures as charts
 
@@ -193,7 +196,7 @@ def chart(fig, name: str, key: str, frame=None, config: dict | None = None, live
     if live:
         from ui.live_chart import plotly_live
 
-        plotly_live(spec, key, config or charts.plot_config(name))
+        plotly_live(spec, key, config or charts.plot_config(name), live=bind, payload=payload)
     else:
         st.plotly_chart(fig, key=key, config=config or charts.plot_config(name))
     df = frame if frame is not None else figure_frame(spec)

@@ -126,8 +126,9 @@ def write_results(path: Path, res: dict, args) -> None:
             elif r:
                 w(f"| {name} | error: {r['error']} | | | | | |")
         w("")
-        w("Already in place: the dequantised-weights cache (load.py), `torch.inference_mode`, the base model "
-          "without LM head, tokenising only as much text as the windows need (data.py), fused metric reductions.")
+        w("Already in place: the dequantised-weights cache (simdiff_core/models/gguf.py), `torch.inference_mode`, "
+          "the base model without LM head, tokenising only as much text as the windows need "
+          "(simdiff_core/data/text.py), fused metric reductions.")
     else:
         w("Not measured in this mode (run without `--smoke`).")
     w("")

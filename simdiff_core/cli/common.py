@@ -2,10 +2,10 @@
 
     from simdiff_core.cli.common import add_model_args, load_from_args, progress_printer
 
-Every subcommand module (cli.py, cli_eval.py, cli_methods.py, ...) builds its parser and reads its
-arguments with these helpers, so a flag means the same thing everywhere. This module imports no
-subcommand module (only the library, lazily), so the subcommands can all depend on it without an
-import circle. Cost: none beyond the imports a subcommand needs anyway.
+Every subcommand module (``cli/core.py``, ``cli/eval.py``, ``cli/methods.py``, ...) builds its parser
+and reads its arguments with these helpers, so a flag means the same thing everywhere. This module
+imports no subcommand module (only the library, lazily), so the subcommands can all depend on it
+without an import circle. Cost: none beyond the imports a subcommand needs anyway.
 """
 
 from __future__ import annotations

@@ -4,8 +4,9 @@
     simdiff overlay --scores a.json --scores b.json --metric cosine --out overlay.csv
     simdiff drilldown --model default --block 11 --windows 4 --top 20
 
-Thin wrappers over ``sensitivity.py`` and ``drilldown.py`` (definitions there and in the README);
-bootstrap stability is ``plan --stability N``. Each prints a table on stderr and one JSON line.
+Thin wrappers over ``simdiff_core/pruning/sensitivity.py`` and ``simdiff_core/analysis/drilldown.py``
+(definitions there and in the README); bootstrap stability is ``plan --stability N``. Each prints a
+table on stderr and one JSON line.
 """
 
 from __future__ import annotations

@@ -570,7 +570,7 @@ def shootout_bars(rows: list[dict]) -> go.Figure:
 
 
 def loss_curve(curve: list[dict]) -> go.Figure:
-    """LoRA training loss per step (``[{"step", "loss"}]``, as recover.py reports it)."""
+    """LoRA training loss per step (``[{"step", "loss"}]``, as ``evaluation/recover.py`` reports it)."""
     fig = go.Figure(go.Scatter(x=[p["step"] for p in curve], y=[p["loss"] for p in curve], mode="lines+markers",
                                line=dict(color=KEEP), marker=dict(size=4), name="training loss"))
     fig.update_layout(title="LoRA training loss", xaxis_title="step", yaxis_title="next-token loss (nats)",

@@ -71,7 +71,7 @@ def build_report_html(scores, damage=None, plan=None, ppl=None, agreement: list 
     the output of ``agreement.set_damage``; ``ppl`` is a ``records.Evaluation`` (or a dict it reads:
     {"before", "after", "protocol"} or {"ppl_dense", "ppl_pruned", "protocol"}). Where the scores carry
     per-window statistics, the report adds 90 % bootstrap bands per block and the plan's stability
-    (``uncertainty.py``); ``sensitivity`` (a ``sensitivity.Sensitivity``) adds the calibration-sensitivity
+    (``analysis/uncertainty.py``); ``sensitivity`` (a ``pruning.sensitivity.Sensitivity``) adds the calibration-sensitivity
     section.
     """
     from ..common.records import Evaluation

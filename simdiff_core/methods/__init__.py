@@ -10,7 +10,7 @@ oneshot     score once, remove the k lowest-importance blocks by a criterion (``
 iterative   remove the lowest block, re-score the pruned model, repeat k times
 greedy      SLEB-style: each step removes the block whose removal hurts the objective least
 block       Gromov/PruneMe: the k consecutive blocks with the smallest angular distance in/out
-slm         Sliding Layer Merging: top-down windows merged by parameter deltas (``merge.py``)
+slm         Sliding Layer Merging: top-down windows merged by parameter deltas (``pruning/merge.py``)
 search      a budgeted search for the removal set minimising an objective (``search.py``)
 =========== ================================================================================
 

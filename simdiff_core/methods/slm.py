@@ -3,7 +3,7 @@
 Start a window at the deepest removable block; grow it downwards one
 block at a time while the merged model's final hidden states stay similar to the original model's
 (mean token cosine on the calibration windows >= ``threshold``); when the next block would drop the
-similarity below it, close the window (merge = base + sum of parameter deltas, see ``merge.py``)
+similarity below it, close the window (merge = base + sum of parameter deltas, see ``pruning/merge.py``)
 and start a new window at the block below. The base is the *lowest* block of the window, as in the
 paper and LaCo's RDSC (``merge_base="highest"`` uses the top block instead); the plan records it in
 each group's ``base`` and in ``details["merge_base"]``. Stop once k blocks are merged away.
@@ -43,7 +43,7 @@ def _mean_cosine(out: list[torch.Tensor], ref: list[torch.Tensor], group: int = 
 
 @torch.inference_mode()
 def _merged_block(lm, base: int, layers) -> torch.nn.Module:
-    """A private copy of block ``base`` carrying the merged parameters of ``layers`` (see merge.py)."""
+    """A private copy of block ``base`` carrying the merged parameters of ``layers`` (see ``pruning/merge.py``)."""
     params = merge_block_params(lm.blocks, base, layers)
     block = copy.deepcopy(lm.blocks[base])
     for name, p in block.named_parameters():

@@ -13,7 +13,7 @@ the embedded model on 2 cores); the dequantised weights (always float32, whateve
 asks for) and tokenizer are therefore cached as a plain safetensors directory under ``$SIMDIFF_CACHE`` (default ``~/.cache/simdiff``) and later loads
 read that instead.
 
-Nothing here mutates a loaded model afterwards: pruning builds a new view (see ``prune.py``).
+Nothing here mutates a loaded model afterwards: pruning builds a new view (see ``pruning/prune.py``).
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""Uncertainty (bootstrap bands, plan stability), calibration sensitivity, run overlays and the block
-drill-down: library checks against independent computations on tiny models."""
+"""Uncertainty (per-window sums, bootstrap replicates and bands) and the block drill-down: library
+checks against independent computations on tiny models. Plan stability and calibration sensitivity:
+tests/pruning/test_stability.py; their CLI: tests/cli/test_cli_insight.py."""
 
 from __future__ import annotations
 
@@ -7,16 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from simdiff_core import SimDiffError, make_windows, score_model
+from simdiff_core import SimDiffError, score_model
 from simdiff_core.analysis.score import Scores
 from simdiff_core.analysis.uncertainty import bands, replicate_metrics, resample_weights
-from simdiff_core.pruning.stability import plan_stability
-from tests.support.builders import constructed_scores as _constructed
-
-
-@pytest.fixture(scope="module")
-def ids32(tokenizer):
-    return make_windows(tokenizer, "wikitext2", n=32, seq_len=24)
 
 
 def test_window_sums_equal_a_direct_per_window_computation(tiny, ids32):
@@ -69,21 +63,6 @@ def test_bands_contain_the_full_value_and_shrink_with_more_windows(tiny, ids32):
     assert bands(many) == bm  # seeded: the same bands twice
 
 
-def test_stability_is_one_for_a_block_removed_in_every_resample():
-    rng = np.random.default_rng(0)
-    cos = [list(0.5 + 0.05 * rng.standard_normal(10)) for _ in range(6)]
-    cos[2] = [0.99] * 10           # always the most redundant block
-    cos[3] = [0.80, 0.20] * 5      # average 0.5 like the others, but noisy: sometimes picked
-    sc = _constructed(cos)
-    s = plan_stability(sc, "cosine", num=1, n_boot=100)
-    assert s.removed == [2] and s.frequency[2] == 1.0 and s.stable and s.unstable == []
-    s2 = plan_stability(sc, "cosine", num=2, n_boot=100)
-    # the second block is whichever of the noisy ones wins a resample: never certain
-    assert s2.frequency[2] == 1.0 and sum(s2.frequency) == pytest.approx(2.0)
-    assert any(0 < f < 1 for f in s2.frequency) and s2.contenders
-    assert s2.unstable == [i for i in s2.removed if s2.frequency[i] < 0.75]
-
-
 def test_scores_json_round_trips_windows_and_old_files_still_load(tiny, ids32, tmp_path):
     sc = score_model(tiny("llama", 4), ids32[:3])
     sc.save(tmp_path / "s.json")
@@ -98,31 +77,6 @@ def test_scores_json_round_trips_windows_and_old_files_still_load(tiny, ids32, t
     d["windows"] = dict(sc.windows, cos=[[0.0]])
     with pytest.raises(SimDiffError, match="per-window"):
         Scores.from_dict(d)
-
-
-def test_cli_plan_stability_reports_membership_frequencies(tmp_path, tiny, ids32):
-    import json
-
-    from tests.support.repo import run_cli
-    from simdiff_core.pruning.stability import plan_stability
-
-    sc = score_model(tiny("llama", 6), ids32[:6])
-    sc.save(tmp_path / "s.json")
-    r = run_cli("plan", "--scores", tmp_path / "s.json", "--num", 2, "--stability", 50, "--seed", 3,
-                "--out", tmp_path / "p.json", timeout=120)
-    assert r.returncode == 0, r.stderr
-    out = json.loads(r.stdout.strip().splitlines()[-1])
-    direct = plan_stability(Scores.load(tmp_path / "s.json"), "simdiff", num=2, n_boot=50, seed=3)
-    assert out["stability"]["frequency"] == {str(i): round(f, 4) for i, f in enumerate(direct.frequency) if f > 0}
-    assert sum(out["stability"]["frequency"].values()) == pytest.approx(2.0, abs=1e-3)
-    assert json.loads((tmp_path / "p.json").read_text())["details"]["stability"]["frequency"] == direct.frequency
-    d = sc.to_dict()
-    d.pop("windows")
-    (tmp_path / "old.json").write_text(json.dumps(d))
-    r = run_cli("plan", "--scores", tmp_path / "old.json", "--num", 2, "--stability", 50, "--out", tmp_path / "q.json",
-                timeout=120)
-    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: ") and "per-window" in r.stderr
-    assert not (tmp_path / "q.json").exists()
 
 
 @pytest.mark.parametrize("criterion,norm", [("simdiff", "rank"), ("simdiff", "robust"), ("cosine", "rank"),
@@ -144,48 +98,6 @@ def test_vectorised_replicates_equal_the_planner_per_replicate(tiny, ids32, crit
         assert np.flatnonzero(sel[:, b]).tolist() == select_lowest(one, 2, keep_first=True, keep_last=False)
 
 
-# ------------------------------------------------------------------ calibration sensitivity, overlays
-def test_sensitivity_identical_sources_agree_and_different_texts_are_measured(tiny, tokenizer):
-    from simdiff_core.data.text import load_text
-    from simdiff_core.pruning.sensitivity import sensitivity, spearman
-
-    lm = tiny("llama", 6)
-    wiki = score_model(lm, make_windows(tokenizer, "wikitext2", n=3, seq_len=32))
-    code = score_model(lm, make_windows(tokenizer, "shipped:code", n=3, seq_len=32))
-    dia = score_model(lm, make_windows(tokenizer, load_text("shipped:dialogue"), n=3, seq_len=32))
-    same = sensitivity({"a": wiki, "b": wiki}, num=2)
-    assert same.rho["a", "b"] == pytest.approx(1.0) and same.flips == {} and same.overlap["a", "b"]["jaccard"] == 1
-    rep = sensitivity({"wiki": wiki, "code": code, "dialogue": dia}, num=2)
-    import pandas as pd
-
-    for (a, b), rho in rep.rho.items():  # against pandas' Spearman (its own average ranks of ties)
-        assert rho == pytest.approx(pd.Series(rep.importance[a]).corr(pd.Series(rep.importance[b]), method="spearman"))
-    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
-    every = set(rep.removed["wiki"]) & set(rep.removed["code"]) & set(rep.removed["dialogue"])
-    assert set(rep.agreed) == every
-    for blk, who in rep.flips.items():
-        assert blk not in every and who == [n for n in rep.removed if blk in rep.removed[n]]
-
-
-def test_relative_depth_overlay_maps_block_counts():
-    from simdiff_core.pruning.sensitivity import overlay_frame, relative_depth
-
-    assert relative_depth(5).tolist() == [0, 0.25, 0.5, 0.75, 1.0]
-    assert relative_depth(1).tolist() == [0.0]
-
-    def fake(L):
-        return Scores(f"m{L}", L, [{"index": i, "cosine": float(i), "mssd": 1.0, "masd": 1.0} for i in range(L)])
-
-    df, rel = overlay_frame({"deep": fake(30), "shallow": fake(16)}, "cosine")
-    assert rel
-    deep, shallow = df[df.run == "deep"], df[df.run == "shallow"]
-    assert len(deep) == 30 and len(shallow) == 16
-    assert deep.x.iloc[0] == 0 and deep.x.iloc[-1] == 1 and shallow.x.iloc[-1] == 1
-    assert shallow.x.iloc[8] == pytest.approx(8 / 15) and deep.x.iloc[29 // 2] == pytest.approx(14 / 29)
-    df2, rel2 = overlay_frame({"a": fake(6), "b": fake(6)}, "cosine")
-    assert not rel2 and df2.x.tolist() == list(range(6)) * 2
-
-
 # ------------------------------------------------------------------ block drill-down
 def test_drill_down_tokens_equal_a_direct_computation(tiny, ids32):
     from simdiff_core.analysis.drilldown import drill_down
@@ -205,75 +117,3 @@ def test_drill_down_tokens_equal_a_direct_computation(tiny, ids32):
     assert t0["token"] == lm.tokenizer.decode([int(ids[t0["window"], t0["position"]])])
     with pytest.raises(SimDiffError, match="does not exist"):
         drill_down(lm, ids, block=5)
-
-
-def test_removed_blocks_are_marked_whatever_their_importance():
-    from simdiff_core.export import figures as charts
-
-    v = np.array([0.0, 0.5, 0.9, 0.0, 0.3])
-    spec = charts.bars_spec(v, [0, 3])
-    marks = [t for t in spec["data"] if t.get("name") == "removed"]
-    assert len(marks) == 1 and marks[0]["x"] == [0, 3] and all(y > 0 for y in marks[0]["y"])
-    assert marks[0]["customdata"] == [0.0, 0.0]  # the hover keeps the true value
-    assert charts.outliers([1, 1.1, 0.9, 1.2, 40, 1.0, 0.95, 1.05, 1.1, 1.0]) == [4]
-    assert charts.outliers(np.linspace(1, 2, 30)) == []
-
-
-def test_html_report_carries_bands_stability_and_sensitivity(tiny, ids32):
-    from simdiff_core.export.report import build_report_html
-    from simdiff_core.pruning.plan import make_plan
-    from simdiff_core.pruning.sensitivity import sensitivity
-
-    lm = tiny("llama", 6)
-    sc = score_model(lm, ids32[:5])
-    plan = make_plan(sc, "simdiff", num=2, alpha=0.5)
-    other = score_model(lm, ids32[5:10])
-    sens = sensitivity({"first": sc, "second": other}, num=2)
-    doc, _ = build_report_html(sc, plan=plan, sensitivity=sens)
-    b = bands(sc, fused={"alpha": 0.5})
-    st = plan_stability(sc, "simdiff", num=2, alpha=0.5)
-    assert "Uncertainty: bootstrap bands" in doc and f"{b['cosine']['lo'][3]:.4g}" in doc
-    assert "Plan stability" in doc and ("stable" if st.stable else f"unstable: blocks {st.unstable}") in doc
-    assert "Calibration sensitivity" in doc and f"{round(sens.rho['first', 'second'], 4)}" in doc
-    old = Scores.from_dict({k: v for k, v in sc.to_dict().items() if k != "windows"})
-    doc2, _ = build_report_html(old, plan=plan)
-    assert "bootstrap bands" not in doc2 and "Plan stability" not in doc2  # old scores files: no section
-
-
-def test_cli_sensitivity_overlay_and_drilldown(tmp_path, tiny, ids32):
-    import json
-
-    from tests.support.repo import run_cli
-    from simdiff_core.analysis.drilldown import drill_down
-    from simdiff_core.pruning.sensitivity import overlay_frame
-
-    a = score_model(tiny("llama", 6), ids32[:3])
-    b = score_model(tiny("llama", 4), ids32[:3])
-    a.save(tmp_path / "a.json")
-    b.save(tmp_path / "b.json")
-    r = run_cli("overlay", "--scores", tmp_path / "a.json", "--scores", tmp_path / "b.json", "--metric", "masd_rel",
-                "--out", tmp_path / "o.csv", timeout=120)
-    assert r.returncode == 0, r.stderr
-    out = json.loads(r.stdout.strip().splitlines()[-1])
-    assert out["relative_depth"] is True
-    import pandas as pd
-
-    csv = pd.read_csv(tmp_path / "o.csv")
-    ref, _ = overlay_frame({"a": a, "b": b}, "masd_rel")
-    assert np.allclose(csv["x"], ref["x"]) and np.allclose(csv["value"], ref["value"])
-    r = run_cli("overlay", "--scores", tmp_path / "a.json", "--scores", tmp_path / "nope.json", timeout=120)
-    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: ")
-    r = run_cli("sensitivity", "--model", "default", "--calib", "wikitext2", "--calib", "shipped:dialogue",
-                "--samples", 2, "--seq-len", 32, "--num", 4, timeout=600)
-    assert r.returncode == 0, r.stderr
-    rep = json.loads(r.stdout.strip().splitlines()[-1])
-    assert rep["sources"] == ["wikitext2", "shipped:dialogue"] and len(rep["pairs"]) == 1
-    assert all(len(v) == 4 for v in rep["removed"].values())
-    assert set(rep["agreed"]) == set(rep["removed"]["wikitext2"]) & set(rep["removed"]["shipped:dialogue"])
-    r = run_cli("drilldown", "--model", "default", "--block", 11, "--windows", 2, "--seq-len", 32, "--top", 3,
-                timeout=600)
-    assert r.returncode == 0, r.stderr
-    top = json.loads(r.stdout.strip().splitlines()[-1])["top"]
-    assert len(top) == 3 and top[0]["value"] >= top[1]["value"] >= top[2]["value"]
-    r = run_cli("drilldown", "--model", "default", "--block", 99, "--windows", 1, "--seq-len", 16, timeout=600)
-    assert r.returncode == 2 and "does not exist" in r.stderr

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.support.apptest_figures import figures
+from tests.support.apptest_figures import figures, html_bodies
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = str(ROOT / "app.py")
@@ -187,7 +187,7 @@ def test_prune_preview_updates_instantly_and_reports_impossible_plans(calibrated
     assert 0 not in plan.removed_layers and 29 not in plan.removed_layers
     table = at.dataframe[0].value
     assert sorted(table.index.tolist()) == plan.removed_layers
-    html = "".join(h.proto.body for h in at.get("html"))
+    html = html_bodies(at)
     assert html.count("sd-block sd-gone") == 6 and html.count('class="sd-block"') == 24
     speed = next(m for m in at.metric if m.label == "Est. speedup")
     assert 1.0 < float(speed.value.rstrip("×")) < 30 / 24 + 1e-6
@@ -258,7 +258,7 @@ def test_export_page_evaluates_and_exports_a_loadable_checkpoint(calibrated, tmp
     out = tmp_path / "app-test-export"
     assert (out / "config.json").is_file() and out.with_suffix(".zip").is_file()
     report = json.loads((out / "simdiff_report.json").read_text())
-    assert report["evaluation"]["ppl_pruned"] == pytest.approx(pruned, rel=1e-3)  # one shape: see test_records.py
+    assert report["evaluation"]["ppl_pruned"] == pytest.approx(pruned, rel=1e-3)  # one shape: see tests/common/test_records.py
     assert report["plan"]["removed_layers"] == plan.removed_layers
     with zipfile.ZipFile(out.with_suffix(".zip")) as z:
         assert "app-test-export/model.safetensors" in z.namelist()

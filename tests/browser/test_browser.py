@@ -62,6 +62,57 @@ def _goto_page(page, label: str):
     idle(page)
 
 
+# A move made inside one task of the page: the live elements (ui/live_chart.py, ui/live_slider.py) must
+# show the new set when that task's microtasks are done, i.e. before any server message could arrive.
+SYNC_COUNT_JS = """async (k) => {
+  const box = document.querySelector('input[type=number][aria-label="Blocks to remove"]');
+  Object.getOwnPropertyDescriptor(HTMLInputElement.prototype, 'value').set.call(box, String(k));
+  box.dispatchEvent(new Event('input', {bubbles: true}));
+  box.dispatchEvent(new KeyboardEvent('keydown', {key: 'Enter', bubbles: true}));
+  await null;
+  const gone = [...document.querySelectorAll('.sd-block')].flatMap((c, i) => c.classList.contains('sd-gone') ? [i] : []);
+  const heat = [...document.querySelectorAll('.sd-live')].find(g => g.data && g.data[0].type === 'heatmap');
+  return [gone, heat.data[0].z[0].flatMap((v, i) => v === 1 ? [i] : [])];
+}"""
+SYNC_SLIDER_JS = """async ([label, key]) => {
+  const t = document.querySelector(`input[type=range][aria-label="${label}"]`);
+  t.focus();
+  t.dispatchEvent(new KeyboardEvent('keydown', {key, bubbles: true}));
+  await null; await null;
+  const g = document.querySelectorAll('.sd-live');
+  const shaded = g[0].layout.shapes.filter(s => s.name === 'dropped' && s.xref === 'x')
+    .flatMap(s => Array.from({length: Math.round(s.x1 - s.x0)}, (_, j) => Math.round(s.x0 + 0.5) + j));
+  const red = g[1].layout.shapes.filter(s => s.name === 'dropped').map(s => Math.round((s.x0 + s.x1) / 2));
+  return [t.value, shaded, red, g[1].layout.title.text];
+}"""
+SERVER_SET_JS = """(pattern) => {
+  for (const e of document.querySelectorAll('[data-testid=stMarkdownContainer]')) {
+    const m = e.textContent.match(new RegExp(pattern));
+    if (m) return m[1] ? m[1].split(',').map(Number) : [];
+  }
+  return null;
+}"""
+LIVE_JS = """() => ({paints: window.__sdLive.clientPaints, mismatches: window.__sdLive.mismatches.length,
+  elements: [...document.querySelectorAll('.sd-live, .sd-live-stack')].map(e => [e.dataset.live, e.dataset.painted])})"""
+
+
+def _live_moves_match_the_server(page, moves, sync_js, server_pattern, check):
+    """Each move is painted by the browser at once, then the server's run names the very same set."""
+    before, live0 = _runs(page), page.evaluate(LIVE_JS)
+    for move in moves:
+        painted = page.evaluate(sync_js, move)
+        idle(page)
+        server = page.evaluate(SERVER_SET_JS, server_pattern)
+        check(move, painted, server)
+    after, live1 = _runs(page), page.evaluate(LIVE_JS)
+    assert live1["mismatches"] == 0 and live1["paints"] > live0["paints"]
+    # every live element found its widgets and shows the server's confirmed figure now
+    assert live1["elements"] and all(e == ["on", "server"] for e in live1["elements"]), live1["elements"]
+    name = "curves" if "would drop" in server_pattern else "preview"
+    assert after[f"{name}_page"] == before[f"{name}_page"], "a live move must not rerun the page"
+    assert after[f"{name}_fragment"] == before[f"{name}_fragment"] + len(moves)
+
+
 def test_full_flow_in_chromium(server, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
@@ -118,6 +169,19 @@ def test_full_flow_in_chromium(server, tmp_path):
         assert after["curves_page"] == before["curves_page"], "a slider move must not rerun the page"
         assert after["curves_fragment"] == before["curves_fragment"] + 3
 
+        def curves_check(move, painted, server):
+            value, shaded, red, title = painted
+            label, _ = move
+            assert shaded == red == server, (move, painted, server)
+            if label == "SimDiff α":
+                assert f"α = {float(value):.2f}" in title
+            else:
+                assert len(server) == max(1, round(float(value) * 30))
+
+        _live_moves_match_the_server(page, [("Pruning ratio", "PageUp"), ("SimDiff α", "PageUp"),
+                                            ("SimDiff α", "ArrowLeft"), ("Pruning ratio", "PageDown")],
+                                     SYNC_SLIDER_JS, r"would drop: \[([\d, ]*)\]", curves_check)
+
         _goto_page(page, "Prune preview")
         expect(page.get_by_text("Est. speedup")).to_be_visible()
         _shot(page, "04_prune_preview")
@@ -134,6 +198,13 @@ def test_full_flow_in_chromium(server, tmp_path):
         after = _runs(page)
         assert after["preview_page"] == before["preview_page"], "a count change must not rerun the page"
         assert after["preview_fragment"] == before["preview_fragment"] + 4
+
+        def preview_check(k, painted, server):
+            gone, overlap_row = painted
+            assert gone == overlap_row == server and len(server) == k, (k, painted, server)
+
+        _live_moves_match_the_server(page, [6, 13, 2], SYNC_COUNT_JS, r"removes \d+ of \d+ blocks: \[([\d, ]*)\]",
+                                     preview_check)
         set_number(page, "Blocks to remove", round(0.25 * 30))
 
         _goto_page(page, "Export & evaluate")

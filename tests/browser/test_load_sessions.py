@@ -1,6 +1,6 @@
 """A small, bounded load test: several browser sessions of one running app at once (loopback only).
 
-Starts the app on a free 127.0.0.1 port through ``leak_probe.py`` (``streamlit run`` plus a thread
+Starts the app on a free 127.0.0.1 port through ``tests/support/leak_probe.py`` (``streamlit run`` plus a thread
 that reports what the server holds). First each of SETTINGS is calibrated *alone*, one session at a
 time (the first also loads the model): these are the solo results. Then, for ROUNDS rounds, one
 session per setting calibrates concurrently and opens the prune preview at its own block count.

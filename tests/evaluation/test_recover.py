@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.support.repo import ROOT, run_cli
 from simdiff_core.common.errors import SimDiffError
 from simdiff_core.evaluation.recover import RecoveryConfig, default_target_modules, recover
 from simdiff_core.pruning.prune import weights_fingerprint
@@ -140,77 +137,3 @@ def test_retained_and_task_parsing():
     p = {"tasks": {"a": 0.4, "b": 0.5}, "average": 0.45, "source": "offline"}
     assert retained(d, p) == pytest.approx(75.0)
     assert retained(d, dict(p, source="lm-eval")) is None
-
-
-def test_evaluate_and_recover_cli(tiny, tmp_path):
-    """evaluate prints the required JSON offline; recover exports a merged checkpoint with its report."""
-    from transformers import AutoModelForCausalLM
-
-    from simdiff_core.export.checkpoint import export_pruned
-    from simdiff_core.pruning.plan import Plan
-
-    lm = tiny("llama", 3)
-    src = export_pruned(lm, Plan(model="tiny", num_layers=3, removed_layers=[1]), tmp_path / "pruned")
-    text = tmp_path / "calib.txt"
-    text.write_text("The cat sat on the mat. The dog sat on the log. " * 60)
-
-    r = run_cli("evaluate", "--model", src, "--tasks", "arc_easy,hellaswag,boolq", "--limit", "3", "--json",
-                env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
-    assert r.returncode == 0, r.stderr[-2000:]
-    out = json.loads(r.stdout.strip().splitlines()[-1])
-    assert out["source"] == "offline"
-    assert set(out["tasks"]) == {"mc_science", "mc_completion"}
-    assert out["stand_ins"]["boolq"] is None
-    assert all(0.0 <= a <= 1.0 for a in out["tasks"].values())
-    assert out["average"] == pytest.approx(sum(out["tasks"].values()) / 2)
-
-    r = run_cli("evaluate", "--model", src, "--tasks", "mmlu", "--json")
-    assert r.returncode == 2 and r.stderr.strip().startswith("error: unknown task")
-
-    dst = tmp_path / "recovered"
-    r = run_cli("recover", "--model", src, "--calib", text, "--samples", "4", "--seq-len", "32", "--steps", "4",
-                "--rank", "2", "--lr", "5e-3", "--eval-windows", "0", "--out", dst)
-    assert r.returncode == 0, r.stderr[-2000:]
-    res = json.loads(r.stdout.strip().splitlines()[-1])
-    assert res["num_layers"] == 2 and res["train_loss_after"] < res["train_loss_before"]
-    report = json.loads((dst / "simdiff_report.json").read_text())
-    assert len(report["recovery"]["loss_curve"]) == 4
-    assert report["plan"]["details"]["source_plan"]["removed_layers"] == [1]
-    m = AutoModelForCausalLM.from_pretrained(dst)
-    assert m.config.num_hidden_layers == 2
-
-    r = run_cli("recover", "--model", src, "--calib", text, "--steps", "0", "--out", tmp_path / "x")
-    assert r.returncode == 2 and "steps" in r.stderr and not (tmp_path / "x").exists()
-
-
-def test_recovery_page_trains_and_compares_models():
-    """The page: recovery with a live loss curve, then accuracy for dense / pruned / recovered."""
-    from streamlit.testing.v1 import AppTest
-
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=600)
-    at.run()
-    at.number_input(key="samples").set_value(4)
-    at.number_input(key="seq_len").set_value(64)
-    at.button(key="calibrate").click().run()
-    at.switch_page("pages/5_Recovery_and_accuracy.py").run()
-    assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
-    at.number_input(key="rec_steps").set_value(3)
-    at.number_input(key="rec_windows").set_value(4)
-    at.number_input(key="rec_seq_len").set_value(32)
-    at.number_input(key="rec_eval_windows").set_value(1)
-    at.number_input(key="rec_eval_seq_len").set_value(64)
-    at.button(key="run_recovery").click().run()
-    assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
-    labels = [m.label for m in at.metric]
-    assert "Perplexity, recovered" in labels
-    curve = json.loads(at.get("plotly_chart")[-1].proto.spec)
-    assert len(curve["data"][0]["x"]) == 3 or "bdata" in curve["data"][0]["x"]
-    at.multiselect(key="acc_tasks").set_value(["arc_easy"])
-    at.number_input(key="acc_limit").set_value(2)
-    at.button(key="run_accuracy").click().run()
-    assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
-    table = at.dataframe[0].value
-    assert list(table.index) == ["dense", "pruned", "recovered"]
-    assert {"mc_science", "average", "% retained", "ppl"} <= set(table.columns)
-    assert table.loc["dense", "% retained"] == pytest.approx(100.0)
-    assert (table["source"] == "offline").all()

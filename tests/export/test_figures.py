@@ -119,3 +119,15 @@ def test_bars_spec_with_shapes_paints_exactly_the_dropped_bars_and_keeps_the_tra
     assert not [t for t in curves["data"] if t.get("name") == "dropped"]
     shaded = {(s["xref"], s["x0"], s["x1"]) for s in curves["layout"]["shapes"] if s.get("name") == "dropped"}
     assert {(x0, x1) for _, x0, x1 in shaded} == {(1.5, 3.5), (4.5, 5.5)}
+
+
+def test_removed_blocks_are_marked_whatever_their_importance():
+    from simdiff_core.export import figures as charts
+
+    v = np.array([0.0, 0.5, 0.9, 0.0, 0.3])
+    spec = charts.bars_spec(v, [0, 3])
+    marks = [t for t in spec["data"] if t.get("name") == "removed"]
+    assert len(marks) == 1 and marks[0]["x"] == [0, 3] and all(y > 0 for y in marks[0]["y"])
+    assert marks[0]["customdata"] == [0.0, 0.0]  # the hover keeps the true value
+    assert charts.outliers([1, 1.1, 0.9, 1.2, 40, 1.0, 0.95, 1.05, 1.1, 1.0]) == [4]
+    assert charts.outliers(np.linspace(1, 2, 30)) == []

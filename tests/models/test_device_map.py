@@ -116,3 +116,22 @@ def test_materialized_view_owns_real_weights(pair):
     with torch.no_grad():
         b.model.layers[1].mlp.up_proj.weight.mul_(0)  # a private copy: the shared model is unaffected
     assert torch.equal(plain.model(ids).logits, split.model(ids).logits)
+
+
+def test_parameter_counts_of_a_disk_offloaded_model_equal_the_plain_model(tmp_path):
+    """Offloaded weights are meta placeholders (data pointer 0 for all of them): each still counts."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from simdiff_core.models.blocks import count_parameters
+    from tests.support.tiny import tiny_model
+
+    tiny_model("llama", num_layers=4, seed=0).save_pretrained(tmp_path / "m")
+    dmap = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.norm": "cpu", "lm_head": "cpu",
+            **{f"model.layers.{i}": ("disk" if i in (1, 2) else "cpu") for i in range(4)}}
+    split = AutoModelForCausalLM.from_pretrained(tmp_path / "m", dtype=torch.float32, device_map=dmap,
+                                                 offload_folder=str(tmp_path / "off"))
+    assert split.model.layers[1].mlp.up_proj.weight.device.type == "meta"
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "m", dtype=torch.float32)
+    # independent count: every distinct parameter object once (tied weights are one object)
+    assert count_parameters(split) == sum(p.numel() for p in plain.parameters()) == count_parameters(plain)

@@ -177,3 +177,20 @@ def test_bench_smoke_prints_all_keys(tmp_path):
     assert res["streaming_peak_mb"] <= res["streaming_model_mb"] / 4
     assert len(res["scoring_peak_extra_mb"]) == 2
     assert (tmp_path / "RESULTS.md").read_text().startswith("# SimDiff Explorer benchmarks")
+
+
+def test_streamed_scores_keep_the_same_per_window_sums_as_in_memory(tmp_path):
+    """Bootstrap bands and plan stability of streamed scores rest on their per-window sums."""
+    import torch
+
+    from simdiff_core.analysis.score import score_model
+    from simdiff_core.analysis.streaming import stream_score
+    from simdiff_core.models.load import wrap_model
+    from tests.support.tiny import tiny_model
+
+    model = tiny_model("llama", num_layers=3, seed=2).eval()
+    model.save_pretrained(tmp_path)
+    ids = torch.randint(0, 1024, (5, 16), generator=torch.Generator().manual_seed(0))
+    ref = score_model(wrap_model(model, None, str(tmp_path)), ids, batch_size=2, matrix_tokens=16)
+    got = stream_score(tmp_path, ids, device="cpu", dtype="float32", batch_size=2, matrix_tokens=16)
+    assert len(ref.windows["tokens"]) == 5 and got.windows == ref.windows

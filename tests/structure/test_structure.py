@@ -123,7 +123,7 @@ def test_the_checker_sees_lazy_and_string_imports():
     """The parser finds what the rules below rely on (a checker that sees nothing passes everything)."""
     mods, graph, raw = _graph()
     assert len(mods) > 20 and sum(map(len, graph.values())) > 50
-    # lazy (function-level) imports are edges too: cli_common loads the model only inside a function
+    # lazy (function-level) imports are edges too: cli/common.py loads the model only inside a function
     common = next(m for m in mods if m.endswith("common") and "cli" in m)
     assert any(t.endswith(".load") for t in graph[common])
     # the CLI registry names its subcommand modules as strings: those are edges as well
@@ -173,7 +173,8 @@ def test_every_module_lives_in_a_stage_once_the_layout_exists():
 
 
 def test_readme_layout_and_contributing_match_the_tree():
-    """README's Layout lists every stage folder in STAGES order; every path it or Contributing names exists."""
+    """README's Layout lists every stage folder in STAGES order and every test folder in TEST_FOLDERS order;
+    every path it or Contributing names exists."""
     if not (PKG / "cli" / "__init__.py").exists():
         return  # the flat layout: the README describes it in prose
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -181,7 +182,17 @@ def test_readme_layout_and_contributing_match_the_tree():
     contributing = re.search(r"^## Contributing\n(.*?)^## ", readme, flags=re.S | re.M)
     assert layout and contributing, "README needs '## Layout' and '## Contributing' sections"
     tree = re.search(r"```\n(.*?)```", layout.group(1), flags=re.S).group(1)
-    listed = [m.group(1) for m in re.finditer(r"^  (\w+)(?:/|\.py)\s", tree, flags=re.M)]
+    blocks, top = {}, None  # top-level entry -> the names indented under it
+    for line in tree.splitlines():
+        if line and not line[0].isspace():
+            top = line.split()[0]
+            blocks[top] = []
+        elif (m := re.match(r"^  (\w+)(?:/|\.py)\s", line)) and top:
+            blocks[top].append(m.group(1))
+    listed = blocks.get("simdiff_core/", [])
+    test_folders = [d for d in TEST_FOLDERS if (TESTS / d).is_dir()]
+    assert blocks.get("tests/") == test_folders, \
+        f"README Layout must list the test folders in this order: {test_folders} (got {blocks.get('tests/')})"
     stages_on_disk = [s for s in STAGES if (PKG / s).is_dir() or (PKG / f"{s}.py").is_file()]
     assert [s for s in listed if s in STAGES] == stages_on_disk, (listed, stages_on_disk)
     folders = sorted(p.parent.name for p in PKG.glob("*/__init__.py"))

@@ -27,3 +27,15 @@ def figures(at) -> list[dict]:
         elif kind == "bidi_component" and el.proto.component_name == "simdiff_live_plotly":
             out.append(json.loads(json.loads(el.proto.json)["spec"]))
     return out
+
+
+def html_bodies(at) -> str:
+    """All HTML a page shows: ``st.html`` bodies and the live block stack's (``ui.live_chart.stack_live``)."""
+    out = []
+    for el in _walk(at._tree):
+        kind = getattr(el, "type", None)
+        if kind == "html":
+            out.append(el.proto.body)
+        elif kind == "bidi_component" and el.proto.component_name == "simdiff_live_stack":
+            out.append(json.loads(el.proto.json)["html"])
+    return "".join(out)

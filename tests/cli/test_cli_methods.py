@@ -1,0 +1,42 @@
+"""CLI for the pruning methods: plan --method, prune (merge plans) and compare, end to end on a tiny model."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+from tests.support.repo import run_cli
+
+
+# ------------------------------------------------------------------ CLI
+def test_cli_plan_method_prune_and_compare(tiny, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    lm = tiny("llama", 6, seed=0)
+    src = tmp_path / "src"
+    lm.model.save_pretrained(src)
+    lm.tokenizer.save_pretrained(src)
+    small = ["--samples", 2, "--seq-len", 32, "--device", "cpu"]
+    r = run_cli("plan", "--model", src, "--method", "slm", "--num", 2, *small, "--out", tmp_path / "p.json")
+    assert r.returncode == 0, r.stderr
+    p = json.loads((tmp_path / "p.json").read_text())
+    assert p["method"] == "slm" and p["merged_groups"] and len(p["removed_layers"]) == 2
+    r = run_cli("prune", "--model", src, "--plan", tmp_path / "p.json", "--out", tmp_path / "out",
+                "--eval-windows", 0, "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "out").config.num_hidden_layers == 4
+
+    out = tmp_path / "results.csv"
+    r = run_cli("compare", "--model", src, "--num", 2, "--methods", "oneshot:cosine,oneshot:simdiff,greedy",
+                *small, "--eval-windows", 2, "--eval-seq-len", 32, "--out", out)
+    assert r.returncode == 0, r.stderr
+    rows = list(csv.DictReader(out.open()))
+    assert [x["method"] for x in rows] == ["dense", "oneshot", "oneshot", "greedy"]
+    assert {"method", "criterion", "removed_layers", "ppl"} <= set(rows[0])
+    assert all(len(x["removed_layers"].split()) == 2 for x in rows[1:]) and float(rows[3]["ppl"]) > 1
+    assert out.with_suffix(".md").read_text().startswith("| method")
+
+    r = run_cli("compare", "--model", src, "--num", 2, "--methods", "oneshot:nope", "--out", tmp_path / "x.csv")
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: unknown criterion")
+    r = run_cli("plan", "--method", "greedy", "--num", 2, "--out", tmp_path / "y.json")
+    assert r.returncode == 2 and "--model" in r.stderr
