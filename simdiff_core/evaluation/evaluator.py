@@ -61,7 +61,10 @@ kept across calls for as many batches as fit in ``cache_bytes`` (default 256 MiB
 batches recompute their path from block 0 on each call (one working path at a time). Peak extra
 memory is therefore <= cache_bytes + one path + one head tile (``head_chunk_bytes``, default
 32 MiB of float32 logits) + the kwargs — bounded by the batch size, not the number of windows or
-candidates. No model or weight copies are made.
+candidates. No model or weight copies are made. ``losses_bounded`` adds, during one call, the final
+hidden states of its specs while they fit in another ``cache_bytes`` (the rest re-run their blocks
+if they need the exact value), two float64 numbers per predicted row per spec, and the head rows of
+its vocabulary subsets (at most 4 cached: 4 x V/8 x hidden, 14 MB each on SmolLM2).
 """
 
 from __future__ import annotations

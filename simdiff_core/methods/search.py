@@ -259,7 +259,7 @@ def _greedy(ev, ctx, criterion, width: int = 1, order: list | None = None):
             if key in ev.memo:  # an eliminated candidate is provably not among the `width` best
                 cand[key] = ev.memo[key]
         if exhausted:
-            best_partial = min(cand, key=lambda s: (cand[s], s)) if cand else beams[0]
+            best_partial = min(cand, key=cand.get) if cand else beams[0]
             return _complete(ev, best_partial, criterion), True
         beams = sorted(cand, key=lambda s: (cand[s], s))[:width]
         if order is not None:
