@@ -83,8 +83,10 @@ rows = res["rows"]
 caption = (f"{lm.name}: {res['k']} of {res['num_layers']} blocks removed. ppl: {res.get('protocol', '')}."
            + (" MC acc: shipped set, test split." if res.get("accuracy") else ""))
 st.dataframe([{k: r.get(k) for k in ("method", "criterion", "removed_layers", "merged_groups", "ppl", "accuracy",
-                                     "seconds", "evals") if k in r} for r in rows], key="so_table", hide_index=True)
-st.caption(caption)
+                                     "seconds", "evals", "exact_evals") if k in r} for r in rows], key="so_table",
+             hide_index=True)
+st.caption(caption + " evals: candidate sets a method considered; exact_evals: those evaluated exactly (the "
+           "others were eliminated by a proven lower bound on their loss).")
 
 labels = [f"{r['method']}:{r['criterion']}" if r["criterion"] else r["method"] for r in rows]
 fig = figures.shootout_bars(rows)

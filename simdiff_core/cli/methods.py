@@ -6,7 +6,8 @@
         --methods oneshot:cosine,oneshot:simdiff,iterative:simdiff,greedy,block,slm --out results.csv
 
 ``compare`` writes results.csv (method, criterion, removed_layers, merged_groups, num_removed, ppl
-[, accuracy, acc_norm], seconds, evals), results.md next to it (the Markdown table with the
+[, accuracy, acc_norm], seconds, evals = candidate sets considered, exact_evals = those evaluated exactly),
+results.md next to it (the Markdown table with the
 protocol caption), and prints a JSON summary as the last stdout line.
 """
 
@@ -29,7 +30,8 @@ def add_method_args(p, with_method: bool = True) -> None:
                    help="what greedy/search minimise: calibration ppl, or accuracy (shipped MC set, dev split)")
     p.add_argument("--search", default="greedy", choices=list(ALGORITHMS), help="search algorithm (--method search)")
     p.add_argument("--budget", type=int, default=None,
-                   help="max objective evaluations for greedy/search (local/evolutionary default 100)")
+                   help="max candidate sets considered by greedy/search (evaluated exactly or eliminated by a "
+                        "proven bound; local/evolutionary default 100)")
     p.add_argument("--time-limit", type=float, default=None, help="max seconds for greedy/search")
     p.add_argument("--threshold", type=float, default=None, help="slm: starting output-similarity threshold (default 0.9)")
     p.add_argument("--merge-base", default=None, choices=["lowest", "highest"],

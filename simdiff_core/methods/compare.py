@@ -33,7 +33,7 @@ DEFAULT_SPECS = "oneshot:cosine,oneshot:simdiff,iterative:simdiff,greedy,block,s
 # held-out evaluation when the caller gives no eval_ids (the same as `compare`'s CLI defaults)
 DEFAULT_EVAL_WINDOWS, DEFAULT_EVAL_SEQ_LEN = 8, 256
 COLUMNS = ["method", "criterion", "removed_layers", "merged_groups", "num_removed", "ppl", "accuracy",
-           "acc_norm", "seconds", "evals"]
+           "acc_norm", "seconds", "evals", "exact_evals"]
 
 
 def parse_specs(text: str | list) -> list[dict]:
@@ -121,7 +121,7 @@ def run_compare(lm, calib_ids, specs: list[dict], ratio=None, num=None, eval_ids
     scores = score_model(lm, calib_ids, should_stop=should_stop, calibration=calibration or {},
                          first_token=first_token)
     rows = [{"method": "dense", "criterion": "", "removed_layers": "", "merged_groups": "", "num_removed": 0,
-             **measure(lm.model), "seconds": 0.0, "evals": 0}]
+             **measure(lm.model), "seconds": 0.0, "evals": 0, "exact_evals": 0}]
     plans = []
     shared = {}  # one prefix-cached evaluator on the calibration windows for every method that evaluates
 
@@ -158,7 +158,7 @@ def run_compare(lm, calib_ids, specs: list[dict], ratio=None, num=None, eval_ids
             rows.append({"method": spec["method"], "criterion": f"failed: {e}", "removed_layers": "",
                          "merged_groups": "", "num_removed": 0, "ppl": nan,
                          **({"accuracy": nan, "acc_norm": nan} if test_items is not None else {}),
-                         "seconds": round(time.perf_counter() - t0, 2), "evals": 0})
+                         "seconds": round(time.perf_counter() - t0, 2), "evals": 0, "exact_evals": 0})
             continue
         seconds = time.perf_counter() - t0
         sub(0.95, "measuring the pruned model")
@@ -169,7 +169,10 @@ def run_compare(lm, calib_ids, specs: list[dict], ratio=None, num=None, eval_ids
                      "merged_groups": "; ".join(f"{g['layers'][0]}-{g['layers'][-1]}->{g['base']}"
                                                 for g in plan.merged_groups),
                      "num_removed": plan.num_removed, **m, "seconds": round(seconds, 2),
-                     "evals": plan.details.get("evals", 0)})
+                     # evals: candidate sets considered; exact_evals: those evaluated exactly (the rest
+                     # were eliminated by a proven lower bound, see methods/search.py)
+                     "evals": plan.details.get("evals", 0),
+                     "exact_evals": plan.details.get("exact_evals", plan.details.get("evals", 0))})
     step["i"], step["label"] = n_steps - 1, "done"
     sub(1.0, "done")
     return {"rows": rows, "plans": plans, "k": k, "num_layers": lm.num_layers, "model": lm.source,

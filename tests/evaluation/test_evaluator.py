@@ -108,8 +108,8 @@ def test_greedy_and_searches_choose_the_same_plans_as_the_reference_loop(tiny, i
     ref = run_method("greedy", lm, ids, num=3, cached=False)
     assert ref.removed_layers == g.removed_layers
     assert [t["removed"] for t in g.details["trace"]] == [t["removed"] for t in ref.details["trace"]]
-    for a, b in zip(g.details["trace"], ref.details["trace"]):
-        assert a["value"] == pytest.approx(b["value"], rel=1e-5)
+    for a, b in zip(g.details["trace"], ref.details["trace"]):  # eliminated sets: a bound (tests/evaluation/test_bound.py)
+        assert a["value"] == pytest.approx(b["value"], rel=1e-5) if "value" in a else a["lower_bound"] <= b["value"]
     scores = score_model(lm, ids)
     for algo, budget in (("beam", 12), ("local", 10), ("evolutionary", 10), ("greedy", 7)):
         c = run_method("search", lm, ids, num=2, search=algo, budget=budget, scores=scores)
