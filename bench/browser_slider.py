@@ -328,11 +328,17 @@ WHERE_TIME = """Where the time goes (times from the key event):
   criteria change). A component listens to the real widgets in the page (the slider's hidden range
   input, the count box's Enter / blur / +/-) and repaints the block stack and the charts in the input's
   own event handler, so the "x floor" above is the client repaint plus one frame, no server round trip.
-  The *client paint ms* column is that repaint alone (all live elements of the move).
+  The *client paint ms* column is that repaint alone (all live elements of the move). Dragging the
+  ratio thumb with the mouse repaints at every count it passes (a probe: 8 mouse steps, 6 repaints
+  as k went 8 -> 16) and the server runs the fragment once, at the release.
 - **What the repaint costs**: Layer curves: two `Plotly.relayout`s of the dropped blocks' shapes (the
-  traces do not change with the count); Prune preview: a `Plotly.react` of the plan-stability bars and
-  of the criteria-overlap heatmap (their data change with k: colours, hatching, the frequencies for that
-  k) plus toggling the block stack's classes. Both scale with the load on this 2-core machine.
+  traces do not change with the count), 4-9 ms; Prune preview: a `Plotly.react` of the plan-stability
+  bars and one of the criteria-overlap heatmap (their data change with k: colours, hatching, the
+  frequencies for that k), 15-30 ms each at load ~3 on this machine (timed in the page: `Plotly.restyle`
+  of just the changed arrays, a fixed size instead of autosize, or no hatching were not cheaper: it is
+  plotly's fixed cost per redraw), plus toggling the block stack's classes (< 1 ms). So a Prune preview
+  move is two plotly redraws plus one frame, about the floor's round trip on this loaded machine (the
+  x-floor ratio hovers around 1-1.5 with the load); both shrink on an idle machine.
 - **The server still runs the fragment** (the authority: the text, metrics, tables, the session value
   the other pages and the export read). Its answer arrives a round trip plus Streamlit's render of the
   fragment later (~100-200 ms on this machine, the former repaint time) and is drawn only where it
