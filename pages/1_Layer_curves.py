@@ -98,10 +98,10 @@ def curves_panel():
     state.put("alpha", alpha)
     dropped = []
     criterion = state.get("criterion", "simdiff")
-    payload = payload_for(criterion, bool(state.get("keep_first", True)), bool(state.get("keep_last", True)))
-    live = None
+    payload = live = None
     try:
         plan = state.current_plan(scores)
+        payload = payload_for(criterion, bool(state.get("keep_first", True)), bool(state.get("keep_last", True)))
         dropped = plan.removed_layers
         st.markdown(f"Highlighted: the **{len(dropped)}** blocks that **{plan.criterion}** at ratio {ratio:.2f} "
                     f"would drop: `{dropped}`")

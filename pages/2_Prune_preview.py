@@ -188,6 +188,9 @@ def preview():
     st.subheader("How criteria differ")
     st.multiselect("Compare with", [c for c in crit_names if c != criterion], default=default, key="compare",
                    help="Same block count, same locks; only the ranking differs.")
+    for other, message in payload["_errors"].items():
+        st.error(f"{other}: {message}", icon=":material/error:")
+    others = [o for o in others if o in payload["_orders"]]
     sets = live_slider.overlap_sets(criterion, others, k, payload["_orders"])
     rows = []
     for other in others:

@@ -36,6 +36,7 @@ import uuid
 
 import numpy as np
 
+from simdiff_core import SimDiffError
 from simdiff_core.export import figures as charts
 from simdiff_core.pruning import sweep
 from simdiff_core.pruning.plan import candidates
@@ -112,8 +113,15 @@ def preview_payload(scores, criterion: str, alpha: float, keep_first: bool, keep
     criteria-overlap chart (the compared criteria's sets for that k)."""
     L = scores.num_layers
     kw = dict(alpha=alpha, keep_first=keep_first, keep_last=keep_last)
-    orders = {c: sweep.removal_order(scores, c, **kw, **(fusion if c == "simdiff" else {}))
-              for c in [criterion, *others]}
+    orders, errors = {}, {}
+    for c in [criterion, *others]:
+        try:
+            orders[c] = sweep.removal_order(scores, c, **kw, **(fusion if c == "simdiff" else {}))
+        except (SimDiffError, KeyError, ValueError) as e:  # e.g. a metric these scores lack
+            if c == criterion:
+                raise
+            errors[c] = str(e)
+    others = [o for o in others if o in orders]
     K = kmax(L, keep_first, keep_last)
     out_charts = {}
     if stability:
@@ -128,6 +136,7 @@ def preview_payload(scores, criterion: str, alpha: float, keep_first: bool, keep
     out = _new(L, keep_first, keep_last, {"ratio": "Pruning ratio", "count": "Blocks to remove", "alpha": None},
                {"": orders[criterion]}, {"": [float(v) for v in imp]}, out_charts)
     out["_orders"] = orders  # per criterion, for the server's overlap table
+    out["_errors"] = errors  # compared criteria these scores cannot rank (the page says so)
     return out
 
 

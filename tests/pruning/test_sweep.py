@@ -123,3 +123,17 @@ def test_curves_payload_equals_naive_plans_at_every_count_and_alpha(scores, crit
             assert live_slider.assemble(sent, "curves", k, a) == _j(charts.curves_spec(base, want, markers=False))
             assert live_slider.assemble(sent, "simdiff", k, a) == _j(charts.with_band(charts.bars_spec(
                 fused, want, title=f"SimDiff importance, α = {alpha:.2f} (higher = keep)", shapes=True), band(alpha)))
+
+
+def test_a_compared_criterion_the_scores_cannot_rank_is_reported_not_fatal():
+    from tests.support.builders import constructed_scores
+    from ui import live_slider
+
+    sc = constructed_scores([[0.1] * 4, [0.3] * 4, [0.7] * 4, [0.6] * 4, [0.5] * 4, [0.2] * 4])
+    for lay in sc.layers:
+        del lay["angular"]  # scores written before the angular metric existed
+    p = live_slider.preview_payload(sc, "cosine", 0.5, True, True, {}, ["angular", "mssd"], False)
+    assert list(p["_errors"]) == ["angular"] and set(p["_orders"]) == {"cosine", "mssd"}
+    assert "stability" not in p["charts"]
+    assert live_slider.assemble(p, "overlap", 2)["data"][0]["y"] == ["cosine", "mssd"]
+    assert live_slider.removed(p, 2) == [2, 3]
