@@ -113,30 +113,99 @@ def bench_greedy(lm, ids, k: int) -> dict:
             "greedy_order": order}
 
 
-def bench_alpha(lm, ids, k: int) -> dict:
-    """Auto alpha's distinct plans; cached (in the evaluator's order) and naive alternate per plan."""
+def trie_edges(sets, L: int) -> int:
+    """Blocks any exact evaluator must run per batch for these removal sets: the edges of the prefix trie
+    of their layouts (distinct (membership of blocks 0..j-1, block j kept) pairs)."""
+    return len({tuple(i in s for i in range(j + 1)) for s in map(set, sets) for j in range(L) if j not in s})
+
+
+def macs_per_token(lm, S: int) -> tuple[float, float]:
+    """(one block, the LM head) multiply-adds per token: every nn.Linear of the block plus the attention
+    products (q.k and p.v over the causal context, (S+1)/2 positions on average); the head's weight
+    (and OPT's project_out)."""
+    from simdiff_core.evaluation.evaluator import tail_modules
+    from simdiff_core.models.blocks import text_config
+
+    blk = lm.blocks[len(lm.blocks) // 2]
+    lin = sum(m.in_features * m.out_features for m in blk.modules() if isinstance(m, torch.nn.Linear))
+    lin += sum(m.weight.shape[0] * m.weight.shape[1] for m in blk.modules()
+               if type(m).__name__ == "Conv1D")  # GPT-2's linear layers
+    cfg = text_config(lm.model.config)
+    heads = int(getattr(cfg, "num_attention_heads", 0) or getattr(cfg, "n_head", 0) or 1)
+    hd = int(getattr(cfg, "head_dim", 0) or (cfg.hidden_size // heads))
+    attn = 2 * heads * hd * (S + 1) / 2
+    _, proj, head, _ = tail_modules(lm)
+    h = head.weight.shape[0] * head.weight.shape[1] + (proj.in_features * proj.out_features if proj is not None else 0)
+    return float(lin + attn), float(h)
+
+
+def alpha_floor(lm, sets, shape) -> dict:
+    """Cost floor of evaluating these plans exactly, relative to the naive loop, in multiply-adds:
+    (trie edges x block + one head per plan over the predicted rows) / (per plan: kept blocks + head
+    over all rows, what ``perplexity(pruned_model(...))`` computes)."""
+    _, S = shape
+    L = lm.num_layers
+    b, h = macs_per_token(lm, S)
+    E = trie_edges(sets, L)
+    P = len(sets)
+    naive_blocks = sum(L - len(s) for s in sets)
+    floor = E * b * S + P * h * (S - 1)
+    naive = naive_blocks * b * S + P * h * S
+    return {"auto_alpha_floor_vs_naive": round(floor / naive, 3), "auto_alpha_trie_edges": E,
+            "auto_alpha_naive_blocks": naive_blocks, "head_in_blocks": round(h / b, 2)}
+
+
+def bench_alpha(lm, ids, k: int, rounds: int = 2) -> dict:
+    """Auto alpha itself (lazy evaluator: no dense pass) vs evaluating each distinct plan by
+    pruned_model + perplexity; ``rounds`` interleaved rounds, CPU time of this process, same ppls asserted."""
     from simdiff_core.analysis.score import score_model
     from simdiff_core.evaluation.evaluator import PrefixEvaluator
     from simdiff_core.methods.alpha import AUTO_BETAS, auto_alpha
 
     scores = score_model(lm, ids)
-    best, trials = auto_alpha(lm, scores, ids, num=k, betas=AUTO_BETAS)  # the real function (untimed)
-    sets = list(dict.fromkeys(tuple(t["removed_layers"]) for t in trials))
-    ev, _, c = timed(lambda: PrefixEvaluator(lm, ids))
-    cpu = {"c": c, "n": 0.0}
-    order = PrefixEvaluator.order([ev._key(ev.layout(s)) for s in sets])
-    worst = 0.0
-    for i in order:
-        v, _, t = timed(lambda: ev.ppl(sets[i]))
-        cpu["c"] += t
-        r, _, t = timed(lambda: naive_ppl(lm, ids, sets[i]))
-        cpu["n"] += t
-        worst = max(worst, abs(v - r) / r)
-        got = [tr["ppl"] for tr in trials if tuple(tr["removed_layers"]) == sets[i]][0]
-        assert abs(got - r) / r < 1e-4
-    return {"auto_alpha_cached_cpu_s": round(cpu["c"], 2), "auto_alpha_naive_cpu_s": round(cpu["n"], 2),
-            "auto_alpha_cost_vs_naive": round(cpu["c"] / cpu["n"], 3), "auto_alpha_distinct_plans": len(sets),
-            "auto_alpha_max_rel_diff": worst, "auto_alpha_best": best}
+    cpu = {"c": 0.0, "n": 0.0}
+    wall = {"c": 0.0, "n": 0.0}
+    worst, calls = 0.0, {}
+    for _ in range(rounds):
+        box = {}
+
+        def cached():
+            box["ev"] = PrefixEvaluator(lm, ids, lazy=True)  # what auto_alpha builds itself
+            return auto_alpha(lm, scores, ids, num=k, betas=AUTO_BETAS, evaluator=box["ev"])
+
+        (best, trials), w, c = timed(cached)
+        cpu["c"] += c
+        wall["c"] += w
+        sets = list(dict.fromkeys(tuple(t["removed_layers"]) for t in trials))
+        calls = {"capture": box["ev"].stats["capture_block_calls"], "candidates": box["ev"].stats["block_calls"],
+                 "trie_edges_x_batches": trie_edges(sets, lm.num_layers) * len(box["ev"]._batches)}
+        for st in sets:
+            r, w, c = timed(lambda: naive_ppl(lm, ids, st))
+            cpu["n"] += c
+            wall["n"] += w
+            got = [tr["ppl"] for tr in trials if tuple(tr["removed_layers"]) == st][0]
+            worst = max(worst, abs(got - r) / r)
+            assert abs(got - r) / r < 1e-4, (st, got, r)
+    out = {"auto_alpha_cached_cpu_s": round(cpu["c"], 2), "auto_alpha_naive_cpu_s": round(cpu["n"], 2),
+           "auto_alpha_cost_vs_naive": round(cpu["c"] / cpu["n"], 3),
+           "auto_alpha_cost_vs_naive_wall": round(wall["c"] / wall["n"], 3),
+           "auto_alpha_distinct_plans": len(sets), "auto_alpha_max_rel_diff": worst, "auto_alpha_best": best,
+           "auto_alpha_block_calls": calls}
+    out.update(alpha_floor(lm, sets, tuple(ids.shape)))
+    return out
+
+
+def bench_alpha_floor(lm, ids, k: int) -> dict:
+    """Only the floor of auto alpha's evaluation on these windows (one scoring pass, no timing)."""
+    from simdiff_core.analysis.score import score_model
+    from simdiff_core.methods.alpha import AUTO_BETAS, DEFAULT_GRID
+    from simdiff_core.pruning.plan import make_plan
+
+    scores = score_model(lm, ids)
+    sets = list(dict.fromkeys(tuple(make_plan(scores, "simdiff", num=k, alpha=a, beta=b).removed_layers)
+                              for b in AUTO_BETAS for a in DEFAULT_GRID))
+    return dict(alpha_floor(lm, sets, tuple(ids.shape)), auto_alpha_distinct_plans=len(sets),
+                auto_alpha_plans=[list(s) for s in sets])
 
 
 def bench_shootout(lm) -> dict:
@@ -313,6 +382,9 @@ def run_all(lm, ids, num: int = 7, parts=("damage", "greedy", "alpha", "shootout
     if "alpha" in parts:
         res.update(bench_alpha(lm, ids, num))
         log(f"auto_alpha_cost_vs_naive {res['auto_alpha_cost_vs_naive']}")
+    if "alpha_floor" in parts:
+        res.update(bench_alpha_floor(lm, ids, num))
+        log(f"auto_alpha_floor_vs_naive {res['auto_alpha_floor_vs_naive']}")
     if "shootout" in parts:
         res.update(bench_shootout(lm))
         log(f"shootout_default_s {res['shootout_default_s']}")
@@ -325,13 +397,16 @@ def run_all(lm, ids, num: int = 7, parts=("damage", "greedy", "alpha", "shootout
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="default", help="model spec (default: the embedded SmolLM2-135M; "
+                    "gemma3-270m for the issue's auto-alpha setting)")
     ap.add_argument("--samples", type=int, default=2)
     ap.add_argument("--seq-len", type=int, default=64)
     ap.add_argument("--num", type=int, default=7)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: 1 when the machine is oversubscribed, else 2)")
     ap.add_argument("--no-shootout", action="store_true")
     ap.add_argument("--no-omp", action="store_true")
-    ap.add_argument("--only", default="", help="comma list of damage,greedy,alpha,shootout,omp")
+    ap.add_argument("--only", default="", help="comma list of damage,greedy,alpha,alpha_floor,"
+                    "shootout,omp (alpha_floor: only the floor, no timing)")
     ap.add_argument("--results", action="store_true", help="rewrite the eval-bench section of bench/RESULTS.md")
     ap.add_argument("--merge", nargs="*", default=[], help="JSON outputs of other bench_eval runs whose keys "
                     "join (and override) this run's; with --only none, just write their results")
@@ -345,7 +420,7 @@ def main() -> int:
     transformers.logging.disable_progress_bar()
     from simdiff_core import load_model, make_windows
 
-    lm = load_model("default", device="cpu", dtype="float32")
+    lm = load_model(a.model, device="cpu", dtype="float32")
     ids = make_windows(lm.tokenizer, "wikitext2", n=a.samples, seq_len=a.seq_len)
     only = set(filter(None, a.only.split(","))) or {"damage", "greedy", "alpha", "shootout", "omp"}
     if a.no_shootout:

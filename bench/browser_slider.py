@@ -174,7 +174,8 @@ def ratio_moves(page, mode: str, n: int, start: int = 0, warm: int = 2, L: int =
 def live_state(page) -> dict:
     """The live elements' counters (ui/live_chart.py): client paints, server draws, client/server mismatches."""
     return page.evaluate("() => window.__sdLive ? {client: window.__sdLive.clientPaints, server: "
-                         "window.__sdLive.serverDraws, mismatches: window.__sdLive.mismatches.length} : null")
+                         "window.__sdLive.serverDraws, mismatches: window.__sdLive.mismatches.length, "
+                         "paint_ms: [...window.__sdLive.paintMs]} : null")
 
 
 def page_runs(page) -> dict:
@@ -281,6 +282,9 @@ def main(argv=None) -> dict:
                     res[f"{name}_{L}"]["client_paints"] = live1["client"] - live0["client"]
                     res[f"{name}_{L}"]["client_server_mismatches"] = live1["mismatches"] - live0["mismatches"]
                     res[f"{name}_{L}"]["painted_set_differs_from_server"] = len(WRONG) - wrong0
+                    # the client's repaint itself (all live elements, in the input's handler), per move
+                    paint = live1["paint_ms"][len(live0["paint_ms"]):] if len(live1["paint_ms"]) < 200 else []
+                    res[f"{name}_{L}"]["client_paint_ms"] = _stats(paint) if paint else None
                 page.close()
                 print(f"{L} blocks done ({time.perf_counter() - t_start:.0f} s)", file=sys.stderr)
             res["floor_count"] = _stats(floors["count"])
@@ -313,28 +317,37 @@ def main(argv=None) -> dict:
     return out
 
 
-# Written from in-page traces of the moves on this machine (PerformanceObserver long tasks, WebSocket
-# message times and Plotly call durations, all from the key event); see RESULTS.md.
-WHERE_TIME = """Where the time goes (in-page traces of single moves, 30 blocks, load ~7 on 2 cores, times from the key event):
+# Written from in-page traces of the moves on this machine (the live elements' own paint timer, the
+# MutationObserver / keydown log of ui/live_chart.py, WebSocket message times); see RESULTS.md.
+WHERE_TIME = """Where the time goes (times from the key event):
 
-- **Server**: a move reruns only the fragment (`st.fragment`; the run counters confirm 0 full-page
-  reruns) on figure bases built once per calibration; the fragment's messages arrive 20-100 ms after
-  the key event (the no-op page's round trip is ~40 ms). `runner.postScriptGC = false` removed a
-  0.5-1 s `gc.collect()` per run; figures are plain dicts (microseconds to build).
-- **Charts, fixed here**: `st.plotly_chart` (Streamlit 1.67) cannot update a chart in place: the
-  element id includes the figure spec (`key` is not the main identity) and its frontend keeps the
-  figure in React state initialised once per id, so a changed figure is unmounted and drawn from
-  scratch (`Plotly.newPlot`). The per-move charts now go through `ui/live_chart.py`, a
-  `st.components.v2` component with the plotly.js bundled in the `plotly` package that keeps one graph
-  per key: on Layer curves the dropped blocks are shapes, the traces do not change, and a move is a
-  `Plotly.relayout` of the shapes (~2 ms, was a remount + redraw of the 3-panel chart); other charts get
-  `Plotly.react` with the unchanged arrays handed back (only what changed is recalculated).
-- **Left (browser main thread, inflated by the load)**: the fused importance bars' colours and ✕ marks
-  change with the set, so that chart is recalculated (`Plotly.react`, 20-50 ms); on Prune preview the
-  plan-stability and criteria-overlap charts likewise (20-50 ms each); Streamlit's React render of the
-  fragment's other elements (text, sliders, block stack, metrics, the two `st.dataframe` tables) shows
-  as 50-120 ms long tasks; and the component is invoked 30-70 ms after the last message arrives (React
-  commit, then the component's effect). On an idle machine these shrink about 3-4x."""
+- **The browser paints first** (`ui/live_slider.py`, `ui/live_chart.py`): per settings the page
+  precomputes the preview of every block count (and on Layer curves every α of the slider's 0.05 grid)
+  and sends it to the browser once (Prune preview at 80 blocks: ~0.3 s to build, ~580 kB; Layer curves
+  ~0.15 s, ~540 kB; again only when the criterion, locks, α on Prune preview, fusion or the compared
+  criteria change). A component listens to the real widgets in the page (the slider's hidden range
+  input, the count box's Enter / blur / +/-) and repaints the block stack and the charts in the input's
+  own event handler, so the "x floor" above is the client repaint plus one frame, no server round trip.
+  The *client paint ms* column is that repaint alone (all live elements of the move).
+- **What the repaint costs**: Layer curves: two `Plotly.relayout`s of the dropped blocks' shapes (the
+  traces do not change with the count); Prune preview: a `Plotly.react` of the plan-stability bars and
+  of the criteria-overlap heatmap (their data change with k: colours, hatching, the frequencies for that
+  k) plus toggling the block stack's classes. Both scale with the load on this 2-core machine.
+- **The server still runs the fragment** (the authority: the text, metrics, tables, the session value
+  the other pages and the export read). Its answer arrives a round trip plus Streamlit's render of the
+  fragment later (~100-200 ms on this machine, the former repaint time) and is drawn only where it
+  differs from what is shown: the benchmark counts client/server differences (must be 0) and compares
+  the painted set with the set the server's text line names after every move (must be equal). An
+  answer for an older state than the one shown (a move still in flight) is not drawn over the newer
+  client paint, so a drag does not flicker back.
+- **Not live** (server path only, as before): α on Prune preview (it rebuilds the payload, ~0.3 s at 80
+  blocks), the criterion and lock toggles, the heatmaps (they do not depend on the plan)."""
+
+
+HISTORY = """Earlier runs of this benchmark (same four rows; the load differed, so compare the x-floor ratios):
+waiting for the server's fragment run with in-place charts (2026-11-30 16:13, load 1.4): medians
+213 / 190 / 152 / 159 ms, p90 337 / 276 / 253 / 177 ms, 6.5 / 5.7 / 5.0 / 6.0 x floor; before the
+in-place charts (15:39, load 9.0): medians 340 / 317 / 337 / 527 ms, 8.5 / 8.0 / 7.8 / 12.5 x floor."""
 
 
 def markdown(res: dict) -> str:
@@ -347,17 +360,22 @@ def markdown(res: dict) -> str:
            f"loopback; load average {res.get('loadavg', os.getloadavg()[0]):.1f} on {os.cpu_count()} cores at the end (other work was "
            "running on this shared machine: absolute times are inflated, the floor is measured interleaved with "
            "the app, one floor move per app move).", "",
-           "| move -> preview repainted | median ms | p90 ms | no-op floor median ms | x floor | full-page reruns |",
-           "|---|---|---|---|---|---|"]
+           "| move -> preview repainted | median ms | p90 ms | no-op floor median ms | x floor | client paint ms "
+           "(median) | painted set = server's | full-page reruns |",
+           "|---|---|---|---|---|---|---|---|"]
     for label, k in rows:
+        if k not in res:
+            continue
         r = res[k]
+        paint = r["client_paint_ms"]["median"] if r.get("client_paint_ms") else "-"
+        same = "yes" if not r["painted_set_differs_from_server"] and not r["client_server_mismatches"] else "**no**"
         out.append(f"| {label} | {r['median']} | {r['p90']} | {r['floor']['median']} | {res['ratio_to_floor'][k]} | "
-                   f"{r['full_page_reruns']} of {r['fragment_runs']} fragment runs |")
+                   f"{paint} | {same} | {r['full_page_reruns']} of {r['fragment_runs']} fragment runs |")
     g = res["goals"]
     out += ["", "Goals (issue 17): 30 blocks median <= 1.5 x floor: " + ("met" if g["30_median_le_1.5x_floor"] else
             "**not met**") + "; <= 150 ms: " + ("met" if g["30_median_le_150ms"] else "**not met**") +
             "; 80 blocks p90 <= 250 ms: " + ("met" if g["80_p90_le_250ms"] else "**not met**") + ".", "",
-            WHERE_TIME]
+            HISTORY, "", WHERE_TIME]
     return "\n".join(out)
 
 

@@ -45,7 +45,7 @@ _PAYLOADS = "_sd_live_payloads_sent"
 
 _JS = r"""
 const LIVE = window.__sdLive || (window.__sdLive = {
-  payloads: {}, els: new Set(), pending: null, current: {}, mismatches: [], log: [], seen: new WeakMap(), clientPaints: 0, serverDraws: 0,
+  payloads: {}, els: new Set(), pending: null, current: {}, mismatches: [], log: [], paintMs: [], seen: new WeakMap(), clientPaints: 0, serverDraws: 0,
   hooked: false});
 
 // ---- drawing a plotly figure in place (the server path and the client path both end here)
@@ -145,14 +145,14 @@ function paintClient(e, st) {
   if (e.kind === 'stack') {
     paintStack(e.root, drop, p.importance[st.a in p.importance ? st.a : '']);
     e.root.dataset.removed = JSON.stringify(drop);
-    e.client = {st, canon: JSON.stringify(drop)};
+    e.client = {st, removed: drop};
   } else {
     if (!window.Plotly) return false;
     const made = assemble(p, e.live.chart, st, drop);
     if (!made) return false;
     // a deep copy: plotly writes into the layout it draws (autorange, range), never into the payload
     const fig = JSON.parse(JSON.stringify(made));
-    e.client = {st, canon: canon(fig)};
+    e.client = {st, fig: JSON.parse(JSON.stringify(made))};  // compared (canon) when the server answers
     draw(e.root, fig, e.config);
   }
   e.root.dataset.painted = 'client';
@@ -178,9 +178,12 @@ function drawServer(e) {
     serverCanon = canon(fig);
     draw(e.root, fig, d.config);
   }
-  if (e.client && d.live && sameState(e.client.st, d.live.state) && e.client.canon !== serverCanon)
-    LIVE.mismatches.push({kind: e.kind, chart: d.live.chart || 'stack', state: d.live.state,
-                          client: e.client.canon, server: serverCanon});
+  if (e.client && d.live && sameState(e.client.st, d.live.state)) {
+    const clientCanon = e.kind === 'stack' ? JSON.stringify(e.client.removed) : canon(e.client.fig);
+    if (clientCanon !== serverCanon)
+      LIVE.mismatches.push({kind: e.kind, chart: d.live.chart || 'stack', state: d.live.state,
+                            client: clientCanon, server: serverCanon});
+  }
   e.client = null;
   e.root.dataset.painted = 'server';
   LIVE.serverDraws += 1;
@@ -208,7 +211,13 @@ function move(kind, input) {
     if (sameState(cur, LIVE.current[id])) continue;
     LIVE.current[id] = cur;
     LIVE.pending = {id, st: cur, t: performance.now()};
-    for (const e of LIVE.els) if (e.live && e.live.id === id) paintClient(e, cur);
+    const t = performance.now();
+    // the charts first: plotly reads the layout (a forced reflow), cheaper before the stack's classes change
+    const mine = [...LIVE.els].filter((e) => e.live && e.live.id === id);
+    for (const e of mine.filter((x) => x.kind === 'chart').concat(mine.filter((x) => x.kind !== 'chart')))
+      paintClient(e, cur);
+    LIVE.paintMs.push(performance.now() - t);  // the whole repaint of one move (bench/browser_slider.py)
+    if (LIVE.paintMs.length > 200) LIVE.paintMs.shift();
   }
 }
 function kindOf(input) {

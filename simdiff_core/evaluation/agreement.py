@@ -132,16 +132,19 @@ def agreement_table(scores, damage, alpha: float = 0.5, ratio=None, num=None, cr
 
 def set_damage(lm, input_ids, sets: dict, damage, batch_size: int = 2,
                progress: Callable[[float, str], None] | None = None,
-               should_stop: Callable[[], bool] | None = None) -> list[dict]:
+               should_stop: Callable[[], bool] | None = None, evaluator=None) -> list[dict]:
     """Measured damage of removing each *set* of blocks at once, next to the sum of single damages.
 
     ``sets`` maps a label (e.g. the criterion that chose it) to removed block indices. ``damage``
     must have been measured on the same ``input_ids``. Rows: label, removed, loss, ppl,
     delta_loss (measured), additive_delta (sum of single-block deltas), interaction = measured -
     additive (positive: blocks removed together hurt more than their single damages predict).
+
+    The distinct sets are evaluated together by ``evaluator.PrefixEvaluator`` (lazy: no dense pass;
+    sets that keep the same lowest blocks share them; pass ``evaluator`` built on ``input_ids`` to
+    share one), the same loss as ``evaluate.perplexity`` of each pruned model.
     """
-    from ..pruning.prune import pruned_model
-    from .evaluate import perplexity
+    from .evaluator import PrefixEvaluator
 
     L = lm.num_layers
     if damage.num_layers != L:
@@ -150,24 +153,28 @@ def set_damage(lm, input_ids, sets: dict, damage, batch_size: int = 2,
     if damage.calibration.get("tokens") not in (None, n_tok):
         raise SimDiffError("damage was measured on different calibration windows; re-measure it on these")
     deltas = damage.deltas()
-    rows, cache = [], {}
-    items = list(sets.items())
-    for n, (label, removed) in enumerate(items):
+    items = []
+    for label, removed in sets.items():
         rem = sorted({int(i) for i in removed})
         if not rem or rem[0] < 0 or rem[-1] >= L or len(rem) >= L:
             raise SimDiffError(f"set '{label}' must remove 1..{L - 1} blocks among 0..{L - 1}, got {list(removed)}")
-        if progress:
-            progress(n / len(items), f"set {n + 1}/{len(items)}: {label}")
-        key = tuple(rem)
-        if key not in cache:  # several criteria often pick the same set
-            model = pruned_model(lm, [i for i in range(L) if i not in set(rem)])
-            cache[key] = perplexity(model, input_ids, batch_size=batch_size, device=lm.device,
-                                    should_stop=should_stop)
-        res = cache[key]
+        items.append((label, tuple(rem)))
+    if evaluator is not None and tuple(evaluator.shape) != tuple(input_ids.shape):
+        raise SimDiffError("the evaluator was built on other calibration windows")
+    if progress:
+        progress(0.0, f"{len(items)} sets: recording the blocks' inputs")
+    ev = evaluator if evaluator is not None else PrefixEvaluator(lm, input_ids, batch_size=batch_size,
+                                                                 should_stop=should_stop, lazy=True)
+    distinct = list(dict.fromkeys(rem for _, rem in items))  # several criteria often pick the same set
+    loss_of = dict(zip(distinct, ev.losses(distinct, progress=None if progress is None else
+                                           lambda f, m: progress(f, f"{len(distinct)} distinct sets: {m}"))))
+    rows = []
+    for label, rem in items:
+        loss = loss_of[rem]
         additive = float(sum(deltas[i] for i in rem))
-        measured = res["nll"] - damage.dense_loss
-        rows.append({"label": label, "removed": rem, "loss": res["nll"], "ppl": res["ppl"], "delta_loss": measured,
-                     "additive_delta": additive, "interaction": measured - additive,
+        measured = loss - damage.dense_loss
+        rows.append({"label": label, "removed": list(rem), "loss": loss, "ppl": math.exp(min(loss, 700.0)),
+                     "delta_loss": measured, "additive_delta": additive, "interaction": measured - additive,
                      "additive_ppl": math.exp(min(damage.dense_loss + additive, 700.0))})
     if progress:
         progress(1.0, "done")

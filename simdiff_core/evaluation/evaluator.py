@@ -2,6 +2,7 @@
 
     from simdiff_core.evaluation.evaluator import PrefixEvaluator
     ev = PrefixEvaluator(lm, calib_ids)                 # one dense pass per batch: inputs + kwargs of every block
+    ev = PrefixEvaluator(lm, calib_ids, lazy=True)      # only the kwargs + block 0; the rest when a layout needs it
     ev.losses([(), (3,), (3, 7), (4, 7)])               # mean NLL per predicted token of each removal set
     ev.ppl((3, 7))                                      # exp(loss), as evaluate.perplexity reports it
     ev.dense_loss                                       # the unpruned model's loss
@@ -21,9 +22,10 @@ greedy step's candidates, auto alpha's plans or damage's single removals share t
 (depth-first order of the prefix trie), and processes the windows one batch at a time. Blocks are
 called directly with the positional and keyword arguments the model passed them in one recorded
 dense forward per batch (per block: sliding-window families give local and global layers different
-masks and rotary tables), so no hooks are active while candidates run. The LM head runs in chunks of
-rows whose float32 logits stay under ``head_chunk_bytes``, never the whole (B, S, V) tensor, and
-without the last position of each window (it predicts nothing). The model's own logit
+masks and rotary tables), so no hooks are active while candidates run. The loss's LM head runs in
+tiles of rows x ``VOCAB_TILE`` vocabulary entries (running max and sum of exponentials per row), each
+block of rows reading the head weight once, whose float32 logits stay under ``head_chunk_bytes``: never
+the whole (B, S, V) tensor, and without the last position of each window (it predicts nothing). The model's own logit
 post-processing is applied (Gemma2/3 final soft-capping, Granite ``logits_scaling``, Cohere
 ``logit_scale``, OPT's ``project_out``); the construction checks the cached tail against the
 model's own logits on the first batch and refuses (SimDiffError) a model whose logits it does not
@@ -44,13 +46,20 @@ eliminate nothing (the bound is then pure overhead, 1/8 of a head per spec).
 Cost. Per batch, construction runs one dense forward (the model returns logits for only
 ``CHECK_ROWS`` positions; the dense loss comes from the chunked tail). A layout first differing from the cached path
 at position i costs the kept blocks among i..L-1 plus the head; ``stats`` counts block calls.
+``lazy=True`` (auto alpha, where no layout is the dense model) skips the dense pass: one forward of a
+view of the model whose block positions hold stand-ins (``_Recorder``: they record how the model calls
+each block and pass the hidden state on; only block 0 runs) gives every block's call arguments, the
+input of block 0 and its output (the tail check runs on that), for about one block's compute; the
+path then grows only where layouts need it and ``dense_loss`` is computed on first use. A set of
+layouts evaluated in one ``losses`` call then costs exactly the edges of their prefix trie plus one
+head each (``stats["capture_block_calls"] + stats["block_calls"]``), the floor of any exact evaluator.
 
 Memory bound. Per batch: its token ids, its recorded kwargs (shared tensors: rotary tables, masks)
 and the hidden state entering block 0. Paths (L+1 hidden states of (B, S, H) each, about
 (L+1) * B * S * H * itemsize bytes per batch: 30 blocks, 4 x 256 tokens, H=576, fp32 = 73 MB) are
 kept across calls for as many batches as fit in ``cache_bytes`` (default 256 MiB); the other
 batches recompute their path from block 0 on each call (one working path at a time). Peak extra
-memory is therefore <= cache_bytes + one path + one head chunk (``head_chunk_bytes``, default
+memory is therefore <= cache_bytes + one path + one head tile (``head_chunk_bytes``, default
 32 MiB of float32 logits) + the kwargs — bounded by the batch size, not the number of windows or
 candidates. No model or weight copies are made. ``losses_bounded`` adds, during one call, the final
 hidden states of its specs while they fit in another ``cache_bytes`` (the rest re-run their blocks
@@ -77,6 +86,7 @@ DEFAULT_CACHE_BYTES = 256 * 2 ** 20
 DEFAULT_HEAD_CHUNK_BYTES = 32 * 2 ** 20
 Progress = Callable[[float, str], None]
 CHECK_ROWS = 8  # positions whose logits the dense pass asks the model for (the tail check)
+VOCAB_TILE = 2048  # vocabulary entries per head tile in the loss (see PrefixEvaluator._nll_sum_tiled)
 BOUND_VOCAB_SHARE = 8  # losses_bounded's vocabulary subset: 1/8 of the vocabulary (1/8 of the head's cost)
 
 
@@ -132,7 +142,7 @@ class PrefixEvaluator:
     def __init__(self, lm, input_ids: torch.Tensor, batch_size: int | None = None,
                  cache_bytes: int = DEFAULT_CACHE_BYTES, head_chunk_bytes: int = DEFAULT_HEAD_CHUNK_BYTES,
                  should_stop: Callable[[], bool] | None = None, check_logits: bool = True,
-                 bound_vocab: int | None = None):
+                 bound_vocab: int | None = None, lazy: bool = False):
         if not isinstance(input_ids, torch.Tensor) or input_ids.ndim != 2 or input_ids.shape[0] == 0 \
                 or input_ids.shape[1] < 2:
             raise SimDiffError("calibration input must be a non-empty (N, S) tensor of token ids with S >= 2")
@@ -154,23 +164,29 @@ class PrefixEvaluator:
         self.stats = {"block_calls": 0, "head_rows": 0, "layouts": 0}
         self._memo: dict[tuple, float] = {}
         self._batches: list[dict] = []
+        self.lazy = bool(lazy)
+        self.stats["capture_block_calls"] = 0
         hidden = None
         dense_nll = 0.0
+        view = self._recording_view() if self.lazy else None
         with torch.inference_mode():
             for b, start in enumerate(range(0, N, self.bs)):
                 if should_stop is not None and should_stop():
                     raise Cancelled()
                 ids = input_ids[start:start + self.bs].to(lm.device)
-                calls, states, logits = self._capture(ids)
+                calls, states, logits = self._capture_calls(view, ids) if self.lazy else self._capture(ids)
+                last = next(s for s in reversed(states) if s is not None)
+                self.stats["capture_block_calls"] += sum(1 for s in states[1:] if s is not None)
                 if check_logits and b == 0:
-                    self._check_tail(states[-1], logits)
+                    self._check_tail(last, logits)
                 del logits
-                dense_nll += self._nll_sum(states[-1], ids)
+                if not self.lazy:
+                    dense_nll += self._nll_sum(last, ids)
                 hidden = states[0].shape[-1]
                 self._batches.append({"ids": ids, "calls": calls, "x0": states[0],
                                       "path": (self._dense_key(), tuple(self.blocks), states)})
-        self.dense_loss = dense_nll / self.tokens
-        self._memo[self._dense_key()] = self.dense_loss
+        if not self.lazy:
+            self._memo[self._dense_key()] = dense_nll / self.tokens
         itemsize = torch.finfo(lm.dtype).bits // 8 if lm.dtype.is_floating_point else 4
         self.path_bytes = (self.L + 1) * min(self.bs, N) * S * int(hidden) * itemsize
         self.persistent = max(0, min(len(self._batches), int(cache_bytes) // max(1, self.path_bytes)))
@@ -191,17 +207,7 @@ class PrefixEvaluator:
             raise SimDiffError(f"{self.lm.name}: the same block object appears twice in the block list")
 
         def pre(module, args, kwargs):
-            i = index[module]
-            kw = dict(kwargs)
-            positional = bool(args)
-            if not positional:
-                kw.pop("hidden_states", None)
-            rest = tuple(None if _is_cache(a) else a for a in args[1:])
-            if "past_key_values" in kw:
-                kw["past_key_values"] = None
-            if "use_cache" in kw:
-                kw["use_cache"] = False
-            calls[i] = (positional, rest, kw)
+            calls[index[module]] = _call_record(args, kwargs)
 
         def post(module, args, kwargs, output):
             i = index[module]
@@ -216,6 +222,46 @@ class PrefixEvaluator:
                 out = self.lm.model(input_ids=ids, use_cache=False)
         if any(s is None for s in states) or any(c is None for c in calls):
             raise SimDiffError(f"{self.lm.name}: not every block ran in the forward pass; cannot evaluate prunings")
+        return calls, states, out.logits
+
+    def _recording_view(self) -> nn.Module:
+        """A view of the model (``pruning.prune``'s shallow path copies; the loaded model is untouched)
+        whose block list holds stand-ins: position 0 runs the real block, every later position only
+        records the arguments the model calls it with and passes its input on. One forward of the
+        view gives every block's call arguments for the cost of the embeddings and one block."""
+        from ..pruning.prune import _shallow
+
+        model = self.lm.model
+        parts = self.lm.block_path.split(".")
+        top = _shallow(model)
+        old, new = model, top
+        for part in parts[:-1]:
+            child = _shallow(getattr(old, part))
+            new._modules[part] = child
+            old, new = getattr(old, part), child
+        form: dict = {}
+        new._modules[parts[-1]] = nn.ModuleList([_Recorder(b, j, real=(j == 0), form=form)
+                                                 for j, b in enumerate(self.blocks)])
+        return top
+
+    def _capture_calls(self, view: nn.Module, ids):
+        """Lazy capture (``lazy=True``): every block's call arguments, the input of block 0 and its output,
+        and the model's logits of the state the stand-ins passed on (block 0's output; the tail check)."""
+        L = self.L
+        recorders = list(get_attr_path(view, self.lm.block_path))
+        for r in recorders:
+            r.reset()
+        try:
+            out = view(input_ids=ids, use_cache=False, logits_to_keep=CHECK_ROWS)
+        except TypeError:  # model code without logits_to_keep
+            out = view(input_ids=ids, use_cache=False)
+        calls = [r.call for r in recorders]
+        if any(c is None for c in calls):
+            raise SimDiffError(f"{self.lm.name}: not every block ran in the forward pass; cannot evaluate prunings")
+        states: list[torch.Tensor | None] = [recorders[0].x, recorders[0].y] + [None] * (L - 1)
+        for r in recorders:
+            r.reset()
+        recorders[0]._form.clear()
         return calls, states, out.logits
 
     def _check_tail(self, last: torch.Tensor, logits: torch.Tensor) -> None:
@@ -244,15 +290,55 @@ class PrefixEvaluator:
         return self.post(self.head(h))
 
     def _nll_sum(self, last: torch.Tensor, ids: torch.Tensor) -> float:
-        """Summed NLL of tokens 1..S-1 from the last block's output, head in row chunks."""
+        """Summed NLL of tokens 1..S-1 from the last block's output: the head in tiles of rows x
+        ``VOCAB_TILE`` vocabulary entries (a linear head), else in row chunks."""
         h = last[:, :-1].reshape(-1, last.shape[-1])
         tgt = ids[:, 1:].reshape(-1)
+        w = getattr(self.head, "weight", None)
+        if isinstance(self.head, nn.Linear) and isinstance(w, torch.Tensor) and w.ndim == 2:
+            return self._nll_sum_tiled(h, tgt)
         V = int(getattr(self.head, "out_features", 0) or self.head.weight.shape[0])
         rows = head_chunk_rows(V, self.head_chunk_bytes)
         total = torch.zeros((), dtype=torch.float64, device=h.device)
         for s in range(0, h.shape[0], rows):
             logits = self._logits(h[s:s + rows]).float()
             total += F.cross_entropy(logits, tgt[s:s + rows], reduction="sum").double()
+        self.stats["head_rows"] += h.shape[0]
+        return float(total)
+
+    def _nll_sum_tiled(self, h: torch.Tensor, tgt: torch.Tensor) -> float:
+        """``_nll_sum`` for a linear head: each block of rows reads the head weight once, in slices of
+        ``VOCAB_TILE`` entries, keeping a running max and sum of exponentials (float64) per row, and the
+        target's logit from the slice that holds it. Why: a row chunk of a large vocabulary (Gemma3:
+        262144 entries, 1 MiB of float32 logits per row) holds only a few dozen rows, and each chunk
+        re-reads the whole head weight (671 MB for Gemma3-270M): the head ran 2.6x slower than these
+        tiles, which stay in cache. Same loss to float rounding (the sums are more accurate)."""
+        W, b = self.head.weight, self.head.bias
+        V = int(W.shape[0])
+        vt = min(V, VOCAB_TILE)
+        rows = max(1, self.head_chunk_bytes // (4 * vt))
+        total = torch.zeros((), dtype=torch.float64, device=h.device)
+        for s in range(0, h.shape[0], rows):
+            hn = self.norm(h[s:s + rows])
+            if self.proj is not None:
+                hn = self.proj(hn)
+            t = tgt[s:s + rows]
+            m = se = zt = None
+            for v0 in range(0, V, vt):
+                z = self.post(F.linear(hn, W[v0:v0 + vt], None if b is None else b[v0:v0 + vt])).float()
+                idx = t - v0
+                inside = (idx >= 0) & (idx < z.shape[1])
+                picked = z.gather(1, idx.clamp(0, z.shape[1] - 1)[:, None])[:, 0]
+                zt = picked if zt is None else torch.where(inside, picked, zt)
+                cm = z.amax(1)
+                if m is None:
+                    m = cm
+                    se = torch.exp(z.sub_(m[:, None])).sum(1, dtype=torch.float64)
+                else:
+                    nm = torch.maximum(m, cm)
+                    se = se * torch.exp((m - nm).double()) + torch.exp(z.sub_(nm[:, None])).sum(1, dtype=torch.float64)
+                    m = nm
+            total += (m.double() + torch.log(se) - zt.double()).sum()
         self.stats["head_rows"] += h.shape[0]
         return float(total)
 
@@ -289,7 +375,8 @@ class PrefixEvaluator:
             start = 0
         else:
             pkey, _, states = path
-            start = next((j for j in range(L) if pkey[j] != key[j]), L)
+            # the first position where the layouts differ, or past which the path is not computed yet
+            start = next((j for j in range(L) if pkey[j] != key[j] or states[j + 1] is None), L)
             states = list(states[:start + 1]) + [None] * (L - start)
         h = states[start]
         for j in range(start, L):
@@ -341,6 +428,11 @@ class PrefixEvaluator:
 
     def loss(self, spec) -> float:
         return self.losses([spec])[0]
+
+    @property
+    def dense_loss(self) -> float:
+        """The unpruned model's loss (memoised; computed on first use when built with ``lazy=True``)."""
+        return self.loss(())
 
     def ppl(self, spec) -> float:
         return math.exp(min(self.loss(spec), 700.0))
@@ -579,6 +671,58 @@ class PrefixEvaluator:
                 self._mass_cache = masses
         return [(out_exact[k], None) if k in known else (out_exact.get(k), out_bound.get(k)) for k in keys]
 
+
+def _call_record(args: tuple, kwargs: dict) -> tuple:
+    """(positional?, the other positional args, keyword args) of a block call, minus its hidden state
+    and any KV cache (candidates run without one)."""
+    kw = dict(kwargs)
+    positional = bool(args)
+    if not positional:
+        kw.pop("hidden_states", None)
+    rest = tuple(None if _is_cache(a) else a for a in args[1:])
+    if "past_key_values" in kw:
+        kw["past_key_values"] = None
+    if "use_cache" in kw:
+        kw["use_cache"] = False
+    return positional, rest, kw
+
+
+class _Recorder(nn.Module):
+    """Stand-in for one block in ``PrefixEvaluator._recording_view``: records how the model calls it;
+    runs the real block only when ``real`` (its output's form is what the others hand back). Other
+    attributes (``attention_type``, ``layer_idx``, ...) read through to the real block."""
+
+    def __init__(self, block: nn.Module, index: int, real: bool, form: dict):
+        super().__init__()
+        self.__dict__["_block"] = block  # not a registered child: the view owns no parameters
+        self.__dict__["_form"] = form    # shared by one view's stand-ins: the real block's last output
+        self.index, self.real = index, real
+        self.call = self.x = self.y = None
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            block = self.__dict__.get("_block")
+            if block is None:
+                raise
+            return getattr(block, name)
+
+    def reset(self) -> None:
+        self.call = self.x = self.y = None
+
+    def forward(self, *args, **kwargs):
+        self.call = _call_record(args, kwargs)
+        x = args[0] if args else kwargs.get("hidden_states")
+        if self.real:
+            out = self._block(*args, **kwargs)
+            self.x, self.y = block_io(args, kwargs, out)
+            self._form["out"] = out
+            return out
+        prev = self._form.get("out")
+        if isinstance(prev, (tuple, list)):  # older block APIs: (hidden, attn weights / cache, ...)
+            return type(prev)((x,) + tuple(prev[1:]))
+        return x
 
 
 def _is_cache(obj) -> bool:

@@ -51,7 +51,9 @@ def auto_alpha(lm, scores, calib_ids, ratio=None, num=None, grid=DEFAULT_GRID, k
         distinct.setdefault(tuple(p.removed_layers), []).append(key)
     if progress:
         progress(0.0, f"evaluating {len(distinct)} distinct candidate prunings")
-    ev = evaluator if evaluator is not None else PrefixEvaluator(lm, calib_ids, should_stop=should_stop)
+    # lazy: no dense pass beyond block 0 (no plan here is the dense model); each plan then costs its
+    # blocks from the first position where it differs from the plans evaluated before it
+    ev = evaluator if evaluator is not None else PrefixEvaluator(lm, calib_ids, should_stop=should_stop, lazy=True)
     sets = list(distinct)
     vals = ev.ppls(sets, progress=None if progress is None else
                    lambda f, m: progress(f, f"evaluating {len(distinct)} candidate prunings: {m}"))
