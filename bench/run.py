@@ -14,7 +14,11 @@ Sections (each prints one line on stderr as it finishes):
   memory     peak extra memory of scoring over a plain forward, 2 depths x 2 calibration sizes
   preview    plan recomputation from cached scores of an 80-block model + chart data, forward passes counted
   speedup    prefill / decode, dense vs pruned (25 %, 37.5 %), against the ideal from measured block time shares
-  ttfc       time to first curves for the embedded model: fresh process, cold (empty SIMDIFF_CACHE) and warm
+  ttfc       time to first curves for the embedded model: fresh process, cold (empty SIMDIFF_CACHE) and warm;
+             first_curves_after_s (warm start: click -> first partial curves / one plain forward batch,
+             bench/first_curves.py, best of 2 fresh processes; also in CPU seconds: first_curves_after_cpu)
+  eval       candidate evaluation (bench/bench_eval.py): damage_vs_floor, greedy_cost_vs_naive,
+             auto_alpha_cost_vs_naive (+ auto_alpha_floor_vs_naive), shootout_default_s
   streaming  block-streamed scores vs in-memory scores under a budget of 1/4 of the model size
 """
 
@@ -136,6 +140,11 @@ def main() -> int:
         "RESULTS.md" if not str(device).startswith("cuda") else "RESULTS-cuda.md"))
     if out is not None:
         write_results(out, res, args)
+        if "first_curves" in res and "error" not in res["first_curves"]:
+            from first_curves import markdown
+            from results_md import write_section
+
+            write_section("first_curves", markdown(res["first_curves"], by="python bench/run.py"), out)
         log(f"wrote {out}")
     rows = res["speedup"]["rows"]
     summary = {
@@ -158,11 +167,13 @@ def main() -> int:
         "uncertainty_overhead": round(res["uncertainty"]["uncertainty_overhead"], 4),
         "bootstrap_seconds": res["uncertainty"]["bootstrap_seconds"],
         **{k: res.get("eval", {}).get(k) for k in ("greedy_cost_vs_naive", "auto_alpha_cost_vs_naive",
-                                                   "damage_vs_floor", "shootout_default_s")},
+                                                   "auto_alpha_floor_vs_naive", "damage_vs_floor",
+                                                   "shootout_default_s")},
         "bench_seconds": round(time.perf_counter() - t_start, 1),
     }
     if "first_curves" in res:
         summary["first_curves_after_s"] = res["first_curves"].get("ratio_to_forward_batch")
+        summary["first_curves_after_cpu"] = res["first_curves"].get("ratio_cpu")
         summary["first_curves_detail"] = res["first_curves"]
     print(json.dumps(summary), flush=True)
     return 0

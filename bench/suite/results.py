@@ -54,6 +54,10 @@ def write_results(path: Path, res: dict, args) -> None:
     w(f"| forward passes during preview | **{pv['preview_forward_passes']}** | 0 |")
     w(f"| streamed vs in-memory scores, max abs diff | **{st['streaming_max_abs_diff']:.3g}** | equal |")
     w(f"| streamed peak resident weights / model size | **{st['streaming_peak_mb']:.2f} / {st['streaming_model_mb']:.2f} MB** | <= 1/4 |")
+    fc = res.get("first_curves") or {}
+    if fc.get("ratio_to_forward_batch") is not None:
+        w(f"| click -> first partial curves / one plain forward batch, warm (`first_curves_after_s`) | "
+          f"**{fc['ratio_to_forward_batch']:.2f}** (CPU-seconds ratio {fc.get('ratio_cpu', float('nan')):.2f}) | <= 2 |")
     w("")
     w(f"## Scoring overhead ({res['model']})")
     w("")

@@ -457,6 +457,20 @@ class PrefixEvaluator:
         return out
 
 
+    # ----------------------------------------------------------------- single blocks (iterative)
+    @property
+    def num_batches(self) -> int:
+        return len(self._batches)
+
+    def batch_input(self, b: int) -> torch.Tensor:
+        """The hidden state entering block 0 for batch ``b`` (kept for the evaluator's lifetime)."""
+        return self._batches[b]["x0"]
+
+    @torch.inference_mode()
+    def run_block(self, b: int, j: int, h: torch.Tensor) -> torch.Tensor:
+        """Block ``j`` on hidden state ``h`` of batch ``b``, called as the model called it (``_run``)."""
+        return self._run(self.blocks[j], h, self._batches[b]["calls"][j])
+
     # ----------------------------------------------------------------- bounds (exact elimination)
     def bounds_supported(self) -> bool:
         """True when the LM head is a plain linear layer (the subset head is a slice of its rows)."""

@@ -110,7 +110,7 @@ def test_greedy_beam_local_with_elimination_choose_what_exact_evaluation_chooses
     full = run_method("greedy", lm, ids, num=3, bound=False)
     assert full.details["exact_evals"] == full.details["evals"] == g.details["evals"]
     assert [t["removed"] for t in full.details["trace"]] == [t["removed"] for t in g.details["trace"]]
-    for algo, budget in (("beam", 14), ("local", 12), ("greedy", 7)):  # greedy 7: stopped by the budget
+    for algo, budget in (("beam", 14), ("local", 12), ("evolutionary", 10), ("greedy", 7)):  # greedy 7: budget stop
         ev = PrefixEvaluator(lm, ids, bound_vocab=V - 2)
         c = run_method("search", lm, ids, num=2, search=algo, budget=budget, evaluator=ev)
         n = run_method("search", lm, ids, num=2, search=algo, budget=budget, cached=False)
@@ -118,7 +118,7 @@ def test_greedy_beam_local_with_elimination_choose_what_exact_evaluation_chooses
         assert [t["removed"] for t in c.details["trace"]] == [t["removed"] for t in n.details["trace"]], algo
         assert c.details["completed_by_fallback"] == n.details["completed_by_fallback"], algo
         assert c.details["evals"] == n.details["evals"] <= budget
-        check_trace(c, lm, ids)
+        assert check_trace(c, lm, ids) > 0 or algo == "evolutionary", algo  # (evolutionary: test below)
 
 
 def test_a_tie_at_the_minimum_is_never_eliminated(tiny, ids):
@@ -165,3 +165,14 @@ def test_real_model_eliminates_with_the_default_subset(embedded_lm, tokenizer):
     g = run_method("greedy", lm, ids, num=2)
     assert g.details["order"] == order
     assert check_trace(g, lm, ids) > 0, "the default bound eliminated nothing on a real model"
+
+
+def test_evolutionary_with_elimination_takes_the_exact_path(tiny, ids):
+    lm = model(tiny, "llama", 9, seed=3)  # 7 removable blocks: room beyond the seeded population
+    ev = PrefixEvaluator(lm, ids, bound_vocab=lm.model.get_output_embeddings().weight.shape[0] - 2)
+    c = run_method("search", lm, ids, num=2, search="evolutionary", budget=16, evaluator=ev)
+    n = run_method("search", lm, ids, num=2, search="evolutionary", budget=16, cached=False)
+    assert c.removed_layers == n.removed_layers
+    assert [t["removed"] for t in c.details["trace"]] == [t["removed"] for t in n.details["trace"]]
+    assert c.details["eliminated_by_bound"] > 0 and c.details["evals"] == n.details["evals"]
+    assert c.details["objective_value"] == pytest.approx(n.details["objective_value"], rel=1e-5)
