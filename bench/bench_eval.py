@@ -208,6 +208,62 @@ def bench_alpha_floor(lm, ids, k: int) -> dict:
                 auto_alpha_plans=[list(s) for s in sets])
 
 
+def bench_iterative(lm, ids, k: int, rounds: int = 2) -> dict:
+    """Iterative SimDiff k steps: prefix reuse (only the blocks above the last removal re-scored) vs a
+    full score_model pass of every pruned model (``cached=False``); interleaved rounds, CPU time, same
+    removal order and trace asserted."""
+    from simdiff_core.analysis.score import score_model
+    from simdiff_core.methods import run_method
+
+    scores = score_model(lm, ids)
+    cpu = {True: 0.0, False: 0.0}
+    plans = {}
+    for _ in range(rounds):
+        for cached in (True, False):
+            plans[cached], _, c = timed(lambda: run_method("iterative", lm, ids, num=k, scores=scores, cached=cached))
+            cpu[cached] += c
+    assert plans[True].details["trace"] == plans[False].details["trace"]
+    d = plans[True].details
+    return {"iterative_cost_vs_full_rescoring": round(cpu[True] / cpu[False], 3),
+            "iterative_cached_cpu_s": round(cpu[True], 2), "iterative_full_cpu_s": round(cpu[False], 2),
+            "iterative_block_calls": d["block_calls"], "iterative_block_calls_full": d["block_calls_full_rescoring"],
+            "iterative_order": d["order"]}
+
+
+def bench_slm(lm, ids, k: int) -> dict:
+    """SLM's cost on these windows: where it goes (evaluations, threshold passes, block calls, merging)."""
+    import cProfile
+    import pstats
+
+    from simdiff_core.evaluation.evaluator import PrefixEvaluator
+    from simdiff_core.methods import run_method
+
+    pr = cProfile.Profile()
+    box = {}
+
+    def go():
+        box["ev"] = PrefixEvaluator(lm, ids)
+        pr.enable()
+        try:
+            return run_method("slm", lm, ids, num=k, evaluator=box["ev"])
+        finally:
+            pr.disable()
+
+    plan, w, c = timed(go)
+    st = pstats.Stats(pr)
+    tot = sum(v[2] for v in st.stats.values())  # tottime of every function
+
+    def share(pred):
+        return round(sum(v[2] for f, v in st.stats.items() if pred(f)) / max(tot, 1e-9), 3)
+
+    return {"slm_cpu_s": round(c, 2), "slm_wall_s": round(w, 2), "slm_evals": plan.details["evals"],
+            "slm_passes": len(plan.details["passes"]), "slm_threshold_final": plan.details["threshold_final"],
+            "slm_block_calls": box["ev"].stats["block_calls"],
+            "slm_share_linear": share(lambda f: f[2] == "<built-in method torch._C._nn.linear>"),
+            "slm_share_merge": share(lambda f: f[0].endswith(("merge.py", "copy.py"))),
+            "slm_windows": plan.details["windows"]}
+
+
 def bench_shootout(lm) -> dict:
     from simdiff_core import eval_windows, make_windows
     from simdiff_core.methods.compare import parse_specs, run_compare
@@ -368,7 +424,7 @@ def write_section(path: Path, text: str) -> None:
     path.write_text(doc)
 
 
-def run_all(lm, ids, num: int = 7, parts=("damage", "greedy", "alpha", "shootout", "omp")) -> dict:
+def run_all(lm, ids, num: int = 7, parts=("damage", "greedy", "alpha", "iterative", "shootout", "omp")) -> dict:
     """Every eval-bench key on ``lm`` with calibration ``ids`` (one batch); used by bench/run.py too."""
     res = {"model": lm.name, "threads": torch.get_num_threads(),
            "calib": f"{ids.shape[0]} x {ids.shape[1]} tokens, batch {ids.shape[0]}"}
@@ -382,6 +438,12 @@ def run_all(lm, ids, num: int = 7, parts=("damage", "greedy", "alpha", "shootout
     if "alpha" in parts:
         res.update(bench_alpha(lm, ids, num))
         log(f"auto_alpha_cost_vs_naive {res['auto_alpha_cost_vs_naive']}")
+    if "iterative" in parts:
+        res.update(bench_iterative(lm, ids, num))
+        log(f"iterative_cost_vs_full_rescoring {res['iterative_cost_vs_full_rescoring']}")
+    if "slm" in parts:
+        res.update(bench_slm(lm, ids, num))
+        log(f"slm {res['slm_cpu_s']} CPU s, {res['slm_evals']} evaluations")
     if "alpha_floor" in parts:
         res.update(bench_alpha_floor(lm, ids, num))
         log(f"auto_alpha_floor_vs_naive {res['auto_alpha_floor_vs_naive']}")
@@ -406,7 +468,8 @@ def main() -> int:
     ap.add_argument("--no-shootout", action="store_true")
     ap.add_argument("--no-omp", action="store_true")
     ap.add_argument("--only", default="", help="comma list of damage,greedy,alpha,alpha_floor,"
-                    "shootout,omp (alpha_floor: only the floor, no timing)")
+                    "iterative,slm,shootout,omp (alpha_floor: only the floor, no timing; slm: minutes, not in the "
+                    "default set)")
     ap.add_argument("--results", action="store_true", help="rewrite the eval-bench section of bench/RESULTS.md")
     ap.add_argument("--merge", nargs="*", default=[], help="JSON outputs of other bench_eval runs whose keys "
                     "join (and override) this run's; with --only none, just write their results")
@@ -422,7 +485,7 @@ def main() -> int:
 
     lm = load_model(a.model, device="cpu", dtype="float32")
     ids = make_windows(lm.tokenizer, "wikitext2", n=a.samples, seq_len=a.seq_len)
-    only = set(filter(None, a.only.split(","))) or {"damage", "greedy", "alpha", "shootout", "omp"}
+    only = set(filter(None, a.only.split(","))) or {"damage", "greedy", "alpha", "iterative", "shootout", "omp"}
     if a.no_shootout:
         only.discard("shootout")
     if a.no_omp:
