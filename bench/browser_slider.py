@@ -59,7 +59,12 @@ WATCH_JS = r"""
   const texts = () => [...document.querySelectorAll('[data-testid=stMarkdownContainer]')].map(e => e.textContent);
   const plots = () => [...document.querySelectorAll('.js-plotly-plot')].filter(g => g.data && g.data.length);
   const slider = () => document.querySelector('input[type=range][aria-label="Pruning ratio"]');
-  const sd = window.__sd = {t0: null, t1: null, set: null};
+  const sd = window.__sd = {t0: null, t1: null, t2: null, set: null};
+  // the server's run confirms: its text line names the set painted (Prune preview / Layer curves)
+  const confirmRe = mode === 'preview_count' ? /removes \d+ of \d+ blocks: \[([\d, ]*)\]/
+                  : mode === 'curves_ratio' ? /would drop: \[([\d, ]*)\]/ : null;
+  const confirmed = () => texts().some(t => { const m = t.match(confirmRe);
+    return m && JSON.stringify(m[1] ? m[1].split(',').map(Number) : []) === JSON.stringify(sd.set); });
   const checks = {
     noop_count: () => texts().some(t => t.includes(`the ${target} blocks`)),
     noop_ratio: () => { const r = parseFloat(slider().value).toFixed(2);
@@ -99,8 +104,12 @@ WATCH_JS = r"""
   }
   const check = () => {
     let ok = false;
-    try { ok = sd.t0 !== null && checks[mode](); } catch (e) { ok = false; }
-    if (ok) { sd.t1 = performance.now(); return; }
+    if (sd.t1 === null) {
+      try { ok = sd.t0 !== null && checks[mode](); } catch (e) { ok = false; }
+      if (ok) sd.t1 = performance.now();
+      if (ok && !confirmRe) { sd.t2 = sd.t1; return; }
+    }
+    if (sd.t1 !== null && confirmRe && confirmed()) { sd.t2 = performance.now(); return; }
     requestAnimationFrame(check);
   };
   requestAnimationFrame(check);
@@ -126,6 +135,7 @@ def _stats(ms: list[float]) -> dict:
 
 
 WRONG: list = []  # moves whose painted set differed from the set the server's run then named
+CONFIRM: list = []  # key event -> the server's text line names the painted set, ms (app moves)
 
 
 def _timed_move(page, mode: str, target, act) -> float:
@@ -134,7 +144,14 @@ def _timed_move(page, mode: str, target, act) -> float:
     page.evaluate(WATCH_JS, [mode, target])
     act()
     page.wait_for_function("() => window.__sd.t1 !== null", timeout=60_000, polling=50)
-    ms, shown = page.evaluate("() => [window.__sd.t1 - window.__sd.t0, window.__sd.set]")
+    try:  # the server's confirmation (for the report; a set it never names is counted below)
+        page.wait_for_function("() => window.__sd.t2 !== null", timeout=10_000, polling=50)
+    except Exception:  # noqa: BLE001 - playwright's TimeoutError
+        pass
+    ms, shown, confirm = page.evaluate("() => [window.__sd.t1 - window.__sd.t0, window.__sd.set, "
+                                       "window.__sd.t2 === null ? null : window.__sd.t2 - window.__sd.t0]")
+    if confirm is not None and not mode.startswith("noop"):
+        CONFIRM.append(float(confirm))
     idle(page)  # the run is over before the next move
     if not mode.startswith("noop"):
         server = page.evaluate(SERVER_SET_JS, mode)
@@ -262,7 +279,7 @@ def main(argv=None) -> dict:
                 calibrate(page, model_dir)
                 for label, name, kind in (("Prune preview", "preview", "count"), ("Layer curves", "curves", "ratio")):
                     goto(page, label)
-                    before, live0, wrong0 = page_runs(page), live_state(page), len(WRONG)
+                    before, live0, wrong0, conf0 = page_runs(page), live_state(page), len(WRONG), len(CONFIRM)
                     app_ms, floor_ms = [], []
                     for i in range(args.moves + 2):
                         seed = 1000 * L + i
@@ -285,6 +302,8 @@ def main(argv=None) -> dict:
                     # the client's repaint itself (all live elements, in the input's handler), per move
                     paint = live1["paint_ms"][len(live0["paint_ms"]):] if len(live1["paint_ms"]) < 200 else []
                     res[f"{name}_{L}"]["client_paint_ms"] = _stats(paint) if paint else None
+                    conf = CONFIRM[conf0:][2:]  # as app_ms: the first two moves warm up
+                    res[f"{name}_{L}"]["server_confirm_ms"] = _stats(conf) if conf else None
                 page.close()
                 print(f"{L} blocks done ({time.perf_counter() - t_start:.0f} s)", file=sys.stderr)
             res["floor_count"] = _stats(floors["count"])
@@ -337,11 +356,13 @@ WHERE_TIME = """Where the time goes (times from the key event):
   frequencies for that k), 15-30 ms each at load ~3 on this machine (timed in the page: `Plotly.restyle`
   of just the changed arrays, a fixed size instead of autosize, or no hatching were not cheaper: it is
   plotly's fixed cost per redraw), plus toggling the block stack's classes (< 1 ms). So a Prune preview
-  move is two plotly redraws plus one frame, about the floor's round trip on this loaded machine (the
-  x-floor ratio hovers around 1-1.5 with the load); both shrink on an idle machine.
+  move is two plotly redraws plus one frame: 1.0-1.8 x the floor's round trip in the runs on this
+  loaded machine (the 30-block goal of 1.5 x is met or missed with the load of the moment); both the
+  redraws and the floor shrink on an idle machine, which is where the goal is to be judged.
 - **The server still runs the fragment** (the authority: the text, metrics, tables, the session value
   the other pages and the export read). Its answer arrives a round trip plus Streamlit's render of the
-  fragment later (~100-200 ms on this machine, the former repaint time) and is drawn only where it
+  fragment later (the *server confirms* column: ~110-150 ms here, about the former repaint time) and
+  is drawn only where it
   differs from what is shown: the benchmark counts client/server differences (must be 0) and compares
   the painted set with the set the server's text line names after every move (must be equal). An
   answer for an older state than the one shown (a move still in flight) is not drawn over the newer
@@ -367,16 +388,17 @@ def markdown(res: dict) -> str:
            "running on this shared machine: absolute times are inflated, the floor is measured interleaved with "
            "the app, one floor move per app move).", "",
            "| move -> preview repainted | median ms | p90 ms | no-op floor median ms | x floor | client paint ms "
-           "(median) | painted set = server's | full-page reruns |",
-           "|---|---|---|---|---|---|---|---|"]
+           "(median) | server confirms, median ms | painted set = server's | full-page reruns |",
+           "|---|---|---|---|---|---|---|---|---|"]
     for label, k in rows:
         if k not in res:
             continue
         r = res[k]
         paint = r["client_paint_ms"]["median"] if r.get("client_paint_ms") else "-"
+        conf = r["server_confirm_ms"]["median"] if r.get("server_confirm_ms") else "-"
         same = "yes" if not r["painted_set_differs_from_server"] and not r["client_server_mismatches"] else "**no**"
         out.append(f"| {label} | {r['median']} | {r['p90']} | {r['floor']['median']} | {res['ratio_to_floor'][k]} | "
-                   f"{paint} | {same} | {r['full_page_reruns']} of {r['fragment_runs']} fragment runs |")
+                   f"{paint} | {conf} | {same} | {r['full_page_reruns']} of {r['fragment_runs']} fragment runs |")
     g = res["goals"]
     out += ["", "Goals (issue 17): 30 blocks median <= 1.5 x floor: " + ("met" if g["30_median_le_1.5x_floor"] else
             "**not met**") + "; <= 150 ms: " + ("met" if g["30_median_le_150ms"] else "**not met**") +

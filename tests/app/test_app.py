@@ -272,3 +272,43 @@ def test_export_page_evaluates_and_exports_a_loadable_checkpoint(calibrated, tmp
     # exporting again under the same name is refused with one line, nothing overwritten
     at.button(key="export").click().run()
     assert any("already exists" in e for e in errors(at))
+
+
+def _live(at) -> list[dict]:
+    """The data of the live elements (ui/live_chart.py) the page sent in its last run, in page order."""
+    return [d for d in (json.loads(e.proto.json) for e in at.get("bidi_component")) if "live" in d]
+
+
+def test_live_slider_elements_carry_the_plan_and_send_each_payload_once(calibrated):
+    from ui import live_slider
+
+    at = calibrated
+    at.switch_page(PREVIEW).run()
+    at.selectbox(key="_w_criterion").set_value("simdiff").run()
+    at.number_input(key="_w_num").set_value(5).run()
+    first = _live(at)
+    plan = at.session_state["plan"]
+    # the block stack, the stability chart and the overlap chart, all bound to one payload and this plan
+    assert len(first) == 3 and len({d["live"]["id"] for d in first}) == 1
+    assert all(d["live"]["state"] == {"k": 5, "a": ""} for d in first)
+    assert first[0]["live"]["removed"] == plan.removed_layers
+    at.number_input(key="_w_num").set_value(6).run()
+    again = _live(at)
+    assert {d["live"]["id"] for d in again} == {first[0]["live"]["id"]}  # same settings: same payload...
+    assert not any("payload" in d for d in again)                      # ...not sent again on a move
+    assert all(d["live"]["state"]["k"] == 6 for d in again)
+    at.toggle(key="_w_keep_last").set_value(False).run()  # settings not seen before in this session
+    moved = _live(at)
+    sent = [d["payload"] for d in moved if "payload" in d]
+    assert len(sent) == 1 and moved[0]["live"]["id"] != first[0]["live"]["id"]  # new settings: sent once
+    payload = json.loads(sent[0])
+    assert not any(k.startswith("_") for k in payload) and payload["id"] == moved[0]["live"]["id"]
+    assert live_slider.removed(payload, 6) == at.session_state["plan"].removed_layers
+
+    at.switch_page(CURVES).run()
+    curves = _live(at)
+    assert [d["live"]["chart"] for d in curves] == ["curves", "simdiff"]
+    assert all(d["live"]["state"] == {"k": 6, "a": f"{at.session_state['alpha']:.2f}"} for d in curves)
+    at.switch_page(PREVIEW).run()
+    at.toggle(key="_w_keep_last").set_value(True).run()
+    assert not at.exception and not errors(at)
