@@ -393,15 +393,15 @@ runs only the blocks above the last removal: {iterative_block_calls} block calls
 {iterative_block_calls_full}, the same metrics bit for bit (tested against a full `score_model` pass of each \
 pruned model), {iterative_cost_vs_full_rescoring} of the CPU time."""
 
-SLM_NOTE = """**SLM profile** (`--only slm`, embedded model, 2 x 64 tokens, 7 blocks, 1 thread, load ~3 on 2 \
-cores, 2026-11-30): 124 CPU s (180 s wall). 590 distinct window configurations evaluated over 49 threshold \
+SLM_NOTE = """**SLM profile** (`--only slm --threads 1`, embedded model, 2 x 64 tokens, 7 blocks, load ~2 on 2 \
+cores, 2026-11-30): 121.8 CPU s (133 s wall). 590 distinct window configurations evaluated over 49 threshold \
 passes (the threshold is lowered from 0.9 to the best refused similarity after each pass that merges fewer \
-than k blocks, ending at 0.746), 10 537 block calls (about 18 per evaluation: a candidate changes the \
-window's lowest block, so every block above it, merged windows included, runs again). 82 % of the time is \
-in the blocks' linear layers, 3 % in SDPA; building merged blocks (merge + copy) took 3.5 %, half of it \
-copying the old weights before replacing them (fixed: the copy now takes the merged tensors directly); no \
-repeated evaluations (memoised by window configuration). The cost is the algorithm's: evaluations x blocks \
-above the window; at the Shootout's 8 x 256 it scales with the tokens (16x), hence slm is not in the \
+than k blocks, ending at 0.746), 10 507 block calls (about 18 per evaluation: a candidate changes the \
+window's lowest block, so every block above it, merged windows included, runs again). 83 % of the time is \
+in the blocks' linear layers, ~3 % in SDPA; building merged blocks (merge + copy) is 1.8 % (3.5 % before: \
+half of it copied the old weights before replacing them; the copy now takes the merged tensors directly). \
+No evaluation is repeated (memoised by window configuration). The cost is the algorithm's: evaluations x \
+blocks above the window; at the Shootout's 8 x 256 it scales with the tokens (16x), hence slm is not in the \
 Shootout's default set. Multi-block set damage (`agreement.set_damage`, the Ground truth page) now goes \
 through the lazy evaluator too (distinct sets once, shared prefixes), tested equal to each pruned model's \
 perplexity."""
@@ -416,7 +416,11 @@ def results_section(res: dict) -> str:
       f"{res.get('threads')} torch threads, load average {res.get('loadavg', [0, 0])[0]:.1f} -> "
       f"{res.get('loadavg', [0, 0])[1]:.1f} on {os.cpu_count()} cores (shared machine: absolute times are noise; "
       "each ratio compares two things timed in the same run). Calibration for the ratios: "
-      f"{res.get('calib')}.")
+      f"{res.get('calib')}." + (f" Keys merged from {res['merged_runs']} runs (`--merge`); the load range spans "
+                                 "them, the thread count is the last run's." if res.get("merged_runs") else ""))
+    w("")
+    w("`first_curves_after_s` (issue 14's fifth key, warm start: click -> first partial curves / one plain "
+      "forward batch, goal <= 2) is measured by `bench/run.py` in its own section (warm start) below or above.")
     w("")
     w("| target | measured | goal |")
     w("|---|---|---|")
@@ -444,9 +448,11 @@ def results_section(res: dict) -> str:
       "blocks after i and the LM head. Damage's single removals share everything below the removed block "
       "(L + L(L-1)/2 block calls instead of (L+1) L for its floor).")
     w("")
+    diff = res.get("auto_alpha_max_rel_diff")
     w(ALPHA_NOTE.format(**{k: res.get(k, "?") for k in (
         "auto_alpha_cost_vs_naive", "auto_alpha_floor_vs_naive", "auto_alpha_distinct_plans", "auto_alpha_trie_edges",
-        "auto_alpha_naive_blocks", "head_in_blocks", "auto_alpha_max_rel_diff", "calib")},
+        "auto_alpha_naive_blocks", "head_in_blocks", "calib")},
+        auto_alpha_max_rel_diff=f"{diff:.1e}" if isinstance(diff, float) else "?",
         calls=res.get("auto_alpha_block_calls", {})))
     if "iterative_cost_vs_full_rescoring" in res:
         w("")
@@ -549,12 +555,16 @@ def main() -> int:
     t0 = time.perf_counter()
     res = run_all(lm, ids, a.num, tuple(only))
     res["bench_seconds"] = round(time.perf_counter() - t0, 1)
+    if a.merge:
+        res["merged_runs"] = len(a.merge) + (0 if only == {"none"} else 1)
+    loads = [res["loadavg"]] if only != {"none"} else []
     for f in a.merge:
         other = json.loads(Path(f).read_text().strip().splitlines()[-1])
-        shared = {k: other[k] for k in ("loadavg", "threads", "calib") if k in other and k in res}
+        if "loadavg" in other:
+            loads.append(other["loadavg"])
         res.update(other)
-        if "loadavg" in shared:  # several runs: widest load range, list the thread counts
-            res["loadavg"] = [min(res["loadavg"][0], shared["loadavg"][0]), max(res["loadavg"][1], shared["loadavg"][1])]
+    if loads:  # several runs: the widest load range
+        res["loadavg"] = [min(v[0] for v in loads), max(v[1] for v in loads)]
     if a.results:
         write_section(ROOT / "bench" / "RESULTS.md", results_section(res))
     print(json.dumps(res), flush=True)
