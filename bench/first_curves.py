@@ -79,7 +79,10 @@ print(json.dumps(out))
 def run(prewarm: bool, n: int = 8, s: int = 256, bs: int = 0) -> dict:
     code = SNIPPET.format(root=str(ROOT), prewarm=prewarm, n=n, s=s, bs=bs)
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=1200,
-                       env=dict(os.environ, TOKENIZERS_PARALLELISM="false"), cwd=ROOT)
+                       env=dict(os.environ, TOKENIZERS_PARALLELISM="false",
+                                # as the app runs (scripts/setup.sh): spinning OpenMP threads on a loaded
+                                # machine stretched single batches 2-5x in this measurement
+                                OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE")), cwd=ROOT)
     if p.returncode != 0:
         return {"error": (p.stderr.strip().splitlines() or ["?"])[-1][:300]}
     r = json.loads(p.stdout.strip().splitlines()[-1])
@@ -133,8 +136,12 @@ def markdown(r: dict, by: str = "python bench/first_curves.py --write-results") 
         "transformers' lazily loaded model-loading core (`torch.distributed.tensor`, `torch._dynamo`, the "
         "Llama modules, the tokenizer backend), seconds against ~0.5 s for the load itself once imported; the "
         "server's prewarm does those imports at start. So the ratio's floor is ~1 (the first batch must be "
-        "computed) plus (load + windows + figure) / forward batch. On a loaded machine the wall ratio swings "
-        "with other jobs (each forward is stretched differently); the CPU-seconds ratio is the steadier one."])
+        "computed) plus (load + windows + figure) / forward batch. The processes run with "
+        "`OMP_WAIT_POLICY=PASSIVE`, as the app does (scripts/setup.sh; `simdiff_core` sets it too, but this "
+        "snippet imports torch first): with libgomp's default spinning threads, on a machine loaded by other "
+        "jobs, the first batch took 4-14 s against a 1.3-1.7 s forward (ratios 3.6 and 9.7 in one run), "
+        "with PASSIVE 1.8 and 1.9 at the same load. On a loaded machine the wall ratio still swings with other "
+        "jobs; the CPU-seconds ratio is the steadier one."])
 
 
 if __name__ == "__main__":
