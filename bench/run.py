@@ -133,7 +133,7 @@ def main() -> int:
         import bench_eval
 
         res["eval"] = bench_eval.run_all(lm, make_windows(lm.tokenizer, "wikitext2", n=2, seq_len=64), 7,
-                                         ("damage", "greedy", "alpha", "shootout"))
+                                         ("damage", "greedy", "alpha", "iterative", "shootout"))
 
     res["loadavg"] = [load_start, os.getloadavg()[0]]
     out = Path(args.out) if args.out else (None if args.smoke else ROOT / "bench" / (
@@ -168,7 +168,7 @@ def main() -> int:
         "bootstrap_seconds": res["uncertainty"]["bootstrap_seconds"],
         **{k: res.get("eval", {}).get(k) for k in ("greedy_cost_vs_naive", "auto_alpha_cost_vs_naive",
                                                    "auto_alpha_floor_vs_naive", "damage_vs_floor",
-                                                   "shootout_default_s")},
+                                                   "iterative_cost_vs_full_rescoring", "shootout_default_s")},
         "bench_seconds": round(time.perf_counter() - t_start, 1),
     }
     if "first_curves" in res:

@@ -20,7 +20,7 @@ window). The single removals are run from the deepest block down, so each tail r
 tail's states: block i+1's input without block i is block i's input.
 
 Cost in block executions per batch: L + L(L-1)/2, about half of the naive L^2 (30 blocks: 465 vs
-900; ``damage_cost.block_executions``). The LM head runs L+1 times, in row chunks (never the whole
+900; ``damage_cost.block_executions``). The LM head runs L+1 times, in tiles of rows x 2048 vocabulary entries (never the whole
 (B, S, V) float32 logits at once). Measured against L+1 plain forwards of the same tokens
 (``bench/run.py``: ``damage_vs_floor``) it is below 1. Memory: ``damage_cost.memory_estimate`` (per
 batch (L+1) x batch x S x H activations plus one chunk of logits; it does not grow with the number
@@ -98,5 +98,5 @@ def measure_damage(lm, input_ids: torch.Tensor, batch_size: int | None = None,
               "cache_bytes_per_batch": mem["cache_bytes"], "logits_bytes_per_batch": mem["logits_bytes"],
               "memory_bytes_per_batch": mem["total_bytes"],
               "method": "prefix-cached evaluator: one dense pass per batch, then blocks i+1..L-1 for each i "
-                        "(reusing the previous tail's states), LM head in row chunks"},
+                        "(reusing the previous tail's states), LM head in rows x vocabulary tiles"},
     )

@@ -32,18 +32,23 @@ def block_executions(num_layers: int, batches: int = 1) -> dict:
 
 def memory_estimate(lm, batch: int, seq_len: int) -> dict:
     """Peak extra memory of one damage batch in bytes: ``cache_bytes`` (the L+1 hidden states of
-    (batch, S, H) the evaluator keeps per batch), ``logits_bytes`` (the largest head call: one row
-    chunk of the batch's B x (S-1) predicted positions, ``evaluator.head_chunk_rows``, as the head
-    returns it plus the float32 log-softmax of the cross-entropy, and a float32 copy when the model
-    dtype is not float32) and ``total_bytes``. The dense pass asks the model for the logits of only
-    a few positions (``logits_to_keep``), so no (B, S, V) tensor exists at any time."""
-    from .evaluator import DEFAULT_HEAD_CHUNK_BYTES, head_chunk_rows  # noqa: I001
+    (batch, S, H) the evaluator keeps per batch), ``logits_bytes`` (the larger of: one loss tile of
+    the LM head, rows x ``evaluator.VOCAB_TILE`` entries with at most ``DEFAULT_HEAD_CHUNK_BYTES`` of
+    float32 logits, as the head returns it plus its float32 exponentials and a float32 copy when the
+    model dtype is not float32; and the dense pass's logits of ``CHECK_ROWS`` positions per window
+    plus the two float32 rows of the tail check) and ``total_bytes``. No (B, S, V) tensor exists at
+    any time."""
+    from .evaluator import CHECK_ROWS, DEFAULT_HEAD_CHUNK_BYTES, VOCAB_TILE  # noqa: I001
 
     cfg = lm.model.config.get_text_config()
     hidden = int(cfg.hidden_size)
     vocab = int(getattr(cfg, "vocab_size", 0) or lm.model.get_output_embeddings().weight.shape[0])
     elt = torch.finfo(lm.dtype).bits // 8 if lm.dtype.is_floating_point else 4
     cache = (lm.num_layers + 1) * batch * seq_len * hidden * elt
-    rows = min(batch * (seq_len - 1), head_chunk_rows(vocab, DEFAULT_HEAD_CHUNK_BYTES))
-    logits = rows * vocab * (elt + 4 + (4 if elt != 4 else 0))
+    tile = min(vocab, VOCAB_TILE)
+    rows = min(batch * (seq_len - 1), max(1, DEFAULT_HEAD_CHUNK_BYTES // (4 * tile)))
+    loss_tile = rows * tile * (elt + 4 + (4 if elt != 4 else 0))
+    keep = min(CHECK_ROWS, seq_len)
+    check = batch * keep * vocab * elt + 2 * keep * vocab * 4
+    logits = max(loss_tile, check)
     return {"cache_bytes": cache, "logits_bytes": logits, "total_bytes": cache + logits}

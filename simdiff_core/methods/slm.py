@@ -45,10 +45,11 @@ def _mean_cosine(out: list[torch.Tensor], ref: list[torch.Tensor], group: int = 
 def _merged_block(lm, base: int, layers) -> torch.nn.Module:
     """A private copy of block ``base`` carrying the merged parameters of ``layers`` (see ``pruning/merge.py``)."""
     params = merge_block_params(lm.blocks, base, layers)
-    block = copy.deepcopy(lm.blocks[base])
-    for name, p in block.named_parameters():
-        p.data = params[name].to(p.device)
-    return block
+    src = lm.blocks[base]
+    # the copy takes the merged tensors as its parameters directly (no copy of the old weights first)
+    memo = {id(p): torch.nn.Parameter(params[name].to(p.device), requires_grad=p.requires_grad)
+            for name, p in src.named_parameters()}
+    return copy.deepcopy(src, memo)
 
 
 def run(ctx, threshold: float = 0.9, max_passes: int = 50, merge_base: str = DEFAULT_BASE, cached: bool = True):
