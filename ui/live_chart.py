@@ -198,19 +198,26 @@ function liveIds() {
   }
   return ids;
 }
+// the state a widget's value implies (null: not a value the server would take as it is)
+function implied(p, kind, input, base) {
+  const cur = Object.assign({}, base);
+  const v = Number(input.value);
+  if (input.value === '' || !Number.isFinite(v)) return null;
+  if (kind === 'ratio') cur.k = Math.max(1, roundHalfEven(v * p.L));
+  else if (kind === 'count') { if (!Number.isInteger(v)) return null; cur.k = v; }
+  else cur.a = v.toFixed(2);
+  return cur;
+}
 function move(kind, input) {
   for (const id of liveIds()) {
     const p = LIVE.payloads[id];
     if (p.bind[kind] !== input.getAttribute('aria-label')) continue;
-    const cur = Object.assign({}, LIVE.current[id]);
-    if (kind === 'ratio') cur.k = Math.max(1, roundHalfEven(parseFloat(input.value) * p.L));
-    else if (kind === 'count') cur.k = parseInt(input.value, 10);
-    else cur.a = parseFloat(input.value).toFixed(2);
-    LIVE.log.push([Math.round(performance.now()), kind, input.value, cur.k, cur.a]);
+    const cur = implied(p, kind, input, LIVE.current[id]);
+    LIVE.log.push([Math.round(performance.now()), kind, input.value, cur && cur.k, cur && cur.a]);
     if (LIVE.log.length > 50) LIVE.log.shift();
-    if (sameState(cur, LIVE.current[id])) continue;
+    if (!cur || sameState(cur, LIVE.current[id])) continue;
     LIVE.current[id] = cur;
-    LIVE.pending = {id, st: cur, t: performance.now()};
+    LIVE.pending = {id, st: cur, t: performance.now(), kind, input};
     const t = performance.now();
     // the charts first: plotly reads the layout (a forced reflow), cheaper before the stack's classes change
     const mine = [...LIVE.els].filter((e) => e.live && e.live.id === id);
@@ -286,13 +293,17 @@ export default function (component) {
     const id = e.live.id;
     if (!LIVE.payloads[id])
       setTimeout(() => { if (!LIVE.payloads[id] && root.isConnected) setTriggerValue('need_payload', id); }, 2000);
-    // the server answered an older move than the one the client shows: keep the client's (newer) state
+    // the server answered an older move than the one the client shows (the widget still says the
+    // client's state: a newer run is on its way): keep the client's state. If the widget says otherwise
+    // (the server or the widget normalised the value) or after 3 s, the server's state wins.
     const P = LIVE.pending;
-    if (P && P.id === id && !sameState(P.st, e.live.state) && performance.now() - P.t < 3000) {
+    const widgetSays = P && P.input.isConnected && implied(LIVE.payloads[P.id] || {L: 0}, P.kind, P.input, P.st);
+    if (P && P.id === id && !sameState(P.st, e.live.state) && performance.now() - P.t < 3000 &&
+        sameState(widgetSays, P.st)) {
       if (e.client && sameState(e.client.st, P.st)) return;  // already shows it
       if (paintClient(e, P.st)) return;
     }
-    if (P && P.id === id && sameState(P.st, e.live.state)) LIVE.pending = null;
+    if (P && P.id === id) LIVE.pending = null;  // confirmed, or overruled by the server
     LIVE.current[id] = Object.assign({}, e.live.state);
   }
   drawServer(e);

@@ -66,10 +66,12 @@ def _goto_page(page, label: str):
 # show the new set when that task's microtasks are done, i.e. before any server message could arrive.
 SYNC_COUNT_JS = """async (k) => {
   const box = document.querySelector('input[type=number][aria-label="Blocks to remove"]');
-  Object.getOwnPropertyDescriptor(HTMLInputElement.prototype, 'value').set.call(box, String(k));
-  box.dispatchEvent(new Event('input', {bubbles: true}));
-  box.dispatchEvent(new KeyboardEvent('keydown', {key: 'Enter', bubbles: true}));
-  await null;
+  if (k !== null) {
+    Object.getOwnPropertyDescriptor(HTMLInputElement.prototype, 'value').set.call(box, String(k));
+    box.dispatchEvent(new Event('input', {bubbles: true}));
+    box.dispatchEvent(new KeyboardEvent('keydown', {key: 'Enter', bubbles: true}));
+    await null;
+  }
   const gone = [...document.querySelectorAll('.sd-block')].flatMap((c, i) => c.classList.contains('sd-gone') ? [i] : []);
   const heat = [...document.querySelectorAll('.sd-live')].find(g => g.data && g.data[0].type === 'heatmap');
   return [gone, heat.data[0].z[0].flatMap((v, i) => v === 1 ? [i] : [])];
@@ -224,6 +226,15 @@ def test_full_flow_in_chromium(server, tmp_path):
 
         _live_moves_match_the_server(page, [6, 13, 2], SYNC_COUNT_JS, r"removes \d+ of \d+ blocks: \[([\d, ]*)\]",
                                      preview_check)
+        # values the widget normalises (not an integer, below the minimum): whatever the widget makes of
+        # them, the stack ends up showing the server's set (the client never keeps a guess of its own)
+        for typed in ("3.5", "0"):
+            page.evaluate(SYNC_COUNT_JS, typed)
+            idle(page)
+            server = page.evaluate(SERVER_SET_JS, r"removes \d+ of \d+ blocks: \[([\d, ]*)\]")
+            gone, row = page.evaluate(SYNC_COUNT_JS, None)  # reads the stack and the chart only
+            assert server and gone == row == server, (typed, gone, row, server)
+        assert page.evaluate(LIVE_JS)["mismatches"] == 0
         set_number(page, "Blocks to remove", round(0.25 * 30))
 
         _goto_page(page, "Export & evaluate")
