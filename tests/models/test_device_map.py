@@ -135,3 +135,16 @@ def test_parameter_counts_of_a_disk_offloaded_model_equal_the_plain_model(tmp_pa
     plain = AutoModelForCausalLM.from_pretrained(tmp_path / "m", dtype=torch.float32)
     # independent count: every distinct parameter object once (tied weights are one object)
     assert count_parameters(split) == sum(p.numel() for p in plain.parameters()) == count_parameters(plain)
+
+
+def test_lazy_evaluator_on_a_dispatched_model_matches_the_plain_model(pair):
+    """The lazy capture (a view whose stand-ins record the block calls) on an offloaded split: same losses."""
+    from simdiff_core.evaluation.evaluator import PrefixEvaluator
+
+    plain, split = pair
+    ids = _ids(n=3, s=12, seed=1)
+    sets = [(1,), (3, 4), (2,), ()]
+    a = PrefixEvaluator(plain, ids, batch_size=2, lazy=True).losses(sets)
+    b = PrefixEvaluator(split, ids, batch_size=2, lazy=True).losses(sets)
+    assert a == pytest.approx(b, rel=1e-6, abs=1e-7)
+    assert a == pytest.approx(PrefixEvaluator(plain, ids, batch_size=2).losses(sets), rel=1e-6)
