@@ -486,7 +486,8 @@ def write_section(path: Path, text: str) -> None:
     path.write_text(doc)
 
 
-def run_all(lm, ids, num: int = 7, parts=("damage", "greedy", "alpha", "iterative", "shootout", "omp")) -> dict:
+def run_all(lm, ids, num: int = 7, parts=("damage", "greedy", "alpha", "iterative", "shootout", "omp"),
+            rounds: int = 2) -> dict:
     """Every eval-bench key on ``lm`` with calibration ``ids`` (one batch); used by bench/run.py too."""
     res = {"model": lm.name, "threads": torch.get_num_threads(),
            "calib": f"{ids.shape[0]} x {ids.shape[1]} tokens, batch {ids.shape[0]}"}
@@ -498,7 +499,7 @@ def run_all(lm, ids, num: int = 7, parts=("damage", "greedy", "alpha", "iterativ
         res.update(bench_greedy(lm, ids, num))
         log(f"greedy_cost_vs_naive {res['greedy_cost_vs_naive']}")
     if "alpha" in parts:
-        res.update(bench_alpha(lm, ids, num))
+        res.update(bench_alpha(lm, ids, num, rounds=rounds))
         log(f"auto_alpha_cost_vs_naive {res['auto_alpha_cost_vs_naive']}")
     if "iterative" in parts:
         res.update(bench_iterative(lm, ids, num))
@@ -526,6 +527,8 @@ def main() -> int:
     ap.add_argument("--samples", type=int, default=2)
     ap.add_argument("--seq-len", type=int, default=64)
     ap.add_argument("--num", type=int, default=7)
+    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the auto-alpha timing (1 for the "
+                    "long Gemma3-270M 16 x 256 setting)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: 1 when the machine is oversubscribed, else 2)")
     ap.add_argument("--no-shootout", action="store_true")
     ap.add_argument("--no-omp", action="store_true")
@@ -553,7 +556,7 @@ def main() -> int:
     if a.no_omp:
         only.discard("omp")
     t0 = time.perf_counter()
-    res = run_all(lm, ids, a.num, tuple(only))
+    res = run_all(lm, ids, a.num, tuple(only), rounds=a.rounds)
     res["bench_seconds"] = round(time.perf_counter() - t0, 1)
     if a.merge:
         res["merged_runs"] = len(a.merge) + (0 if only == {"none"} else 1)
