@@ -381,10 +381,14 @@ entries, each row block reading the head weight once). Reaching 0.6 here would n
 far more prefix than they do (their first removed blocks are 3, 7 and 12) or an inexact head. Issue 14's \
 own setting, Gemma3-270M with 16 x 256 tokens (`--model gemma3-270m --samples 16 --seq-len 256 --only \
 alpha_floor`, 2026-11-30): 6 distinct plans at 7 removed blocks, floor 0.871 (8 plans at 4 removed: 0.86) \
--- the head (640 x 262144) costs 28.8 of its 18 blocks, so heads dominate both sides. Measured on \
-Gemma3-270M at 4 x 128 (`--model gemma3-270m --samples 4 --seq-len 128 --only alpha`, 1 thread, load ~4 on \
-2 cores): 0.686 against a floor of 0.881 (7 plans); 0.953 before the head tiles, whose row chunks of 32 \
-rows each re-read the 671 MB head weight (head alone 2.6x slower than the tiles)."""
+-- the head (640 x 262144) costs 28.8 of its 18 blocks, so heads dominate both sides. Measured there \
+(`--model gemma3-270m --samples 16 --seq-len 256 --only alpha --threads 1 --rounds 1`, load ~1 on 2 cores, \
+292 s): **0.667** (112 CPU s vs 168), block calls exactly the trie (4 batches x 36), max relative ppl \
+difference 2.9e-5 (the naive float32 cross-entropy over 262144 entries; the evaluator's float64 sums agree \
+with a float64 reference to 1e-10). At 4 x 128: 0.686 against a floor of 0.881 (7 plans); 0.953 before the \
+head tiles, whose row chunks of 32 rows each re-read the 671 MB head weight (head alone 2.6x slower than \
+the tiles). The measured ratios sit below the arithmetic floor because the naive head's (B, S, 262144) \
+float32 logits and log-softmax cost more per multiply-add than the tiles."""
 
 ITERATIVE_NOTE = """**Iterative** re-scores the pruned model after each removal. The per-block metrics of the \
 blocks below the block removed last are unchanged (same inputs and outputs), so `methods/iterative.py` keeps \
