@@ -230,8 +230,13 @@ def test_auto_alpha_picks_a_calibration_best_fusion_never_worse_than_cosine(cali
     scores, ids, lm = at.session_state["scores"], at.session_state["calib_ids"], at.session_state["_lm_pin"][1]
     cos = make_plan(scores, "cosine", num=4)
     cos_ppl = perplexity(pruned_model(lm, cos.kept_layers), ids)["ppl"]
-    assert perplexity(pruned_model(lm, plan.kept_layers), ids)["ppl"] <= cos_ppl * (1 + 1e-6)
-    assert auto["ppl"] <= cos_ppl * (1 + 1e-6)
+    chosen_ppl = perplexity(pruned_model(lm, plan.kept_layers), ids)["ppl"]
+    # Two float32 evaluations of one plan (the evaluator's vocabulary-sliced head summed in float64,
+    # the model's full logits here) differ by up to ~3e-5 relative; near-tied plans need that slack.
+    tol = 5e-5
+    assert auto["ppl"] == pytest.approx(chosen_ppl, rel=tol)
+    assert chosen_ppl <= cos_ppl * (1 + tol)
+    assert auto["ppl"] <= cos_ppl * (1 + tol)
 
 
 def test_export_page_evaluates_and_exports_a_loadable_checkpoint(calibrated, tmp_path, monkeypatch):

@@ -21,7 +21,7 @@ def test_auto_alpha_is_never_worse_than_cosine_on_calibration(embedded_lm, embed
     assert best["alpha"] == alpha and {t["beta"] for t in trials} == set(AUTO_BETAS)
     cos_plan = make_plan(embedded_scores, "cosine", ratio=0.2)
     cos_ppl = perplexity(pruned_model(embedded_lm, cos_plan.kept_layers), calib_ids)["ppl"]
-    assert best["ppl"] <= cos_ppl * (1 + 1e-6)
+    assert best["ppl"] <= cos_ppl * (1 + 5e-5)  # two float32 evaluations of one plan differ by up to ~3e-5 relative
     chosen = make_plan(embedded_scores, "simdiff", ratio=0.2, alpha=alpha, beta=best["beta"])
     assert chosen.removed_layers == best["removed_layers"]
 
