@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from simdiff_core import make_windows
-from simdiff_core.evaluation.evaluate import perplexity
 from simdiff_core.evaluation.evaluator import PrefixEvaluator
 from simdiff_core.methods import run_method
 from simdiff_core.models.load import wrap_model
 from simdiff_core.pruning.prune import pruned_model
+from tests.support.reference import naive_loss
 
 FAMS = ("llama", "gemma3", "qwen2")  # gemma3: sliding/global layers; soft-capping switched on below
 
@@ -26,11 +26,6 @@ FAMS = ("llama", "gemma3", "qwen2")  # gemma3: sliding/global layers; soft-cappi
 @pytest.fixture(scope="module")
 def ids(tokenizer):
     return make_windows(tokenizer, "wikitext2", n=3, seq_len=20)
-
-
-def naive_loss(lm, ids, removed) -> float:
-    kept = [j for j in range(lm.num_layers) if j not in set(removed)]
-    return perplexity(pruned_model(lm, kept), ids, batch_size=2)["nll"]
 
 
 def model(tiny, family, layers, seed):

@@ -17,6 +17,7 @@ from simdiff_core.methods import run_method
 from simdiff_core.methods.alpha import auto_alpha
 from simdiff_core.pruning.plan import make_plan
 from simdiff_core.pruning.prune import pruned_model
+from tests.support.reference import naive_loss
 
 FAMS = ("llama", "gemma3", "qwen2")  # gemma3: sliding and global layers with their own masks and rotary
 
@@ -24,11 +25,6 @@ FAMS = ("llama", "gemma3", "qwen2")  # gemma3: sliding and global layers with th
 @pytest.fixture(scope="module")
 def ids(tokenizer):
     return make_windows(tokenizer, "wikitext2", n=3, seq_len=24)
-
-
-def naive_loss(lm, ids, removed) -> float:
-    kept = [j for j in range(lm.num_layers) if j not in set(removed)]
-    return perplexity(pruned_model(lm, kept), ids, batch_size=2)["nll"]
 
 
 @pytest.mark.parametrize("family", FAMS)

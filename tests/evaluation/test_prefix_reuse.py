@@ -8,20 +8,14 @@ import math
 import pytest
 
 from simdiff_core import make_windows
-from simdiff_core.evaluation.evaluate import perplexity
 from simdiff_core.evaluation.evaluator import PrefixEvaluator
-from simdiff_core.pruning.prune import pruned_model
 from tests.support.tiny import FAMILIES
+from tests.support.reference import naive_loss
 
 
 @pytest.fixture(scope="module")
 def ids(tokenizer):
     return make_windows(tokenizer, "wikitext2", n=3, seq_len=24)
-
-
-def naive_loss(lm, ids, removed) -> float:
-    kept = [j for j in range(lm.num_layers) if j not in set(removed)]
-    return perplexity(pruned_model(lm, kept), ids, batch_size=2)["nll"]
 
 
 def trie_edges(sets, L) -> int:
