@@ -60,16 +60,6 @@ def removed(payload: dict, k: int, a: str = "") -> list[int] | None:
     return sorted(order[:k])
 
 
-def _runs(drop: list[int]) -> list[list[int]]:
-    runs: list[list[int]] = []
-    for i in drop:
-        if runs and runs[-1][1] == i - 1:
-            runs[-1][1] = i
-        else:
-            runs.append([i, i])
-    return runs
-
-
 def assemble(payload: dict, chart: str, k: int, a: str = "") -> dict | None:
     """The spec of ``chart`` at count ``k`` and α key ``a`` from the payload (what the browser draws)."""
     drop = removed(payload, k, a)
@@ -84,7 +74,7 @@ def assemble(payload: dict, chart: str, k: int, a: str = "") -> dict | None:
             if "each" in g:
                 shapes += [g["each"][i] for i in drop]
             else:
-                shapes += [dict(g["run"], x0=lo - g["pad"], x1=hi + g["pad"]) for lo, hi in _runs(drop)]
+                shapes += [dict(g["run"], x0=lo - g["pad"], x1=hi + g["pad"]) for lo, hi in charts.contiguous_runs(drop)]
         layout["shapes"] = shapes
     return {"data": f.get("data", c["base"]["data"]), "layout": layout}
 

@@ -377,7 +377,8 @@ def overlap_matrix(sets: dict[str, list[int]], num_layers: int) -> go.Figure:
 
 # ---- cheap per-move figures (plain dicts over a once-validated base) ----
 
-def _runs(drop: list[int]) -> list[list[int]]:
+def contiguous_runs(drop: list[int]) -> list[list[int]]:
+    """Sorted block indices -> [first, last] of each run of consecutive indices (one shaded band each)."""
     runs: list[list[int]] = []
     for i in drop:
         if runs and runs[-1][1] == i - 1:
@@ -433,7 +434,7 @@ def curves_spec(base: dict, dropped=(), markers: bool = True) -> dict:
     shapes = [{"type": "rect", "xref": p["xaxis"], "yref": f"{p['yaxis']} domain", "x0": a - 0.5, "x1": b + 0.5,
                "y0": 0, "y1": 1, "fillcolor": DROP, "opacity": 0.08 if markers else 0.2, "line": {"width": 0},
                "layer": "below", **({} if markers else {"name": "dropped"})}
-              for p in base["_panels"] for a, b in _runs(drop)]
+              for p in base["_panels"] for a, b in contiguous_runs(drop)]
     return {"data": data, "layout": dict(base["layout"], shapes=shapes)}
 
 
