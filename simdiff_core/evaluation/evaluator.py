@@ -229,19 +229,12 @@ class PrefixEvaluator:
         whose block list holds stand-ins: position 0 runs the real block, every later position only
         records the arguments the model calls it with and passes its input on. One forward of the
         view gives every block's call arguments for the cost of the embeddings and one block."""
-        from ..pruning.prune import _shallow
+        from ..pruning.prune import with_block_list
 
-        model = self.lm.model
-        parts = self.lm.block_path.split(".")
-        top = _shallow(model)
-        old, new = model, top
-        for part in parts[:-1]:
-            child = _shallow(getattr(old, part))
-            new._modules[part] = child
-            old, new = getattr(old, part), child
         form: dict = {}
-        new._modules[parts[-1]] = nn.ModuleList([_Recorder(b, j, real=(j == 0), form=form)
-                                                 for j, b in enumerate(self.blocks)])
+        top = with_block_list(self.lm.model, self.lm.block_path,
+                              nn.ModuleList([_Recorder(b, j, real=(j == 0), form=form)
+                                             for j, b in enumerate(self.blocks)]))
         return top
 
     def _capture_calls(self, view: nn.Module, ids):

@@ -59,6 +59,20 @@ def _shallow(module: nn.Module) -> nn.Module:
     return new
 
 
+
+def with_block_list(model, path: str, new_list: nn.ModuleList):
+    """A view of ``model`` whose block list (at dotted ``path``) is ``new_list``: shallow copies of the
+    modules from the top down to the list's owner, so the original model is untouched."""
+    parts = path.split(".")
+    new_top = _shallow(model)
+    parent_old, parent_new = model, new_top
+    for part in parts[:-1]:
+        child_new = _shallow(getattr(parent_old, part))
+        parent_new._modules[part] = child_new
+        parent_old, parent_new = getattr(parent_old, part), child_new
+    parent_new._modules[parts[-1]] = new_list
+    return new_top
+
 def _rebind(old: nn.Module, new: nn.Module) -> None:
     """Point instance-level methods of the copy at the copy (accelerate dispatch stores them).
 
@@ -118,16 +132,9 @@ def pruned_model(source, kept_layers, materialize: bool = False) -> nn.Module:
     if sorted(set(kept)) != kept or kept[0] < 0 or kept[-1] >= L:
         raise SimDiffError(f"kept blocks must be increasing indices in 0..{L - 1}")
 
-    # Copy the path: top-level model -> ... -> owner of the block list.
-    parts = path.split(".")
-    new_top = _shallow(model)
-    parent_old, parent_new = model, new_top
-    for part in parts[:-1]:
-        child_new = _shallow(getattr(parent_old, part))
-        parent_new._modules[part] = child_new
-        parent_old, parent_new = getattr(parent_old, part), child_new
     new_list = nn.ModuleList([_fix_layer_idx(blocks[i], j) for j, i in enumerate(kept)])
-    parent_new._modules[parts[-1]] = new_list
+    new_top = with_block_list(model, path, new_list)
+    parts = path.split(".")
 
     # Give every module on the copied path a private, fixed config.
     old_cfgs = {id(c): c for c in _configs(model)}
