@@ -1,10 +1,10 @@
-"""Write the README's troubleshooting table from tests/support/reliability_cases.py.
+"""Write the troubleshooting table (docs/troubleshooting.md) from tests/support/reliability_cases.py.
 
-    python scripts/troubleshooting_table.py          # rewrite the table in README.md
-    python scripts/troubleshooting_table.py --check  # exit 1 when README.md is stale
+    python scripts/troubleshooting_table.py          # rewrite the table in docs/troubleshooting.md
+    python scripts/troubleshooting_table.py --check  # exit 1 when docs/troubleshooting.md is stale
 
 The table sits between two HTML comment markers inside ``## Troubleshooting``; the section (with its
-markers) is appended when missing. tests/cli/test_reliability.py checks the README matches.
+markers) is appended when missing. tests/cli/test_reliability.py checks the file matches.
 """
 
 from __future__ import annotations
@@ -50,12 +50,12 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(ROOT))
     from tests.support.reliability_cases import troubleshooting_table
 
-    path = ROOT / "README.md"
+    path = ROOT / "docs" / "troubleshooting.md"
     readme = path.read_text()
     table = troubleshooting_table()
     if args.check:
         ok = extract(readme) == table
-        print("README troubleshooting table is " + ("up to date" if ok else "stale"))
+        print("docs/troubleshooting.md table is " + ("up to date" if ok else "stale"))
         return 0 if ok else 1
     path.write_text(render(readme, table))
     print(f"wrote the troubleshooting table ({table.count(chr(10)) - 2} rows) to {path}")

@@ -11,7 +11,7 @@ keeps, for every block i, field k and window w, the sum ``S_k[i, w]`` of the per
 (cosine, squared and absolute difference, their scale-free ratios, ``x²`` and ``|x|``) and the
 token count ``c[w]`` (``Scores.windows``: O(L x N) numbers, never activations).
 
-Definitions (also in the README):
+Definitions (also in docs/metrics.md):
 
 * Full-data value of a metric: ``m_i = sum_w S[i, w] / sum_w c[w]`` — exactly the per-block mean
   the scoring pass reports (``bi = 1 - cosine``, ``angular = arccos(cosine)/pi``).

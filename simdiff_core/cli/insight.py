@@ -5,7 +5,7 @@
     simdiff drilldown --model default --block 11 --windows 4 --top 20
 
 Thin wrappers over ``simdiff_core/pruning/sensitivity.py`` and ``simdiff_core/analysis/drilldown.py``
-(definitions there and in the README); bootstrap stability is ``plan --stability N``. Each prints a
+(definitions there and in docs/insight.md); bootstrap stability is ``plan --stability N``. Each prints a
 table on stderr and one JSON line.
 """
 

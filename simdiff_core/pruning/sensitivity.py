@@ -8,7 +8,7 @@
 Why: the same model scored on encyclopaedic prose, source code or dialogue can rank its blocks
 differently, and a pruning chosen on one text may not be the one another text would choose.
 
-Definitions (also in the README):
+Definitions (also in docs/insight.md):
 
 * Importance per source: ``metrics.importance`` with the same criterion, alpha, beta and
   normalisation for every source; ``removed[s]``: the plan ``plan.make_plan`` makes from it

@@ -1,6 +1,6 @@
 """Browser walk through the insight features: bands → stability → a second calibration source → run
 overlay → block drill-down, in headless Chromium, with screenshots under ``test-artifacts/browser/``
-(the README's insight screenshots are these, cropped to the chart: ``assets/insight_*.png``)."""
+(the insight screenshots in docs/metrics.md and docs/insight.md are these, cropped to the chart: ``assets/insight_*.png``)."""
 
 from __future__ import annotations
 

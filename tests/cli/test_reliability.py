@@ -4,7 +4,7 @@ Every row of ``reliability_cases.CASES`` runs through the real CLI (in-process v
 nothing process-wide is involved, else in a subprocess with the case's env / resource limit) and
 must end with exactly one ``error: ...`` line, no traceback, exit 2, and nothing half-written.
 The other tests cover behaviour that is not an error line: OOM retry, streaming readers, export
-sanitising and atomicity, remote-code refusal, and the README table staying in sync.
+sanitising and atomicity, remote-code refusal, and the docs/troubleshooting.md table staying in sync.
 
 Real failures are used wherever this machine can produce them: RLIMIT_AS for "model too large",
 RLIMIT_FSIZE for a write error mid-export, truncated copies of real files. The one exception is CUDA
@@ -418,6 +418,6 @@ def test_readme_troubleshooting_table_is_generated():
     sys.path.insert(0, str(ROOT / "scripts"))
     from troubleshooting_table import extract
 
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "troubleshooting.md").read_text()
     assert extract(readme) == troubleshooting_table(), \
-        "README troubleshooting table is stale: run python scripts/troubleshooting_table.py"
+        "docs/troubleshooting.md table is stale: run python scripts/troubleshooting_table.py"

@@ -1,7 +1,7 @@
 """The installable package, the Dockerfiles and the API example (run as a script so it cannot rot).
 
 The wheel is built and installed into a fresh folder and its `simdiff` entry point run; the Dockerfiles
-are checked against scripts/setup.sh, requirements.txt and the README, and the CPU image is built and
+are checked against scripts/setup.sh, requirements.txt and docs/export.md, and the CPU image is built and
 probed where a Docker daemon is reachable (the test skips, saying why, where it is not).
 """
 
@@ -120,7 +120,7 @@ def test_dockerfiles_match_setup_and_readme(name):
         base = re.search(r"ARG BASE_IMAGE=(\S+)", joined).group(1)
         assert base.startswith("pytorch/pytorch:") and "cuda" in base and "runtime" in base
         assert "grep -v '^torch=='" in joined  # keeps the base image's CUDA torch
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "export.md").read_text()
     build = "docker build -t simdiff-explorer ." if name == "Dockerfile" else "docker build -f Dockerfile.gpu"
     assert build in readme and "-p 8501:8501" in readme
 

@@ -173,14 +173,14 @@ def test_every_module_lives_in_a_stage_once_the_layout_exists():
 
 
 def test_readme_layout_and_contributing_match_the_tree():
-    """README's Layout lists every stage folder in STAGES order and every test folder in TEST_FOLDERS order;
-    every path it or Contributing names exists."""
+    """CONTRIBUTING.md's Layout lists every stage folder in STAGES order and every test folder in TEST_FOLDERS
+    order; every path it or its Contributing section names exists."""
     if not (PKG / "cli" / "__init__.py").exists():
-        return  # the flat layout: the README describes it in prose
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    layout = re.search(r"^## Layout\n(.*?)^## ", readme, flags=re.S | re.M)
-    contributing = re.search(r"^## Contributing\n(.*?)^## ", readme, flags=re.S | re.M)
-    assert layout and contributing, "README needs '## Layout' and '## Contributing' sections"
+        return  # the flat layout: CONTRIBUTING.md describes it in prose
+    guide = (ROOT / "CONTRIBUTING.md").read_text(encoding="utf-8")
+    layout = re.search(r"^## Layout\n(.*?)^## ", guide, flags=re.S | re.M)
+    contributing = re.search(r"^## Contributing\n(.*?)(?:^## |\Z)", guide, flags=re.S | re.M)
+    assert layout and contributing, "CONTRIBUTING.md needs '## Layout' and '## Contributing' sections"
     tree = re.search(r"```\n(.*?)```", layout.group(1), flags=re.S).group(1)
     blocks, top = {}, None  # top-level entry -> the names indented under it
     for line in tree.splitlines():
@@ -192,15 +192,15 @@ def test_readme_layout_and_contributing_match_the_tree():
     listed = blocks.get("simdiff_core/", [])
     test_folders = [d for d in TEST_FOLDERS if (TESTS / d).is_dir()]
     assert blocks.get("tests/") == test_folders, \
-        f"README Layout must list the test folders in this order: {test_folders} (got {blocks.get('tests/')})"
+        f"CONTRIBUTING.md Layout must list the test folders in this order: {test_folders} (got {blocks.get('tests/')})"
     stages_on_disk = [s for s in STAGES if (PKG / s).is_dir() or (PKG / f"{s}.py").is_file()]
     assert [s for s in listed if s in STAGES] == stages_on_disk, (listed, stages_on_disk)
     folders = sorted(p.parent.name for p in PKG.glob("*/__init__.py"))
-    assert set(folders) <= set(listed), f"folders missing from README Layout: {set(folders) - set(listed)}"
+    assert set(folders) <= set(listed), f"folders missing from CONTRIBUTING.md Layout: {set(folders) - set(listed)}"
     for path in re.findall(r"`((?:simdiff_core|tests|pages|ui|bench|scripts)/[\w./<>-]+)`",
                            layout.group(1) + contributing.group(1)):
         if "<" not in path:
-            assert (ROOT / path).exists(), f"README names {path}, which does not exist"
+            assert (ROOT / path).exists(), f"CONTRIBUTING.md names {path}, which does not exist"
 
 
 def _is_test_module(path: Path) -> bool:

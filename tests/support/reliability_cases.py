@@ -5,8 +5,8 @@ This one list drives three things, so they cannot drift apart:
 * ``tests/cli/test_reliability.py`` runs every ``Case`` through the real CLI and checks that it exits 2
   with exactly one ``error: ...`` line matching ``shows`` (``…`` stands for the variable part), no
   traceback, and that nothing was written under the case's ``out`` path;
-* ``scripts/troubleshooting_table.py`` writes the README's ``## Troubleshooting`` table from it;
-* a test asserts the README table equals the generated one.
+* ``scripts/troubleshooting_table.py`` writes the ``docs/troubleshooting.md`` table from it;
+* a test asserts that table equals the generated one.
 
 ``Behaviour`` rows are things that are not an error line (automatic retries, sanitised names, the
 app's error boxes); each names the test that checks it, and a test asserts that test exists.
@@ -30,7 +30,7 @@ PRUNE = ["prune", "--model", "{tiny4}", "--eval-windows", "0", "--out", "{tmp}/p
 class Case:
     id: str
     area: str
-    input: str  # what the user did, as the README says it
+    input: str  # what the user did, as the docs say it
     args: list  # CLI arguments (placeholders filled by the test)
     shows: str  # the error line; "…" = any text
     out: str | None = None  # must not exist afterwards (nothing half-written)
@@ -216,7 +216,7 @@ def _code(text: str) -> str:
 
 
 def troubleshooting_table() -> str:
-    """The README table (markdown), bad inputs first, then behaviours."""
+    """The troubleshooting table (markdown), bad inputs first, then behaviours."""
     rows = ["| area | input | what you see |", "|---|---|---|"]
     for c in CASES:
         rows.append(f"| {c.area} | {_cell(c.input)} | {_code(c.shows)} (exit 2) |")
