@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import streamlit as st
 
-from ui import state
+from ui import shell
 
-state.setup_page("SimDiff Explorer")
+shell.setup_page("SimDiff Explorer")
 nav = st.navigation({section: [st.Page(path, title=title, icon=icon, default=(key == "load"))
                                for key, path, title, icon in entries]
-                     for section, entries in state.NAV.items()})
-state.show_status(st.sidebar.empty())
+                     for section, entries in shell.NAV.items()})
+shell.show_status(st.sidebar.empty())
 nav.run()

@@ -15,9 +15,9 @@ from simdiff_core import SimDiffError
 from simdiff_core.analysis import uncertainty
 from simdiff_core.analysis.score import protocol as score_protocol
 from simdiff_core.export import figures as charts
-from ui import live_slider, state, views
+from ui import live_slider, models, settings, shell, state, views
 
-state.setup_page("Layer curves")
+shell.setup_page("Layer curves")
 
 with st.sidebar:
     st.subheader("Curves")
@@ -38,7 +38,7 @@ with st.sidebar:
     views.run_marker("curves_page", state.count_run("curves_page"))
 
 st.title("Layer curves")
-scores = state.require_scores()
+scores = models.require_scores()
 L = scores.num_layers
 st.caption(f"{scores.model} · {L} blocks · calibrated on {score_protocol(scores.calibration)}")
 if scores.meta.get("partial"):
@@ -68,7 +68,7 @@ if bands:
 def payload_for(criterion: str, kf: bool, kl: bool) -> dict:
     """The curves' shading and the fused bars at every count and α of the slider grid (ui/live_slider.py):
     built once per settings and session, so a ratio / α move is painted by the browser before the server."""
-    fusion = state.fusion_kwargs()
+    fusion = settings.fusion_kwargs()
     key = ("live_curves", criterion, kf, kl, tuple(sorted(fusion.items())), base_key)
 
     def band(a: float):
@@ -89,10 +89,10 @@ def curves_panel():
     precomputed for every count and α as soon as a slider moves; this run then confirms them."""
     views.run_marker("curves_fragment", state.count_run("curves_fragment"))
     c1, c2 = st.columns(2)
-    ratio = c1.slider("Pruning ratio", 0.01, 1.0, step=0.01, **state.bound("ratio"),
+    ratio = c1.slider(live_slider.RATIO_LABEL, 0.01, 1.0, step=0.01, **state.bound("ratio"),
                       help="Fraction of blocks the highlighted plan removes (shared with Prune preview).")
     state.put("ratio", ratio)
-    alpha = c2.slider("SimDiff α", 0.0, 1.0, step=0.05, **state.bound("alpha"),
+    alpha = c2.slider(live_slider.ALPHA_LABEL, 0.0, 1.0, step=0.05, **state.bound("alpha"),
                       help="Weight of similarity (1 − cosine) against difference (MSSD, MASD). α = 1 is cosine-only.")
     alpha = round(alpha, 2)  # the slider's 0.05 grid, as the precomputed payload (no float noise)
     state.put("alpha", alpha)
@@ -100,7 +100,7 @@ def curves_panel():
     criterion = state.get("criterion", "simdiff")
     payload = live = None
     try:
-        plan = state.current_plan(scores)
+        plan = settings.current_plan(scores)
         payload = payload_for(criterion, bool(state.get("keep_first", True)), bool(state.get("keep_last", True)))
         dropped = plan.removed_layers
         st.markdown(f"Highlighted: the **{len(dropped)}** blocks that **{plan.criterion}** at ratio {ratio:.2f} "
@@ -111,7 +111,7 @@ def curves_panel():
             st.error("internal: the precomputed curves differ from the plan")
     except SimDiffError as e:
         views.show_error(e)
-    fusion = state.fusion_kwargs()
+    fusion = settings.fusion_kwargs()
     imp = scores.importance("simdiff", alpha=alpha, **fusion)
     frame = charts.curves_frame(scores.layers, imp, dropped)
     fband = None

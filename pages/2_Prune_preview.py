@@ -15,23 +15,27 @@ import streamlit as st
 from simdiff_core import CRITERIA, SimDiffError
 from simdiff_core.analysis import uncertainty
 from simdiff_core.pruning import stability
+from simdiff_core.pruning.plan import count_from_ratio
 from simdiff_core.export import figures as charts
-from ui import live_chart, live_slider, state, views
+from ui import live_chart, live_slider, models, settings, shell, state, views
 
-state.setup_page("Prune preview")
+shell.setup_page("Prune preview")
 scores = state.get("scores")
 L = scores.num_layers if scores is not None else 0
 
 
+COUNT_KEY = "_w_num"  # the count box: a widget with no persistent copy (it follows the ratio)
+
+
 def _ratio_changed():
     # keep the count box in step with the slider (callbacks run before the page re-renders)
-    r = st.session_state["_w_ratio"]
+    r = state.widget_value("ratio")
     state.put("ratio", r)
-    st.session_state["_w_num"] = max(1, int(round(r * L)))
+    state.put(COUNT_KEY, count_from_ratio(L, r))
 
 
 def _num_changed():
-    k = int(st.session_state["_w_num"])
+    k = int(state.get(COUNT_KEY))
     state.set_widget("ratio", k / L)
 
 
@@ -53,15 +57,15 @@ with st.sidebar:
     views.run_marker("preview_page", state.count_run("preview_page"))
 
 st.title("Prune preview")
-scores = state.require_scores()
-lm = state.current_lm()
+scores = models.require_scores()
+lm = models.current_lm()
 
 if auto_clicked:
     from simdiff_core.workflows import choose_alpha
 
     calib_ids = state.get("calib_ids")
     try:
-        plan = state.current_plan(scores)
+        plan = settings.current_plan(scores)
     except SimDiffError as e:
         views.show_error(e)
     else:
@@ -71,7 +75,7 @@ if auto_clicked:
             bar = st.progress(0.0, text="Auto α: evaluating candidate prunings…")
             try:
                 choice = choose_alpha(lm, scores, calib_ids, num=plan.num_removed, keep_first=kf, keep_last=kl,
-                                      scale_free=state.fusion_kwargs()["scale_free"],
+                                      scale_free=settings.fusion_kwargs()["scale_free"],
                                       progress=lambda f, m: bar.progress(min(f, 1.0), text=f"Auto α: {m}"))
             except SimDiffError as e:
                 views.show_error(e)
@@ -90,7 +94,7 @@ if criterion == "simdiff" and auto:
 def payload_for(plan, alpha: float, others: list[str]) -> dict:
     """Everything the preview shows at every block count for these settings (ui/live_slider.py): built
     once per settings and session, so a count / ratio move is painted by the browser before the server."""
-    fusion = state.fusion_kwargs()
+    fusion = settings.fusion_kwargs()
     stab = plan.criterion in CRITERIA and uncertainty.has_windows(scores)
     key = ("live_preview", plan.criterion, alpha, kf, kl, tuple(sorted(fusion.items())), tuple(others), stab)
     return state.per_scores_recent(scores, "live_preview", key, lambda: live_slider.preview_payload(
@@ -137,26 +141,26 @@ def preview():
     views.run_marker("preview_fragment", state.count_run("preview_fragment"))
     c = st.columns([3, 1, 2])
     wk = state.widget_key("ratio")
-    ratio = c[0].slider("Pruning ratio", 0.01, 1.0, step=0.01, key=wk, on_change=_ratio_changed,
+    ratio = c[0].slider(live_slider.RATIO_LABEL, 0.01, 1.0, step=0.01, key=wk, on_change=_ratio_changed,
                         help="Fraction of the blocks to remove; k = round(ratio × L).")
     state.put("ratio", ratio)
     # re-derived every run: the ratio may have moved on another page
-    st.session_state["_w_num"] = max(1, int(round(ratio * L)))
-    c[1].number_input("Blocks to remove", 1, L, step=1, key="_w_num", on_change=_num_changed,
+    state.put(COUNT_KEY, count_from_ratio(L, ratio))
+    c[1].number_input(live_slider.COUNT_LABEL, 1, L, step=1, key=COUNT_KEY, on_change=_num_changed,
                       help=f"Same as the ratio, as a count (of {L}).")
-    alpha = c[2].slider("SimDiff α", 0.0, 1.0, step=0.05, **state.bound("alpha"),
+    alpha = c[2].slider(live_slider.ALPHA_LABEL, 0.0, 1.0, step=0.05, **state.bound("alpha"),
                         disabled=criterion != "simdiff", help="Only used by the simdiff criterion.")
     alpha = round(alpha, 2)  # the slider's 0.05 grid, as the precomputed payload (no float noise)
     state.put("alpha", alpha)
     try:
-        plan = state.current_plan(scores)
+        plan = settings.current_plan(scores)
     except SimDiffError as e:
         views.show_error(e)
         return
 
     k = plan.num_removed
     default = [o for o in COMPARE_DEFAULT if o != criterion]
-    others = [o for o in st.session_state.get("compare", default) if o in CRITERIA and o != criterion]
+    others = [o for o in state.get("compare", default) if o in CRITERIA and o != criterion]
     payload = payload_for(plan, alpha, others)
     live = {"id": payload["id"], "state": {"k": k, "a": ""}}
     if live_slider.removed(payload, k) != plan.removed_layers:  # same order, same rule: never expected
@@ -205,4 +209,4 @@ def preview():
 
 
 preview()
-st.page_link(state.PAGES["export"], label="Evaluate and export this plan", icon=":material/inventory_2:")
+st.page_link(shell.PAGES["export"], label="Evaluate and export this plan", icon=":material/inventory_2:")

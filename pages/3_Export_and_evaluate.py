@@ -17,9 +17,9 @@ from simdiff_core import generate_sample, measure_latency
 from simdiff_core.export.checkpoint import export_dir_under
 from simdiff_core.pruning.build import build_pruned
 from simdiff_core.workflows import evaluate_plan, export_and_record
-from ui import state, views
+from ui import exports, models, settings, shell, state, views
 
-state.setup_page("Export & evaluate")
+shell.setup_page("Export & evaluate")
 gpu = torch.cuda.is_available()
 
 with st.sidebar:
@@ -34,9 +34,9 @@ with st.sidebar:
                          help="Best of 2 runs: a 128-token prefill and 16 decode steps with the KV cache")
 
 st.title("Export & evaluate")
-scores = state.require_scores()
-lm = state.require_model()
-plan = state.require_plan(scores, lm)
+scores = models.require_scores()
+lm = models.require_model()
+plan = settings.require_plan(scores, lm)
 L, k = plan.num_layers, plan.num_removed
 st.markdown(f"Plan: **{plan.criterion}** removes **{k} of {L}** blocks `{plan.removed_layers}` "
             f"(change it on the Prune preview page).")
@@ -102,18 +102,18 @@ st.header("Export")
 default_name = f"{Path(str(scores.model)).name.split('.')[0]}-{plan.criterion}-minus{k}of{L}"
 c1, c2 = st.columns([3, 1])
 name = c1.text_input("Export name", default_name, key="export_name",
-                     help=f"Folder under {state.export_root()}; letters, digits, '.', '_', '-'")
+                     help=f"Folder under {exports.export_root()}; letters, digits, '.', '_', '-'")
 out_dtype = c2.selectbox("Weights dtype", ["bfloat16", "float16", "float32"], key="export_dtype",
                          help="bfloat16 halves the download of an fp32 model")
 force = st.checkbox("Replace an existing export with this name", key="export_force", value=False)
 if st.button("Export pruned checkpoint", type="primary", key="export"):
     try:
         with st.spinner("Writing safetensors, config, tokenizer and report…"):
-            target = export_dir_under(state.export_root(), name)
+            target = export_dir_under(exports.export_root(), name)
             target.parent.mkdir(parents=True, exist_ok=True)
             out, report = export_and_record(lm, plan, target, evaluation=ev, scores=scores, force=force,
                                             make_zip=True, dtype=getattr(torch, out_dtype))
-        state.put("exports", state.record_export(state.get("exports") or [], out, plan, report.evaluation))
+        state.put("exports", exports.record_export(state.get("exports") or [], out, plan, report.evaluation))
         st.success(f"Exported to {out}", icon=":material/check_circle:")
     except Exception as e:  # noqa: BLE001
         views.show_error(e)

@@ -16,9 +16,9 @@ from simdiff_core.export import figures
 from simdiff_core.methods import METHODS
 from simdiff_core.methods.compare import overlap, parse_specs, run_compare, to_csv_text, to_markdown
 from simdiff_core.methods.search import ALGORITHMS
-from ui import state, views
+from ui import models, settings, shell, state, views
 
-state.setup_page("Shootout")
+shell.setup_page("Shootout")
 # Defaults sized to finish within 5 minutes on a 2-core CPU with the embedded model and the default
 # 8 x 256 calibration (bench/bench_eval.py measures them: shootout_default_s).
 DEFAULT_METHODS = ["oneshot:cosine", "oneshot:simdiff", "iterative:simdiff", "block"]
@@ -48,8 +48,8 @@ with st.sidebar:
                "calibration or budget.")
 
 st.title("Shoot-out")
-scores = state.require_scores()
-lm = state.require_model()
+scores = models.require_scores()
+lm = models.require_model()
 calib = state.get("calib_ids")
 st.markdown("Same model, same number of removed blocks, several methods: perplexity of each pruned model on "
             "WikiText-2 test windows. Greedy and search rows evaluate many candidate models: on a CPU keep "
@@ -64,7 +64,7 @@ if st.button("Run shoot-out", type="primary", key="run_shootout", disabled=not s
         res = run_compare(lm, calib, parsed, ratio=float(ratio), eval_ids=ev, accuracy=accuracy, objective=objective,
                           budget=int(budget), keep_first=bool(state.get("keep_first", True)),
                           keep_last=bool(state.get("keep_last", True)), alpha=float(state.get("alpha", 0.5)),
-                          fusion=state.fusion_kwargs(),
+                          fusion=settings.fusion_kwargs(),
                           first_token=scores.calibration.get("first_token", "included") != "excluded",
                           calibration=dict(state.get("calib_info") or {}),
                           progress=lambda f, m: bar.progress(f, text=m[:150]))

@@ -22,9 +22,9 @@ from simdiff_core.export import figures
 from simdiff_core.export.checkpoint import export_dir_under
 from simdiff_core.pruning.build import build_pruned
 from simdiff_core.workflows import export_and_record
-from ui import state, views
+from ui import exports, models, settings, shell, state, views
 
-state.setup_page("Recovery & accuracy")
+shell.setup_page("Recovery & accuracy")
 gpu = torch.cuda.is_available()
 
 with st.sidebar:
@@ -51,9 +51,9 @@ with st.sidebar:
 
 
 st.title("Recovery & accuracy")
-scores = state.require_scores()
-lm = state.require_model()
-plan = state.require_plan(scores, lm)
+scores = models.require_scores()
+lm = models.require_model()
+plan = settings.require_plan(scores, lm)
 L, k = plan.num_layers, plan.num_removed
 model_id = (lm.source, str(lm.device), str(lm.dtype))  # results of another loaded model must not show up here
 plan_key = (model_id, tuple(plan.removed_layers))
@@ -106,14 +106,14 @@ if rec is not None:
     name = c1.text_input("Export name", f"{lm.name.split(' ')[0]}-minus{k}of{L}-recovered", key="rec_export_name")
     if c2.button("Export recovered", key="export_recovered"):
         try:
-            target = export_dir_under(state.export_root(), name)
+            target = export_dir_under(exports.export_root(), name)
             target.parent.mkdir(parents=True, exist_ok=True)
             with st.spinner("Writing the merged checkpoint…"):
                 ev = Evaluation(ppl_dense=r["ppl_dense"], ppl_pruned=r["ppl_pruned"], ppl_recovered=r["ppl_recovered"],
                                 protocol=r["eval_protocol"])
                 out, report = export_and_record(lm, plan, target, evaluation=ev, scores=scores, recovery=r,
                                                 force=True, make_zip=True, model=rec["model"])
-            state.put("exports", state.record_export(state.get("exports") or [], out, plan, report.evaluation,
+            state.put("exports", exports.record_export(state.get("exports") or [], out, plan, report.evaluation,
                                                      recovered=True))
             st.success(f"Exported to {out} (LoRA merged; loads with plain transformers)", icon=":material/check_circle:")
         except Exception as e:  # noqa: BLE001

@@ -17,9 +17,9 @@ from simdiff_core.evaluation.damage import block_executions, measure_damage
 from simdiff_core.export.figures import agreement_scatter, curves_figure, set_damage_figure
 from simdiff_core.export.report import build_report_html
 from simdiff_core.pruning.plan import make_plan
-from ui import state, views
+from ui import exports, models, settings, shell, state, views
 
-state.setup_page("Ground truth & report")
+shell.setup_page("Ground truth & report")
 calib = state.get("calib_ids")
 n_max = int(calib.shape[0]) if calib is not None else 8
 s_max = int(calib.shape[1]) if calib is not None else 256
@@ -32,8 +32,8 @@ with st.sidebar:
                           help="Prefix of each calibration window")
 
 st.title("Ground truth & report")
-scores = state.require_scores()
-lm = state.require_model()
+scores = models.require_scores()
+lm = models.require_model()
 L = scores.num_layers
 alpha = float(state.get("alpha", 0.5))
 ratio = float(state.get("ratio", 0.25))
@@ -67,7 +67,7 @@ if dmg is None:
 
 plan = None
 try:
-    plan = state.current_plan(scores)
+    plan = settings.current_plan(scores)
 except SimDiffError as e:
     views.show_error(e)
 st.caption(f"Dense calibration ppl {dmg.dense_ppl:.2f} on {dmg.calibration.get('samples')} × "
@@ -114,7 +114,7 @@ if sets_rows:
 
 st.header("Report")
 # the Export page's evaluation of this plan (records.Evaluation), if it ran one
-ppl = None if plan is None else state.plan_evaluation(plan)
+ppl = None if plan is None else exports.plan_evaluation(plan)
 try:
     sens = None  # the Calibration sensitivity page's comparison, when it ran on this model
     stored = state.get("sens_runs")
@@ -126,7 +126,7 @@ try:
 
         sens = sensitivity(stored["runs"], plan.criterion, num=plan.num_removed, alpha=alpha,
                            keep_first=plan.keep_first, keep_last=plan.keep_last,
-                           **(state.fusion_kwargs() if plan.criterion == "simdiff" else {}))
+                           **(settings.fusion_kwargs() if plan.criterion == "simdiff" else {}))
     html_doc, n_figs = build_report_html(scores, damage=dmg, plan=plan, ppl=ppl, sets=sets_rows, alpha=alpha,
                                          sensitivity=sens)
     st.download_button("Download report (HTML, works offline)", html_doc.encode("utf-8"),

@@ -14,35 +14,32 @@ import streamlit as st
 from simdiff_core import SimDiffError, make_windows, score_model
 from simdiff_core.analysis.metrics import METRIC_KEYS
 from simdiff_core.analysis.score import counts_first_token
-from simdiff_core.data.text import load_text
 from simdiff_core.pruning.sensitivity import overlay_frame, sensitivity
 from simdiff_core.export import figures as charts
-from ui import state, views
+from ui import calibration, models, settings, shell, state, views
 
-state.setup_page("Calibration sensitivity")
-SHIPPED = {"WikiText-2 (shipped)": "wikitext2", "Code sample (shipped, CC0)": "shipped:code",
-           "Dialogue sample (shipped, CC0)": "shipped:dialogue"}
-OTHER = ["Uploaded .txt", "Pasted text", "Hugging Face dataset"]
+shell.setup_page("Calibration sensitivity")
 
 st.title("Calibration sensitivity")
 st.markdown("Does the verdict depend on the calibration text? Score the same model on two or more texts and "
             "compare the per-block rankings and the blocks each text would remove.")
-scores = state.require_scores()
-lm = state.require_model()
+scores = models.require_scores()
+lm = models.require_model()
 info = state.get("calib_info") or {}
 n, s = int(info.get("samples", 8)), int(info.get("seq_len", 256))
 
 with st.sidebar:
     st.subheader("Sources")
-    chosen = st.multiselect("Calibration sources", list(SHIPPED) + OTHER, key="sens_sources",
-                            default=list(SHIPPED)[:2], help="At least two. The shipped code and dialogue samples "
+    chosen = st.multiselect("Calibration sources", calibration.RUN_NAMES, key="sens_sources",
+                            default=calibration.RUN_NAMES[:2], help="At least two. The shipped code and dialogue samples "
                             "were written for this project (CC0) so the comparison works offline.")
     upload = pasted = hf_name = None
-    if "Uploaded .txt" in chosen:
+    picked = {calibration.BY_RUN_NAME[name].key for name in chosen}
+    if "upload" in picked:
         upload = st.file_uploader("Text file (UTF-8)", type=["txt", "md"], key="sens_upload")
-    if "Pasted text" in chosen:
+    if "paste" in picked:
         pasted = st.text_area("Text", key="sens_text", height=120)
-    if "Hugging Face dataset" in chosen:
+    if "hf" in picked:
         hf_name = st.text_input("Dataset", key="sens_hf", placeholder="wikitext/wikitext-2-raw-v1/train")
     c1, c2 = st.columns(2)
     n = c1.number_input("Samples", 2, 1024, n, key="sens_samples", help="Windows per source (same for all)")
@@ -51,10 +48,7 @@ with st.sidebar:
 
 
 def source_for(name: str):
-    if name in SHIPPED:
-        return load_text(SHIPPED[name], purpose="calib")
-    kind = {"Uploaded .txt": "upload", "Pasted text": "paste"}.get(name, "hf")
-    return views.text_from_widgets(kind, upload, pasted, hf_name)
+    return calibration.load_source(calibration.BY_RUN_NAME[name], upload, pasted, hf_name)
 
 
 tag = (state.get("model_spec") or {}).get("spec"), lm.num_layers
@@ -88,9 +82,9 @@ runs = stored["runs"]
 
 crit = state.get("criterion", "simdiff")
 alpha = float(state.get("alpha", 0.5))
-num = max(1, int(round(float(state.get("ratio", 0.25)) * lm.num_layers)))
-fusion = state.fusion_kwargs() if crit == "simdiff" else {}
+fusion = settings.fusion_kwargs() if crit == "simdiff" else {}
 try:
+    num = settings.removal_count(lm.num_layers)
     rep = sensitivity(runs, crit, num=num, alpha=alpha, keep_first=bool(state.get("keep_first", True)),
                       keep_last=bool(state.get("keep_last", True)), **fusion)
 except SimDiffError as e:

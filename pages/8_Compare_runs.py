@@ -22,9 +22,9 @@ from simdiff_core.models.load import wrap_model
 from simdiff_core.pruning.prune import pruned_model
 from simdiff_core.pruning.sensitivity import overlay_frame
 from simdiff_core.export import figures as charts
-from ui import state, views
+from ui import models, settings, shell, state, views
 
-state.setup_page("Compare runs")
+shell.setup_page("Compare runs")
 st.title("Compare runs")
 st.markdown("Overlay the curves of two scored runs: two models, one model on two texts, base vs pruned, or a "
             "`scores.json` a colleague sent.")
@@ -60,14 +60,14 @@ with st.sidebar:
             pinned[name] = current
             state.put("pinned_runs", pinned)
             st.rerun()
-    lm = state.current_lm()
+    lm = models.current_lm()
     if current is not None and lm is not None and state.get("calib_ids") is not None \
             and lm.num_layers == current.num_layers:
         if st.button("Score the pruned model of the current plan", key="pin_pruned", width="stretch",
                      help="Prune the loaded model by the Prune preview's plan (a view: the shared model is never "
                           "changed), score it on the same calibration windows and pin it as a run."):
             try:
-                plan = state.current_plan(current)
+                plan = settings.current_plan(current)
                 view = wrap_model(pruned_model(lm, plan.kept_layers), lm.tokenizer,
                                   source=f"{current.model} pruned")
                 with st.spinner("Scoring the pruned model…"):
@@ -104,7 +104,7 @@ pair = {a: A, b: B}
 diff_depth = A.num_layers != B.num_layers
 metric = st.selectbox("Metric", list(METRIC_KEYS), index=0, key="runs_metric")
 if diff_depth:
-    st.session_state["runs_relative"] = True  # shown as it is drawn: forced on
+    state.put("runs_relative", True)  # shown as it is drawn: forced on
 relative = st.toggle("Relative depth (0 = first block, 1 = last)", key="runs_relative",
                      disabled=diff_depth, help="Forced on when the block counts differ.")
 def _about(r) -> str:

@@ -15,12 +15,12 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from simdiff_core.analysis.drilldown import MAX_WINDOWS, drill_down
-from ui import state, views
+from ui import models, shell, state, views
 
-state.setup_page("Block drill-down")
+shell.setup_page("Block drill-down")
 st.title("Block drill-down")
-scores = state.require_scores()
-lm = state.require_model()
+scores = models.require_scores()
+lm = models.require_model()
 ids = state.get("calib_ids")
 L = scores.num_layers
 if ids is None or lm.num_layers != L:

@@ -60,9 +60,15 @@ def calibrate(lm, source, samples: int, seq_len: int, progress: Progress | None 
         {"source": src.description}
     scores = score_model(lm, ids, batch_size=batch_size, matrix_tokens=matrix_tokens, progress=progress,
                          calibration=calib, first_token=first_token, **kw)
-    info = {"source": src.description, "samples": int(ids.shape[0]), "seq_len": int(ids.shape[1]),
-            "seconds": round(time.perf_counter() - t0, 1), "forward_seconds": scores.meta["seconds"]}
-    return scores, ids, info
+    return scores, ids, calibration_info(src.description, ids, time.perf_counter() - t0, scores.meta["seconds"])
+
+
+def calibration_info(source: str, windows, seconds: float, forward_seconds: float, **extra) -> dict:
+    """What a calibration was, one shape everywhere (``calibrate``, the app's streamed and cancelled passes):
+    the text's description, ``windows``' samples × seq_len, wall seconds (rounded to 0.1), the forward
+    pass's seconds, and ``extra`` (the app's ``streamed`` details, a cancelled pass's ``partial``)."""
+    return {"source": source, "samples": int(windows.shape[0]), "seq_len": int(windows.shape[1]),
+            "seconds": round(seconds, 1), "forward_seconds": forward_seconds, **extra}
 
 
 @dataclass

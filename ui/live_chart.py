@@ -40,6 +40,8 @@ from pathlib import Path
 
 import streamlit as st
 
+from ui import state
+
 _SENT = "_sd_plotly_js_sent"
 _PAYLOADS = "_sd_live_payloads_sent"
 
@@ -329,11 +331,11 @@ def _stack_component():
 
 
 def _resend() -> None:
-    st.session_state[_SENT] = False
+    state.put(_SENT, False)
 
 
 def _resend_payload() -> None:
-    st.session_state.pop(_PAYLOADS, None)
+    state.pop(_PAYLOADS)
 
 
 def _live_data(data: dict, live: dict | None, payload: dict | None) -> dict:
@@ -341,7 +343,10 @@ def _live_data(data: dict, live: dict | None, payload: dict | None) -> dict:
     if live is None:
         return data
     data["live"] = live
-    sent = st.session_state.setdefault(_PAYLOADS, set())
+    sent = state.get(_PAYLOADS)
+    if sent is None:
+        sent = set()
+        state.put(_PAYLOADS, sent)
     if payload is not None and payload["id"] not in sent:
         from ui.live_slider import public
 
@@ -358,9 +363,9 @@ def plotly_live(spec: dict, key: str, config: dict | None = None, live: dict | N
     the browser also repaints this chart from the payload when the bound widgets move, before the server.
     """
     data = {"spec": json.dumps(spec, separators=(",", ":")), "config": config or {}}
-    if not st.session_state.get(_SENT):
+    if not state.get(_SENT):
         data["plotly_js"] = _plotly_js()
-        st.session_state[_SENT] = True
+        state.put(_SENT, True)
     _component()(data=_live_data(data, live, payload), key=key, on_need_plotly_change=_resend,
                  on_need_payload_change=_resend_payload)
 

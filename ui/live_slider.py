@@ -42,6 +42,11 @@ from simdiff_core.pruning import sweep
 from simdiff_core.pruning.plan import candidates
 
 ALPHAS = [f"{i * 0.05:.2f}" for i in range(21)]     # the α slider's values (step 0.05), as keys
+# The display labels of the widgets a live element binds to: the browser finds the widgets by these
+# (``aria-label``), so the pages label their widgets with the same constants.
+RATIO_LABEL = "Pruning ratio"
+COUNT_LABEL = "Blocks to remove"
+ALPHA_LABEL = "SimDiff α"
 
 
 def akey(alpha: float) -> str:
@@ -123,7 +128,7 @@ def preview_payload(scores, criterion: str, alpha: float, keep_first: bool, keep
     ov = {str(k): charts.overlap_spec(overlap_sets(criterion, others, k, orders), L) for k in range(1, K + 1)}
     out_charts["overlap"] = {"by": "k", "base": ov["1"], "frames": {k: {"data": s["data"]} for k, s in ov.items()}}
     imp = scores.importance(criterion, alpha=alpha, **(fusion if criterion == "simdiff" else {}))
-    out = _new(L, keep_first, keep_last, {"ratio": "Pruning ratio", "count": "Blocks to remove", "alpha": None},
+    out = _new(L, keep_first, keep_last, {"ratio": RATIO_LABEL, "count": COUNT_LABEL, "alpha": None},
                {"": orders[criterion]}, {"": [float(v) for v in imp]}, out_charts)
     out["_orders"] = orders  # per criterion, for the server's overlap table
     out["_errors"] = errors  # compared criteria these scores cannot rank (the page says so)
@@ -153,7 +158,7 @@ def curves_payload(scores, criterion: str, keep_first: bool, keep_last: bool, fu
         spec = bars_at(imp, float(a), range(L), None if fused_band is None else fused_band(float(a)))
         bars[a] = {"data": spec["data"], "layout": {"title": spec["layout"]["title"]},
                    "groups": [{"each": spec["layout"]["shapes"]}]}
-    return _new(L, keep_first, keep_last, {"ratio": "Pruning ratio", "count": None, "alpha": "SimDiff α"}, orders,
+    return _new(L, keep_first, keep_last, {"ratio": RATIO_LABEL, "count": None, "alpha": ALPHA_LABEL}, orders,
                 imps if by_alpha else {"": imps["0.50"]},
                 {"curves": one, "simdiff": {"by": "a", "base": _base(bars_at(
                     scores.importance("simdiff", alpha=0.5, **fusion), 0.5, [])), "frames": bars}})

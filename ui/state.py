@@ -1,9 +1,6 @@
-"""The only module that touches ``st.cache_resource`` and ``st.session_state``.
+"""The only module that touches ``st.session_state``: the session's typed shape and its accessors.
 
     from ui import state
-    state.init()                       # once at the top of every page
-    lm = state.require_model()         # LoadedModel, or an info box with a link and st.stop()
-    scores = state.require_scores()    # Scores from the last calibration
     v = st.slider("α", 0.0, 1.0, **state.bound("alpha"))   # survives page switches
     state.put_result("shootout", res)  # a result, tagged with the calibration it was computed from
     res = state.result("shootout")     # None unless it belongs to the current calibration
@@ -22,43 +19,23 @@ Session keys are the fields of ``Session`` (one default each), in three groups:
 
 Widgets get their own ``_w_<name>`` keys seeded from the persistent value: Streamlit deletes a
 widget's state when the user navigates to a page that does not render it, and the persistent copy
-is what survives page switches.
+is what survives page switches. The other ui modules keep their session values here through
+``get``/``put``/``pop`` (private ``_``-prefixed keys): the model pin (``ui.models``), the memo below,
+the status slot (``ui.shell``), the partial calibration (``ui.calibration``), what the live component
+already sent (``ui.live_chart``).
+
+The rest of ``ui/``: ``shell`` (navigation, page setup), ``models`` (model cache and the page guards),
+``settings`` (the plan the session's settings give), ``calibration`` (sources and the calibration
+procedures of Load & calibrate), ``exports`` (export folder and table rows), ``views`` (small shared
+widgets), ``live_slider``/``live_chart`` (the live preview).
 """
 
 from __future__ import annotations
 
 import itertools
-import os
-import sys
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 
 import streamlit as st
-
-from simdiff_core import SimDiffError, load_model
-from simdiff_core.pruning.plan import make_plan
-
-ROOT = Path(__file__).resolve().parents[1]
-# The navigation of app.py: section -> (key, page file, title, icon). PAGES maps a key to its file.
-NAV = {
-    "Explore": [
-        ("load", "pages/0_Load_and_calibrate.py", "Load & calibrate", ":material/science:"),
-        ("curves", "pages/1_Layer_curves.py", "Layer curves", ":material/show_chart:"),
-        ("preview", "pages/2_Prune_preview.py", "Prune preview", ":material/content_cut:"),
-    ],
-    "Insight": [
-        ("sensitivity", "pages/7_Calibration_sensitivity.py", "Calibration sensitivity", ":material/tune:"),
-        ("compare_runs", "pages/8_Compare_runs.py", "Compare runs", ":material/compare:"),
-        ("drilldown", "pages/9_Block_drill_down.py", "Block drill-down", ":material/zoom_in:"),
-    ],
-    "Evaluate": [
-        ("export", "pages/3_Export_and_evaluate.py", "Export & evaluate", ":material/inventory_2:"),
-        ("shootout", "pages/4_Shootout.py", "Shootout", ":material/leaderboard:"),
-        ("recovery", "pages/5_Recovery_and_accuracy.py", "Recovery & accuracy", ":material/healing:"),
-        ("ground_truth", "pages/6_Ground_truth_and_report.py", "Ground truth & report", ":material/fact_check:"),
-    ],
-}
-PAGES = {key: path for entries in NAV.values() for key, path, _, _ in entries}
 
 
 @dataclass
@@ -80,7 +57,7 @@ class Session:
     model_spec: dict | None = None   # spec, device, dtype, trust_remote_code (None: streamed, nothing held)
     scores: object = None            # simdiff_core.Scores
     calib_ids: object = None         # LongTensor (samples, seq_len)
-    calib_info: dict | None = None
+    calib_info: dict | None = None   # workflows.calibration_info: source, samples, seq_len, seconds, ...
     calib_tag: str | None = None     # fresh per calibration; results carry the tag they were made under
     # results of the current calibration (RESULT_KEYS): reset by every calibration, read via result()
     plan: object = None              # the preview Plan (re-derived on every page run)
@@ -102,70 +79,13 @@ DEFAULTS = {f.name: getattr(Session(), f.name) for f in fields(Session)}
 _calibrations = itertools.count(1)
 
 
-def setup_page(title: str, icon: str = "assets/favicon.png") -> None:
-    """Page config, logo and session defaults: call first on every page."""
-    icon_path = ROOT / icon
-    st.set_page_config(page_title=f"{title} · SimDiff Explorer", page_icon=str(icon_path) if icon_path.is_file() else "🧬",
-                       layout="wide")
-    logo = ROOT / "assets" / "logo.svg"
-    if logo.is_file():
-        st.logo(str(logo), size="large")
-    init()
-    prewarm_once()
-
-
-@st.cache_resource(show_spinner=False)
-def prewarm_once():
-    """Once per server process, in a background thread: the imports and page-cache reads that would
-    otherwise sit between the first Load click and the first forward (``simdiff_core.models.load.prewarm``)."""
-    import threading
-
-    from simdiff_core.models.load import prewarm
-
-    def run():
-        try:
-            prewarm("default")
-        except Exception:  # noqa: BLE001 - best effort: the real load reports any problem
-            pass
-
-    # Under AppTest (the test suite) there is no server start to hide the imports behind, and a
-    # background importer would race the tests' own transformers imports in the same process: a
-    # finished no-op thread keeps every ``.join()`` below valid.
-    testing = "streamlit.testing.v1.app_test" in sys.modules
-    t = threading.Thread(target=(lambda: None) if testing else run, name="simdiff-prewarm", daemon=True)
-    t.start()
-    return t
-
-
-def session_summary() -> str:
-    """One line for the shared sidebar: what this session has loaded and calibrated."""
-    scores = st.session_state.get("scores")
-    if scores is None:
-        spec = st.session_state.get("model_spec")
-        return f"Loaded: {spec['spec']} · not calibrated" if spec else "Session: no model loaded."
-    info = st.session_state.get("calib_info") or {}
-    src = str(info.get("source", "?"))
-    src = src if len(src) <= 40 else src[:39] + "…"
-    return (f"Scored: {scores.model} · {scores.num_layers} blocks · {info.get('samples', '?')} × "
-            f"{info.get('seq_len', '?')} tokens of {src}")
-
-
-def show_status(slot=None) -> None:
-    """Write ``session_summary`` into the shared sidebar slot (app.py makes it; a page that changes
-    the session, e.g. a calibration, calls this again without ``slot`` to refresh it in the same run)."""
-    if slot is not None:
-        st.session_state["_status_slot"] = slot
-    slot = st.session_state.get("_status_slot")
-    if slot is not None:
-        slot.caption(session_summary())
-
-
 def _default(name: str):
     v = DEFAULTS[name]
     return v.copy() if isinstance(v, (list, dict)) else v
 
 
 def init() -> None:
+    """Every ``Session`` key at its default where the session has none yet (``shell.setup_page`` calls it)."""
     for k in DEFAULTS:
         if k not in st.session_state:
             st.session_state[k] = _default(k)
@@ -173,6 +93,19 @@ def init() -> None:
         st.session_state["_tags"] = {}
 
 
+def get(name: str, default=None):
+    return st.session_state.get(name, default)
+
+
+def put(name: str, value) -> None:
+    st.session_state[name] = value
+
+
+def pop(name: str, default=None):
+    return st.session_state.pop(name, default)
+
+
+# ---------------------------------------------------------------------------------------- results and tags
 def tag() -> str | None:
     """The current calibration's tag (None before the first calibration)."""
     return st.session_state.get("calib_tag")
@@ -207,14 +140,15 @@ def new_calibration(model_spec: dict | None, scores, calib_ids, calib_info: dict
     st.session_state["calib_tag"] = f"{scores.model}#{next(_calibrations)}"
 
 
-def get(name: str, default=None):
-    return st.session_state.get(name, default)
+def clear_results() -> None:
+    """Forget every result computed from the previous model/calibration (and β, which auto α sets)."""
+    for k in RESULT_KEYS:
+        st.session_state[k] = _default(k)
+    st.session_state["_tags"] = {}
+    st.session_state["beta"] = DEFAULTS["beta"]
 
 
-def put(name: str, value) -> None:
-    st.session_state[name] = value
-
-
+# ---------------------------------------------------------------------------------------- widget binding
 def widget_key(name: str) -> str:
     """Key for the widget editing persistent value ``name``, reset from it on every run.
 
@@ -225,6 +159,11 @@ def widget_key(name: str) -> str:
     if st.session_state.get(name) is not None:
         st.session_state[wk] = st.session_state[name]
     return wk
+
+
+def widget_value(name: str):
+    """The value the widget bound to ``name`` holds now (in its on_change, before ``keep`` copies it)."""
+    return st.session_state["_w_" + name]
 
 
 def keep(name: str) -> None:
@@ -243,108 +182,7 @@ def set_widget(name: str, value) -> None:
     st.session_state["_w_" + name] = value
 
 
-@st.cache_resource(show_spinner=False, max_entries=2)
-def cached_model(spec: str, device: str = "auto", dtype: str = "auto", trust_remote_code: bool = False):
-    """One shared, read-only LoadedModel per (spec, device, dtype): never mutate it (prune makes views)."""
-    # transformers' lazy imports are not safe to run from two threads at once ("cannot import name
-    # AutoModelForCausalLM"): let the prewarm thread finish its imports before loading.
-    prewarm_once().join()
-    return load_model(spec, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
-
-
-@st.cache_resource(show_spinner=False, max_entries=4)
-def cached_tokenizer(model_dir: str):
-    """Tokenizer alone, for streamed scoring (the model itself is never loaded)."""
-    prewarm_once().join()  # see cached_model
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(model_dir)
-
-
-def current_lm():
-    """The LoadedModel of this session, or None (model_spec not set or its load failed)."""
-    spec = st.session_state.get("model_spec")
-    if not spec:
-        return None
-    key = (spec["spec"], spec["device"], spec["dtype"], spec.get("trust_remote_code", False))
-    pin = st.session_state.get("_lm_pin")
-    if pin is not None and pin[0] == key:
-        # This session's own reference: other sessions loading other models may push this one out of
-        # the shared cache (max_entries), but never out from under a session still using it (no reload,
-        # no second copy). It is released with the session or when this session loads another model.
-        return pin[1]
-    try:
-        lm = cached_model(*key)
-    except SimDiffError:
-        return None
-    st.session_state["_lm_pin"] = (key, lm)
-    return lm
-
-
-def _guard(msg: str) -> None:
-    st.info(msg, icon=":material/arrow_back:")
-    st.page_link(PAGES["load"], label="Go to Load & calibrate", icon=":material/science:")
-    st.stop()
-
-
-def require_model():
-    lm = current_lm()
-    if lm is None:
-        _guard("Load a model first: pick one on the **Load & calibrate** page.")
-    return lm
-
-
-def require_scores():
-    scores = st.session_state.get("scores")
-    if scores is None:
-        _guard("No calibration yet: load a model and run **Calibrate** on the **Load & calibrate** page.")
-    return scores
-
-
-def clear_results() -> None:
-    """Forget every result computed from the previous model/calibration (and β, which auto α sets)."""
-    for k in RESULT_KEYS:
-        st.session_state[k] = _default(k)
-    st.session_state["_tags"] = {}
-    st.session_state["beta"] = DEFAULTS["beta"]
-
-
-def fusion_kwargs() -> dict:
-    return {"scale_free": bool(st.session_state.get("scale_free", True)),
-            "beta": float(st.session_state.get("beta", 0.5))}
-
-
-def current_plan(scores, num: int | None = None):
-    """The preview Plan for the session's criterion/ratio/alpha/locks (no forward pass); stored as ``plan``.
-
-    Raises SimDiffError for impossible settings (e.g. a ratio that removes every block).
-    """
-    crit = st.session_state.get("criterion", "simdiff")
-    if num is None:  # the count, so "remove all 30 of 30" reads as such rather than as a bad ratio
-        num = max(1, int(round(float(st.session_state.get("ratio", 0.25)) * scores.num_layers)))
-    kw = dict(num=num)
-    fusion = fusion_kwargs() if crit == "simdiff" else {}
-    plan = make_plan(scores, crit, alpha=float(st.session_state.get("alpha", 0.5)),
-                     keep_first=bool(st.session_state.get("keep_first", True)),
-                     keep_last=bool(st.session_state.get("keep_last", True)), **kw, **fusion)
-    put_result("plan", plan)
-    return plan
-
-
-def require_plan(scores, lm):
-    """The session's plan checked against the loaded model, or the error with a link to fix it and st.stop()."""
-    from ui import views
-
-    try:
-        plan = current_plan(scores)
-        plan.validate(lm.num_layers)
-    except SimDiffError as e:
-        views.show_error(e)
-        st.page_link(PAGES["preview"], label="Change the plan on Prune preview", icon=":material/content_cut:")
-        st.stop()
-    return plan
-
-
+# ---------------------------------------------------------------------------------------- memo and counters
 def per_scores(scores, key, build):
     """``build()`` memoised for this session's current ``scores`` object (figure bases, heatmap specs).
 
@@ -380,29 +218,3 @@ def count_run(name: str) -> int:
     runs = st.session_state.setdefault("_runs", {})
     runs[name] = runs.get(name, 0) + 1
     return runs[name]
-
-
-def export_root() -> Path:
-    """Where exports go: $SIMDIFF_EXPORT_DIR or ./exports under the project."""
-    return Path(os.environ.get("SIMDIFF_EXPORT_DIR", ROOT / "exports"))
-
-
-def plan_evaluation(plan):
-    """The Export page's last ``records.Evaluation`` of ``plan`` in this session (any windows), or None."""
-    found = None
-    for key, ev in result("evals").items():
-        if isinstance(key, tuple) and key and key[0] == tuple(plan.removed_layers):
-            found = ev
-    return found
-
-
-def record_export(exports: list, out: Path, plan, evaluation=None, recovered: bool = False) -> list:
-    """The session's export list with ``out`` (re)placed last: one row for the exports table."""
-    zp = Path(out).with_suffix(".zip")
-    ev = evaluation
-    row = {"name": Path(out).name, "path": str(out), "zip": str(zp), "criterion": plan.criterion,
-           "alpha": plan.alpha, "removed": plan.num_removed, "of": plan.num_layers, "blocks": plan.removed_layers,
-           "ppl_dense": ev.ppl_dense if ev else None,
-           "ppl_pruned": (ev.ppl_recovered if recovered else ev.ppl_pruned) if ev else None,
-           "zip_MB": round(zp.stat().st_size / 2**20, 1) if zp.is_file() else None}
-    return [e for e in exports if e["path"] != str(out)] + [row]

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from ..common.errors import SimDiffError
+from ..pruning.plan import count_from_ratio
 
 FIGURE_FORMATS = ("png", "pdf", "svg")
 
@@ -97,7 +98,7 @@ def build_report_html(scores, damage=None, plan=None, ppl=None, agreement: list 
     figs += heatmaps
     if damage is not None:
         if agreement is None:
-            k = max(1, int(round(ratio * scores.num_layers))) if ratio else None
+            k = count_from_ratio(scores.num_layers, ratio) if ratio else None
             agreement = agreement_table(scores, damage, alpha=alpha, num=k) if k and k < scores.num_layers \
                 else agreement_table(scores, damage, alpha=alpha)
         figs.append(agreement_grid(scores, damage, alpha=alpha))

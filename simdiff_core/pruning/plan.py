@@ -176,6 +176,14 @@ class Plan(JsonRecord):
         return "\n".join(lines)
 
 
+def count_from_ratio(num_layers: int, ratio: float) -> int:
+    """k = round(ratio * L) (halves to even), at least 1: the one rounding rule from a ratio to a count.
+
+    Unchecked (a ratio of 1 gives L), for a count box that follows a ratio slider; ``num_from_ratio``
+    validates."""
+    return max(1, int(round(float(ratio) * num_layers)))
+
+
 def num_from_ratio(num_layers: int, ratio=None, num=None) -> int:
     """Number of blocks to remove from exactly one of ``ratio`` in (0, 1) or ``num`` >= 1."""
     if (ratio is None) == (num is None):
@@ -187,7 +195,7 @@ def num_from_ratio(num_layers: int, ratio=None, num=None) -> int:
             raise SimDiffError(f"ratio must be a number, got {ratio!r}") from None
         if math.isnan(ratio) or not 0.0 < ratio < 1.0:
             raise SimDiffError(f"ratio must be between 0 and 1 (exclusive), got {ratio}")
-        k = max(1, int(round(ratio * num_layers)))
+        k = count_from_ratio(num_layers, ratio)
     else:
         try:
             k = int(num)

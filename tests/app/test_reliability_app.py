@@ -160,7 +160,7 @@ def test_impossible_ratio_shows_error_and_recovers(models):
 
 
 def test_two_sessions_keep_their_own_state_and_never_mutate_the_model(models, tmp_path, monkeypatch):
-    from ui.state import cached_model
+    from ui.models import cached_model
 
     monkeypatch.setenv("SIMDIFF_EXPORT_DIR", str(tmp_path / "exports"))
     a = load(session(), models["a"], samples=2)
@@ -202,7 +202,7 @@ def test_two_sessions_keep_their_own_state_and_never_mutate_the_model(models, tm
 def test_loading_other_models_does_not_pull_one_from_a_session(models):
     """Session A calibrates model a; sessions B and C then load two other models, more than the
     cache's max_entries. Session A keeps the very same model object (no reload, no second copy)."""
-    from ui.state import cached_model
+    from ui.models import cached_model
 
     a = load(session(), models["a"])
     lm_a = cached_model(models["a"], "auto", "auto", False)

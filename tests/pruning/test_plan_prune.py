@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM
 
 from simdiff_core import SimDiffError, make_plan, make_windows, pruned_model
 from simdiff_core.export.checkpoint import export_pruned
-from simdiff_core.pruning.plan import Plan, num_from_ratio, select_lowest
+from simdiff_core.pruning.plan import Plan, count_from_ratio, num_from_ratio, select_lowest
 from simdiff_core.pruning.prune import weights_fingerprint
 from tests.support.tiny import CORE_FAMILIES as FAMILIES
 
@@ -31,6 +31,13 @@ def test_ratio_to_count_and_bad_values():
         num_from_ratio(30, num=30)
     with pytest.raises(SimDiffError):
         num_from_ratio(30, ratio=0.2, num=3)
+
+
+def test_count_from_ratio_is_the_unchecked_rounding_rule():
+    # Python's round: halves to even (10 x 0.25 = 2.5 -> 2, 30 x 0.25 = 7.5 -> 8), at least 1, unchecked at 1.0
+    assert [count_from_ratio(10, 0.25), count_from_ratio(30, 0.25), count_from_ratio(30, 0.01)] == [2, 8, 1]
+    assert count_from_ratio(30, 1.0) == 30  # the app's count box follows a ratio slider that reaches 1
+    assert all(count_from_ratio(30, r / 100) == num_from_ratio(30, ratio=r / 100) for r in range(1, 96))
 
 
 def test_select_lowest_respects_locks():

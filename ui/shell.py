@@ -1,0 +1,95 @@
+"""What every page shares around its content: the navigation, the page setup and the sidebar status line.
+
+    from ui import shell
+    shell.setup_page("Prune preview")     # first on every page: config, logo, session defaults, prewarm
+    st.page_link(shell.PAGES["export"], label=...)
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import streamlit as st
+
+from ui import state
+
+ROOT = Path(__file__).resolve().parents[1]
+# The navigation of app.py: section -> (key, page file, title, icon). PAGES maps a key to its file.
+NAV = {
+    "Explore": [
+        ("load", "pages/0_Load_and_calibrate.py", "Load & calibrate", ":material/science:"),
+        ("curves", "pages/1_Layer_curves.py", "Layer curves", ":material/show_chart:"),
+        ("preview", "pages/2_Prune_preview.py", "Prune preview", ":material/content_cut:"),
+    ],
+    "Insight": [
+        ("sensitivity", "pages/7_Calibration_sensitivity.py", "Calibration sensitivity", ":material/tune:"),
+        ("compare_runs", "pages/8_Compare_runs.py", "Compare runs", ":material/compare:"),
+        ("drilldown", "pages/9_Block_drill_down.py", "Block drill-down", ":material/zoom_in:"),
+    ],
+    "Evaluate": [
+        ("export", "pages/3_Export_and_evaluate.py", "Export & evaluate", ":material/inventory_2:"),
+        ("shootout", "pages/4_Shootout.py", "Shootout", ":material/leaderboard:"),
+        ("recovery", "pages/5_Recovery_and_accuracy.py", "Recovery & accuracy", ":material/healing:"),
+        ("ground_truth", "pages/6_Ground_truth_and_report.py", "Ground truth & report", ":material/fact_check:"),
+    ],
+}
+PAGES = {key: path for entries in NAV.values() for key, path, _, _ in entries}
+
+
+def setup_page(title: str, icon: str = "assets/favicon.png") -> None:
+    """Page config, logo and session defaults: call first on every page."""
+    icon_path = ROOT / icon
+    st.set_page_config(page_title=f"{title} · SimDiff Explorer", page_icon=str(icon_path) if icon_path.is_file() else "🧬",
+                       layout="wide")
+    logo = ROOT / "assets" / "logo.svg"
+    if logo.is_file():
+        st.logo(str(logo), size="large")
+    state.init()
+    prewarm_once()
+
+
+@st.cache_resource(show_spinner=False)
+def prewarm_once():
+    """Once per server process, in a background thread: the imports and page-cache reads that would
+    otherwise sit between the first Load click and the first forward (``simdiff_core.models.load.prewarm``)."""
+    import threading
+
+    from simdiff_core.models.load import prewarm
+
+    def run():
+        try:
+            prewarm("default")
+        except Exception:  # noqa: BLE001 - best effort: the real load reports any problem
+            pass
+
+    # Under AppTest (the test suite) there is no server start to hide the imports behind, and a
+    # background importer would race the tests' own transformers imports in the same process: a
+    # finished no-op thread keeps every ``.join()`` below valid.
+    testing = "streamlit.testing.v1.app_test" in sys.modules
+    t = threading.Thread(target=(lambda: None) if testing else run, name="simdiff-prewarm", daemon=True)
+    t.start()
+    return t
+
+
+def session_summary() -> str:
+    """One line for the shared sidebar: what this session has loaded and calibrated."""
+    scores = state.get("scores")
+    if scores is None:
+        spec = state.get("model_spec")
+        return f"Loaded: {spec['spec']} · not calibrated" if spec else "Session: no model loaded."
+    info = state.get("calib_info") or {}
+    src = str(info.get("source", "?"))
+    src = src if len(src) <= 40 else src[:39] + "…"
+    return (f"Scored: {scores.model} · {scores.num_layers} blocks · {info.get('samples', '?')} × "
+            f"{info.get('seq_len', '?')} tokens of {src}")
+
+
+def show_status(slot=None) -> None:
+    """Write ``session_summary`` into the shared sidebar slot (app.py makes it; a page that changes
+    the session, e.g. a calibration, calls this again without ``slot`` to refresh it in the same run)."""
+    if slot is not None:
+        state.put("_status_slot", slot)
+    slot = state.get("_status_slot")
+    if slot is not None:
+        slot.caption(session_summary())
