@@ -2,6 +2,7 @@
 
     from simdiff_core.workflows import calibrate, choose_alpha, evaluate_plan, export_and_record
     scores, ids, info = calibrate(lm, "wikitext2", samples=8, seq_len=256)
+    scores, ids, info = calibrate_stored(lm, "wikitext2", 8, 256)   # through the run library (info["from_store"])
     choice = choose_alpha(lm, scores, ids, num=7)                     # AlphaChoice: alpha, beta, ppl, trials
     ev = evaluate_plan(lm, plan, windows=8, seq_len=256)              # records.Evaluation, dense vs pruned
     out, report = export_and_record(lm, plan, "exports/x", evaluation=ev, scores=scores)
@@ -69,6 +70,65 @@ def calibration_info(source: str, windows, seconds: float, forward_seconds: floa
     pass's seconds, and ``extra`` (the app's ``streamed`` details, a cancelled pass's ``partial``)."""
     return {"source": source, "samples": int(windows.shape[0]), "seq_len": int(windows.shape[1]),
             "seconds": round(seconds, 1), "forward_seconds": forward_seconds, **extra}
+
+
+def calibrate_stored(lm, source, samples: int, seq_len: int, store=None, recompute: bool = False, save: bool = True,
+                     name: str | None = None, progress: Progress | None = None, batch_size: int | None = None,
+                     matrix_tokens: int = 256, first_token: bool = True, should_stop=None, on_batch=None,
+                     windows=None):
+    """``calibrate`` through the run library: reuse the stored run with the same key, else score and save.
+
+    ``store``: a runs.RunStore (default: ``RunStore()``, i.e. $SIMDIFF_HOME). The key is computed
+    before scoring (weights fingerprint + calibration token ids + options, ``runs.calibration_key``).
+    A stored complete run is returned unless ``recompute`` (its scores, no forward pass; a recomputed
+    run replaces the stored one under the same id). A read-only
+    store is used for lookups only. A cancelled pass (``Cancelled``) saves the scores of the windows
+    done so far as a *partial* run when ``save`` (``e.run_id`` names it) and re-raises.
+    Returns (Scores, windows, info) with info as ``calibrate``'s plus ``key``, ``run_id`` (None when not
+    saved) and ``from_store`` (the RunInfo reused, or None).
+    """
+    from .common.errors import Cancelled, SimDiffError
+    from .data.text import load_text, make_windows
+    from .runs import RunStore, calibration_key, run_meta
+
+    store = store if store is not None else RunStore()
+    t0 = time.perf_counter()
+    src = load_text(source, purpose="calib") if isinstance(source, str) else source
+    ids = make_windows(lm.tokenizer, src, int(samples), int(seq_len)) if windows is None else windows
+    key, settings = calibration_key(lm, ids, matrix_tokens=matrix_tokens, first_token=first_token,
+                                    batch_size=batch_size)
+    hit = None if recompute else store.lookup(key)
+    if hit is not None:
+        try:
+            run = store.open(hit.id)
+        except SimDiffError:
+            run = None  # unreadable: compute again (the save below replaces it)
+        if run is not None:
+            info = {"source": src.description, "samples": int(ids.shape[0]), "seq_len": int(ids.shape[1]),
+                    "seconds": round(time.perf_counter() - t0, 1), "forward_seconds": 0.0, "key": key,
+                    "run_id": run.id, "from_store": run.info}
+            return run.scores, ids, info
+    last = {}
+
+    def keep(partial):
+        last["scores"] = partial
+        if on_batch is not None:
+            on_batch(partial)
+
+    writable = save and not store.readonly
+    try:
+        scores, ids, info = calibrate(lm, source if isinstance(source, str) else src, samples, seq_len,
+                                      progress=progress, batch_size=batch_size, matrix_tokens=matrix_tokens,
+                                      first_token=first_token, should_stop=should_stop, on_batch=keep, windows=ids)
+    except Cancelled as e:
+        if writable and last.get("scores") is not None:
+            e.run_id = store.save(last["scores"], meta=run_meta(last["scores"], settings), partial=True, key=key,
+                                  name=name)
+        raise
+    info.update(key=key, from_store=None, run_id=None)
+    if writable:
+        info["run_id"] = store.save(scores, meta=run_meta(scores, settings), key=key, name=name, replace=recompute)
+    return scores, ids, info
 
 
 @dataclass

@@ -9,12 +9,22 @@ This file applies to every folder under tests/. Helpers that are not fixtures li
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 import torch
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The run library (simdiff_core.runs) lives under $SIMDIFF_HOME: the whole suite, and every CLI or app
+# process it starts (they inherit the environment), gets a fresh one, never the user's ~/.cache/simdiff.
+# The dequantised-model cache ($SIMDIFF_CACHE) is separate and stays shared.
+_SUITE_HOME = tempfile.mkdtemp(prefix="simdiff-suite-home-")
+os.environ["SIMDIFF_HOME"] = _SUITE_HOME
+os.environ.pop("SIMDIFF_RUNS_READONLY", None)
+atexit.register(shutil.rmtree, _SUITE_HOME, True)
 torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
 
 

@@ -18,9 +18,12 @@ import time
 from ..common.errors import SimDiffError
 
 
-def add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+def add_model_args(p: argparse.ArgumentParser, required: bool = True, several: bool = False) -> None:
+    help_ = "'default' (embedded SmolLM2-135M GGUF), 'gemma3-270m', a .gguf path, a model directory, or a hub id"
+    if several:
+        help_ += " (repeat --model to score several models in turn, e.g. to prepare a demo gallery)"
     p.add_argument("--model", required=required, default=None if required else "default",
-                   help="'default' (embedded SmolLM2-135M GGUF), 'gemma3-270m', a .gguf path, a model directory, or a hub id")
+                   action="append" if several else "store", help=help_)
     p.add_argument("--device", default="auto", help="auto (CUDA -> MPS -> CPU), cpu, cuda, cuda:N, mps")
     p.add_argument("--dtype", default="auto", help="auto (bf16/fp16 on GPU, fp32 on CPU), float32, float16, bfloat16")
     p.add_argument("--trust-remote-code", action="store_true",

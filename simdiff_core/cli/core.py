@@ -1,6 +1,6 @@
 """The core subcommands: ``score``, ``plan``, ``prune``, ``ppl`` (registered first, so ``--help`` lists them first).
 
-    python -m simdiff_core score --model default --out scores.json
+    python -m simdiff_core score --model default --out scores.json     # also saved in the run library
     python -m simdiff_core plan  --scores scores.json --criterion simdiff --ratio 0.25 --out plan.json
     python -m simdiff_core prune --model default --plan plan.json --out pruned/ --zip
     python -m simdiff_core ppl   --model pruned/ --json
@@ -38,32 +38,107 @@ def _stream_tokenizer(args):
 
 
 def cmd_score(args) -> int:
-    from ..analysis.score import protocol
+    import argparse
 
+    models = args.model
     if getattr(args, "stream", False) and args.exclude_first_token:
         raise SimDiffError("--exclude-first-token is not available with --stream (streamed scores include position 0)")
-    if getattr(args, "stream", False):
-        from ..analysis.streaming import stream_score
-
-        where, lm = _stream_tokenizer(args)
-        ids, calib = calib_from_args(args, lm)
-        scores = stream_score(where, ids, memory_budget_mb=args.memory_budget_mb, device=args.device,
-                              dtype=args.dtype, batch_size=args.batch_size, matrix_tokens=args.matrix_tokens,
-                              progress=progress_printer("score"), calibration=calib, source=args.model)
-        scores.save(args.out)
-        print_result({"out": args.out, "num_layers": scores.num_layers, "seconds": scores.meta["seconds"],
-                      "stream": scores.meta["stream"], "protocol": protocol(scores.calibration)})
-        return 0
-    from ..workflows import calibrate
-
-    lm = load_from_args(args)
-    scores, _, _ = calibrate(lm, args.calib, args.samples, args.seq_len, batch_size=args.batch_size,
-                             matrix_tokens=args.matrix_tokens, progress=progress_printer("score"),
-                             first_token=not args.exclude_first_token)
-    scores.save(args.out)
-    print_result({"out": args.out, "num_layers": scores.num_layers, "seconds": scores.meta["seconds"],
-                  "protocol": protocol(scores.calibration)})
+    if len(models) > 1:
+        if args.out:
+            raise SimDiffError("--out takes one model; with several --model the runs go to the run library "
+                               "(see 'simdiff runs list' and 'simdiff runs export')")
+        if args.no_save:
+            raise SimDiffError("--no-save with several --model would keep nothing: drop --no-save")
+        if args.name:
+            raise SimDiffError("--name names one run: give it with a single --model (or use 'simdiff runs rename')")
+    elif args.out is None and args.no_save:
+        raise SimDiffError("nothing would be kept: give --out scores.json, or drop --no-save to save the run "
+                           "in the run library")
+    results = [_score_one(argparse.Namespace(**{**vars(args), "model": m})) for m in models]
+    print_result(results[0] if len(results) == 1 else {"gallery": results})
     return 0
+
+
+def _from_library(info) -> None:
+    progress_line(f"from the run library, computed {info.created} (run {info.id}; --recompute to score again)",
+                  end=True)
+
+
+def _score_one(args) -> dict:
+    """Score one model (or reuse its stored run); returns the result line's dict."""
+    from ..analysis.score import protocol
+
+    store = None
+    if not args.no_save:
+        from ..runs import RunStore
+
+        store = RunStore()
+    if getattr(args, "stream", False):
+        scores, run_id, hit = _score_streamed(args, store)
+    else:
+        from ..workflows import calibrate_stored
+
+        lm = load_from_args(args)
+        if store is None:
+            from ..workflows import calibrate
+
+            scores, _, _ = calibrate(lm, args.calib, args.samples, args.seq_len, batch_size=args.batch_size,
+                                     matrix_tokens=args.matrix_tokens, progress=progress_printer("score"),
+                                     first_token=not args.exclude_first_token)
+            run_id, hit = None, None
+        else:
+            scores, _, info = calibrate_stored(lm, args.calib, args.samples, args.seq_len, store=store,
+                                               recompute=args.recompute, name=args.name,
+                                               batch_size=args.batch_size, matrix_tokens=args.matrix_tokens,
+                                               progress=progress_printer("score"),
+                                               first_token=not args.exclude_first_token)
+            run_id, hit = info["run_id"], info["from_store"]
+    if hit is not None:
+        _from_library(hit)
+    if args.out:
+        scores.save(args.out)
+    if args.pin and run_id and store is not None and not store.readonly:
+        store.pin(run_id, True)
+    res = {"out": args.out, "model": args.model, "num_layers": scores.num_layers,
+           "seconds": scores.meta.get("seconds"), "protocol": protocol(scores.calibration), "run_id": run_id,
+           "from_library": hit.created if hit is not None else None}
+    if "stream" in scores.meta:
+        res["stream"] = scores.meta["stream"]
+    return res
+
+
+def _score_streamed(args, store):
+    """--stream: the key comes from samples of the weight files (runs.files_fingerprint), not a loaded model."""
+    from ..analysis.streaming import stream_score
+
+    where, lm = _stream_tokenizer(args)
+    ids, calib = calib_from_args(args, lm)
+    key = settings = None
+    if store is not None:
+        from ..models.device import pick_device, pick_dtype
+        from ..runs import files_fingerprint, run_key, scoring_options, tokens_hash
+
+        dev = pick_device(args.device)
+        settings = {"weights": files_fingerprint(where), "tokens": tokens_hash(ids),
+                    "options": scoring_options(ids=ids, matrix_tokens=args.matrix_tokens, first_token=True,
+                                               batch_size=args.batch_size, device=dev,
+                                               dtype=pick_dtype(args.dtype, dev), stream=True)}
+        key = run_key(**settings)
+        hit = None if args.recompute else store.lookup(key)
+        if hit is not None:
+            try:
+                return store.open(hit.id).scores, hit.id, hit
+            except SimDiffError:
+                pass  # unreadable: score again and replace it
+    scores = stream_score(where, ids, memory_budget_mb=args.memory_budget_mb, device=args.device,
+                          dtype=args.dtype, batch_size=args.batch_size, matrix_tokens=args.matrix_tokens,
+                          progress=progress_printer("score"), calibration=calib, source=args.model)
+    run_id = None
+    if store is not None and not store.readonly:
+        from ..runs import run_meta
+
+        run_id = store.save(scores, meta=run_meta(scores, settings), key=key, name=args.name, replace=args.recompute)
+    return scores, run_id, None
 
 
 def cmd_plan(args) -> int:
@@ -198,14 +273,24 @@ def cmd_ppl(args) -> int:
 
 def register(sub) -> None:
     s = sub.add_parser("score", help="score every block on calibration text (one streaming pass)",
-                       description="Score every decoder block (cosine, BI, angular, MSSD, MASD, SimDiff) and the cross-layer matrices.")
-    add_model_args(s)
+                       description="Score every decoder block (cosine, BI, angular, MSSD, MASD, SimDiff) and the "
+                                   "cross-layer matrices. The run is saved in the run library ($SIMDIFF_HOME, see "
+                                   "'runs'); scoring the same weights on the same tokens with the same options "
+                                   "again reuses it.")
+    add_model_args(s, several=True)
     add_calib_args(s)
     s.add_argument("--matrix-tokens", type=int, default=256, help="token subsample for the cosine/CKA heatmaps")
     s.add_argument("--exclude-first-token", action="store_true",
                    help="leave position 0 (BOS, massive activation) out of the per-block metrics (default: "
                         "included, as ShortGPT's BI; the heatmaps always use positions 1..S-1)")
-    s.add_argument("--out", required=True, help="scores.json to write")
+    s.add_argument("--out", default=None, help="scores.json to write (one model; the run library keeps the run too)")
+    s.add_argument("--no-save", action="store_true",
+                   help="do not use the run library: neither reuse a stored run nor save this one")
+    s.add_argument("--recompute", action="store_true",
+                   help="score again even when the run library holds a run with the same key (the new scores "
+                        "replace it, under the same run id)")
+    s.add_argument("--name", default=None, help="a name for the saved run (shown by 'runs list' and the Runs page)")
+    s.add_argument("--pin", action="store_true", help="pin the saved run(s): the library's size cap never evicts them")
     add_stream_args(s)
     s.set_defaults(func=cmd_score)
 
