@@ -104,9 +104,8 @@ def calibrate_stored(lm, source, samples: int, seq_len: int, store=None, recompu
         except SimDiffError:
             run = None  # unreadable: compute again (the save below replaces it)
         if run is not None:
-            info = {"source": src.description, "samples": int(ids.shape[0]), "seq_len": int(ids.shape[1]),
-                    "seconds": round(time.perf_counter() - t0, 1), "forward_seconds": 0.0, "key": key,
-                    "run_id": run.id, "from_store": run.info}
+            info = calibration_info(src.description, ids, time.perf_counter() - t0, 0.0, key=key, run_id=run.id,
+                                    from_store=run.info)
             return run.scores, ids, info
     last = {}
 
