@@ -1,5 +1,10 @@
 """Page 5: heal the pruned model with a short LoRA fine-tune, then compare dense / pruned / recovered.
 
+Honest numbers (``workflows.recover_and_compare``): the dense model given the same LoRA run on the same
+text is the reference, every perplexity is also measured on a second-domain text, and the flags of
+``evaluation/honest.py`` are shown as warnings: a number that only looks good on the training corpus'
+domain is never presented as recovery.
+
 Recovery trains a private, materialised copy of the pruned model (``simdiff_core.evaluation.recover``); the
 shared cached model is never touched. The recovered model lives in this session only (key
 ``recovery``) until it is exported. Accuracy comes from lm-eval (standard tasks when the Hugging Face
@@ -13,15 +18,13 @@ import pandas as pd
 import streamlit as st
 import torch
 
-from simdiff_core import eval_windows, make_windows
-from simdiff_core.common.records import Evaluation
+from simdiff_core import make_windows
 from simdiff_core.evaluation.downstream import OFFLINE_TASKS, STANDARD_TASKS, evaluate_tasks, retained
-from simdiff_core.evaluation.evaluate import protocol_note
-from simdiff_core.evaluation.recover import RecoveryConfig, recover
-from simdiff_core.export import figures
+from simdiff_core.evaluation.recover import RecoveryConfig
 from simdiff_core.export.checkpoint import export_dir_under
+from simdiff_core.export.recovery_figures import loss_curves
 from simdiff_core.pruning.build import build_pruned
-from simdiff_core.workflows import export_and_record
+from simdiff_core.workflows import export_and_record, honest_table, recover_and_compare, recovery_evaluation
 from ui import exports, models, settings, shell, state, views
 
 shell.setup_page("Recovery & accuracy")
@@ -43,6 +46,14 @@ with st.sidebar:
     ev_n = c1.number_input("Eval windows", 1, 256, 8 if gpu else 4, key="rec_eval_windows",
                            help="WikiText-2 *test* windows for perplexity (held out from training)")
     ev_len = c2.number_input("Eval seq.", 32, 4096, 512 if gpu else 256, step=32, key="rec_eval_seq_len")
+    second_text = st.selectbox("Second-domain text", ["auto", "shipped:code", "shipped:dialogue", "none"],
+                               key="rec_second_text",
+                               help="Perplexity on a text of another domain beside WikiText-2 (auto: the shipped "
+                                    "code sample, or dialogue when code is the training text), as many windows "
+                                    "as fit, up to the eval windows")
+    dense_ref = st.checkbox("Dense + same LoRA reference", True, key="rec_dense_ref",
+                            help="Also train the dense model with the same settings on the same text: the fair "
+                                 "reference (costs a second, full-depth training run)")
     st.subheader("Accuracy")
     tasks = st.multiselect("Tasks", list(STANDARD_TASKS), default=["arc_easy", "piqa", "hellaswag"], key="acc_tasks",
                            help="Offline, each is replaced by its stand-in from the shipped set: "
@@ -69,22 +80,27 @@ if st.button("Run recovery", type="primary", key="run_recovery"):
     try:
         with st.spinner("Tokenising…"):
             train = make_windows(lm.tokenizer, train_text, int(train_n), int(train_len))
-            held_out = eval_windows(lm.tokenizer, "wikitext2", int(ev_len), int(ev_n))
         bar = st.progress(0.0, text="Measuring perplexity before training…")
         chart = st.empty()
-        curve = []
+        curves = {"pruned": [], "dense": []}
+        phases = 2 if dense_ref else 1
 
-        def progress(step, total, loss):
-            curve.append({"step": step, "loss": loss})
-            bar.progress(step / total, text=f"Step {step}/{total} · loss {loss:.3f}")
-            if step == 1 or step == total or step % max(1, total // 20) == 0:
-                chart.plotly_chart(figures.loss_curve(curve), key=f"live_loss_{step}")
+        def tracker(name, n):
+            def progress(step, total, loss):
+                curves[name].append({"step": step, "loss": loss})
+                label = "pruned + LoRA" if name == "pruned" else "dense + same LoRA (reference)"
+                bar.progress((n + step / total) / phases, text=f"{label}: step {step}/{total} · loss {loss:.3f}")
+                if step == 1 or step == total or step % max(1, total // 20) == 0:
+                    chart.plotly_chart(loss_curves(curves["pruned"], curves["dense"]), key=f"live_loss_{name}_{step}")
+            return progress
 
         cfg = RecoveryConfig(steps=int(steps), rank=int(rank), lr=float(lr))
-        res = recover(lm, plan.kept_layers, train, cfg, eval_ids=held_out, progress=progress,
-                      eval_protocol=protocol_note(lm.tokenizer, "wikitext2", int(ev_len), int(ev_n)))
-        res.report["calibration"] = {"source": train_text, "windows": int(train_n), "seq_len": int(train_len)}
-        rec = {"plan_key": plan_key, "model": res.model, "report": res.report}
+        res, evaluation = recover_and_compare(
+            lm, plan.kept_layers, train, {"source": train_text, "windows": int(train_n), "seq_len": int(train_len)},
+            cfg, eval_windows=int(ev_n), eval_seq_len=int(ev_len),
+            second_text=None if second_text == "none" else second_text, dense_reference=dense_ref,
+            progress=tracker("pruned", 0), dense_progress=tracker("dense", 1))
+        rec = {"plan_key": plan_key, "model": res.model, "report": res.report, "evaluation": evaluation}
         state.put_result("recovery", rec)
         bar.empty()
         chart.empty()
@@ -93,15 +109,27 @@ if st.button("Run recovery", type="primary", key="run_recovery"):
 
 if rec is not None:
     r = rec["report"]
-    c = st.columns(4)
+    h = r["honesty"]
+    c = st.columns(5)
     c[0].metric("Perplexity, dense", f"{r['ppl_dense']:.2f}")
     c[1].metric("Perplexity, pruned", f"{r['ppl_pruned']:.2f}")
     c[2].metric("Perplexity, recovered", f"{r['ppl_recovered']:.2f}",
                 delta=f"{r['ppl_recovered'] - r['ppl_pruned']:+.2f}", delta_color="inverse")
-    c[3].metric("Training time", f"{r['seconds']:.0f} s", help=f"{r['trainable_params']:,} LoRA parameters")
-    views.chart(figures.loss_curve(r["loss_curve"]), "loss_curve", "loss_curve")
-    st.caption(f"Perplexity protocol: {r['eval_protocol']}. Training: {r['calibration']['source']}, "
-               f"{r['train_windows'][0]} × {r['train_windows'][1]} tokens; targets {', '.join(r['target_modules'])}.")
+    if r.get("ppl_dense_lora") is not None:
+        c[3].metric("Dense + same LoRA", f"{r['ppl_dense_lora']:.2f}",
+                    help="The dense model given the same LoRA run on the same text: the fair reference")
+    c[4].metric("Training time", f"{r['seconds']:.0f} s", help=f"{r['trainable_params']:,} LoRA parameters")
+    st.markdown(f"**{h['headline']}**")
+    for msg in h["messages"]:
+        st.warning(msg, icon=":material/warning:")
+    st.dataframe(pd.DataFrame(honest_table(r)).set_index("model"), width="stretch", key="honest_table")
+    views.chart(loss_curves(r["loss_curve"], (r.get("dense_reference") or {}).get("loss_curve")), "loss_curve",
+                "loss_curve")
+    sd = r.get("second_domain") or {}
+    st.caption(f"Perplexity protocol: {r['eval_protocol']}." + (f" Second domain: {sd['protocol']}." if sd else "")
+               + f" Training: {r['calibration']['source']}, {r['train_windows'][0]} × {r['train_windows'][1]} "
+               f"tokens; targets {', '.join(r['target_modules'])}; the reference is trained with the same settings "
+               "and seed.")
     c1, c2 = st.columns([3, 1])
     name = c1.text_input("Export name", f"{lm.name.split(' ')[0]}-minus{k}of{L}-recovered", key="rec_export_name")
     if c2.button("Export recovered", key="export_recovered"):
@@ -109,8 +137,7 @@ if rec is not None:
             target = export_dir_under(exports.export_root(), name)
             target.parent.mkdir(parents=True, exist_ok=True)
             with st.spinner("Writing the merged checkpoint…"):
-                ev = Evaluation(ppl_dense=r["ppl_dense"], ppl_pruned=r["ppl_pruned"], ppl_recovered=r["ppl_recovered"],
-                                protocol=r["eval_protocol"])
+                ev = recovery_evaluation(r)
                 out, report = export_and_record(lm, plan, target, evaluation=ev, scores=scores, recovery=r,
                                                 force=True, make_zip=True, model=rec["model"])
             state.put("exports", exports.record_export(state.get("exports") or [], out, plan, report.evaluation,
@@ -152,6 +179,8 @@ for label, (_, pk) in models.items():
     if rec is not None:
         ppl = rec["report"].get(f"ppl_{label}")
     row = {"model": label, "blocks": L if label == "dense" else L - k, "ppl": ppl}
+    if rec is not None and rec["report"].get("second_domain"):
+        row["ppl (second domain)"] = rec["report"]["second_domain"].get(f"ppl_{label}")
     if a:
         row.update({t: round(100 * v, 2) for t, v in a["tasks"].items()})
         row["average"] = round(100 * a["average"], 2)

@@ -115,6 +115,10 @@ if sets_rows:
 st.header("Report")
 # the Export page's evaluation of this plan (records.Evaluation), if it ran one
 ppl = None if plan is None else exports.plan_evaluation(plan)
+rec = state.result("recovery")  # a LoRA recovery of this plan carries the honest comparison: report that
+if plan is not None and rec is not None and list(rec["plan_key"][1]) == list(plan.removed_layers) \
+        and rec.get("evaluation") is not None:
+    ppl = rec["evaluation"]
 try:
     sens = None  # the Calibration sensitivity page's comparison, when it ran on this model
     stored = state.get("sens_runs")

@@ -190,6 +190,93 @@ def evaluate_plan(lm, plan, windows: int, seq_len: int, text: str = "wikitext2",
     return Evaluation(ppl_dense=float(ppl_dense), ppl_pruned=float(p["ppl"]), tokens=int(tokens), protocol=protocol)
 
 
+def recover_and_compare(lm, kept_layers, train_ids, train_info: dict, config=None, eval_text: str = "wikitext2",
+                        eval_windows: int = 4, eval_seq_len: int = 256, second_text: str | None = "auto",
+                        dense_reference: bool = True, progress=None, dense_progress=None, should_stop=None):
+    """LoRA recovery of ``lm`` pruned to ``kept_layers``, with the honest references; returns (Recovery,
+    records.Evaluation).
+
+    ``train_info``: the training text as the caller resolved it ({"source": spec, ...}), recorded as
+    ``report["calibration"]``. Perplexities on ``eval_windows`` x ``eval_seq_len`` of ``eval_text``
+    (held out) and, with ``second_text`` ("auto": the shipped code sample, or the dialogue one when
+    code is the training or evaluation text; None: skip), on as many windows of that text as fit. With
+    ``dense_reference`` (and the dense source known: ``kept_layers`` given) the dense model gets the
+    same LoRA run on the same windows. ``report["honesty"]`` holds ``evaluation.honest.verdict``. Cost:
+    one LoRA run of the pruned model, one of the dense model with the reference, and the perplexities.
+    """
+    from .evaluation.evaluate import eval_windows as windows_of, protocol_note
+    from .evaluation.honest import second_domain_text, second_domain_windows, verdict
+    from .evaluation.recover import RecoveryConfig, recover
+
+    from dataclasses import replace
+
+    cfg = replace(config or RecoveryConfig(), eval_batch_size=eval_batch_size(lm.device))
+    eval_ids = windows_of(lm.tokenizer, eval_text, int(eval_seq_len), int(eval_windows))
+    protocol = protocol_note(lm.tokenizer, eval_text, int(eval_seq_len), int(eval_windows))
+    second_ids = second_protocol = None
+    if second_text:
+        if second_text == "auto":
+            second_text = second_domain_text(train_info.get("source"), eval_text)
+        second_ids, second_protocol = second_domain_windows(lm.tokenizer, second_text, int(eval_seq_len),
+                                                            int(eval_windows))
+    res = recover(lm, kept_layers, train_ids, cfg, eval_ids=eval_ids, eval_protocol=protocol, progress=progress,
+                  should_stop=should_stop, second_ids=second_ids, second_protocol=second_protocol,
+                  dense_reference=bool(dense_reference and kept_layers is not None), dense_progress=dense_progress)
+    r = res.report
+    r["calibration"] = dict(train_info)
+    r["eval_text"] = eval_text
+    if second_text:
+        r["second_domain"]["text"] = second_text
+    r["honesty"] = verdict(_treat(r), _treat(r.get("second_domain")), train_text=train_info.get("source"),
+                           eval_text=eval_text, treatment=f"LoRA ({cfg.steps} steps)", eval_name=_short(eval_text),
+                           second_name=_short(second_text))
+    return res, recovery_evaluation(r)
+
+
+def _treat(d: dict | None) -> dict | None:
+    if not d:
+        return None
+    return {"dense": d.get("ppl_dense"), "pruned": d.get("ppl_pruned"), "treated": d.get("ppl_recovered"),
+            "dense_treated": d.get("ppl_dense_lora")}
+
+
+def _short(spec: str | None) -> str:
+    """A text spec as a short name for sentences ("WikiText-2 test", "shipped code sample")."""
+    s = spec or "wikitext2"
+    if s in ("wikitext2", "wikitext2:test"):
+        return "WikiText-2 test"
+    if s.startswith("shipped:"):
+        return f"shipped {s.split(':', 1)[1]} sample"
+    return s if len(s) <= 40 else s[:39] + "…"
+
+
+def honest_table(report: dict) -> list[dict]:
+    """Rows (model, held-out ppl, second-domain ppl) of a recovery report: dense, pruned, recovered and
+    the dense model given the same LoRA, as the Recovery page shows them."""
+    sd = report.get("second_domain") or {}
+    held = f"ppl, {_short(report.get('eval_text'))}"
+    second = f"ppl, {_short(sd['text'])}" if sd.get("text") else "ppl, second domain"
+    rows = []
+    for label, key in (("dense", "ppl_dense"), ("pruned", "ppl_pruned"), ("pruned + LoRA", "ppl_recovered"),
+                       ("dense + same LoRA", "ppl_dense_lora")):
+        if report.get(key) is None and sd.get(key) is None:
+            continue
+        row = {"model": label, held: report.get(key)}
+        if sd:
+            row[second] = sd.get(key)
+        rows.append(row)
+    return rows
+
+
+def recovery_evaluation(report: dict) -> Evaluation:
+    """The ``records.Evaluation`` of a recovery report (its perplexities, references and verdict)."""
+    r = report
+    return Evaluation(ppl_dense=r.get("ppl_dense"), ppl_pruned=r.get("ppl_pruned"),
+                      ppl_recovered=r.get("ppl_recovered"), protocol=r.get("eval_protocol"),
+                      ppl_dense_lora=r.get("ppl_dense_lora"), second_domain=r.get("second_domain"),
+                      honesty=r.get("honesty"))
+
+
 def export_and_record(lm, plan, out_dir: str | Path, evaluation: Evaluation | dict | None = None, scores=None,
                       recovery: dict | None = None, force: bool = False, make_zip: bool = False,
                       dtype: torch.dtype | None = None, model=None) -> tuple[Path, ExportReport]:

@@ -7,6 +7,10 @@
 
 ``recover`` exports the merged checkpoint (loads with plain transformers, no peft) with
 ``simdiff_report.json`` holding the recovery report (loss curve, ppl dense / pruned / recovered).
+With ``--plan`` the dense model is given the same LoRA run as the fair reference (``ppl_dense_lora``),
+and every perplexity is also measured on a second-domain text (``second_domain``); the flags in
+``evaluation.honesty`` say when a number only looks good on the training corpus' domain
+(``evaluation/honest.py``).
 ``evaluate`` prints ``{"tasks": {name: accuracy}, "average": ..., "source": "lm-eval"|"offline", ...}``
 as the last stdout line; with ``--plan`` (or ``--baseline MODEL``) also ``retained_pct``.
 """
@@ -36,12 +40,10 @@ def _identity_plan(lm, source_dir: str | None):
 
 
 def cmd_recover(args) -> int:
-    from ..common.records import Evaluation
-    from ..evaluation.evaluate import eval_windows, protocol_note
     from ..evaluation.recover import RecoveryConfig, recover
     from ..models.device import pick_dtype
     from ..pruning.plan import Plan
-    from ..workflows import export_and_record
+    from ..workflows import export_and_record, recover_and_compare
 
     cfg = RecoveryConfig(steps=args.steps, rank=args.rank, lr=args.lr, lora_alpha=args.lora_alpha,
                          batch_size=args.batch_size or 2, seed=args.seed,
@@ -61,28 +63,34 @@ def cmd_recover(args) -> int:
     else:
         plan = _identity_plan(lm, args.model if os.path.isdir(args.model) else None)
     ids, calib = calib_from_args(args, lm)
-    eval_ids, protocol = None, None
-    if args.eval_windows > 0:
-        eval_ids = eval_windows(lm.tokenizer, args.text, args.eval_seq_len, args.eval_windows)
-        protocol = protocol_note(lm.tokenizer, args.text, args.eval_seq_len, args.eval_windows)
 
-    def progress(step, total, loss):
-        if step == 1 or step == total or step % max(1, total // 10) == 0:
-            progress_line(f"[recover] step {step}/{total} loss {loss:.4f}")
+    def printer(label):
+        def progress(step, total, loss):
+            if step == 1 or step == total or step % max(1, total // 10) == 0:
+                progress_line(f"[{label}] step {step}/{total} loss {loss:.4f}")
+        return progress
 
     kept = plan.kept_layers if plan.removed_layers else None
-    res = recover(lm, kept, ids, cfg, eval_ids=eval_ids, eval_protocol=protocol, progress=progress)
-    res.report["calibration"] = calib
     evaluation = None
-    if eval_ids is not None:
-        evaluation = Evaluation(ppl_dense=res.report.get("ppl_dense"), ppl_pruned=res.report.get("ppl_pruned"),
-                                ppl_recovered=res.report.get("ppl_recovered"), protocol=protocol)
+    if args.eval_windows > 0:
+        second = None if args.second_text == "none" else args.second_text
+        res, evaluation = recover_and_compare(lm, kept, ids, calib, cfg, eval_text=args.text,
+                                              eval_windows=args.eval_windows, eval_seq_len=args.eval_seq_len,
+                                              second_text=second, dense_reference=args.dense_reference,
+                                              progress=printer("recover"), dense_progress=printer("dense + same LoRA"))
+        for msg in evaluation.honesty["messages"]:
+            progress_line(f"note: {msg}", end=True)
+    else:
+        res = recover(lm, kept, ids, cfg, progress=printer("recover"))
+        res.report["calibration"] = calib
     dtype = pick_dtype(args.out_dtype) if args.out_dtype else None
     path, report = export_and_record(lm, plan, out, evaluation=evaluation, recovery=res.report, force=args.force,
                                      make_zip=args.zip, dtype=dtype, model=res.model)
     result = {"out": str(path), "num_layers": res.report["num_layers"], "steps": cfg.steps, "rank": cfg.rank,
               "train_loss_before": res.report["train_loss_before"], "train_loss_after": res.report["train_loss_after"],
               **report.to_dict().get("evaluation", {}), "seconds": res.report["seconds"]}
+    if evaluation is not None:
+        result["flags"] = evaluation.honesty["flags"]
     if args.zip:
         result["zip"] = str(path.with_suffix(".zip"))
     print_result(result)
@@ -157,6 +165,13 @@ def register(sub) -> None:
     s.add_argument("--text", default="wikitext2", help="held-out perplexity text (default: WikiText-2 test)")
     s.add_argument("--eval-windows", type=int, default=4, help="perplexity windows for the report (0 = skip)")
     s.add_argument("--eval-seq-len", type=int, default=256, help="perplexity window length for the report")
+    s.add_argument("--second-text", default="auto",
+                   help="second-domain perplexity text beside --text: auto (the shipped code sample, or the "
+                        "dialogue one when code is the training or evaluation text), shipped:code, "
+                        "shipped:dialogue, a path, or none")
+    s.add_argument("--no-dense-reference", dest="dense_reference", action="store_false",
+                   help="skip training the dense model the same way (the fair reference; needs --plan; "
+                        "costs a second LoRA run of the full-depth model)")
     s.add_argument("--out", required=True, help="output directory for the merged checkpoint")
     s.add_argument("--force", action="store_true", help="replace an existing output directory")
     s.add_argument("--zip", action="store_true", help="also write OUT.zip")

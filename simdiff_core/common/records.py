@@ -66,6 +66,12 @@ def _num(x):
     return None if x is None else float(x)
 
 
+def _dict(x, name: str):
+    if x is None or isinstance(x, dict):
+        return x
+    raise TypeError(f"{name} must be an object")
+
+
 @dataclass
 class Evaluation:
     """Perplexity of the dense and the pruned (and optionally recovered) model on the same windows."""
@@ -75,6 +81,10 @@ class Evaluation:
     ppl_recovered: float | None = None
     tokens: int | None = None          # predicted tokens per model
     protocol: str | None = None        # evaluate.protocol_note: text, windows x tokens, BOS
+    # Honest comparison (evaluation/honest.py) when the pruned model was trained on text:
+    ppl_dense_lora: float | None = None  # the dense model given the same LoRA run on the same text
+    second_domain: dict | None = None    # {"protocol", "ppl_dense", "ppl_pruned", "ppl_recovered", "ppl_dense_lora"}
+    honesty: dict | None = None          # honest.verdict: flags, messages, headline, ratios
 
     @property
     def measured(self) -> bool:
@@ -97,7 +107,10 @@ class Evaluation:
                      ppl_pruned=_num(d.get("ppl_pruned", d.get("after"))),
                      ppl_recovered=_num(d.get("ppl_recovered")),
                      tokens=None if d.get("tokens") is None else int(d["tokens"]),
-                     protocol=d.get("protocol", d.get("ppl_protocol")))
+                     protocol=d.get("protocol", d.get("ppl_protocol")),
+                     ppl_dense_lora=_num(d.get("ppl_dense_lora")),
+                     second_domain=_dict(d.get("second_domain"), "second_domain"),
+                     honesty=_dict(d.get("honesty"), "honesty"))
         except (TypeError, ValueError) as e:
             raise SimDiffError(f"malformed evaluation: {e}") from None
         return ev if ev.measured else None
@@ -159,7 +172,7 @@ class ExportReport:
         return {**((self.scores or {}).get("calibration") or {}), **(self.plan.get("calibration") or {})}
 
 
-_FLAT_EVAL = ("ppl_dense", "ppl_pruned", "ppl_recovered", "ppl_protocol", "tokens")
+_FLAT_EVAL = ("ppl_dense", "ppl_pruned", "ppl_recovered", "ppl_protocol", "tokens")  # the old flat shape only
 
 
 def read_report(d) -> ExportReport:

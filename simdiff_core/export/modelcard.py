@@ -134,12 +134,23 @@ def model_card(plan, report, lm) -> str:
     ev = rep.evaluation
     body += ["", "## Perplexity", ""]
     if ev is not None and ev.measured:
-        body += ["| model | perplexity |", "|---|---|",
-                 f"| original ({L} blocks) | {_fmt(ev.ppl_dense)} |",
-                 f"| pruned ({kept} blocks) | {_fmt(ev.ppl_pruned)} |"]
+        sd = ev.second_domain or {}
+        rows = [(f"original ({L} blocks)", ev.ppl_dense, sd.get("ppl_dense")),
+                (f"pruned ({kept} blocks)", ev.ppl_pruned, sd.get("ppl_pruned"))]
         if ev.ppl_recovered is not None:
-            body.append(f"| pruned + LoRA recovery ({kept} blocks) | {_fmt(ev.ppl_recovered)} |")
+            rows.append((f"pruned + LoRA recovery ({kept} blocks)", ev.ppl_recovered, sd.get("ppl_recovered")))
+        if ev.ppl_dense_lora is not None:
+            rows.append((f"original + the same LoRA ({L} blocks, reference)", ev.ppl_dense_lora,
+                         sd.get("ppl_dense_lora")))
+        if sd:
+            body += ["| model | perplexity | second domain |", "|---|---|---|"]
+            body += [f"| {n} | {_fmt(a)} | {_fmt(b)} |" for n, a, b in rows]
+        else:
+            body += ["| model | perplexity |", "|---|---|"] + [f"| {n} | {_fmt(a)} |" for n, a, _ in rows]
         body += ["", f"Protocol: {ev.protocol or 'not recorded'}" + (f" ({ev.tokens} tokens)." if ev.tokens else ".")]
+        if sd:
+            body.append(f"Second domain: {sd.get('protocol', 'not recorded')}.")
+        body += _honesty_lines(ev.honesty)
     else:
         body.append("Not measured at export time (run `simdiff ppl --model THIS_DIR`).")
 
@@ -158,6 +169,21 @@ def model_card(plan, report, lm) -> str:
         "",
     ]
     return "\n".join(front) + "\n\n" + "\n".join(body)
+
+
+def _honesty_lines(h: dict | None) -> list[str]:
+    """The honest-comparison verdict (``evaluation/honest.py``): its headline and every flag, in words."""
+    if not h:
+        return []
+    out = ["", "### Honest comparison", "", h.get("headline", "")]
+    if h.get("dense_gain_share") is not None:
+        out.append(f"The dense model given the same training gains {100 * h['dense_gain_share']:.0f} % as much "
+                   "(in log perplexity) as the pruned one: that share is adaptation to the training text, "
+                   "not repair of the removed blocks.")
+    if h.get("messages"):
+        out.append("")
+        out += [f"- **{code}**: {msg}" for code, msg in zip(h.get("flags", []), h["messages"])]
+    return out
 
 
 def push_to_hub(folder: str | Path, repo_id: str, private: bool = False,

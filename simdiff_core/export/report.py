@@ -188,6 +188,7 @@ def build_report_html(scores, damage=None, plan=None, ppl=None, agreement: list 
             rows.append(("pruned", after))
             rows.append(("ratio pruned / dense", after / before if before else None))
         parts.append(_kv(rows + [("protocol", ev.protocol)]))
+        parts += _honest_section(ev)
     else:
         parts.append("<p class='note'>Not measured (give --model and --plan to the report command, or "
                      "--ppl-before/--ppl-after).</p>")
@@ -200,6 +201,29 @@ def build_report_html(scores, damage=None, plan=None, ppl=None, agreement: list 
            f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>{_esc(title)}</title>"
            f"<style>{CSS}</style></head><body>" + "\n".join(parts) + "</body></html>")
     return doc, len(figs)
+
+
+def _honest_section(ev) -> list[str]:
+    """Recovered model beside the dense model given the same LoRA, on the held-out and a second-domain
+    text, with the verdict's flags (``evaluation/honest.py``); empty when nothing was recovered."""
+    if ev.ppl_recovered is None and ev.ppl_dense_lora is None and not ev.second_domain:
+        return []
+    sd = ev.second_domain or {}
+    rows = [[name, a, sd.get(key)] for name, a, key in (
+        ("dense", ev.ppl_dense, "ppl_dense"), ("pruned", ev.ppl_pruned, "ppl_pruned"),
+        ("pruned + LoRA", ev.ppl_recovered, "ppl_recovered"),
+        ("dense + same LoRA (reference)", ev.ppl_dense_lora, "ppl_dense_lora")) if a is not None or sd.get(key)]
+    out = ["<h2>Recovery: honest comparison</h2>",
+           "<p class='note'>The recovered model next to the dense model given the same LoRA run on the same text, "
+           f"on the held-out text and on a text from another domain ({_esc(sd.get('protocol', 'not measured'))}).</p>",
+           _table(["model", "held-out ppl", "second-domain ppl"], rows)]
+    h = ev.honesty or {}
+    if h.get("headline"):
+        out.append(f"<p><b>{_esc(h['headline'])}</b></p>")
+    if h.get("messages"):
+        out.append("<ul>" + "".join(f"<li class='bad'><code>{_esc(c)}</code>: {_esc(m)}</li>"
+                                    for c, m in zip(h.get("flags", []), h["messages"])) + "</ul>")
+    return out
 
 
 def _insight_sections(scores, plan, sens) -> list[str]:

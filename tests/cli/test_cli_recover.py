@@ -46,5 +46,34 @@ def test_evaluate_and_recover_cli(tiny, tmp_path):
     m = AutoModelForCausalLM.from_pretrained(dst)
     assert m.config.num_hidden_layers == 2
 
+    # with --plan: the dense model gets the same LoRA run, every ppl is also measured on the shipped code
+    # sample, and the report and card carry both (numbers checked against the reloaded checkpoint)
+    plan = tmp_path / "plan.json"
+    Plan(model=str(src), num_layers=2, removed_layers=[1]).save(plan)
+    dst = tmp_path / "recovered2"
+    r = run_cli("recover", "--model", src, "--plan", plan, "--calib", text, "--samples", "4", "--seq-len", "32",
+                "--steps", "2", "--rank", "2", "--lr", "5e-3", "--eval-windows", "1", "--eval-seq-len", "32",
+                "--out", dst)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    ev = json.loads((dst / "simdiff_report.json").read_text())["evaluation"]
+    assert res["ppl_dense_lora"] == ev["ppl_dense_lora"] and res["flags"] == ev["honesty"]["flags"]
+    sd = ev["second_domain"]
+    assert sd["text"] == "shipped:code" and set(sd) >= {"ppl_dense", "ppl_pruned", "ppl_recovered", "ppl_dense_lora"}
+    import torch
+
+    from simdiff_core.evaluation.evaluate import eval_windows, perplexity
+
+    tok = lm.tokenizer
+    reloaded = AutoModelForCausalLM.from_pretrained(dst, dtype=torch.float32).eval()
+    assert sd["ppl_recovered"] == pytest.approx(perplexity(reloaded, eval_windows(tok, "shipped:code", 32, 1), 1)["ppl"],
+                                                rel=1e-4)
+    dense = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+    assert sd["ppl_dense"] == pytest.approx(perplexity(dense, eval_windows(tok, "shipped:code", 32, 1), 1)["ppl"],
+                                            rel=1e-4)
+    card = (dst / "README.md").read_text()
+    assert "| model | perplexity | second domain |" in card and "original + the same LoRA" in card
+    assert "Honest comparison" in card
+
     r = run_cli("recover", "--model", src, "--calib", text, "--steps", "0", "--out", tmp_path / "x")
     assert r.returncode == 2 and "steps" in r.stderr and not (tmp_path / "x").exists()

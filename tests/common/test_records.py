@@ -107,6 +107,38 @@ def test_html_report_reads_the_same_evaluation(embedded_scores):
     assert section[0] == section[1]
 
 
+def test_honest_recovery_numbers_reach_report_card_and_html(tiny, embedded_scores):
+    """A recovery Evaluation with the dense + same-LoRA reference, a second-domain text and its verdict: the
+    report JSON round-trips it, and the model card and the HTML report print every number and flag."""
+    from simdiff_core.common.records import Evaluation, ExportReport, read_report
+    from simdiff_core.evaluation.honest import verdict
+    from simdiff_core.export.modelcard import model_card
+    from simdiff_core.export.report import build_report_html
+    from simdiff_core.pruning.plan import Plan, make_plan
+
+    sd = {"text": "shipped:code", "protocol": "code p", "ppl_dense": 9.5, "ppl_pruned": 30.25, "ppl_recovered": 12.75,
+          "ppl_dense_lora": 9.25}
+    h = verdict({"dense": 25.1, "pruned": 75.0, "treated": 24.0, "dense_treated": 16.0},
+                {"dense": 9.5, "pruned": 30.25, "treated": 12.75, "dense_treated": 9.25}, train_text="wikitext2")
+    ev = Evaluation(ppl_dense=25.1, ppl_pruned=75.0, ppl_recovered=24.0, protocol="p", ppl_dense_lora=16.0,
+                    second_domain=sd, honesty=h)
+    lm = tiny("llama", 4)
+    plan = Plan(model="t", num_layers=4, removed_layers=[2])
+    d = json.loads(ExportReport.build(lm, plan, evaluation=ev).to_json())
+    assert read_report(d).evaluation == ev
+    card = model_card(plan, d, lm)
+    assert "| original (4 blocks) | 25.100 | 9.500 |" in card
+    assert "| pruned + LoRA recovery (3 blocks) | 24.000 | 12.750 |" in card
+    assert "| original + the same LoRA (4 blocks, reference) | 16.000 | 9.250 |" in card
+    assert "Second domain: code p." in card and h["headline"] in card
+    for code in ("same_corpus", "below_dense_untrained_only", "below_dense_only_in_domain"):
+        assert f"**{code}**" in card
+    doc, _ = build_report_html(embedded_scores, plan=make_plan(embedded_scores, "cosine", num=3), ppl=ev)
+    section = re.search(r"<h2>Recovery: honest comparison</h2>(.*?)<h2>", doc, re.S).group(1)
+    assert "<td>dense + same LoRA (reference)</td><td>16</td><td>9.25</td>" in section
+    assert "below_dense_only_in_domain" in section and "code p" in section
+
+
 def test_old_plan_files_load_into_the_typed_recipe(embedded_scores, tmp_path):
     from simdiff_core.pruning.plan import Plan, Recipe, make_plan
 
