@@ -8,14 +8,17 @@
     for info in store.list(): ...              # unreadable runs carry a one-line .error; the others open
     with store.opened(run_id): ...             # held open: never evicted while held
 
-Layout: ``runs/index.sqlite`` (stdlib sqlite3, WAL mode) indexes ``runs/files/<id>.npz`` (one run file
-each, see codec.py). Why this way round and what a crash can do:
+Layout: ``runs/index.sqlite`` (stdlib sqlite3, WAL mode) indexes ``runs/files/<id>-<8 hex>.npz`` (one
+run file each, see codec.py; a fresh name per write, so replacing a run never overwrites the file its
+row still names). Why this way round and what a crash can do:
 
 * A save writes the run file under a temporary name (fsync), then, inside one ``BEGIN IMMEDIATE``
   transaction (the database's write lock), checks the key, renames the file into place and inserts
   its row. ``kill -9`` before the rename leaves a ``.tmp-*`` file (swept later); between the rename
   and the commit a file without a row (adopted by the next writable ``list()``); the index itself
-  is SQLite's own crash-safe transaction. Either way every other run still opens.
+  is SQLite's own crash-safe transaction. A delete renames the file to ``.del-*`` inside the
+  transaction that deletes the row, so a crash never brings a deleted run back. Either way every
+  other run still opens.
 * Two writers of one key (threads or processes on one ``$SIMDIFF_HOME``) serialise on that lock:
   the second sees the first's row and returns its id, so one key has one complete run.
 * A file that is missing, of the wrong size, fails its SHA-256 or does not decode gives a one-line
@@ -53,12 +56,13 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs(
   id TEXT PRIMARY KEY, key TEXT NOT NULL, partial INTEGER NOT NULL DEFAULT 0, name TEXT, model TEXT,
   text TEXT, samples INTEGER, seq_len INTEGER, tokens INTEGER, blocks INTEGER, created TEXT, seconds REAL,
-  size INTEGER, sha256 TEXT, pinned INTEGER NOT NULL DEFAULT 0, last_used REAL, error TEXT, meta TEXT);
+  size INTEGER, sha256 TEXT, pinned INTEGER NOT NULL DEFAULT 0, last_used REAL, error TEXT, meta TEXT, file TEXT);
 CREATE UNIQUE INDEX IF NOT EXISTS runs_complete_key ON runs(key) WHERE partial = 0;
 CREATE TABLE IF NOT EXISTS holds(token TEXT PRIMARY KEY, run_id TEXT NOT NULL, pid INTEGER, host TEXT, since REAL);
 """
 _COLS = ("id", "key", "partial", "name", "model", "text", "samples", "seq_len", "tokens", "blocks", "created",
-         "seconds", "size", "sha256", "pinned", "last_used", "error", "meta")
+         "seconds", "size", "sha256", "pinned", "last_used", "error", "meta", "file")
+_FILE = "COALESCE(file, id || '.npz')"  # rows written before the file column named <id>.npz
 
 # Holds of this process, shared by every RunStore object on the same folder: {(folder, run_id): count}.
 _LOCAL_HOLDS: dict[tuple[str, str], int] = {}
@@ -98,6 +102,7 @@ class RunInfo:
     last_used: float | None = None
     error: str | None = None      # one line when the run cannot be opened; None otherwise
     meta: dict = field(default_factory=dict)
+    file: str | None = None       # the run file's name under runs/files/
 
     @property
     def ok(self) -> bool:
@@ -191,6 +196,9 @@ class RunStore:
                 try:
                     con.execute("PRAGMA journal_mode=WAL")
                     con.executescript(_SCHEMA)
+                    if "file" not in {r[1] for r in con.execute("PRAGMA table_info(runs)")}:
+                        with contextlib.suppress(sqlite3.OperationalError):  # another process added it first
+                            con.execute("ALTER TABLE runs ADD COLUMN file TEXT")
                 except sqlite3.DatabaseError as e:
                     con.close()
                     raise SimDiffError(f"the run index {self.db_path} is unreadable ({e}); move it away and "
@@ -216,8 +224,8 @@ class RunStore:
             if con is not None:
                 con.close()
 
-    def _path(self, run_id: str) -> Path:
-        return self.files / f"{run_id}.npz"
+    def _path(self, info: RunInfo) -> Path:
+        return self.files / (info.file or f"{info.id}.npz")
 
     def _info(self, row) -> RunInfo:
         d = dict(zip(_COLS, row))
@@ -228,14 +236,15 @@ class RunStore:
         info = RunInfo(id=d["id"], key=d["key"], name=d["name"], model=d["model"], text=d["text"],
                        samples=d["samples"], seq_len=d["seq_len"], tokens=d["tokens"], blocks=d["blocks"],
                        created=d["created"], seconds=d["seconds"], size=d["size"] or 0, partial=bool(d["partial"]),
-                       pinned=bool(d["pinned"]), last_used=d["last_used"], error=d["error"], meta=meta)
+                       pinned=bool(d["pinned"]), last_used=d["last_used"], error=d["error"], meta=meta,
+                       file=d["file"] or f"{d['id']}.npz")
         if info.error is None:
             info.error = self._file_problem(info)
         return info
 
     def _file_problem(self, info: RunInfo) -> str | None:
         try:
-            st = self._path(info.id).stat()
+            st = self._path(info).stat()
         except FileNotFoundError:
             return "its run file is missing"
         except OSError as e:
@@ -286,34 +295,51 @@ class RunStore:
 
     def open(self, run_id: str) -> Run:
         """The run's Scores (validated) and RunInfo; SimDiffError with one line when it cannot be read."""
-        info = self.info(run_id)
-        if info.error:
-            raise SimDiffError(f"run {info.id} is unreadable: {info.error}")
-        try:
-            data = self._path(info.id).read_bytes()
-            if hashlib.sha256(data).hexdigest() != self._sha(info.id):
-                raise SimDiffError(f"{info.id}.npz is corrupt: its checksum does not match the one saved")
-            scores, _ = codec.read_run_bytes(data, f"{info.id}.npz")
-        except SimDiffError as e:
-            self._mark(info.id, str(e))
-            raise SimDiffError(f"run {info.id} is unreadable: {e}") from None
-        except OSError as e:
-            raise SimDiffError(f"run {info.id} is unreadable: {e.strerror or e}") from None
-        if not self.readonly:
-            with contextlib.suppress(sqlite3.Error, SimDiffError), self._db(write=True) as con:
-                con.execute("UPDATE runs SET last_used = ? WHERE id = ?", (time.time(), info.id))
-        return Run(info=info, scores=scores)
+        return self._open(run_id)[0]
+
+    def _open(self, run_id: str) -> tuple[Run, bytes]:
+        for attempt in range(3):
+            info = self.info(run_id)
+            if info.error:
+                if attempt < 2 and self._moved(info):
+                    continue  # replaced (recomputed) while we looked: read the new file
+                raise SimDiffError(f"run {info.id} is unreadable: {info.error}")
+            try:
+                data = self._path(info).read_bytes()
+                sha = self._sha(info.id)
+                if hashlib.sha256(data).hexdigest() != sha:
+                    raise SimDiffError(f"{info.file} is corrupt: its checksum does not match the one saved")
+                scores, _ = codec.read_run_bytes(data, info.file)
+            except (SimDiffError, OSError) as e:
+                if attempt < 2 and self._moved(info):
+                    continue
+                msg = str(e) if isinstance(e, SimDiffError) else f"cannot read {info.file}: {e.strerror or e}"
+                self._mark(info, msg)
+                raise SimDiffError(f"run {info.id} is unreadable: {msg}") from None
+            if not self.readonly:
+                with contextlib.suppress(sqlite3.Error, SimDiffError), self._db(write=True) as con:
+                    con.execute("UPDATE runs SET last_used = ? WHERE id = ?", (time.time(), info.id))
+            return Run(info=info, scores=scores), data
+        raise SimDiffError(f"run {run_id} keeps changing while it is read; try again")  # pragma: no cover
+
+    def _moved(self, info: RunInfo) -> bool:
+        """Whether the row now names another file than ``info`` did (a concurrent recompute replaced it)."""
+        with self._db() as con:
+            r = con.execute(f"SELECT {_FILE} FROM runs WHERE id = ?", (info.id,)).fetchone()
+        return r is not None and r[0] != info.file
 
     def _sha(self, run_id: str) -> str | None:
         with self._db() as con:
             r = con.execute("SELECT sha256 FROM runs WHERE id = ?", (run_id,)).fetchone()
         return r[0] if r else None
 
-    def _mark(self, run_id: str, error: str) -> None:
+    def _mark(self, info: RunInfo, error: str) -> None:
+        """Record a run's one-line error (only if its row still names the file that failed)."""
         if self.readonly:
             return
         with contextlib.suppress(sqlite3.Error, SimDiffError), self._db(write=True) as con:
-            con.execute("UPDATE runs SET error = ? WHERE id = ?", (error.splitlines()[0][:300], run_id))
+            con.execute(f"UPDATE runs SET error = ? WHERE id = ? AND {_FILE} = ?",
+                        (error.splitlines()[0][:300], info.id, info.file))
 
     # ------------------------------------------------------------------------------ writing
     def save(self, scores, meta: dict | None = None, partial: bool = False, key: str | None = None,
@@ -343,20 +369,25 @@ class RunStore:
         try:
             with self._db(write=True) as con:
                 row = con.execute("SELECT id, name, pinned FROM runs WHERE key = ? AND partial = 0", (key,)).fetchone()
-                pinned = 0
+                pinned, old_file = 0, None
                 if row is not None and not partial:
-                    if not replace and self._file_problem(self._one(con, row[0])) is None:
+                    old = self._one(con, row[0])
+                    if not replace and self._file_problem(old) is None:
                         return row[0]
                     con.execute("DELETE FROM runs WHERE id = ?", (row[0],))  # replaced (or a broken copy)
-                    run_id, name, pinned = row[0], name or row[1], row[2]
-                self._install(tmp, run_id)
+                    run_id, name, pinned, old_file = row[0], name or row[1], row[2], old.file
+                # a fresh file name per write: a replacement never overwrites the file its row still names
+                fname = f"{run_id}-{uuid.uuid4().hex[:8]}.npz"
+                self._install(tmp, fname)
                 con.execute(f"INSERT OR REPLACE INTO runs({', '.join(_COLS)}) VALUES ({', '.join('?' * len(_COLS))})",
                             (run_id, key, int(partial), name or meta.get("name"), meta.get("model"), meta.get("text"),
                              meta.get("samples"), meta.get("seq_len"), meta.get("tokens"), meta.get("blocks"),
                              meta["created"], meta.get("seconds"), len(data), hashlib.sha256(data).hexdigest(),
-                             pinned, time.time(), None, json.dumps(meta, default=str)))
+                             pinned, time.time(), None, json.dumps(meta, default=str), fname))
         finally:
             Path(tmp).unlink(missing_ok=True)
+        if old_file:
+            (self.files / old_file).unlink(missing_ok=True)  # after the commit: a crash leaves a stale file, swept later
         self._evict(keep=run_id)
         return run_id
 
@@ -376,8 +407,8 @@ class RunStore:
             raise SimDiffError(f"cannot write to the run library {self.files}: {e.strerror or e}") from None
         return tmp
 
-    def _install(self, tmp: str, run_id: str) -> None:
-        os.replace(tmp, self._path(run_id))
+    def _install(self, tmp: str, fname: str) -> None:
+        os.replace(tmp, self.files / fname)
 
     def rename(self, run_id: str, name: str | None) -> None:
         self._refuse("rename runs")
@@ -393,23 +424,40 @@ class RunStore:
             con.execute("UPDATE runs SET pinned = ? WHERE id = ?", (int(bool(pinned)), rid))
 
     def delete(self, run_id: str) -> None:
-        """Remove a run (its row and its file; the file first inside the transaction, so a crash never resurrects it)."""
+        """Remove a run: its file is renamed to ``.del-*`` inside the transaction that deletes its row, then
+        removed; a crash in between is finished by the next ``list()`` (the run never comes back)."""
         self._refuse("delete runs")
         rid = self.resolve(run_id)
         with self._db(write=True) as con:
-            con.execute("DELETE FROM runs WHERE id = ?", (rid,))
+            trash = self._trash(con, rid)
             con.execute("DELETE FROM holds WHERE run_id = ?", (rid,))
-            self._path(rid).unlink(missing_ok=True)
+        self._empty(trash)
+
+    def _trash(self, con, rid: str) -> list[Path]:
+        """Inside a write transaction: move the run's file to ``.del-<file>`` and delete its row."""
+        out = []
+        r = con.execute(f"SELECT {_FILE} FROM runs WHERE id = ?", (rid,)).fetchone()
+        if r is not None:
+            src, dst = self.files / r[0], self.files / f".del-{r[0]}"
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(src, dst)
+            out.append(dst)
+        con.execute("DELETE FROM runs WHERE id = ?", (rid,))
+        return out
+
+    @staticmethod
+    def _empty(trash: list[Path]) -> None:
+        for p in trash:
+            with contextlib.suppress(OSError):
+                p.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------------------ files in and out
     def export(self, run_id: str, path: str | Path) -> Path:
         """Write the run as one file: a run file (.npz, any other name) or, for a ``.json`` path, its plain scores.json."""
-        run = self.open(run_id)  # validates before anything is written
+        run, data = self._open(run_id)  # validates before anything is written
         path = Path(path)
         if path.suffix.lower() == ".json":
             data = run.scores.to_json().encode("utf-8")
-        else:
-            data = self._path(run.id).read_bytes()
         if not path.parent.exists():
             raise SimDiffError(f"output directory does not exist: {path.parent}")
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -424,8 +472,7 @@ class RunStore:
 
     def export_bytes(self, run_id: str) -> bytes:
         """The run file's bytes (for a download button), after validating it."""
-        run = self.open(run_id)
-        return self._path(run.id).read_bytes()
+        return self._open(run_id)[1]
 
     def import_file(self, path: str | Path, name: str | None = None) -> str:
         """Import a run file or a plain scores.json (validated, size-limited); returns the run id."""
@@ -510,7 +557,7 @@ class RunStore:
 
     def _evict(self, keep: str | None = None) -> list[str]:
         """Remove least recently used runs until the library fits the cap (never pinned, held or ``keep``)."""
-        removed = []
+        removed, trash = [], []
         with self._db(write=True) as con:
             total = int(con.execute("SELECT COALESCE(SUM(size), 0) FROM runs").fetchone()[0])
             if total <= self.max_bytes:
@@ -522,33 +569,56 @@ class RunStore:
                     break
                 if rid in held or rid == keep:
                     continue
-                con.execute("DELETE FROM runs WHERE id = ?", (rid,))
-                self._path(rid).unlink(missing_ok=True)
+                trash += self._trash(con, rid)
+                con.execute("DELETE FROM holds WHERE run_id = ?", (rid,))
                 total -= size or 0
                 removed.append(rid)
+        self._empty(trash)
         return removed
 
     # ------------------------------------------------------------------------------ recovery
     def _adopt_orphans(self) -> None:
-        """Index run files that have no row (a writer killed between rename and commit; a lost index)
-        and sweep temporary files older than an hour. Unreadable orphans are indexed with their error."""
+        """Repair what a killed writer can leave (all under the write lock, so never a live writer's files):
+        run files no row names are indexed (killed between rename and commit) or, when their run has a
+        row already, removed (the old file of a replaced run); ``.del-*`` files finish their deletion;
+        ``.tmp-*`` files older than an hour are removed. Unreadable orphans are indexed with their error."""
         try:
-            names = {p.stem: p for p in self.files.glob("*.npz") if not p.name.startswith(".")}
-            temps = [p for p in self.files.glob(".tmp-*")]
+            files = [p for p in self.files.glob("*.npz") if not p.name.startswith(".")]
+            trash = list(self.files.glob(".del-*"))
+            temps = list(self.files.glob(".tmp-*"))
         except OSError:
             return
         for p in temps:
             with contextlib.suppress(OSError):
                 if time.time() - p.stat().st_mtime > 3600:
                     p.unlink()
-        if not names:
+        if not files and not trash:
             return
         with self._db() as con:
-            known = {r[0] for r in con.execute("SELECT id FROM runs")}
-        for rid in sorted(set(names) - known):
-            self._adopt(rid, names[rid])
+            named = {r[0] for r in con.execute(f"SELECT {_FILE} FROM runs")}
+        if not trash and all(p.name in named for p in files):
+            return
+        with self._db(write=True) as con:
+            named = {r[0]: r[1] for r in con.execute(f"SELECT {_FILE}, id FROM runs")}
+            for p in trash:  # a delete or eviction killed before it finished
+                orig = p.name[len(".del-"):]
+                if orig in named:
+                    con.execute("DELETE FROM runs WHERE id = ?", (named.pop(orig),))
+                with contextlib.suppress(OSError):
+                    p.unlink()
+            ids = set(named.values())
+            for p in files:
+                if p.name in named or not p.exists():
+                    continue
+                rid = p.stem.split("-")[0]
+                if rid in ids:
+                    with contextlib.suppress(OSError):
+                        p.unlink()  # the replaced file of a run that has a newer one
+                    continue
+                self._adopt(con, rid, p)
+                ids.add(rid)
 
-    def _adopt(self, rid: str, path: Path) -> None:
+    def _adopt(self, con, rid: str, path: Path) -> None:
         try:
             data = path.read_bytes()
         except OSError:
@@ -564,16 +634,13 @@ class RunStore:
         if scores is not None:
             for k, v in run_meta(scores).items():
                 meta.setdefault(k, v)
-        with self._db(write=True) as con:
-            if con.execute("SELECT 1 FROM runs WHERE id = ?", (rid,)).fetchone():
-                return  # a writer got there first
-            if not partial and con.execute("SELECT 1 FROM runs WHERE key = ? AND partial = 0", (key,)).fetchone():
-                partial = True  # the key is already stored: keep this copy, but never as the key's run
-            con.execute(f"INSERT INTO runs({', '.join(_COLS)}) VALUES ({', '.join('?' * len(_COLS))})",
-                        (rid, key, int(partial), None, meta.get("model"), meta.get("text"), meta.get("samples"),
-                         meta.get("seq_len"), meta.get("tokens"), meta.get("blocks"),
-                         meta.get("created") or _now_iso(), meta.get("seconds"), len(data),
-                         hashlib.sha256(data).hexdigest(), 0, None, error, json.dumps(meta, default=str)))
+        if not partial and con.execute("SELECT 1 FROM runs WHERE key = ? AND partial = 0", (key,)).fetchone():
+            partial = True  # the key is already stored: keep this copy, but never as the key's run
+        con.execute(f"INSERT INTO runs({', '.join(_COLS)}) VALUES ({', '.join('?' * len(_COLS))})",
+                    (rid, key, int(partial), None, meta.get("model"), meta.get("text"), meta.get("samples"),
+                     meta.get("seq_len"), meta.get("tokens"), meta.get("blocks"),
+                     meta.get("created") or _now_iso(), meta.get("seconds"), len(data),
+                     hashlib.sha256(data).hexdigest(), 0, None, error, json.dumps(meta, default=str), path.name))
 
 
 def _alive(pid) -> bool:
