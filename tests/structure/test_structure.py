@@ -24,8 +24,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PKG = ROOT / "simdiff_core"
-STAGES = ["common", "models", "data", "analysis", "pruning", "evaluation", "methods", "export", "runs", "workflows",
-          "cli"]
+STAGES = ["common", "models", "data", "analysis", "pruning", "repair", "evaluation", "methods", "export", "runs",
+          "workflows", "cli"]
 FORBIDDEN = {"streamlit", "ui", "pages", "bench", "app", "tests", "conftest"}
 _MODULE_STRING = re.compile(r"simdiff_core(\.\w+)+")
 TESTS = ROOT / "tests"
