@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import streamlit as st
 
-from ui import shell
+from ui import links, shell
 
 shell.setup_page("SimDiff Explorer")
+links.restore()  # a refresh or a shared link: reopen its run and view (ui/links.py)
 nav = st.navigation({section: [st.Page(path, title=title, icon=icon, default=(key == "load"))
                                for key, path, title, icon in entries]
                      for section, entries in shell.NAV.items()})
 shell.show_status(st.sidebar.empty())
+links.publish()
 nav.run()

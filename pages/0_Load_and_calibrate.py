@@ -11,7 +11,7 @@ from __future__ import annotations
 import streamlit as st
 
 from simdiff_core.models.load import display_name
-from ui import calibration, models, shell, state, views
+from ui import calibration, links, models, shell, state, views
 
 EMBEDDED = {"Embedded SmolLM2-135M (default, offline)": "default", "Embedded Gemma3-270M (offline)": "gemma3-270m"}
 OTHER = ["Hugging Face hub id", "Local model directory", "GGUF file"]
@@ -79,15 +79,17 @@ st.markdown("Which transformer blocks of a causal LM are redundant? Load a model
 if state.get("calib_cancelled"):
     calibration.recover_cancelled()
 
-if go:
+recompute = bool(state.pop("_recompute", False))  # the Recompute button below (a run from the library)
+if go or recompute:
     try:
         calibration.run(calibration.Request(
             spec=spec, source=source, samples=int(samples), seq_len=int(seq_len), device=device, dtype=dtype,
             trust_remote_code=trust, stream=stream, budget_mb=float(budget), first_token=bool(first_token),
-            upload=upload, pasted=pasted, hf_name=hf_name))
+            upload=upload, pasted=pasted, hf_name=hf_name, recompute=recompute))
     except Exception as e:  # noqa: BLE001 — every failure becomes one st.error line
         views.show_error(e)
     shell.show_status()
+    links.publish()  # the URL names the new run
 
 # ---- render ----
 lm = models.current_lm()
@@ -104,6 +106,19 @@ if streamed and lm is None:
     n1.page_link(shell.PAGES["curves"], label="Layer curves & heatmaps", icon=":material/show_chart:")
     n2.page_link(shell.PAGES["preview"], label="Prune preview", icon=":material/content_cut:")
     st.info("Export & evaluate needs the model in memory: untick streaming and load it normally.")
+    st.stop()
+if lm is None and scores is not None and state.get("run_id"):
+    # an opened run (Runs page, a link): its scores are here, its model is loaded only where a page runs it
+    info = state.get("calib_info") or {}
+    st.subheader(display_name(scores.model))
+    st.success(f"Run {state.get('run_id')} from the run library (computed {info.get('computed', '?')}): "
+               f"{scores.num_layers} blocks scored on {info.get('samples')} × {info.get('seq_len')} tokens of "
+               f"{info.get('source')}. The model is not loaded: the curves and the preview need none.",
+               icon=":material/inventory:")
+    n1, n2, n3 = st.columns(3)
+    n1.page_link(shell.PAGES["curves"], label="Layer curves & heatmaps", icon=":material/show_chart:")
+    n2.page_link(shell.PAGES["preview"], label="Prune preview", icon=":material/content_cut:")
+    n3.page_link(shell.PAGES["runs"], label="All runs", icon=":material/inventory:")
     st.stop()
 if lm is None:
     st.info("Nothing loaded yet. The embedded default model is preselected: press **Load & calibrate** "
@@ -123,6 +138,13 @@ info = state.get("calib_info") or {}
 if info.get("partial"):
     st.info(f"Partial calibration ({info['partial']}, cancelled): {info.get('samples')} × {info.get('seq_len')} "
             f"tokens of {info.get('source')}.", icon=":material/hourglass_bottom:")
+elif state.get("run_from_library"):
+    lib = state.get("run_from_library")
+    st.success(f"Calibrated on {info.get('samples')} × {info.get('seq_len')} tokens of {info.get('source')}: "
+               f"from the run library, computed {lib['computed']} (same weights, text and settings; run "
+               f"{lib['run']}).", icon=":material/inventory:")
+    st.button("Recompute", key="recompute", on_click=state.put, args=("_recompute", True),
+              help="Calibrate again instead of reopening the stored run (the new scores replace it).")
 else:
     st.success(f"Calibrated on {info.get('samples')} × {info.get('seq_len')} tokens of {info.get('source')} "
                f"in {info.get('seconds')} s (forward pass {info.get('forward_seconds', 0):.1f} s).",

@@ -15,7 +15,7 @@ from simdiff_core import SimDiffError
 from simdiff_core.analysis import uncertainty
 from simdiff_core.analysis.score import protocol as score_protocol
 from simdiff_core.export import figures as charts
-from ui import live_slider, models, settings, shell, state, views
+from ui import links, live_slider, models, settings, shell, state, views
 
 shell.setup_page("Layer curves")
 
@@ -25,15 +25,15 @@ with st.sidebar:
                            help="Divide each token's difference by its input norm (hidden-state norms grow with "
                                 "depth). Off: raw MSSD/MASD.")
     state.put("scale_free", scale_free)
-    log_mssd = st.toggle("Log scale for MSSD/MASD", key="log_mssd", value=False,
+    log_mssd = st.toggle("Log scale for MSSD/MASD", **links.seeded("log_mssd", False),
                          help="MSSD and MASD are dominated by a few outlier blocks; a log axis shows the rest.")
-    clip = st.toggle("Clip outlier blocks", key="clip_outliers", value=True, disabled=log_mssd,
+    clip = st.toggle("Clip outlier blocks", **links.seeded("clip_outliers", True), disabled=log_mssd,
                      help="Fit the MSSD/MASD axes to the other blocks and write the outliers' values (▲) at the top "
                           "edge. Outlier: above 5 × the 90th percentile of the blocks.")
-    show_bands = st.toggle("Bootstrap bands", key="show_bands", value=True,
+    show_bands = st.toggle("Bootstrap bands", **links.seeded("show_bands", True),
                            help="Shade each curve's confidence band: percentile bootstrap over the calibration windows "
                                 "(200 resamples, seed 0). Needs at least 2 windows.")
-    level = st.select_slider("Band level", [0.8, 0.9, 0.95], value=0.9, key="band_level", disabled=not show_bands,
+    level = st.select_slider("Band level", [0.8, 0.9, 0.95], **links.seeded("band_level", 0.9), disabled=not show_bands,
                              format_func=lambda v: f"{v:.0%}")
     views.run_marker("curves_page", state.count_run("curves_page"))
 
@@ -96,6 +96,7 @@ def curves_panel():
                       help="Weight of similarity (1 − cosine) against difference (MSSD, MASD). α = 1 is cosine-only.")
     alpha = round(alpha, 2)  # the slider's 0.05 grid, as the precomputed payload (no float noise)
     state.put("alpha", alpha)
+    links.publish()  # a fragment run: app.py does not run, so the URL follows the sliders here
     dropped = []
     criterion = state.get("criterion", "simdiff")
     payload = live = None

@@ -17,7 +17,7 @@ from simdiff_core.analysis import uncertainty
 from simdiff_core.pruning import stability
 from simdiff_core.pruning.plan import count_from_ratio
 from simdiff_core.export import figures as charts
-from ui import live_chart, live_slider, models, settings, shell, state, views
+from ui import links, live_chart, live_slider, models, settings, shell, state, views
 
 shell.setup_page("Prune preview")
 scores = state.get("scores")
@@ -152,6 +152,7 @@ def preview():
                         disabled=criterion != "simdiff", help="Only used by the simdiff criterion.")
     alpha = round(alpha, 2)  # the slider's 0.05 grid, as the precomputed payload (no float noise)
     state.put("alpha", alpha)
+    links.publish()  # a fragment run: app.py does not run, so the URL follows the controls here
     try:
         plan = settings.current_plan(scores)
     except SimDiffError as e:

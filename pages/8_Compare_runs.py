@@ -1,14 +1,13 @@
 """Two scored runs side by side: curves overlaid, heatmaps side by side on a shared colour scale.
 
 A run is the session's current scores, a run pinned earlier in this session (another model, another
-calibration, a pruned or recovered model scored later), or a ``scores.json`` uploaded from disk (what
-``python -m simdiff_core score`` writes; validated, one st.error line if it is not one). Runs with
+calibration, a pruned or recovered model scored later), or any run of the run library (the Runs page:
+every calibration, and the ``scores.json`` / run files imported there, validated, e.g. what
+``python -m simdiff_core score`` wrote on another machine); library runs are read only when chosen. Runs with
 different block counts are overlaid on relative depth (``sensitivity.relative_depth``).
 """
 
 from __future__ import annotations
-
-import json
 
 import numpy as np
 import pandas as pd
@@ -17,34 +16,29 @@ import streamlit as st
 from simdiff_core import SimDiffError, score_model
 from simdiff_core.analysis.metrics import METRIC_KEYS
 from simdiff_core.analysis.score import counts_first_token
-from simdiff_core.analysis.score import Scores
 from simdiff_core.models.load import wrap_model
 from simdiff_core.pruning.prune import pruned_model
 from simdiff_core.pruning.sensitivity import overlay_frame
 from simdiff_core.export import figures as charts
-from ui import models, settings, shell, state, views
+from ui import models, runs as library, settings, shell, state, views
 
 shell.setup_page("Compare runs")
 st.title("Compare runs")
 st.markdown("Overlay the curves of two scored runs: two models, one model on two texts, base vs pruned, or a "
-            "`scores.json` a colleague sent.")
+            "run of the library (import a colleague's `scores.json` on the **Runs** page).")
 
 runs: dict = dict(state.get("pinned_runs") or {})
 current = state.get("scores")
 if current is not None:
     runs = {"current session": current, **runs}
-
-
-def parse_upload(f) -> Scores:
-    """A scores.json from the uploader, or SimDiffError with one line."""
-    try:
-        d = json.loads(f.getvalue().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SimDiffError(f"'{f.name}' is not a scores JSON file: {str(e).splitlines()[0][:120]}") from None
-    if not isinstance(d, dict) or "layers" not in d or "num_layers" not in d:
-        raise SimDiffError(f"'{f.name}' is not a SimDiff scores file (no 'layers'/'num_layers'); "
-                           "write one with: python -m simdiff_core score --out scores.json")
-    return Scores.from_dict(d)
+try:
+    infos = library.store().list()
+except (SimDiffError, OSError) as e:
+    infos = []
+    views.show_error(e)
+# library runs by name (the session's own run is "current session"); read from disk only when chosen
+lib = {f"run: {i.label} · {library.run_date(i)} · {i.id}": i.id for i in infos
+       if i.ok and (i.id != state.get("run_id") or current is None)}
 
 
 with st.sidebar:
@@ -80,26 +74,52 @@ with st.sidebar:
                 st.rerun()
             except SimDiffError as e:
                 views.show_error(e)
-    up = st.file_uploader("Upload a scores.json", type=["json"], key="runs_upload")
-    if up is not None:
-        try:
-            runs[f"upload: {up.name}"] = parse_upload(up)
-        except SimDiffError as e:
-            views.show_error(e)
+    st.page_link(shell.PAGES["runs"], label="Import a scores.json (Runs)", icon=":material/inventory:")
 
-if len(runs) < 2:
+if len(runs) + len(lib) < 2:
     st.info("Two runs are needed: pin the current scores (sidebar), then calibrate another model or text on "
-            "Load & calibrate, or upload a saved `scores.json`.", icon=":material/arrow_back:")
+            "Load & calibrate, or import a saved `scores.json` on the Runs page.", icon=":material/arrow_back:")
     st.stop()
 
-names = list(runs)
+names = list(runs) + list(lib)
+picked = state.get("compare_library") or []
+if picked:  # the Runs page's "Compare": preselect its two runs once
+    state.put("compare_library", [])
+    by_id = {v: k for k, v in lib.items()}
+    for key, rid in zip(("run_a", "run_b"), picked):
+        if rid in by_id:
+            state.put(key, by_id[rid])
+        elif rid == state.get("run_id") and "current session" in runs:
+            state.put(key, "current session")
+for key in ("run_a", "run_b"):
+    if state.has(key) and state.get(key) not in names:
+        state.pop(key)
 c = st.columns(2)
-a = c[0].selectbox("Run A", names, index=0, key="run_a")
-b = c[1].selectbox("Run B", names, index=1, key="run_b")
+a = c[0].selectbox("Run A", names, key="run_a", **({} if state.has("run_a") else {"index": 0}))
+b = c[1].selectbox("Run B", names, key="run_b", **({} if state.has("run_b") else {"index": 1}))
 if a == b:
     st.error("choose two different runs")
     st.stop()
-A, B = runs[a], runs[b]
+
+
+def _scores(name: str):
+    if name in runs:
+        return runs[name]
+    memo = state.get("_library_scores") or {}
+    rid = lib[name]
+    if rid not in memo:
+        while len(memo) >= 2:  # only the pair on screen is kept in the session
+            memo.pop(next(iter(memo)))
+        memo[rid] = library.store().open(rid).scores
+        state.put("_library_scores", memo)
+    return memo[rid]
+
+
+try:
+    A, B = _scores(a), _scores(b)
+except (SimDiffError, OSError) as e:
+    views.show_error(e)
+    st.stop()
 pair = {a: A, b: B}
 diff_depth = A.num_layers != B.num_layers
 metric = st.selectbox("Metric", list(METRIC_KEYS), index=0, key="runs_metric")

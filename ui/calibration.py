@@ -19,7 +19,7 @@ from simdiff_core.data.text import load_text
 from simdiff_core.export import figures
 from simdiff_core.models.load import display_name
 from simdiff_core.workflows import calibrate, calibration_info
-from ui import models, shell, state, views
+from ui import models, runs, shell, state, views
 
 
 @dataclass(frozen=True)
@@ -73,9 +73,17 @@ class Request:
     upload: object = None
     pasted: str | None = None
     hf_name: str | None = None
+    recompute: bool = False          # calibrate even where the run library holds this calibration
 
     def text(self):
         return load_source(self.source, self.upload, self.pasted, self.hf_name)
+
+    def text_spec(self) -> str | None:
+        """The text as a spec that reloads it (shipped texts, datasets), kept with the run so that a page
+        loading an opened run's model can rebuild its windows; None for an upload or a pasted text."""
+        if self.source.spec is not None:
+            return self.source.spec
+        return f"hf:{self.hf_name.strip()}" if self.source.key == "hf" and (self.hf_name or "").strip() else None
 
     def model_spec(self) -> dict:
         return {"spec": self.spec, "device": self.device, "dtype": self.dtype,
@@ -103,6 +111,11 @@ def run(req: Request) -> None:
     new_spec = req.model_spec()
     src = req.text()
     ids = make_windows(lm.tokenizer, src, int(req.samples), int(req.seq_len))
+    # Identical weights, windows and options give identical scores: reopen the stored run instead of
+    # recomputing (Load & calibrate's Recompute button sets req.recompute).
+    key, settings = runs.calibration_key(lm, ids, bool(req.first_token))
+    if not req.recompute and runs.reopen(key, new_spec, ids):
+        return
     bar = st.progress(0.0, text="Calibrating…")
     stop = st.empty()
     # A click on Cancel makes Streamlit rerun the page, which interrupts the pass at the next progress
@@ -115,7 +128,7 @@ def run(req: Request) -> None:
         # session so that Cancel (which interrupts this run) can keep them as usable partial scores.
         done, total = partial.meta["partial"]["windows"], partial.meta["partial"]["of"]
         state.put("_partial_calib", {"scores": partial, "ids": ids[:done], "source": src.description, "t0": t0,
-                                     "model_spec": new_spec})
+                                     "model_spec": new_spec, "settings": settings, "text_spec": req.text_spec()})
         spec = figures.curves_spec(figures.curves_base(partial.layers, scale_free=bool(state.get("scale_free", True))))
         spec["layout"] = dict(spec["layout"], title={"text": f"Partial: {done} of {total} windows", "x": 0})
         with live.container():
@@ -139,6 +152,8 @@ def run(req: Request) -> None:
     live.empty()
     info["seconds"] = round(time.perf_counter() - t0, 1)  # model load included
     install(new_spec, scores, ids, info)
+    state.put("run_id", runs.save_calibration(scores, new_spec, info, key=key, settings=settings,
+                                              text_spec=req.text_spec(), replace=req.recompute))
 
 
 def _run_streamed(req: Request, t0: float) -> None:
@@ -155,8 +170,12 @@ def _run_streamed(req: Request, t0: float) -> None:
                           dtype=req.dtype, progress=lambda f, msg: bar.progress(min(f, 1.0), text=f"Streaming: {msg}"),
                           calibration={"source": src.description}, source=req.spec)
     bar.empty()
-    install(None, scores, ids, calibration_info(src.description, ids, time.perf_counter() - t0, scores.meta["seconds"],
-                                                streamed=scores.meta.get("stream", True)))
+    info = calibration_info(src.description, ids, time.perf_counter() - t0, scores.meta["seconds"],
+                            streamed=scores.meta.get("stream", True))
+    install(None, scores, ids, info)
+    # saved for the library and links; an opened streamed run never loads its (too big) model on demand
+    state.put("run_id", runs.save_calibration(scores, dict(req.model_spec(), streamed=True), info,
+                                              text_spec=req.text_spec()))
 
 
 def recover_cancelled() -> None:
@@ -170,9 +189,12 @@ def recover_cancelled() -> None:
     # keep what the interrupted pass measured: usable scores over the windows scored so far
     ps = part["scores"]
     done, total = ps.meta["partial"]["windows"], ps.meta["partial"]["of"]
-    install(part["model_spec"], ps, part["ids"],
-            calibration_info(part["source"], part["ids"], time.perf_counter() - part["t0"], 0.0,
-                             partial=f"{done} of {total} windows"))
+    info = calibration_info(part["source"], part["ids"], time.perf_counter() - part["t0"], 0.0,
+                            partial=f"{done} of {total} windows")
+    install(part["model_spec"], ps, part["ids"], info)
+    # kept in the library too, marked partial (never reopened in place of a full calibration)
+    state.put("run_id", runs.save_calibration(ps, part["model_spec"], info, settings=part.get("settings"),
+                                              text_spec=part.get("text_spec"), partial=True))
     shell.show_status()
     st.warning(f"Calibration cancelled after {done} of {total} windows: the curves and the preview use those "
                f"{done} windows (partial scores, no heatmaps). Calibrate again for the full set.",

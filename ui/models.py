@@ -60,7 +60,9 @@ def guard(msg: str) -> None:
 
 
 def require_model():
-    lm = current_lm()
+    from ui import runs
+
+    lm = runs.ensure_model()  # an opened run's model (Runs page, a link) is loaded here, on demand
     if lm is None:
         guard("Load a model first: pick one on the **Load & calibrate** page.")
     return lm

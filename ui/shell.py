@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # The navigation of app.py: section -> (key, page file, title, icon). PAGES maps a key to its file.
 NAV = {
     "Explore": [
+        ("runs", "pages/10_Runs.py", "Runs", ":material/inventory:"),
         ("load", "pages/0_Load_and_calibrate.py", "Load & calibrate", ":material/science:"),
         ("curves", "pages/1_Layer_curves.py", "Layer curves", ":material/show_chart:"),
         ("preview", "pages/2_Prune_preview.py", "Prune preview", ":material/content_cut:"),

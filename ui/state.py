@@ -53,6 +53,11 @@ class Session:
     exports: list = field(default_factory=list)    # files on disk: still there after a recalibration
     pinned_runs: dict = field(default_factory=dict)  # Compare runs: runs the user pinned, kept on purpose
     calib_cancelled: bool = False
+    # the run library (ui/runs.py): the run shown (the URL's ``run``), how to load an opened run's model
+    run_id: str | None = None
+    run_model: dict | None = None
+    run_from_library: dict | None = None   # the stored run a calibration reopened instead of recomputing
+    compare_library: list = field(default_factory=list)  # Runs page -> Compare runs: two run ids
     # the model and its calibration: replaced together by new_calibration()
     model_spec: dict | None = None   # spec, device, dtype, trust_remote_code (None: streamed, nothing held)
     scores: object = None            # simdiff_core.Scores
@@ -105,6 +110,11 @@ def pop(name: str, default=None):
     return st.session_state.pop(name, default)
 
 
+def has(name: str) -> bool:
+    """Whether the session holds ``name`` (a plain widget key: set by a link, or by the widget itself)."""
+    return name in st.session_state
+
+
 # ---------------------------------------------------------------------------------------- results and tags
 def tag() -> str | None:
     """The current calibration's tag (None before the first calibration)."""
@@ -133,6 +143,8 @@ def result(name: str):
 def new_calibration(model_spec: dict | None, scores, calib_ids, calib_info: dict) -> None:
     """Install a new model/calibration: every result is reset and a fresh tag marks what follows."""
     clear_results()
+    for k in ("run_id", "run_model", "run_from_library"):  # the caller says which run this is (ui/runs.py)
+        st.session_state[k] = None
     st.session_state["model_spec"] = model_spec
     st.session_state["scores"] = scores
     st.session_state["calib_ids"] = calib_ids

@@ -143,27 +143,33 @@ def test_drill_down_page_lists_the_library_top_tokens(calibrated):
     assert table.count("<mark>") == 5 and f"{ref.top[0]['value']:.4g}" in table
 
 
-def test_compare_runs_pins_uploads_validates_and_shares_the_colour_scale(calibrated, tmp_path):
+def test_compare_runs_pins_imports_validates_and_shares_the_colour_scale(calibrated, tmp_path):
     at = calibrated
     at.switch_page("pages/8_Compare_runs.py").run()
-    assert not at.exception and at.info
+    assert not at.exception
     at.text_input(key="pin_name").set_value("base")
     at.button(key="pin_btn").click().run()
     assert not at.exception and list(at.session_state["pinned_runs"]) == ["base"]
-    at.file_uploader(key="runs_upload").set_value(("bad.json", b"{not json", "application/json")).run()
-    assert len(at.error) == 1 and "not a scores JSON file" in at.error[0].value and not at.exception
-    at.file_uploader(key="runs_upload").set_value(("plan.json", b'{"removed_layers": [1]}', "application/json")).run()
-    assert len(at.error) == 1 and "not a SimDiff scores file" in at.error[0].value
+    # files from elsewhere come in through the Runs page's import (validated, one error line each)
+    at.switch_page("pages/10_Runs.py").run()
+    for name, data in (("bad.json", b"{not json"), ("plan.json", b'{"removed_layers": [1]}')):
+        at.file_uploader(key="runs_import").set_value((name, data, "application/json")).run()
+        at.button(key="runs_import_btn").click().run()
+        assert len(at.error) == 1 and "\n" not in at.error[0].value and not at.exception, [e.value for e in at.error]
     # a saved scores.json of a 6-block model: overlaid on relative depth
     from simdiff_core.analysis.score import Scores
 
     sc = at.session_state["scores"]
     small = Scores("six", 6, [dict(l, index=i) for i, l in enumerate(sc.layers[:6])], matrices={
         "output_cosine": [[1.0 if i == j else -0.5 for j in range(6)] for i in range(6)]})
-    at.file_uploader(key="runs_upload").set_value(("s.json", json.dumps(small.to_dict()).encode(),
+    at.file_uploader(key="runs_import").set_value(("s.json", json.dumps(small.to_dict()).encode(),
                                                    "application/json")).run()
-    assert not at.exception and not at.error
-    at.selectbox(key="run_b").set_value("upload: s.json").run()
+    at.button(key="runs_import_btn").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    at.switch_page("pages/8_Compare_runs.py").run()
+    six = [o for o in at.selectbox(key="run_b").options if o.startswith("run: six · ")]
+    assert len(six) == 1
+    at.selectbox(key="run_b").set_value(six[0]).run()
     assert at.toggle(key="runs_relative").value is True
     spec = _spec(at)
     xs = [arr(t["x"]) for t in spec["data"] if t.get("mode") == "lines+markers"]
