@@ -161,6 +161,7 @@ def ensure_model():
         except SimDiffError:
             pass  # the pages that need windows say so
     note.caption(f"Loaded {name} for the open run.")
+    shell.show_status()
     return lm
 
 

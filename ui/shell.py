@@ -82,8 +82,11 @@ def session_summary() -> str:
     info = state.get("calib_info") or {}
     src = str(info.get("source", "?"))
     src = src if len(src) <= 40 else src[:39] + "…"
-    return (f"Scored: {scores.model} · {scores.num_layers} blocks · {info.get('samples', '?')} × "
+    line = (f"Scored: {scores.model} · {scores.num_layers} blocks · {info.get('samples', '?')} × "
             f"{info.get('seq_len', '?')} tokens of {src}")
+    if state.get("run_id"):  # a run of the library (ui/runs.py): opened ones have no model until a page needs it
+        line += f" · run {state.get('run_id')}" + ("" if state.get("model_spec") else " · model not loaded")
+    return line
 
 
 def show_status(slot=None) -> None:
