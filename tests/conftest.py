@@ -28,19 +28,6 @@ atexit.register(shutil.rmtree, _SUITE_HOME, True)
 torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _run_library(tmp_path_factory):
-    """The app and the CLI save every calibration into the run library: in tests, a temporary one
-    ($SIMDIFF_HOME), never the user's ~/.cache/simdiff (the model cache, $SIMDIFF_CACHE, stays shared)."""
-    old = os.environ.get("SIMDIFF_HOME")
-    os.environ["SIMDIFF_HOME"] = str(tmp_path_factory.mktemp("simdiff_home"))
-    yield
-    if old is None:
-        os.environ.pop("SIMDIFF_HOME", None)
-    else:
-        os.environ["SIMDIFF_HOME"] = old
-
-
 @pytest.fixture(scope="session")
 def embedded_lm():
     from simdiff_core import load_model
