@@ -24,7 +24,8 @@ How (the order sequential pruning codebases use): the model skeleton is built on
    the blocks replaced by replayers returning the streamed final hidden states, so family-specific
    head logic (logit soft-capping, scaled embeddings) is the model's own code.
 
-Resident weights never exceed max(embeddings, one block, norm + head); ``memory_budget_mb`` is
+Resident weights never exceed max(one block, norm + head) plus the embedding rows the calibration
+tokens use (the table is read as row ranges, never whole: 2 GB at 128k x 4096 float32); ``memory_budget_mb`` is
 checked before anything is loaded (a one-line ``SimDiffError`` says what the minimum is) and the
 peak of materialised parameter bytes is recorded in ``Scores.meta["stream"]``. Activations are not
 weights: all calibration hidden states (N x S x H) stay on the device, as in the in-memory pass.
@@ -101,6 +102,7 @@ def stream_score(
         raise SimDiffError("calibration input must be a non-empty (N, S) tensor of token ids")
     t0 = time.perf_counter()
     sm = StreamedModel(model_dir, device, dtype, memory_budget_mb)
+    sm.check_budget(head=False)
     L = len(sm.blocks)
     N, S = input_ids.shape
     bs = batch_size or auto_batch_size(sm.device, S)
@@ -143,6 +145,6 @@ def stream_score(
         meta={"seconds": round(time.perf_counter() - t0, 3), "batch_size": bs, "device": str(sm.device),
               "dtype": str(sm.dtype).replace("torch.", ""), "simdiff_alpha": 0.5,
               "family": getattr(sm.model.config, "model_type", "unknown"), "version": _version(),
-              "stream": stream_meta(sm)},
+              "stream": stream_meta(sm, head=False)},
         windows=total.windows(),
     )

@@ -49,9 +49,9 @@ def add_ratio_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--no-keep-last", dest="keep_last", action="store_false", help="allow removing the last block")
 
 
-def add_stream_args(p: argparse.ArgumentParser) -> None:
+def add_stream_args(p: argparse.ArgumentParser, what: str | None = None) -> None:
     p.add_argument("--stream", action="store_true",
-                   help="stream one decoder block at a time from the safetensors shards (models bigger than memory)")
+                   help=what or "stream one decoder block at a time from the safetensors shards (models bigger than memory)")
     p.add_argument("--memory-budget-mb", type=float, default=None,
                    help="with --stream: refuse to hold more than this many MB of weights at once")
 

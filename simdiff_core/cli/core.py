@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 from ..common.errors import SimDiffError
 from .common import (add_calib_args, add_model_args, add_ratio_args, add_stream_args, calib_from_args, load_from_args,
@@ -218,6 +219,8 @@ def cmd_prune(args) -> int:
     out = os.path.abspath(args.out)
     if os.path.exists(out) and not args.force:
         raise SimDiffError(f"'{args.out}' already exists; use --force to replace it")
+    if getattr(args, "stream", False):
+        return _prune_streamed(args, plan, out)
     scores = Scores.load(args.scores) if args.scores else None
     lm = load_from_args(args)
     plan.validate(lm.num_layers)
@@ -232,6 +235,31 @@ def cmd_prune(args) -> int:
     if args.zip:
         result["zip"] = str(path.with_suffix(".zip"))
     print_result(result)
+    return 0
+
+
+def _prune_streamed(args, plan, out) -> int:
+    """prune --stream: copy the kept blocks' tensors shard by shard (export/streamed.py), never load the model."""
+    from ..export.checkpoint import zip_dir
+    from ..export.streamed import stream_prune
+    from ..models.device import pick_dtype
+    from ..models.streaming import resolve_stream_dir
+
+    if plan.merged_groups:
+        raise SimDiffError("--stream cannot merge blocks (merging needs their weights in memory); "
+                           "use a plan without merged groups or prune without --stream")
+    where = resolve_stream_dir(args.model)
+    dtype = pick_dtype(args.out_dtype) if args.out_dtype else None
+    progress_line(f"streamed prune of {where}: {len(plan.kept_layers)} of {plan.num_layers} blocks kept"
+                  + (f" (memory budget {args.memory_budget_mb} MB)" if args.memory_budget_mb else ""), end=True)
+    if args.eval_windows > 0:
+        progress_line("note: --stream writes no perplexity into the report; measure the output with "
+                      "'ppl --model OUT --stream'", end=True)
+    res = stream_prune(where, plan.kept_layers, out, out_dtype=dtype, memory_budget_mb=args.memory_budget_mb,
+                       force=args.force, plan=plan, progress=progress_printer("prune"))
+    if args.zip:
+        res["zip"] = str(zip_dir(out, Path(out).with_suffix(".zip"), force=True))
+    print_result(res)
     return 0
 
 
@@ -331,6 +359,8 @@ def register(sub) -> None:
     s.add_argument("--text", default="wikitext2", help="perplexity text for the report (default: WikiText-2 test)")
     s.add_argument("--eval-windows", type=int, default=8, help="perplexity windows for the report (0 = skip)")
     s.add_argument("--eval-seq-len", type=int, default=512, help="perplexity window length for the report")
+    add_stream_args(s, what="prune: copy the kept blocks' tensors shard by shard, never loading the model "
+                            "(no report perplexity; run 'ppl --stream' on the output)")
     s.set_defaults(func=cmd_prune)
 
     s = sub.add_parser("ppl", help="perplexity of a model (optionally with a plan applied)",

@@ -37,21 +37,23 @@ def stream_perplexity(
     if input_ids.ndim != 2 or input_ids.shape[0] == 0 or input_ids.shape[1] < 2:
         raise SimDiffError("perplexity input must be a non-empty (N, S>=2) tensor of token ids")
     sm = StreamedModel(model_dir, device, dtype, memory_budget_mb)
+    sm.check_budget(head=True)
     batches = _batches(input_ids.shape[0], batch_size)
     xs, calls = _capture(sm, input_ids, None, batch_size)
     xs = _run_blocks(sm, xs, calls, None, progress, should_stop)
-    outer = sm.outer_names()
-    sm.load(outer, "embeddings and head")
+    outer = sm.head_phase_names()  # final norm + LM head; the embedding again as the rows used
+    sm.load(outer, "final norm and LM head")
     total_nll, total_tok = 0.0, 0
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), sm.compact_embedding(input_ids) as compact:
             for b, (s, e) in enumerate(batches):
                 box = {"y": xs[b]}
                 ids = input_ids[s:e].to(sm.device)
                 with sm.swapped_blocks(lambda i, blk: _Replayer(blk, box)):
-                    logits = sm.model(input_ids=ids, use_cache=False).logits
+                    logits = sm.model(input_ids=compact[s:e].to(sm.device), use_cache=False).logits
                 nll = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
                                       ids[:, 1:].reshape(-1), reduction="sum")
+                del logits
                 total_nll += float(nll)
                 total_tok += ids[:, 1:].numel()
                 xs[b] = None

@@ -5,7 +5,8 @@
     xs, calls = _capture(sm, ids, None, bs=2)        # block 0's inputs and every block's kwargs
 
 The skeleton is built on the ``meta`` device; tensors are materialised from the shard the index
-names and released again, so resident weights never exceed max(embeddings, one block, norm + head).
+names and released again, so resident weights never exceed max(one block, norm + head) plus the embedding rows the input
+uses (the embedding table is read as row ranges, never whole).
 Recorders/replayers stand in for the blocks while the model's own forward runs the embeddings or
 the head. Why a separate module: streamed scoring (analysis) and streamed perplexity (evaluation)
 share this engine. Cost: one read of each shard tensor per pass; no weights kept between blocks.
@@ -142,15 +143,97 @@ class StreamedModel:
         raise SimDiffError(f"checkpoint in '{self.dir}' has no tensor '{name}': streaming needs a "
                            "save_pretrained safetensors directory whose names match the model")
 
-    def _read(self, key: str) -> torch.Tensor:
-        from safetensors import safe_open
+    def _reader(self, key: str):
+        from .safetensors_io import ShardReader
 
         shard = self.weight_map[key]
         if shard not in self._handles:
-            self._handles[shard] = safe_open(str(self.dir / shard), framework="pt", device="cpu")
-        t = self._handles[shard].get_tensor(key)
+            self._handles[shard] = ShardReader(self.dir / shard)
+        return self._handles[shard]
+
+    def _read(self, key: str, rows: tuple[int, int] | None = None) -> torch.Tensor:
+        # pread, not safe_open's mmap: mapped pages would count in the RSS for the whole run
+        t = self._reader(key).read(key, rows=rows)
         self.bytes_read += t.numel() * t.element_size()
         return t
+
+    # ------------------------------------------------------------------ phases
+    def _names_of(self, module: nn.Module | None) -> list[str]:
+        if module is None:
+            return []
+        return [f"{name}.{p}" if name else p for name, m in self.model.named_modules(remove_duplicate=False)
+                if m is module for p, _ in m.named_parameters(recurse=False)]
+
+    def embed_names(self) -> list[str]:
+        """Parameter names of the input embedding (read as rows of the tokens used, never whole)."""
+        return self._names_of(self.model.get_input_embeddings())
+
+    def head_names(self) -> list[str]:
+        return self._names_of(self.model.get_output_embeddings())
+
+    def capture_names(self) -> list[str]:
+        """Outer tensors the embeddings phase needs: all but the (row-read) embedding and the LM head."""
+        skip = set(self.embed_names()) | set(self.head_names())
+        return [n for n in self.outer_names() if n not in skip]
+
+    def head_phase_names(self) -> list[str]:
+        """Outer tensors the head phase needs (final norm, LM head; the embedding is row-read)."""
+        skip = set(self.embed_names())
+        return [n for n in self.outer_names() if n not in skip]
+
+    @contextmanager
+    def compact_embedding(self, input_ids: torch.Tensor):
+        """Materialise only the embedding rows ``input_ids`` use; yields the ids renumbered into them.
+
+        The embedding module's own forward still runs (scaled embeddings stay the family's code); its
+        weight is the (unique ids x H) rows, read as row ranges from the shard, and ``padding_idx``
+        (which only affects gradients) is lifted for the call. A 128k x 4096 float32 table is 2 GB;
+        the rows of 4 x 128 tokens are a few MB.
+        """
+        emb = self.model.get_input_embeddings()
+        (name,) = [n for n in self.embed_names() if n.endswith("weight")] or [None]
+        if name is None or not isinstance(getattr(emb, "weight", None), torch.Tensor):
+            raise SimDiffError("streaming needs a model whose input embedding has a weight table")
+        key = self._source_key(name)
+        uniq = torch.unique(input_ids.reshape(-1).cpu())
+        H = emb.weight.shape[-1]
+        el = torch.empty((), dtype=self.dtype).element_size()
+        need = len(uniq) * H * el
+        if self.budget is not None and self.held + need > self.budget:
+            raise SimDiffError(f"memory budget {self.budget / 2**20:.1f} MB is too small for the embedding rows "
+                               f"({need / 2**20:.1f} MB); the minimum for this model is {self.min_budget_mb():.1f} MB")
+        parts, u = [], uniq.tolist()
+        s = 0
+        while s < len(u):  # runs of consecutive ids are one read each
+            e = s + 1
+            while e < len(u) and u[e] == u[e - 1] + 1:
+                e += 1
+            parts.append(self._read(key, rows=(u[s], u[e - 1] + 1)))
+            s = e
+        rows = torch.cat(parts).to(self.dtype).to(self.device)
+        original, pad = emb.weight, getattr(emb, "padding_idx", None)
+        emb._parameters["weight"] = nn.Parameter(rows, requires_grad=False)
+        if pad is not None:
+            emb.padding_idx = None
+        self.held = self.measured_bytes()
+        self.peak = max(self.peak, self.held)
+        try:
+            yield torch.searchsorted(uniq, input_ids.cpu()).to(input_ids.device)
+        finally:
+            emb._parameters["weight"] = original
+            if pad is not None:
+                emb.padding_idx = pad
+            self.held = self.measured_bytes()
+
+    def check_budget(self, head: bool) -> None:
+        """Refuse before any work when the budget cannot hold the largest phase (one line, with the minimum)."""
+        if self.budget is None:
+            return
+        need = self.min_budget_mb(head) * 2**20
+        if need > self.budget:
+            raise SimDiffError(f"memory budget {self.budget / 2**20:.1f} MB is too small: streaming this model holds "
+                               f"one block or the {'LM head' if head else 'outer tensors'} at a time; the minimum "
+                               f"for this model is {need / 2**20:.1f} MB")
 
     def load(self, names: list[str], what: str) -> None:
         from accelerate.utils import set_module_tensor_to_device
@@ -194,8 +277,10 @@ class StreamedModel:
             total += p.numel() * p.element_size()
         return total
 
-    def min_budget_mb(self) -> float:
-        outer = self.outer_names()
+    def min_budget_mb(self, head: bool = True) -> float:
+        """Largest phase in MB: one block, the outer tensors of the embeddings phase, or (``head``) the
+        final norm + LM head. Embedding rows (a few MB for calibration-sized inputs) come on top."""
+        outer = self.head_phase_names() if head else self.capture_names()
         worst = max([self.nbytes(outer)] + [self.nbytes(self.block_names(i)) for i in range(len(self.blocks))])
         return worst / 2**20
 
@@ -267,15 +352,15 @@ def _batches(N: int, bs: int):
 def _capture(sm: StreamedModel, input_ids, attention_mask, bs, runner_kw=None):
     """Embeddings phase: block 0 inputs and every block's call kwargs, per batch."""
     L = len(sm.blocks)
-    outer = sm.outer_names()
-    sm.load(outer, "embeddings and head")  # the outer part is small next to the blocks
+    outer = sm.capture_names()  # the LM head is not needed here, the embedding is read as rows
+    sm.load(outer, "embeddings phase")
     xs, calls = [], []
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), sm.compact_embedding(input_ids) as compact:
             for s, e in _batches(input_ids.shape[0], bs):
                 sink = {"x": None, "calls": [None] * L}
                 with sm.swapped_blocks(lambda i, b: _Recorder(b, i, sink, last=i == L - 1)):
-                    ids = input_ids[s:e].to(sm.device)
+                    ids = compact[s:e].to(sm.device)
                     mask = attention_mask[s:e].to(sm.device) if attention_mask is not None else None
                     try:
                         sm.base()(input_ids=ids, attention_mask=mask, use_cache=False)
@@ -288,7 +373,7 @@ def _capture(sm: StreamedModel, input_ids, attention_mask, bs, runner_kw=None):
     return xs, calls
 
 
-def stream_meta(sm: StreamedModel) -> dict:
+def stream_meta(sm: StreamedModel, head: bool = True) -> dict:
     return {"peak_weights_mb": round(sm.peak / 2**20, 3), "model_mb": round(sm.model_mb(), 3),
             "budget_mb": None if sm.budget is None else round(sm.budget / 2**20, 3),
-            "min_budget_mb": round(sm.min_budget_mb(), 3), "read_mb": round(sm.bytes_read / 2**20, 3)}
+            "min_budget_mb": round(sm.min_budget_mb(head), 3), "read_mb": round(sm.bytes_read / 2**20, 3)}

@@ -116,6 +116,38 @@ def _configs(model: nn.Module):
     return list(seen.values())
 
 
+# Config entries with one value per block (sliced like the blocks) and lists of block indices
+# (renumbered, removed blocks dropped). A stale per-layer array silently misconfigures the kept blocks.
+PER_LAYER_ARRAYS = ("layer_types", "no_rope_layers", "layers_block_type")
+LAYER_INDEX_LISTS = ("mlp_only_layers",)
+
+
+def pruned_config(cfg, kept: list[int], L: int):
+    """A deep copy of ``cfg`` (and its nested text config) for a model keeping blocks ``kept`` of ``L``.
+
+    Shared by the in-memory view (``pruned_model``) and the streamed export (``export/streamed.py``),
+    so both write the same config.
+    """
+    c = copy.deepcopy(cfg)
+    tc = text_config(c)
+    pos = {orig: j for j, orig in enumerate(kept)}
+    for target in {id(c): c, id(tc): tc}.values():
+        if hasattr(target, "num_hidden_layers"):
+            target.num_hidden_layers = len(kept)
+        for name in PER_LAYER_ARRAYS:
+            arr = getattr(target, name, None)
+            if isinstance(arr, (list, tuple)) and len(arr) == L:
+                setattr(target, name, [arr[i] for i in kept])
+        for name in LAYER_INDEX_LISTS:
+            arr = getattr(target, name, None)
+            if isinstance(arr, (list, tuple)):
+                setattr(target, name, [pos[i] for i in arr if i in pos])
+        mw = getattr(target, "max_window_layers", None)  # Qwen2: first N layers use full attention
+        if isinstance(mw, int) and mw < L:
+            target.max_window_layers = sum(1 for i in kept if i < mw)
+    return c
+
+
 def pruned_model(source, kept_layers, materialize: bool = False) -> nn.Module:
     """A model with only ``kept_layers`` (indices into the original block list), as a view.
 
@@ -140,18 +172,7 @@ def pruned_model(source, kept_layers, materialize: bool = False) -> nn.Module:
     old_cfgs = {id(c): c for c in _configs(model)}
     new_cfgs = {}
     for cid, cfg in old_cfgs.items():
-        c = copy.deepcopy(cfg)
-        tc = text_config(c)
-        for target in {id(c): c, id(tc): tc}.values():
-            if hasattr(target, "num_hidden_layers"):
-                target.num_hidden_layers = len(kept)
-            lt = getattr(target, "layer_types", None)
-            if isinstance(lt, (list, tuple)) and len(lt) == L:
-                target.layer_types = [lt[i] for i in kept]
-            mw = getattr(target, "max_window_layers", None)  # Qwen2: first N layers use full attention
-            if isinstance(mw, int) and mw < L:
-                target.max_window_layers = sum(1 for i in kept if i < mw)
-        new_cfgs[cid] = c
+        new_cfgs[cid] = pruned_config(cfg, kept, L)
     for m in _path_modules(new_top, parts):
         cfg = getattr(m, "config", None)
         if cfg is not None and id(cfg) in new_cfgs:
