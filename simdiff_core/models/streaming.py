@@ -85,7 +85,8 @@ class StreamedModel:
         try:
             config = AutoConfig.from_pretrained(str(self.dir))
             with init_empty_weights():
-                self.model = AutoModelForCausalLM.from_config(config)
+                # the skeleton in the compute dtype: accelerate casts each loaded tensor to its placeholder's dtype
+                self.model = AutoModelForCausalLM.from_config(config, dtype=self.dtype)
         except (ValueError, OSError) as e:
             raise SimDiffError(f"cannot build '{model_dir}' for streaming: {str(e).splitlines()[0][:200]}") from None
         self.model.eval()

@@ -194,3 +194,19 @@ def test_streamed_scores_keep_the_same_per_window_sums_as_in_memory(tmp_path):
     ref = score_model(wrap_model(model, None, str(tmp_path)), ids, batch_size=2, matrix_tokens=16)
     got = stream_score(tmp_path, ids, device="cpu", dtype="float32", batch_size=2, matrix_tokens=16)
     assert len(ref.windows["tokens"]) == 5 and got.windows == ref.windows
+
+
+def test_streaming_a_bfloat16_checkpoint_in_float32(tmp_path):
+    """The skeleton is built in the compute dtype: a bf16 checkpoint streamed in float32 runs in float32
+    and gives the perplexity of the same checkpoint loaded whole in float32."""
+    from transformers import AutoModelForCausalLM
+
+    from simdiff_core.evaluation.evaluate import perplexity
+    from simdiff_core.evaluation.streaming import stream_perplexity
+    from tests.support.tiny import tiny_model
+
+    tiny_model("llama", 3, seed=1).to(torch.bfloat16).save_pretrained(tmp_path)
+    ids = torch.randint(0, 1024, (2, 16), generator=torch.Generator().manual_seed(5))
+    ref = perplexity(AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).eval(), ids, batch_size=2)
+    got = stream_perplexity(tmp_path, ids, device="cpu", dtype="float32", batch_size=2)
+    assert got["ppl"] == pytest.approx(ref["ppl"], rel=1e-6)
