@@ -20,6 +20,8 @@ Sections (each prints one line on stderr as it finishes):
   eval       candidate evaluation (bench/bench_eval.py): damage_vs_floor, greedy_cost_vs_naive,
              auto_alpha_cost_vs_naive (+ auto_alpha_floor_vs_naive), shootout_default_s
   streaming  block-streamed scores vs in-memory scores under a budget of 1/4 of the model size
+  store      calibration through the run library (key + save) / plain calibration (store_overhead), run file
+             bytes per block (store_bytes_per_block), at the default calibration (8 x 256; smoke: the tiny model)
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from suite.overhead import bench_overhead
 from suite.preview import bench_preview
 from suite.results import write_results
 from suite.speedup import bench_speedup
+from suite.store import bench_store
 from suite.streaming import bench_streaming
 from suite.ttfc import bench_ttfc, first_curves_after
 from suite.uncertainty import bench_uncertainty
@@ -105,6 +108,10 @@ def main() -> int:
     res["overhead"] = ov
     log(f"scoring overhead {ov['scoring_overhead']:.3f} (vs full forward {ov['scoring_over_full_forward']:.3f})")
 
+    store_ids = ids if args.smoke or args.gpu_model_layers else make_windows(lm.tokenizer, "wikitext2", n=8, seq_len=256)
+    res["store"] = bench_store(lm, store_ids, repeats, device)
+    log(f"store overhead {res['store']['store_overhead']:.3f}, {res['store']['store_bytes_per_block']:.0f} bytes/block")
+
     res["uncertainty"] = bench_uncertainty(lm, ids, bs, repeats, device)
     log(f"uncertainty overhead {res['uncertainty']['uncertainty_overhead']:.3f} "
         f"(bootstrap {res['uncertainty']['bootstrap_seconds']} s)")
@@ -169,6 +176,8 @@ def main() -> int:
         **{k: res.get("eval", {}).get(k) for k in ("greedy_cost_vs_naive", "auto_alpha_cost_vs_naive",
                                                    "auto_alpha_floor_vs_naive", "damage_vs_floor",
                                                    "iterative_cost_vs_full_rescoring", "shootout_default_s")},
+        "store_overhead": round(res["store"]["store_overhead"], 4),
+        "store_bytes_per_block": round(res["store"]["store_bytes_per_block"], 1),
         "bench_seconds": round(time.perf_counter() - t_start, 1),
     }
     if "first_curves" in res:

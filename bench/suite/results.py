@@ -52,6 +52,12 @@ def write_results(path: Path, res: dict, args) -> None:
     pv = res["preview"]
     w(f"| preview (plan + chart data, {pv['preview_blocks']} blocks), median | **{pv['preview_ms']:.1f} ms** | < 50 ms |")
     w(f"| forward passes during preview | **{pv['preview_forward_passes']}** | 0 |")
+    sto = res.get("store")
+    if sto:
+        w(f"| calibration with the run library / without ({sto['windows']} x {sto['seq_len']}, key + save) | "
+          f"**{sto['store_overhead']:.3f}** | <= 1.03 |")
+        w(f"| run file bytes per block ({sto['blocks']} blocks, {sto['windows']} x {sto['seq_len']}) | "
+          f"**{sto['store_bytes_per_block']:.0f}** | (reported) |")
     w(f"| streamed vs in-memory scores, max abs diff | **{st['streaming_max_abs_diff']:.3g}** | equal |")
     w(f"| streamed peak resident weights / model size | **{st['streaming_peak_mb']:.2f} / {st['streaming_model_mb']:.2f} MB** | <= 1/4 |")
     fc = res.get("first_curves") or {}

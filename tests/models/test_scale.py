@@ -170,7 +170,7 @@ def test_bench_smoke_prints_all_keys(tmp_path):
     res = json.loads(proc.stdout.strip().splitlines()[-1])
     for k in ("scoring_overhead", "scoring_peak_extra_mb", "preview_ms", "preview_forward_passes",
               "prefill_speedup_over_ideal", "decode_speedup_over_ideal", "streaming_max_abs_diff",
-              "streaming_peak_mb", "streaming_model_mb", "model"):
+              "streaming_peak_mb", "streaming_model_mb", "model", "store_overhead", "store_bytes_per_block"):
         assert k in res, k
     assert res["preview_forward_passes"] == 0
     assert res["streaming_max_abs_diff"] == 0.0
