@@ -220,18 +220,34 @@ def cmd_prune(args) -> int:
     if os.path.exists(out) and not args.force:
         raise SimDiffError(f"'{args.out}' already exists; use --force to replace it")
     if getattr(args, "stream", False):
+        if args.repair != "none":
+            raise SimDiffError("--repair is not available with --stream yet (the fit needs the model in memory)")
         return _prune_streamed(args, plan, out)
     scores = Scores.load(args.scores) if args.scores else None
     lm = load_from_args(args)
     plan.validate(lm.num_layers)
+    if args.repair != "none":  # refuse before minutes of perplexity passes, not after
+        from ..repair import RepairRefused, refusal
+
+        if refusal(lm.model, args.repair):
+            raise RepairRefused(refusal(lm.model, args.repair))
     evaluation = None
     if args.eval_windows > 0:
         evaluation = evaluate_plan(lm, plan, args.eval_windows, args.eval_seq_len, text=args.text,
                                    progress=progress_printer("ppl dense/pruned"))
     dtype = pick_dtype(args.out_dtype) if args.out_dtype else None
-    path, report = export_and_record(lm, plan, out, evaluation=evaluation, scores=scores, force=args.force,
-                                     make_zip=args.zip, dtype=dtype)
+    if args.repair != "none":
+        path, report = _prune_repaired(args, lm, plan, out, evaluation, scores, dtype)
+    else:
+        path, report = export_and_record(lm, plan, out, evaluation=evaluation, scores=scores, force=args.force,
+                                         make_zip=args.zip, dtype=dtype)
     result = {"out": str(path), "num_layers": len(plan.kept_layers), **report.to_dict().get("evaluation", {})}
+    if "repair" in report.extra:
+        r = report.extra["repair"]
+        result.update(repair=r["method"], ppl_repaired=r["evaluation"]["held_out"]["repaired"],
+                      ppl_calib_pruned=r["evaluation"]["calibration"]["pruned"],
+                      ppl_calib_repaired=r["evaluation"]["calibration"]["repaired"],
+                      improves_held_out=r["evaluation"]["improves_held_out"], verdict=r["evaluation"]["verdict"])
     if args.zip:
         result["zip"] = str(path.with_suffix(".zip"))
     print_result(result)
@@ -261,6 +277,36 @@ def _prune_streamed(args, plan, out) -> int:
         res["zip"] = str(zip_dir(out, Path(out).with_suffix(".zip"), force=True))
     print_result(res)
     return 0
+
+
+def _prune_repaired(args, lm, plan, out, evaluation, scores, dtype):
+    """prune --repair: fit on the calibration windows, check on them and on the held-out text, export."""
+    from ..common.records import ExportReport
+    from ..evaluation.evaluate import eval_windows, protocol_note
+    from ..evaluation.repaired import evaluate_repair
+    from ..export.checkpoint import export_pruned
+    from ..pruning.build import build_pruned
+    from ..repair import apply_repair, fit_repair
+
+    if plan.merged_groups:
+        raise SimDiffError("--repair needs a plan without merged groups (the fit assumes the kept blocks are unchanged)")
+    if args.eval_windows <= 0:
+        raise SimDiffError("--repair always measures held-out perplexity before and after: --eval-windows must be > 0")
+    ids, calib = calib_from_args(args, lm)
+    rep = fit_repair(lm, plan.removed_layers, ids, method=args.repair, calibration=calib,
+                     progress=progress_printer(f"repair {args.repair}"))
+    pruned = build_pruned(lm, plan)
+    repaired = apply_repair(pruned, rep)
+    held = eval_windows(lm.tokenizer, args.text, args.eval_seq_len, args.eval_windows)
+    ev = evaluate_repair(rep, pruned, repaired, ids, held,
+                         held_protocol=protocol_note(lm.tokenizer, args.text, args.eval_seq_len, args.eval_windows),
+                         progress=progress_printer("repair check"))
+    if not ev["improves_held_out"]:
+        print(f"warning: {ev['verdict']}", file=sys.stderr)
+    report = ExportReport.build(lm, plan, evaluation=evaluation, scores=scores, extra={"repair": rep.to_dict()})
+    path = export_pruned(lm, plan, out, force=args.force, make_zip=args.zip, report=report, dtype=dtype,
+                         model=repaired)
+    return path, report
 
 
 def cmd_ppl(args) -> int:
@@ -361,6 +407,14 @@ def register(sub) -> None:
     s.add_argument("--eval-seq-len", type=int, default=512, help="perplexity window length for the report")
     add_stream_args(s, what="prune: copy the kept blocks' tensors shard by shard, never loading the model "
                             "(no report perplexity; run 'ppl --stream' on the output)")
+    s.add_argument("--repair", default="none", choices=["none", "lstsq", "rescale"],
+                   help="training-free repair folded into the exported weights (docs/repair.md): lstsq (ReplaceMe "
+                        "linear map per removed span), rescale (per-channel magnitude compensation); default none")
+    s.add_argument("--calib", default="wikitext2",
+                   help="--repair calibration text (default wikitext2: the shipped validation split; same forms as "
+                        "score --calib)")
+    s.add_argument("--samples", type=int, default=16, help="--repair calibration windows (default 16)")
+    s.add_argument("--seq-len", type=int, default=256, help="--repair tokens per calibration window (default 256)")
     s.set_defaults(func=cmd_prune)
 
     s = sub.add_parser("ppl", help="perplexity of a model (optionally with a plan applied)",

@@ -75,17 +75,20 @@ def cmd_compare(args) -> int:
     res = run_compare(lm, ids, specs, ratio=args.ratio, num=args.num, eval_ids=eval_ids, accuracy=accuracy,
                       objective=args.objective, budget=args.budget, keep_first=args.keep_first,
                       keep_last=args.keep_last, calibration=calib, alpha=args.alpha,
-                      progress=progress_printer("compare"))
+                      progress=progress_printer("compare"), repair=args.repair)
     protocol = protocol_note(lm.tokenizer, args.text, args.eval_seq_len, args.eval_windows)
     caption = (f"{lm.name}, {res['k']} of {res['num_layers']} blocks removed. Calibration: {calib['description']}, "
                f"{args.samples} x {args.seq_len} tokens. Perplexity: {protocol}."
                + (" MC acc: shipped SimDiff MC set, test split (35 items), lm-eval-style log-likelihood." if accuracy else "")
-               + f" Greedy/search objective: {args.objective}" + (f"; search budget {args.budget} evals." if args.budget else "."))
+               + f" Greedy/search objective: {args.objective}" + (f"; search budget {args.budget} evals." if args.budget else ".")
+               + (f" Repaired: {args.repair} fitted on the calibration windows, same held-out perplexity."
+                  if args.repair != "none" else ""))
     write_csv(res["rows"], out)
     md = out.with_suffix(".md")
     atomic_write_text(md, to_markdown(res, caption))
     print_result({"out": str(out), "markdown": str(md), "k": res["k"],
-                  "rows": [{c: r.get(c) for c in ("method", "criterion", "removed_layers", "ppl", "accuracy") if c in r}
+                  "rows": [{c: r.get(c) for c in ("method", "criterion", "removed_layers", "ppl", "ppl_repaired",
+                                                  "accuracy") if c in r}
                            for r in res["rows"]]})
     return 0
 
@@ -109,4 +112,7 @@ def register(sub) -> None:
     s.add_argument("--eval-windows", type=int, default=8, help="perplexity windows (default 8)")
     s.add_argument("--eval-seq-len", type=int, default=256, help="perplexity window length (default 256)")
     s.add_argument("--out", required=True, help="results.csv to write (results.md is written next to it)")
+    s.add_argument("--repair", default="none", choices=["none", "lstsq", "rescale"],
+                   help="also measure every pruned row after this training-free repair, fitted on the calibration "
+                        "windows (a ppl_repaired column; docs/repair.md); default none")
     s.set_defaults(func=cmd_compare)

@@ -154,6 +154,7 @@ def model_card(plan, report, lm) -> str:
     else:
         body.append("Not measured at export time (run `simdiff ppl --model THIS_DIR`).")
 
+    body += _repair_lines(rep.extra.get("repair"))
     body += [
         "", "## Use", "", "```python",
         "from transformers import AutoModelForCausalLM, AutoTokenizer",
@@ -169,6 +170,37 @@ def model_card(plan, report, lm) -> str:
         "",
     ]
     return "\n".join(front) + "\n\n" + "\n".join(body)
+
+
+def _repair_lines(r: dict | None) -> list[str]:
+    """The training-free repair folded into these weights (``repair.Repair.to_dict``), with its guard."""
+    if not r or r.get("method") in (None, "none"):
+        return []
+    c = r.get("calibration") or {}
+    out = ["", "## Repair", "",
+           f"After the blocks were removed, the weights were repaired without training: `{r['method']}` "
+           f"({r.get('fit', 'dense')} fit; see SimDiff Explorer's docs/repair.md). {r.get('note', '')}".rstrip(),
+           "",
+           f"Fitted on {c.get('description') or c.get('source') or 'unrecorded text'}: {c.get('samples')} windows × "
+           f"{c.get('seq_len')} tokens ({c.get('tokens')} tokens).", "",
+           "| removed span [a, b) | folded into | fit residual before | after | after / before |",
+           "|---|---|---|---|---|"]
+    for s in r.get("spans", []):
+        if s.get("status") == "repaired":
+            out.append(f"| [{s['start']}, {s['end']}) | `{s['site']}` | {s['residual_before']:.4g} | "
+                       f"{s['residual_after']:.4g} | {s['ratio']:.3f} |")
+        else:
+            out.append(f"| [{s['start']}, {s['end']}) | {s.get('status')} | | | |")
+    ev = r.get("evaluation")
+    if ev:
+        h, c2 = ev["held_out"], ev["calibration"]
+        out += ["", "| perplexity | pruned | pruned + repair |", "|---|---|---|",
+                f"| calibration text (fitted on it: optimistic) | {_fmt(c2['pruned'])} | {_fmt(c2['repaired'])} |",
+                f"| held-out: {h.get('protocol', '')} | {_fmt(h['pruned'])} | {_fmt(h['repaired'])} |",
+                "", ("" if ev.get("improves_held_out") else "**Warning:** ") + ev.get("verdict", "")]
+    out += ["", "`plan.json` and `mergekit.yaml` cannot express the repaired weights: they reproduce the "
+            "*unrepaired* pruning. This checkpoint (and a GGUF converted from it) carries the repaired weights."]
+    return out
 
 
 def _honesty_lines(h: dict | None) -> list[str]:

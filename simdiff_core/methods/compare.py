@@ -32,7 +32,7 @@ from .search import ALGORITHMS
 DEFAULT_SPECS = "oneshot:cosine,oneshot:simdiff,iterative:simdiff,greedy,block,slm"
 # held-out evaluation when the caller gives no eval_ids (the same as `compare`'s CLI defaults)
 DEFAULT_EVAL_WINDOWS, DEFAULT_EVAL_SEQ_LEN = 8, 256
-COLUMNS = ["method", "criterion", "removed_layers", "merged_groups", "num_removed", "ppl", "accuracy",
+COLUMNS = ["method", "criterion", "removed_layers", "merged_groups", "num_removed", "ppl", "ppl_repaired", "accuracy",
            "acc_norm", "seconds", "evals", "exact_evals"]
 
 
@@ -78,7 +78,7 @@ def run_compare(lm, calib_ids, specs: list[dict], ratio=None, num=None, eval_ids
                 calibration: dict | None = None, alpha: float = 0.5, accuracy_items: list | None = None,
                 progress: Callable[[float, str], None] | None = None, should_stop=None,
                 eval_protocol: str | None = None, fusion: dict | None = None,
-                first_token: bool = True) -> dict:
+                first_token: bool = True, repair: str = "none") -> dict:
     """Run every spec and measure it.
 
     Returns ``{"rows", "plans", "k", "num_layers", "model", "accuracy", "eval_protocol"}``.
@@ -89,6 +89,9 @@ def run_compare(lm, calib_ids, specs: list[dict], ratio=None, num=None, eval_ids
     SimDiff plans are the ones the same settings give everywhere else (default: beta 0.5, scale-free, rank).
     ``first_token``: whether the dense scores count position 0 (``score.score_model``); pass the session's.
     ``accuracy_items`` replaces the shipped MC test split for the accuracy column.
+    ``repair`` (``lstsq``/``rescale``): every pruned row also gets ``ppl_repaired``, the same held-out
+    perplexity after ``repair.fit_repair`` on ``calib_ids`` (NaN for merged plans and refused families,
+    ``repair_note`` says why); ``result["repair"]`` names the method.
     """
     from ..analysis.score import score_model
     from ..evaluation.objectives import load_mc, mc_accuracy
@@ -162,7 +165,11 @@ def run_compare(lm, calib_ids, specs: list[dict], ratio=None, num=None, eval_ids
             continue
         seconds = time.perf_counter() - t0
         sub(0.95, "measuring the pruned model")
-        m = measure(build_pruned(lm, plan))
+        small = build_pruned(lm, plan)
+        m = measure(small)
+        if repair != "none":
+            sub(0.97, f"repair {repair}")
+            m.update(_repaired_ppl(lm, plan, small, calib_ids, eval_ids, repair, calibration, should_stop))
         plans.append(plan)
         rows.append({"method": spec["method"], "criterion": _criterion_label(plan),
                      "removed_layers": " ".join(map(str, plan.removed_layers)),
@@ -176,7 +183,22 @@ def run_compare(lm, calib_ids, specs: list[dict], ratio=None, num=None, eval_ids
     step["i"], step["label"] = n_steps - 1, "done"
     sub(1.0, "done")
     return {"rows": rows, "plans": plans, "k": k, "num_layers": lm.num_layers, "model": lm.source,
-            "accuracy": accuracy, "eval_protocol": eval_protocol}
+            "accuracy": accuracy, "eval_protocol": eval_protocol, "repair": repair}
+
+
+def _repaired_ppl(lm, plan, small, calib_ids, eval_ids, method, calibration, should_stop) -> dict:
+    """``{"ppl_repaired", "repair_note"}`` for one row: fit on the calibration windows, measure held-out."""
+    from ..repair import RepairRefused, apply_repair, fit_repair
+
+    if plan.merged_groups:
+        return {"ppl_repaired": float("nan"), "repair_note": "not repaired: merged plan"}
+    try:
+        rep = fit_repair(lm, plan.removed_layers, calib_ids, method=method, calibration=calibration,
+                         should_stop=should_stop)
+    except RepairRefused as e:
+        return {"ppl_repaired": float("nan"), "repair_note": str(e)}
+    ppl = perplexity(apply_repair(small, rep), eval_ids, device=lm.device, should_stop=should_stop)["ppl"]
+    return {"ppl_repaired": ppl, "repair_note": rep.summary()}
 
 
 def overlap(rows: list[dict]) -> tuple[list[str], list[list[float]]]:
@@ -190,7 +212,8 @@ def overlap(rows: list[dict]) -> tuple[list[str], list[list[float]]]:
 
 def columns(rows) -> list[str]:
     has_acc = any("accuracy" in r for r in rows)
-    return [c for c in COLUMNS if has_acc or c not in ("accuracy", "acc_norm")]
+    has_rep = any("ppl_repaired" in r for r in rows)
+    return [c for c in COLUMNS if (has_acc or c not in ("accuracy", "acc_norm")) and (has_rep or c != "ppl_repaired")]
 
 
 def to_csv_text(rows: list[dict]) -> str:
@@ -213,13 +236,17 @@ def write_csv(rows: list[dict], path) -> None:
 def to_markdown(result: dict, caption: str = "") -> str:
     rows = result["rows"]
     acc = any("accuracy" in r for r in rows)
-    head = ["method", "criterion / objective", "removed blocks", "ppl"] + (["MC acc"] if acc else []) + ["time (s)"]
+    rep = any("ppl_repaired" in r for r in rows)
+    head = (["method", "criterion / objective", "removed blocks", "ppl"]
+            + ([f"ppl repaired ({result.get('repair')})"] if rep else []) + (["MC acc"] if acc else []) + ["time (s)"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         removed = r["removed_layers"] or "—"
         if r["merged_groups"]:
             removed += f" (merged {r['merged_groups']})"
         cells = [r["method"], r["criterion"] or "—", removed, f"{r['ppl']:.2f}"]
+        if rep:
+            cells.append("—" if "ppl_repaired" not in r else f"{r['ppl_repaired']:.2f}")
         if acc:
             cells.append(f"{100 * r['accuracy']:.1f}%")
         cells.append(f"{r['seconds']:.1f}")
