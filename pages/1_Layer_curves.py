@@ -15,6 +15,7 @@ from simdiff_core import SimDiffError
 from simdiff_core.analysis import uncertainty
 from simdiff_core.analysis.score import protocol as score_protocol
 from simdiff_core.export import figures as charts
+from simdiff_core.export import figures_repair
 from ui import links, live_slider, models, settings, shell, state, views
 
 shell.setup_page("Layer curves")
@@ -130,6 +131,29 @@ def curves_panel():
 
 curves_panel()
 
+
+def linear_section():
+    """Linear replaceability (simdiff_core/analysis/linear.py) beside the cosine / MSSD / MASD curves."""
+    st.subheader("Linear replaceability")
+    if all(l.get("linear") is None for l in scores.layers):
+        why = (scores.meta.get("linear") or {}).get("reason", "these scores were made before the curve existed")
+        st.caption(f"No linear-replaceability curve in these scores: {why}.")
+        return
+    lb = bands.get("linear") if bands else None
+    # built once per calibration and band level, like the heatmaps (the plan's shading lives on the curves above)
+    spec = state.per_scores(scores, ("linear_curve", level if lb else None),
+                            lambda: figures_repair.linear_curve(scores.layers, lb).to_dict())
+    views.chart(charts.Spec(spec), "linear_replaceability", "linear_curve",
+                frame=figures_repair.linear_frame(scores.layers, lb))
+    warn = (scores.meta.get("linear") or {}).get("warning")
+    st.caption("Share of block i's removal error that one least-squares matrix on block i−1's MLP output cannot "
+               "recover (ReplaceMe's repair; 0 = fully repairable, 1 = no help). Criterion `linear` ranks by it."
+               + (" Band: the maps stay at the full-data fit; windows are resampled." if lb else "")
+               + (f" Note: {warn}." if warn else ""))
+
+
+linear_section()
+
 if damage is None:
     st.caption("Add the measured ground truth (loss with each block removed) as a fourth curve, with "
                "criterion agreement, on the Ground truth page.")
@@ -138,7 +162,7 @@ st.page_link("pages/6_Ground_truth_and_report.py", label="Ground truth: measured
 
 st.header("Cross-layer heatmaps")
 m = scores.matrices
-tabs = st.tabs(["Output cosine", "n-block angular distance", "CKA"])
+tabs = st.tabs(["Output cosine", "n-block angular distance", "CKA", "n-block linear replaceability"])
 
 
 def _heatmaps() -> list[tuple[int, str, dict, pd.DataFrame]]:
@@ -164,6 +188,30 @@ views_def = state.per_scores(scores, "heatmaps", _heatmaps)
 for t, name, spec, df in views_def:
     with tabs[t]:
         views.chart(charts.Spec(spec), name, f"hm_{name}", frame=df)
+with tabs[3]:
+    heat = state.result("linear_spans")
+    if heat is not None:
+        views.chart(charts.Spec(figures_repair.span_heatmap(heat).to_dict()), "linear_spans", "hm_linear_spans",
+                    frame=figures_repair.span_frame(heat))
+        st.caption(f"Removing [a, a+n): share of the error one matrix on block a−1 cannot recover; {heat['tokens']} "
+                   f"calibration tokens, {heat['passes']} pass(es). Compare with the angular-distance tab: low "
+                   "angular distance says the span changes little, low here says what it changes is repairable.")
+    elif st.button("Compute the span heatmap (one more pass over the calibration windows)", key="linear_spans_btn"):
+        lm, ids = models.current_lm(), state.get("calib_ids")
+        if lm is None or ids is None or lm.num_layers != L:
+            st.error("The span heatmap needs the calibrated model: run Calibrate on the Load & calibrate page again.")
+        else:
+            from simdiff_core.analysis.linear_spans import span_replaceability
+
+            bar = st.progress(0.0, text="Span heatmap…")
+            made_under = state.tag()
+            try:
+                heat = span_replaceability(lm, ids, progress=lambda f, msg: bar.progress(min(f, 1.0), text=msg))
+            except SimDiffError as e:
+                views.show_error(e)
+            else:
+                state.put_result("linear_spans", heat, made_under=made_under)
+                st.rerun()
 if "method" in m:
     st.caption(m["method"])
 if not views_def:

@@ -39,7 +39,7 @@ def eval_batch_size(device) -> int:
 
 def calibrate(lm, source, samples: int, seq_len: int, progress: Progress | None = None,
               batch_size: int | None = None, matrix_tokens: int = 256, first_token: bool = True, should_stop=None,
-              on_batch=None, windows=None):
+              on_batch=None, windows=None, linear: bool = True, linear_max_mb: float | None = None):
     """Score every block of ``lm`` on ``samples`` windows of ``seq_len`` tokens of ``source``.
 
     ``source`` is a ``data.TextSource`` or a spec (``wikitext2``, a path, ``text:...``, ``hf:...``).
@@ -60,7 +60,8 @@ def calibrate(lm, source, samples: int, seq_len: int, progress: Progress | None 
     calib = {"source": source, "description": src.description} if isinstance(source, str) else \
         {"source": src.description}
     scores = score_model(lm, ids, batch_size=batch_size, matrix_tokens=matrix_tokens, progress=progress,
-                         calibration=calib, first_token=first_token, **kw)
+                         calibration=calib, first_token=first_token, linear=linear, linear_max_mb=linear_max_mb,
+                         **kw)
     return scores, ids, calibration_info(src.description, ids, time.perf_counter() - t0, scores.meta["seconds"])
 
 
@@ -75,7 +76,7 @@ def calibration_info(source: str, windows, seconds: float, forward_seconds: floa
 def calibrate_stored(lm, source, samples: int, seq_len: int, store=None, recompute: bool = False, save: bool = True,
                      name: str | None = None, progress: Progress | None = None, batch_size: int | None = None,
                      matrix_tokens: int = 256, first_token: bool = True, should_stop=None, on_batch=None,
-                     windows=None):
+                     windows=None, linear: bool = True, linear_max_mb: float | None = None):
     """``calibrate`` through the run library: reuse the stored run with the same key, else score and save.
 
     ``store``: a runs.RunStore (default: ``RunStore()``, i.e. $SIMDIFF_HOME). The key is computed
@@ -96,7 +97,7 @@ def calibrate_stored(lm, source, samples: int, seq_len: int, store=None, recompu
     src = load_text(source, purpose="calib") if isinstance(source, str) else source
     ids = make_windows(lm.tokenizer, src, int(samples), int(seq_len)) if windows is None else windows
     key, settings = calibration_key(lm, ids, matrix_tokens=matrix_tokens, first_token=first_token,
-                                    batch_size=batch_size)
+                                    batch_size=batch_size, linear=linear)
     hit = None if recompute else store.lookup(key)
     if hit is not None:
         try:
@@ -118,7 +119,8 @@ def calibrate_stored(lm, source, samples: int, seq_len: int, store=None, recompu
     try:
         scores, ids, info = calibrate(lm, source if isinstance(source, str) else src, samples, seq_len,
                                       progress=progress, batch_size=batch_size, matrix_tokens=matrix_tokens,
-                                      first_token=first_token, should_stop=should_stop, on_batch=keep, windows=ids)
+                                      first_token=first_token, should_stop=should_stop, on_batch=keep, windows=ids,
+                                      linear=linear, linear_max_mb=linear_max_mb)
     except Cancelled as e:
         if writable and last.get("scores") is not None:
             e.run_id = store.save(last["scores"], meta=run_meta(last["scores"], settings), partial=True, key=key,

@@ -76,10 +76,11 @@ class Session:
     accuracy: dict = field(default_factory=dict)   # Recovery page: (model, plan, tasks) -> accuracy
     sens_runs: dict | None = None    # Calibration sensitivity page: scores per calibration source
     drill: dict | None = None        # Block drill-down page: the last drill-down
+    linear_spans: dict | None = None  # Layer curves: n-block linear-replaceability heatmap (own pass)
 
 
 RESULT_KEYS = ("plan", "evals", "damage", "damage_result", "set_damage", "auto_alpha", "shootout", "recovery",
-               "accuracy", "sens_runs", "drill")
+               "accuracy", "sens_runs", "drill", "linear_spans")
 DEFAULTS = {f.name: getattr(Session(), f.name) for f in fields(Session)}
 _calibrations = itertools.count(1)
 

@@ -52,6 +52,8 @@ CRITERIA = {
     "masd": "mean absolute successive difference (raw)",
     "mssd_rel": "MSSD divided by mean x^2 (scale-free)",
     "masd_rel": "MASD divided by mean |x| (scale-free)",
+    "linear": "linear replaceability: share of the removal error one fitted matrix on the block below cannot "
+              "recover (low = repairable; analysis/linear.py)",
 }
 METRIC_KEYS = ("cosine", "bi", "angular", "mssd", "masd", "mssd_rel", "masd_rel")
 
@@ -236,6 +238,18 @@ def simdiff_importance(layers: list[dict], alpha: float = 0.5, beta: float = 0.5
     return alpha * sim + (1.0 - alpha) * (beta * d_sq + (1.0 - beta) * d_ab)
 
 
+def linear_importance(layers: list[dict]) -> np.ndarray:
+    """The ``linear`` criterion: each block's linear replaceability (NaN where undefined: block 0, which
+    has no block below to repair from, is never chosen). Raises SimDiffError when the scores have none."""
+    from ..common.errors import SimDiffError
+
+    vals = [l.get("linear") for l in layers]
+    if all(v is None for v in vals):
+        raise SimDiffError("these scores have no linear-replaceability curve (scored before it existed, with "
+                           "linear=False, or refused for this model: see meta.linear.reason); score again")
+    return np.array([np.nan if v is None else float(v) for v in vals], dtype=np.float64)
+
+
 def importance(layers: list[dict], criterion: str, alpha: float = 0.5, beta: float = 0.5,
                norm: str = "rank", scale_free: bool = True) -> np.ndarray:
     """Importance vector for any criterion: the planner removes the lowest entries."""
@@ -245,4 +259,6 @@ def importance(layers: list[dict], criterion: str, alpha: float = 0.5, beta: flo
         return -np.array([l["cosine"] for l in layers])  # similar in/out = redundant
     if criterion in ("bi", "angular", "mssd", "masd", "mssd_rel", "masd_rel"):
         return np.array([l[criterion] for l in layers], dtype=np.float64)
+    if criterion == "linear":
+        return linear_importance(layers)
     raise ValueError(f"unknown criterion '{criterion}'; choose from {', '.join(CRITERIA)}")

@@ -37,7 +37,8 @@ import torch
 
 from ..common.errors import Cancelled, SimDiffError
 from ..common.records import JsonRecord
-from .hooks import block_hooks
+from .hooks import block_hooks, hook_pass
+from .linear import write_hooks
 from .metrics import BlockStats, importance, simdiff_importance
 
 Progress = Callable[[float, str], None]
@@ -194,6 +195,8 @@ def score_model(
     window_stats: bool = True,
     first_token: bool = True,
     on_batch: Callable[["Scores"], None] | None = None,
+    linear: bool = True,
+    linear_max_mb: float | None = None,
 ) -> Scores:
     """Score every block of ``lm`` (a LoadedModel) on ``input_ids`` (N, S) in one pass.
 
@@ -222,12 +225,14 @@ def score_model(
     taken = 0
     state = {"done": 0, "take": 0, "mask": None, "metric_mask": None}
     t0 = time.perf_counter()
+    lin = _linear_accumulator(lm, L, linear, linear_max_mb)
 
     def on_block(i, x, y):
         if x.device != y.device:  # accelerate device maps: the block ran where its weights live
             x = x.to(y.device)
         stats.observe(i, x, y, state["metric_mask"])
         sampler.observe(i, x, y, state["take"])
+        lin.observe_block(i, x, y, state["metric_mask"])
         if progress is not None:
             frac = (state["done"] + (i + 1) / L * state["rows"]) / N
             progress(min(frac, 1.0), f"block {i + 1}/{L}, windows {state['done'] + state['rows']}/{N}")
@@ -235,7 +240,8 @@ def score_model(
             raise Cancelled()
 
     start = 0
-    with torch.inference_mode(), block_hooks(blocks, on_block, name="score"):
+    with torch.inference_mode(), block_hooks(blocks, on_block, name="score"), \
+            hook_pass(post=write_hooks(blocks, lin.observe_write) if lin.active else {}, name="score-linear"):
         while start < N:
             end = min(start + bs, N)
             ids = input_ids[start:end].to(lm.device)
@@ -249,6 +255,7 @@ def score_model(
             except torch.OutOfMemoryError:
                 stats.rollback()
                 sampler.rollback()
+                lin.rollback()
                 if bs == 1:
                     raise SimDiffError(
                         "out of GPU memory even with batch size 1: use a shorter --seq-len, --dtype "
@@ -260,8 +267,10 @@ def score_model(
             except BaseException:
                 stats.rollback()
                 sampler.rollback()
+                lin.rollback()
                 raise
             stats.commit()
+            lin.commit()
             taken += state["take"]
             sampler.commit()
             state["done"] = end
@@ -269,15 +278,78 @@ def score_model(
             if on_batch is not None:
                 on_batch(partial_scores(lm, stats, N, S, end, calibration, first_token))
     layers, mats = finish_scores(stats, sampler)
+    windows = stats.windows()
+    lin_meta = None
+    if linear:
+        vals, deltas, lin_meta = lin.finish()
+        if window_stats and deltas and N >= 2:
+            windows.update(_linear_window_pass(lm, input_ids, attention_mask, bs, deltas, first_token, should_stop))
+        add_linear(layers, vals)
     return Scores(
         model=lm.source, num_layers=L, layers=layers, matrices=mats,
         calibration=dict(calibration or {}, samples=int(N), seq_len=int(S), tokens=int(stats.tokens),
                          first_token="included" if first_token else "excluded"),
         meta={"seconds": round(time.perf_counter() - t0, 3), "batch_size": bs, "device": str(lm.device),
               "dtype": str(lm.dtype).replace("torch.", ""), "simdiff_alpha": 0.5,
-              "family": lm.family, "version": _version()},
-        windows=stats.windows(),
+              "family": lm.family, "version": _version(), **({"linear": lin_meta} if lin_meta else {})},
+        windows=windows,
     )
+
+
+def add_linear(layers: list[dict], vals: list) -> None:
+    """Put the linear-replaceability curve into the per-layer dicts (None: undefined for that block)."""
+    for l, v in zip(layers, vals):
+        l["linear"] = None if v is None else float(v)
+
+
+def _hidden_size(model) -> int | None:
+    from ..models.blocks import text_config
+
+    cfg = text_config(model.config)
+    return getattr(cfg, "hidden_size", None) or getattr(cfg, "n_embd", None)
+
+
+def _linear_accumulator(lm, L: int, on: bool, max_mb: float | None, deltas: dict | None = None):
+    from .linear import DEFAULT_MAX_MB, LinearAccumulator
+
+    acc = LinearAccumulator(L, lm.blocks, DEFAULT_MAX_MB if max_mb is None else max_mb, _hidden_size(lm.model),
+                            deltas=deltas)
+    if not on:
+        acc.reason = "not requested"
+    return acc
+
+
+def _linear_window_pass(lm, input_ids, attention_mask, bs: int, deltas: dict, first_token: bool,
+                        should_stop) -> dict:
+    """Second pass: per-window residuals at the fitted maps (and ‖h_b − h_a‖²) for the bootstrap."""
+    from .linear import write_hooks
+
+    L = len(lm.blocks)
+    N, S = input_ids.shape
+    acc = _linear_accumulator(lm, L, True, None, deltas=deltas)
+    state = {}
+
+    def on_block(i, x, y):
+        if x.device != y.device:
+            x = x.to(y.device)
+        acc.observe_block(i, x, y, state["mask"])
+        if should_stop is not None and should_stop():
+            raise Cancelled()
+
+    with torch.inference_mode(), block_hooks(lm.blocks, on_block, name="score-linear-windows"), \
+            hook_pass(post=write_hooks(lm.blocks, acc.observe_write), name="score-linear-windows-write"):
+        for start in range(0, N, bs):
+            end = min(start + bs, N)
+            ids = input_ids[start:end].to(lm.device)
+            mask = attention_mask[start:end].to(lm.device) if attention_mask is not None else None
+            state["mask"] = _metric_mask(mask, end - start, S, ids.device, first_token)
+            try:
+                _forward_base(lm.model, ids, mask)
+            except BaseException:
+                acc.rollback()
+                raise
+            acc.commit()
+    return acc.windows()
 
 
 def partial_scores(lm, stats: BlockStats, N: int, S: int, done: int, calibration: dict | None,

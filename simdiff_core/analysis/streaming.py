@@ -18,8 +18,9 @@ How (the order sequential pruning codebases use): the model skeleton is built on
    cannot stop a block whose weights are still on ``meta`` from running; the skeleton belongs to
    this call alone, so swapping its blocks touches nothing shared);
 2. for each block i: load block i, run *all* calibration batches through it (hidden states stay on
-   the device), feed ``metrics.BlockStats`` and the heatmap sampler of ``score.py`` through the same
-   run-scoped block hook (``hooks.block_hooks``) as the in-memory pass, release block i;
+   the device), feed ``metrics.BlockStats``, the heatmap sampler of ``score.py`` and the
+   linear-replaceability accumulators (``linear.StreamedLinear``, one block's at a time) through the
+   same run-scoped hooks (``hooks``) as the in-memory pass, release block i;
 3. (perplexity only) load the final norm and LM head and run the model's own forward once more with
    the blocks replaced by replayers returning the streamed final hidden states, so family-specific
    head logic (logit soft-capping, scaled embeddings) is the model's own code.
@@ -47,7 +48,8 @@ import torch
 
 from ..common.errors import Cancelled, SimDiffError
 from ..models.streaming import StreamedModel, _batches, _capture, stream_meta
-from .hooks import block_hooks
+from .hooks import block_hooks, hook_pass
+from .linear import StreamedLinear
 from .metrics import BlockStats
 from .score import Scores, _MatrixSampler, auto_batch_size
 
@@ -92,11 +94,14 @@ def stream_score(
     should_stop: Callable[[], bool] | None = None,
     calibration: dict | None = None,
     source: str | None = None,
+    linear: bool = True,
 ) -> Scores:
     """``score.score_model`` for a checkpoint streamed from disk one block at a time.
 
     Batches, accumulators and the heatmap subsample are those of ``score_model``, so the result
     equals the in-memory scores for the same ``batch_size`` (bit for bit on CPU in float32).
+    ``linear``: the linear-replaceability curve and its per-window sums (``linear.StreamedLinear``:
+    one block's d x d accumulators at a time, no memory cap needed).
     """
     if input_ids.ndim != 2 or input_ids.shape[0] == 0:
         raise SimDiffError("calibration input must be a non-empty (N, S) tensor of token ids")
@@ -120,11 +125,16 @@ def stream_score(
         taken += take
     masks = [attention_mask[s:e].to(sm.device) if attention_mask is not None else None for s, e in batches]
 
+    lin = StreamedLinear(L, sm.blocks, batches, windows=len(batches) > 0 and N >= 2) if linear else None
+
     def on_block(b, i, x, y):
         stats[b].observe(i, x, y, masks[b])
         samplers[b].observe(i, x, y, takes[b])
+        if lin is not None:
+            lin.observe(b, i, x, y, masks[b])
 
-    _run_blocks(sm, xs, calls, on_block, progress, should_stop)
+    with hook_pass(post=lin.write_hooks() if lin is not None else {}, name="stream-linear"):
+        _run_blocks(sm, xs, calls, on_block, progress, should_stop)
     total, sampler = BlockStats(L), samplers[0]
     for b in range(len(batches)):
         stats[b].commit()
@@ -138,6 +148,13 @@ def stream_score(
     from .score import _version, finish_scores
 
     layers, mats = finish_scores(total, sampler)
+    windows, lin_meta = total.windows(), None
+    if lin is not None:
+        from .score import add_linear
+
+        vals, lin_windows, lin_meta = lin.finish()
+        add_linear(layers, vals)
+        windows.update(lin_windows)
 
     return Scores(
         model=source or str(model_dir), num_layers=L, layers=layers, matrices=mats,
@@ -145,6 +162,6 @@ def stream_score(
         meta={"seconds": round(time.perf_counter() - t0, 3), "batch_size": bs, "device": str(sm.device),
               "dtype": str(sm.dtype).replace("torch.", ""), "simdiff_alpha": 0.5,
               "family": getattr(sm.model.config, "model_type", "unknown"), "version": _version(),
-              "stream": stream_meta(sm, head=False)},
-        windows=total.windows(),
+              "stream": stream_meta(sm, head=False), **({"linear": lin_meta} if lin_meta else {})},
+        windows=windows,
     )

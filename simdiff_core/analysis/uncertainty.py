@@ -19,6 +19,12 @@ Definitions (also in docs/metrics.md):
   draw, generator seeded with ``seed``, default 0) and recompute
   ``m_i^b = sum_w n_b[w] S[i, w] / sum_w n_b[w] c[w]`` for every metric, and every fused SimDiff
   importance from those metrics (same alpha, beta, normalisation as the curve it belongs to).
+* Linear replaceability (``analysis/linear.py``) is a fitted ratio, not a mean: refitting the d x d map
+  per replicate would need per-window d x d sums (too big), so the maps stay at the full-data fit
+  and a second scoring pass stores, per block and window, the residual at that fit ``U[i, w]`` and
+  ``‖h_b − h_a‖²`` ``V[i, w]`` (``windows["lin_num"]``, ``["lin_den"]``); replicate b is
+  ``sum_w n_b[w] U[i, w] / sum_w n_b[w] V[i, w]``. The band therefore shows how the ratio varies
+  with the text, not the extra variance of refitting the map (it is narrower than a refit bootstrap).
 * Band at level ``level`` (default 0.90): the percentile interval, i.e. the (1 - level)/2 and
   (1 + level)/2 quantiles of ``m_i^b`` over ``n_boot`` replicates (default 200).
 * Plan stability: for every replicate, the plan the same criterion/count/alpha/beta/locks would make
@@ -42,6 +48,7 @@ from ..common.errors import SimDiffError
 from .metrics import importance
 
 FIELDS = ("cos", "sq", "ab", "x2", "xa", "sq_rel", "ab_rel")
+LINEAR_FIELDS = ("lin_num", "lin_den")
 METRICS = ("cosine", "bi", "angular", "mssd", "masd", "mssd_rel", "masd_rel")
 DEFAULT_LEVEL = 0.90
 DEFAULT_BOOT = 200
@@ -53,7 +60,7 @@ def check_windows(windows: dict, num_layers: int) -> None:
     try:
         tokens = [float(t) for t in windows["tokens"]]
         n = len(tokens)
-        for k in FIELDS:
+        for k in FIELDS + tuple(f for f in LINEAR_FIELDS if f in windows):
             rows = windows[k]
             if len(rows) != num_layers or any(len(r) != n for r in rows):
                 raise ValueError(f"windows.{k} is not {num_layers} x {n}")
@@ -71,7 +78,15 @@ def _arrays(scores) -> tuple[dict[str, np.ndarray], np.ndarray]:
         raise SimDiffError("these scores have no per-window statistics (need a scoring pass with >= 2 windows; "
                            "score again with this version)")
     w = scores.windows
-    return {k: np.asarray(w[k], dtype=np.float64) for k in FIELDS}, np.asarray(w["tokens"], dtype=np.float64)
+    out = {k: np.asarray(w[k], dtype=np.float64) for k in FIELDS}
+    if has_linear_windows(scores):
+        out.update({k: np.asarray(w[k], dtype=np.float64) for k in LINEAR_FIELDS})
+    return out, np.asarray(w["tokens"], dtype=np.float64)
+
+
+def has_linear_windows(scores) -> bool:
+    w = getattr(scores, "windows", None) or {}
+    return all(k in w for k in LINEAR_FIELDS) and len(w.get("lin_num", [])) == getattr(scores, "num_layers", -1)
 
 
 def metrics_from_sums(sums: dict[str, np.ndarray], tokens: np.ndarray) -> dict[str, np.ndarray]:
@@ -79,8 +94,13 @@ def metrics_from_sums(sums: dict[str, np.ndarray], tokens: np.ndarray) -> dict[s
     n = np.maximum(tokens, 1e-12)[None, :]
     cos = sums["cos"] / n
     ang = np.arccos(np.clip(cos, -1.0, 1.0)) / math.pi
-    return {"cosine": cos, "bi": 1.0 - cos, "angular": ang, "mssd": sums["sq"] / n, "masd": sums["ab"] / n,
-            "mssd_rel": sums["sq_rel"] / n, "masd_rel": sums["ab_rel"] / n}
+    out = {"cosine": cos, "bi": 1.0 - cos, "angular": ang, "mssd": sums["sq"] / n, "masd": sums["ab"] / n,
+           "mssd_rel": sums["sq_rel"] / n, "masd_rel": sums["ab_rel"] / n}
+    if "lin_num" in sums:
+        den = sums["lin_den"]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out["linear"] = np.where(den > 0, sums["lin_num"] / np.where(den > 0, den, 1.0), np.nan)
+    return out
 
 
 def resample_weights(num_windows: int, n_boot: int = DEFAULT_BOOT, seed: int = DEFAULT_SEED) -> np.ndarray:
@@ -144,6 +164,9 @@ def replicate_importance(reps: dict[str, np.ndarray], criterion: str, alpha: flo
         return -reps["cosine"]
     if criterion in reps:
         return reps[criterion]
+    if criterion == "linear":
+        raise SimDiffError("these scores have no per-window linear-replaceability sums (score again with "
+                           "per-window statistics on)")
     raise ValueError(f"unknown criterion '{criterion}'")
 
 
@@ -157,6 +180,7 @@ def bands(scores, level: float = DEFAULT_LEVEL, n_boot: int = DEFAULT_BOOT, seed
     """Percentile bootstrap bands of every per-block metric (and the fused SimDiff importance).
 
     Returns ``{metric: {"value": [L], "lo": [L], "hi": [L]}}`` for ``METRICS`` plus ``"simdiff"``
+    (and ``"linear"`` where the scores carry its per-window sums; NaN for block 0)
     (fused with ``fused`` = dict(alpha=, beta=, scale_free=, norm=), default alpha = beta = 0.5),
     and ``"_level"``.
     """
@@ -169,6 +193,10 @@ def bands(scores, level: float = DEFAULT_LEVEL, n_boot: int = DEFAULT_BOOT, seed
     for k in METRICS:
         lo, hi = _interval(reps[k], level)
         out[k] = {"value": full[k][:, 0].tolist(), "lo": lo.tolist(), "hi": hi.tolist()}
+    if "linear" in reps:  # value: the stored curve (the fit's own residual), as the planner uses it
+        lo, hi = _interval(reps["linear"], level)
+        out["linear"] = {"value": [np.nan if l.get("linear") is None else float(l["linear"]) for l in scores.layers],
+                         "lo": lo.tolist(), "hi": hi.tolist()}
     out["simdiff"] = fused_band(scores, level=level, n_boot=n_boot, seed=seed, _reps=reps, **(fused or {}))
     out["_level"] = level
     return out

@@ -27,7 +27,7 @@ from ..common.errors import SimDiffError
 
 COMMAND_MODULES: list[str] = ["simdiff_core.cli.core", "simdiff_core.cli.ground_truth", "simdiff_core.cli.ecosystem",
                               "simdiff_core.cli.eval", "simdiff_core.cli.methods", "simdiff_core.cli.insight",
-                              "simdiff_core.cli.runs"]
+                              "simdiff_core.cli.runs", "simdiff_core.cli.linear"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -85,14 +85,16 @@ def _score_one(args) -> dict:
 
             scores, _, _ = calibrate(lm, args.calib, args.samples, args.seq_len, batch_size=args.batch_size,
                                      matrix_tokens=args.matrix_tokens, progress=progress_printer("score"),
-                                     first_token=not args.exclude_first_token)
+                                     first_token=not args.exclude_first_token, linear=not args.no_linear,
+                                     linear_max_mb=args.linear_max_mb)
             run_id, hit = None, None
         else:
             scores, _, info = calibrate_stored(lm, args.calib, args.samples, args.seq_len, store=store,
                                                recompute=args.recompute, name=args.name,
                                                batch_size=args.batch_size, matrix_tokens=args.matrix_tokens,
                                                progress=progress_printer("score"),
-                                               first_token=not args.exclude_first_token)
+                                               first_token=not args.exclude_first_token, linear=not args.no_linear,
+                                               linear_max_mb=args.linear_max_mb)
             run_id, hit = info["run_id"], info["from_store"]
     if hit is not None:
         _from_library(hit)
@@ -123,7 +125,8 @@ def _score_streamed(args, store):
         settings = {"weights": files_fingerprint(where), "tokens": tokens_hash(ids),
                     "options": scoring_options(ids=ids, matrix_tokens=args.matrix_tokens, first_token=True,
                                                batch_size=args.batch_size, device=dev,
-                                               dtype=pick_dtype(args.dtype, dev), stream=True)}
+                                               dtype=pick_dtype(args.dtype, dev), stream=True,
+                                               linear=not args.no_linear)}
         key = run_key(**settings)
         hit = None if args.recompute else store.lookup(key)
         if hit is not None:
@@ -133,7 +136,8 @@ def _score_streamed(args, store):
                 pass  # unreadable: score again and replace it
     scores = stream_score(where, ids, memory_budget_mb=args.memory_budget_mb, device=args.device,
                           dtype=args.dtype, batch_size=args.batch_size, matrix_tokens=args.matrix_tokens,
-                          progress=progress_printer("score"), calibration=calib, source=args.model)
+                          progress=progress_printer("score"), calibration=calib, source=args.model,
+                          linear=not args.no_linear, linear_bands=not args.no_linear)
     run_id = None
     if store is not None and not store.readonly:
         from ..runs import run_meta
@@ -357,6 +361,11 @@ def register(sub) -> None:
     s.add_argument("--exclude-first-token", action="store_true",
                    help="leave position 0 (BOS, massive activation) out of the per-block metrics (default: "
                         "included, as ShortGPT's BI; the heatmaps always use positions 1..S-1)")
+    s.add_argument("--no-linear", action="store_true",
+                   help="skip the linear-replaceability curve (its accumulators and its second, per-window pass)")
+    s.add_argument("--linear-max-mb", type=float, default=None,
+                   help="cap on the linear curve's in-memory accumulators, 2 x L x d^2 float64 (default 1024; "
+                        "over it the curve is left out with the reason; --stream needs no cap)")
     s.add_argument("--out", default=None, help="scores.json to write (one model; the run library keeps the run too)")
     s.add_argument("--no-save", action="store_true",
                    help="do not use the run library: neither reuse a stored run nor save this one")
@@ -375,7 +384,8 @@ def register(sub) -> None:
 
     add_method_args(s)
     s.add_argument("--scores", help="scores.json from 'score'")
-    s.add_argument("--criterion", default="simdiff", help="simdiff, cosine, bi, angular, mssd, masd, mssd_rel, masd_rel")
+    s.add_argument("--criterion", default="simdiff", help="simdiff, cosine, bi, angular, mssd, masd, mssd_rel, masd_rel, linear "
+                                                         "(linear replaceability: needs scores that carry it)")
     s.add_argument("--alpha", default="0.5", help="SimDiff similarity weight in [0, 1], or 'auto' (needs --model)")
     s.add_argument("--beta", type=float, default=None,
                    help="SimDiff MSSD share of the difference view (default 0.5; with --alpha auto and no --beta, "

@@ -25,6 +25,7 @@ import torch
 
 from ..analysis.metrics import BlockStats, simdiff_importance
 from ..analysis.score import Scores, _metric_mask, auto_batch_size, score_model
+from ..common.errors import SimDiffError
 from ..models.load import LoadedModel
 from ..pruning.plan import cosine_tiebreak, select_lowest
 from ..pruning.prune import pruned_model
@@ -35,6 +36,8 @@ CACHE_BYTES = 256 * 2 ** 20
 def run(ctx, criterion: str = "simdiff", alpha: float = 0.5, matrix_tokens: int = 16, beta: float = 0.5, norm: str = "rank",
         scale_free: bool = True, cached: bool = True):
     """``cached=False`` re-scores every pruned model with a full ``score_model`` pass (the reference)."""
+    if criterion == "linear":  # the cached re-scoring keeps per-block sums only, not d x d fits
+        raise SimDiffError("iterative re-scoring does not refit linear replaceability; use oneshot:linear")
     fusion = {"beta": beta, "norm": norm, "scale_free": scale_free}
     lm, L = ctx.lm, ctx.L
     kept, trace = list(range(L)), []
@@ -55,7 +58,7 @@ def run(ctx, criterion: str = "simdiff", alpha: float = 0.5, matrix_tokens: int 
             sub = LoadedModel(model=view, tokenizer=lm.tokenizer, source=lm.source, device=lm.device,
                               dtype=lm.dtype, block_path=lm.block_path)
             scores = score_model(sub, ctx.calib_ids, matrix_tokens=matrix_tokens, should_stop=ctx.should_stop,
-                                 first_token=first_token)
+                                 first_token=first_token, linear=False)
         imp = scores.importance(criterion, alpha=alpha, **fusion)
         # Locked first/last blocks are never removed, so they stay the first/last of the pruned model.
         j = select_lowest(imp, 1, ctx.keep_first, ctx.keep_last, tiebreak=cosine_tiebreak(scores.layers))[0]

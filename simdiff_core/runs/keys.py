@@ -125,7 +125,7 @@ def run_key(weights: str, tokens: str, options: dict) -> str:
 
 def scoring_options(lm=None, ids=None, *, matrix_tokens: int = 256, first_token: bool = True,
                     window_stats: bool = True, batch_size: int | None = None, device=None, dtype=None,
-                    device_map=None, stream: bool = False) -> dict:
+                    device_map=None, stream: bool = False, linear: bool = True) -> dict:
     """The options part of a key, with the batch size resolved the way score_model resolves it."""
     import torch
 
@@ -140,15 +140,17 @@ def scoring_options(lm=None, ids=None, *, matrix_tokens: int = 256, first_token:
         device_map = getattr(getattr(lm, "model", None), "hf_device_map", None)
     return {"matrix_tokens": int(matrix_tokens), "first_token": bool(first_token), "window_stats": bool(window_stats),
             "batch_size": bs, "dtype": str(dtype).replace("torch.", ""), "device": dev.type,
-            "device_map": None if device_map is None else _canon(device_map), "stream": bool(stream), **versions()}
+            "device_map": None if device_map is None else _canon(device_map), "stream": bool(stream),
+            # the linear-replaceability curve (analysis/linear.py) and its bands: runs scored before it lack them
+            "linear": 1 if linear else 0, **versions()}
 
 
 def calibration_key(lm, ids, *, matrix_tokens: int = 256, first_token: bool = True, window_stats: bool = True,
-                    batch_size: int | None = None) -> tuple[str, dict]:
+                    batch_size: int | None = None, linear: bool = True) -> tuple[str, dict]:
     """(key, settings) of scoring ``lm`` (a LoadedModel) on ``ids`` with these options, before running it."""
     settings = {"weights": weights_fingerprint(lm.model), "tokens": tokens_hash(ids),
                 "options": scoring_options(lm, ids, matrix_tokens=matrix_tokens, first_token=first_token,
-                                           window_stats=window_stats, batch_size=batch_size)}
+                                           window_stats=window_stats, batch_size=batch_size, linear=linear)}
     return run_key(**settings), settings
 
 

@@ -116,8 +116,9 @@ def test_layer_curves_follow_the_controls_without_recomputing(calibrated):
     at.switch_page(CURVES).run()
     assert not at.exception and not errors(at)
     scores = at.session_state["scores"]
-    assert len(at.get("plotly_chart")) == 3  # the heatmaps: a slider move does not change them
-    assert len(figures(at)) == 5  # curves, fused score (updated in place: ui/live_chart.py), 3 heatmaps
+    # linear replaceability + the heatmaps: a slider move does not change them
+    assert len(at.get("plotly_chart")) == 4
+    assert len(figures(at)) == 6  # curves, fused score (updated in place: ui/live_chart.py), linear, 3 heatmaps
     curves = figure(at, 0)
     names = {t.get("xaxis", "x") for t in curves["data"]}
     assert names == {"x", "x2", "x3"}, "cosine, MSSD and MASD side by side"
