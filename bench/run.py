@@ -9,6 +9,9 @@ Absolute times on shared machines are noise; every target is a ratio of two thin
 run, interleaved, best of several repeats. The last stdout line is one JSON object with every number.
 
 Sections (each prints one line on stderr as it finishes):
+  repaired   (--repaired / --full / --only-repaired) best_repaired_vs_dense_smollm2: the best lstsq-repaired
+             8/30 checkpoint of any criterion's plan, chosen by calibration ppl after repair / dense (test ppl)
+  linear     linear-replaceability curve: scoring with it (curve + band pass) / without (suite/linear.py)
   overhead   scoring pass vs plain forward over the same batches (base model = same modules the
              scoring pass runs, i.e. without the LM head; the full ``model(input_ids)`` is reported too)
   memory     peak extra memory of scoring over a plain forward, 2 depths x 2 calibration sizes
@@ -36,6 +39,7 @@ from pathlib import Path
 import torch
 
 from suite.harness import ROOT, llama_dir_model, log
+from suite.linear import bench_linear
 from suite.memory import bench_memory
 from suite.overhead import bench_overhead
 from suite.preview import bench_preview
@@ -57,6 +61,9 @@ def main() -> int:
     g.add_argument("--smoke", action="store_true", help="tiny models only, seconds (for the test suite)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--repaired", action="store_true",
+                    help="also the best repaired 8/30 checkpoint / dense (suite/repaired.py; minutes; on with --full)")
+    ap.add_argument("--only-repaired", action="store_true", help="run only the repaired section (embedded model)")
     ap.add_argument("--no-cold", action="store_true", help="skip the cold (empty cache) time-to-first-curves run")
     ap.add_argument("--gpu-model-layers", type=int, default=0, help="benchmark a config-built llama of this depth instead of the embedded model")
     ap.add_argument("--gpu-model-hidden", type=int, default=1536)
@@ -98,6 +105,13 @@ def main() -> int:
         prompt, decode_n = (2048, 64) if args.full else (512, 16)
         mem_depths, mem_sizes, mem_seq, mem_hidden = (8, 16), (4, 8), 256, 256
         stream_cfg = (16, 256, 4, 128) if args.full else (12, 256, 4, 64)
+    if args.only_repaired:
+        from suite.repaired import bench_repaired
+
+        out = bench_repaired(lm)
+        log(f"best_repaired_vs_dense_smollm2 {out['best_repaired_vs_dense_smollm2']}")
+        print(json.dumps(out))
+        return 0
     name = lm.name
     res = {"model": name, "model_params": lm.num_parameters(), "model_blocks": lm.num_layers, "device": str(device),
            "dtype": str(dtype).replace("torch.", ""), "repeats": repeats}
@@ -115,6 +129,10 @@ def main() -> int:
     res["uncertainty"] = bench_uncertainty(lm, ids, bs, repeats, device)
     log(f"uncertainty overhead {res['uncertainty']['uncertainty_overhead']:.3f} "
         f"(bootstrap {res['uncertainty']['bootstrap_seconds']} s)")
+
+    res["linear"] = bench_linear(lm, ids, bs, repeats, device)
+    log(f"linear replaceability cost {res['linear']['linear_scoring_cost']:.3f} "
+        f"(curve only {res['linear']['linear_curve_only_cost']:.3f}, accumulators {res['linear']['linear_accumulator_mb']} MB)")
 
     res["memory"] = bench_memory(mem_depths, mem_sizes, mem_seq, mem_hidden, device)
     log("memory " + json.dumps({k: v["extra_mb"] for k, v in res["memory"].items()}))
@@ -141,6 +159,12 @@ def main() -> int:
 
         res["eval"] = bench_eval.run_all(lm, make_windows(lm.tokenizer, "wikitext2", n=2, seq_len=64), 7,
                                          ("damage", "greedy", "alpha", "iterative", "shootout"))
+
+    if (args.repaired or args.full) and not args.smoke and not args.gpu_model_layers:
+        from suite.repaired import bench_repaired
+
+        res["repaired"] = bench_repaired(lm)
+        log(f"best_repaired_vs_dense_smollm2 {res['repaired']['best_repaired_vs_dense_smollm2']}")
 
     res["loadavg"] = [load_start, os.getloadavg()[0]]
     out = Path(args.out) if args.out else (None if args.smoke else ROOT / "bench" / (
@@ -173,6 +197,10 @@ def main() -> int:
         "streaming_budget_mb": res["streaming"]["streaming_budget_mb"],
         "uncertainty_overhead": round(res["uncertainty"]["uncertainty_overhead"], 4),
         "bootstrap_seconds": res["uncertainty"]["bootstrap_seconds"],
+        "linear_scoring_cost": round(res["linear"]["linear_scoring_cost"], 4),
+        "linear_curve_only_cost": round(res["linear"]["linear_curve_only_cost"], 4),
+        **({"best_repaired_vs_dense_smollm2": res["repaired"]["best_repaired_vs_dense_smollm2"]}
+           if "repaired" in res else {}),
         **{k: res.get("eval", {}).get(k) for k in ("greedy_cost_vs_naive", "auto_alpha_cost_vs_naive",
                                                    "auto_alpha_floor_vs_naive", "damage_vs_floor",
                                                    "iterative_cost_vs_full_rescoring", "shootout_default_s")},

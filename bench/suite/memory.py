@@ -31,12 +31,12 @@ def bench_memory(depths, sizes, seq_len, hidden, device) -> dict:
                 fwd()
                 f = (torch.cuda.max_memory_allocated() - base0) / 2**20
                 torch.cuda.reset_peak_memory_stats()
-                score_model(lm, ids, batch_size=bs)
+                score_model(lm, ids, batch_size=bs, linear=False)
                 s = (torch.cuda.max_memory_allocated() - base0) / 2**20
             else:
-                fwd(), score_model(lm, ids, batch_size=bs)  # warm the allocator for both
+                fwd(), score_model(lm, ids, batch_size=bs, linear=False)  # warm the allocator for both
                 f = peak_extra_mb(fwd)
-                s = peak_extra_mb(lambda: score_model(lm, ids, batch_size=bs))
+                s = peak_extra_mb(lambda: score_model(lm, ids, batch_size=bs, linear=False))
             table[f"L={L},N={n}"] = {"forward_peak_mb": round(f, 2), "scoring_peak_mb": round(s, 2),
                                      "extra_mb": round(s - f, 2), "layers_x_tokens": L * n * seq_len}
         del model, lm

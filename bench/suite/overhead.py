@@ -26,7 +26,7 @@ def bench_overhead(lm, ids, bs, repeats, device) -> dict:
     holder = {}
 
     def scoring():
-        holder["scores"] = score_model(lm, ids, batch_size=bs)
+        holder["scores"] = score_model(lm, ids, batch_size=bs, linear=False)  # the metric pass (linear: suite/linear.py)
 
     scoring()  # warm-up (allocator, kernels)
     t = best_of({"base_forward": base, "scoring": scoring, "full_forward": full}, repeats, device)

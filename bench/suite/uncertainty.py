@@ -20,10 +20,10 @@ def bench_uncertainty(lm, ids, bs, repeats, device) -> dict:
     holder = {}
 
     def plain():
-        score_model(lm, ids, batch_size=bs, window_stats=False)
+        score_model(lm, ids, batch_size=bs, window_stats=False, linear=False)  # linear: suite/linear.py
 
     def with_bands():
-        sc = score_model(lm, ids, batch_size=bs, window_stats=True)
+        sc = score_model(lm, ids, batch_size=bs, window_stats=True, linear=False)
         t0 = time.perf_counter()
         bands(sc)
         plan_stability(sc, "simdiff", num=max(1, round(0.25 * sc.num_layers)))

@@ -1,0 +1,68 @@
+"""``best_repaired_vs_dense_smollm2``: the best training-free repaired 8/30 checkpoint the explorer makes / dense.
+
+    python bench/run.py --only-repaired          # this section alone (minutes on 2 CPU cores)
+
+Protocol (issue 22): embedded SmolLM2-135M float32; calibration 16 x 256 tokens of the shipped
+WikiText-2 *valid* split; perplexity 8 x 512 tokens of the *test* split. Candidates: the one-shot plan of
+every criterion (``analysis.metrics.CRITERIA``, ``linear`` included) and PruneMe's block, all at 8 of 30
+blocks, from one scoring pass. Each is repaired with the repair stage's ``lstsq`` (ReplaceMe, dense
+fit on the calibration windows). The *chosen* checkpoint is the one with the lowest **calibration**
+perplexity after repair (never chosen by the test text it is then measured on); the key is its test
+perplexity / the dense model's. Every candidate's numbers are kept under ``candidates``.
+Goal <= 2.0 (87.1 / 27.6 = 3.2 without repair).
+"""
+
+from __future__ import annotations
+
+import time
+
+from .harness import log
+
+NUM, CALIB, TEST = 8, (16, 256), (8, 512)
+
+
+def bench_repaired(lm) -> dict:
+    try:
+        from simdiff_core.repair import apply_repair, fit_repair
+    except ImportError:
+        return {"best_repaired_vs_dense_smollm2": None, "reason": "the repair stage (simdiff_core.repair) is not installed"}
+    from simdiff_core.analysis.metrics import CRITERIA
+    from simdiff_core.analysis.score import score_model
+    from simdiff_core.data.text import make_windows
+    from simdiff_core.evaluation.evaluate import eval_windows, perplexity
+    from simdiff_core.methods import run_method
+    from simdiff_core.pruning.plan import make_plan
+    from simdiff_core.pruning.prune import pruned_model
+
+    t0 = time.perf_counter()
+    calib = make_windows(lm.tokenizer, "wikitext2", n=CALIB[0], seq_len=CALIB[1])
+    test = eval_windows(lm.tokenizer, "wikitext2", TEST[1], TEST[0])
+    scores = score_model(lm, calib, calibration={"source": "wikitext2"})
+    plans = {f"oneshot:{c}": make_plan(scores, c, num=NUM).removed_layers for c in CRITERIA}
+    plans["block"] = run_method("block", lm, calib, num=NUM, scores=scores).removed_layers
+    dense = perplexity(lm.model, test, device=lm.device)["ppl"]
+    seen, rows = {}, []
+    for name, removed in plans.items():
+        key = tuple(removed)
+        if key in seen:
+            seen[key]["labels"].append(name)
+            continue
+        kept = [i for i in range(lm.num_layers) if i not in removed]
+        pm = pruned_model(lm, kept)
+        rep = fit_repair(lm, removed, calib, method="lstsq")
+        fixed = apply_repair(pm, rep)
+        row = {"labels": [name], "removed": list(removed),
+               "calib_ppl_repaired": perplexity(fixed, calib, device=lm.device)["ppl"],
+               "test_ppl_pruned": perplexity(pm, test, device=lm.device)["ppl"],
+               "test_ppl_repaired": perplexity(fixed, test, device=lm.device)["ppl"]}
+        seen[key] = row
+        rows.append(row)
+        log(f"repaired {name}: {removed} test {row['test_ppl_pruned']:.1f} -> {row['test_ppl_repaired']:.1f} "
+            f"(calib after repair {row['calib_ppl_repaired']:.1f})")
+    best = min(rows, key=lambda r: r["calib_ppl_repaired"])
+    return {"best_repaired_vs_dense_smollm2": round(best["test_ppl_repaired"] / dense, 4),
+            "best_repaired_plan": best, "dense_test_ppl": dense, "candidates": rows,
+            "oracle_best_by_test_vs_dense": round(min(r["test_ppl_repaired"] for r in rows) / dense, 4),
+            "protocol": f"calib {CALIB[0]} x {CALIB[1]} WikiText-2 valid; test {TEST[0]} x {TEST[1]} WikiText-2 test; "
+                        f"{NUM}/{lm.num_layers} blocks; lstsq repair, dense fit; chosen by calibration ppl after repair",
+            "seconds": round(time.perf_counter() - t0, 1)}
