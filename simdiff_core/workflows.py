@@ -61,7 +61,7 @@ def calibrate(lm, source, samples: int, seq_len: int, progress: Progress | None 
         {"source": src.description}
     scores = score_model(lm, ids, batch_size=batch_size, matrix_tokens=matrix_tokens, progress=progress,
                          calibration=calib, first_token=first_token, linear=linear, linear_max_mb=linear_max_mb,
-                         **kw)
+                         linear_bands=linear, **kw)
     return scores, ids, calibration_info(src.description, ids, time.perf_counter() - t0, scores.meta["seconds"])
 
 

@@ -1,7 +1,9 @@
 """Cost of the linear-replaceability curve (analysis/linear.py) over the plain scoring pass.
 
-``linear_scoring_cost`` = scoring with the curve and its per-window band pass / the same scoring without
-the curve (both with per-window statistics, same batches, interleaved, best of ``repeats``). The
+``linear_scoring_cost`` = scoring with the curve and its per-window band pass (as the app and ``score``
+calibrate) / the same scoring without the curve (both with per-window statistics, same batches,
+interleaved, best of ``repeats``); ``linear_curve_only_cost``: the curve without its band pass (what
+``score_model`` does by default, e.g. for the methods' dense scoring). The
 older keys (``scoring_overhead``, ``uncertainty_overhead``, peak memory) keep measuring the metric pass
 alone (``linear=False``), as they did before the curve existed, so their goals still mean the same.
 """
@@ -21,10 +23,10 @@ def bench_linear(lm, ids, bs, repeats, device) -> dict:
         score_model(lm, ids, batch_size=bs, linear=False)
 
     def curve_only():
-        score_model(lm, ids, batch_size=bs, window_stats=False)
+        score_model(lm, ids, batch_size=bs)
 
     def with_linear():
-        holder["scores"] = score_model(lm, ids, batch_size=bs)
+        holder["scores"] = score_model(lm, ids, batch_size=bs, linear_bands=True)
 
     with_linear()  # warm-up
     t = best_of({"scoring_plain": plain, "scoring_linear_no_band": curve_only, "scoring_linear": with_linear},

@@ -40,7 +40,8 @@ at d = 4096 one block's pair is 268 MB, 8.6 GB for 32 blocks, over the default `
 the in-memory pass then stores None with the reason, and the block-streamed pass
 (``analysis/streaming.py``) holds the accumulators of one block at a time (3 d × d: 400 MB at 4096).
 Bands (``uncertainty.py``): per-window sums of the residual *at the full-data fit* and of ``‖D‖²``
-need the fitted Δ, so ``score_model`` makes a second forward pass for them when ``window_stats`` is on.
+need the fitted Δ, so ``score_model`` makes a second forward pass for them when asked (``linear_bands``:
+the app's and the CLI's calibration do; the streamed pass keeps what it needs and makes none).
 """
 
 from __future__ import annotations

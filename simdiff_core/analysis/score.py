@@ -197,6 +197,7 @@ def score_model(
     on_batch: Callable[["Scores"], None] | None = None,
     linear: bool = True,
     linear_max_mb: float | None = None,
+    linear_bands: bool = False,
 ) -> Scores:
     """Score every block of ``lm`` (a LoadedModel) on ``input_ids`` (N, S) in one pass.
 
@@ -282,7 +283,7 @@ def score_model(
     lin_meta = None
     if linear:
         vals, deltas, lin_meta = lin.finish()
-        if window_stats and deltas and N >= 2:
+        if linear_bands and window_stats and deltas and N >= 2:
             windows.update(_linear_window_pass(lm, input_ids, attention_mask, bs, deltas, first_token, should_stop))
         add_linear(layers, vals)
     return Scores(

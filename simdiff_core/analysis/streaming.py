@@ -95,13 +95,15 @@ def stream_score(
     calibration: dict | None = None,
     source: str | None = None,
     linear: bool = True,
+    linear_bands: bool = False,
 ) -> Scores:
     """``score.score_model`` for a checkpoint streamed from disk one block at a time.
 
     Batches, accumulators and the heatmap subsample are those of ``score_model``, so the result
     equals the in-memory scores for the same ``batch_size`` (bit for bit on CPU in float32).
-    ``linear``: the linear-replaceability curve and its per-window sums (``linear.StreamedLinear``:
-    one block's d x d accumulators at a time, no memory cap needed).
+    ``linear``: the linear-replaceability curve (``linear.StreamedLinear``: one block's d x d
+    accumulators at a time, no memory cap needed); ``linear_bands``: also its per-window sums (no
+    second pass here: each block's residuals are taken before the block is released).
     """
     if input_ids.ndim != 2 or input_ids.shape[0] == 0:
         raise SimDiffError("calibration input must be a non-empty (N, S) tensor of token ids")
@@ -125,7 +127,7 @@ def stream_score(
         taken += take
     masks = [attention_mask[s:e].to(sm.device) if attention_mask is not None else None for s, e in batches]
 
-    lin = StreamedLinear(L, sm.blocks, batches, windows=len(batches) > 0 and N >= 2) if linear else None
+    lin = StreamedLinear(L, sm.blocks, batches, windows=linear_bands and N >= 2) if linear else None
 
     def on_block(b, i, x, y):
         stats[b].observe(i, x, y, masks[b])

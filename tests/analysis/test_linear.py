@@ -80,7 +80,7 @@ def test_curve_matches_lstsq_reference_every_family(tiny, ids_small, family):
 
 def test_embedded_model_matches_reference_and_bands(embedded_lm):
     ids = make_windows(embedded_lm.tokenizer, "wikitext2", n=6, seq_len=128)   # 768 tokens > d = 576
-    sc = score_model(embedded_lm, ids, batch_size=3)
+    sc = score_model(embedded_lm, ids, batch_size=3, linear_bands=True)
     ref = reference(embedded_lm, ids, (1, 14, 29))
     for i, r in ref.items():
         assert sc.layers[i]["linear"] == pytest.approx(r, abs=2e-3, rel=1e-2), i
@@ -97,7 +97,7 @@ def test_embedded_model_matches_reference_and_bands(embedded_lm):
 
 
 def test_scores_round_trip_and_plan_without_model(tiny, ids_small, tmp_path):
-    sc = score_model(tiny("llama", num_layers=6, seed=2), ids_small, batch_size=2)
+    sc = score_model(tiny("llama", num_layers=6, seed=2), ids_small, batch_size=2, linear_bands=True)
     sc.save(tmp_path / "s.json")
     back = Scores.load(tmp_path / "s.json")
     assert [l["linear"] for l in back.layers] == [l["linear"] for l in sc.layers]
@@ -117,7 +117,7 @@ def test_post_ln_family_is_refused_with_reason(tokenizer, ids_small):
                        word_embed_proj_dim=64, max_position_embeddings=512, do_layer_norm_before=False)
     lm = wrap_model(tf.AutoModelForCausalLM.from_config(cfg).eval(), tokenizer, source="tiny-opt-postln")
     assert write_site(lm.blocks[0])[0] is None
-    sc = score_model(lm, ids_small, batch_size=2)
+    sc = score_model(lm, ids_small, batch_size=2, linear_bands=True)
     assert all(l["linear"] is None for l in sc.layers)
     assert "post-LN" in sc.meta["linear"]["reason"]
     assert "lin_num" not in sc.windows
@@ -169,8 +169,8 @@ def test_streamed_curve_equals_in_memory(tmp_path, tokenizer, ids_small):
 
     lm = tiny_lm("llama", tokenizer, 4, seed=4)
     lm.model.save_pretrained(tmp_path / "m")
-    mem = score_model(lm, ids_small, batch_size=2)
-    got = stream_score(tmp_path / "m", ids_small, device="cpu", dtype="float32", batch_size=2)
+    mem = score_model(lm, ids_small, batch_size=2, linear_bands=True)
+    got = stream_score(tmp_path / "m", ids_small, device="cpu", dtype="float32", batch_size=2, linear_bands=True)
     assert [l["linear"] for l in got.layers] == pytest.approx([l["linear"] for l in mem.layers], abs=1e-12)
     np.testing.assert_allclose(got.windows["lin_num"], mem.windows["lin_num"], rtol=1e-5, atol=1e-9)
     np.testing.assert_allclose(got.windows["lin_den"], mem.windows["lin_den"], rtol=1e-6)

@@ -88,6 +88,8 @@ def fill_every_result(at):
     at.number_input(key="sens_samples").set_value(2)
     at.number_input(key="sens_seq_len").set_value(32)
     ok(at.button(key="sens_run").click().run())
+    at.switch_page(CURVES).run()
+    ok(at.button(key="linear_spans_btn").click().run())
     at.switch_page(DRILL).run()
     at.selectbox(key="dd_block").set_value(1)
     at.number_input(key="dd_windows").set_value(1)
@@ -103,6 +105,8 @@ def shown_results(at) -> list[str]:
     ok(at.switch_page(CURVES).run())
     if not any("Add the measured ground truth" in c.value for c in at.caption):
         shown.append("curves: damage curve")
+    if at.get("plotly_chart") and any("Linear replaceability across" in c.proto.spec for c in at.get("plotly_chart")):
+        shown.append("curves: linear span heatmap")
     ok(at.switch_page(PREVIEW).run())
     if any(c.value.startswith("Auto α chose") for c in at.caption):
         shown.append("preview: auto α")

@@ -16,7 +16,7 @@ def _last_json(stdout: str) -> dict:
 
 def test_plan_linear_from_scores_without_a_model(tmp_path, tiny, tokenizer):
     ids = make_windows(tokenizer, "wikitext2", n=4, seq_len=40)
-    sc = score_model(tiny("llama", num_layers=6, seed=5), ids, batch_size=2)
+    sc = score_model(tiny("llama", num_layers=6, seed=5), ids, batch_size=2, linear_bands=True)
     sc.save(tmp_path / "s.json")
     r = run_cli("plan", "--scores", tmp_path / "s.json", "--criterion", "linear", "--num", 2,
                 "--stability", 20, "--out", tmp_path / "p.json", timeout=120)
