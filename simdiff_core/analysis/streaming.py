@@ -94,7 +94,7 @@ def stream_score(
     should_stop: Callable[[], bool] | None = None,
     calibration: dict | None = None,
     source: str | None = None,
-    linear: bool = True,
+    linear: bool = False,
     linear_bands: bool = False,
 ) -> Scores:
     """``score.score_model`` for a checkpoint streamed from disk one block at a time.
@@ -102,7 +102,8 @@ def stream_score(
     Batches, accumulators and the heatmap subsample are those of ``score_model``, so the result
     equals the in-memory scores for the same ``batch_size`` (bit for bit on CPU in float32).
     ``linear``: the linear-replaceability curve (``linear.StreamedLinear``: one block's d x d
-    accumulators at a time, no memory cap needed); ``linear_bands``: also its per-window sums (no
+    accumulators at a time, no memory cap needed; off by default here: models that need streaming
+    are wide, and it adds a d x d float64 eigen-solve and three d x d accumulators per block); ``linear_bands``: also its per-window sums (no
     second pass here: each block's residuals are taken before the block is released).
     """
     if input_ids.ndim != 2 or input_ids.shape[0] == 0:

@@ -11,6 +11,8 @@ Each command is a thin wrapper over the library functions the app uses too; shar
 
 from __future__ import annotations
 
+import argparse
+
 import os
 import sys
 from pathlib import Path
@@ -85,7 +87,7 @@ def _score_one(args) -> dict:
 
             scores, _, _ = calibrate(lm, args.calib, args.samples, args.seq_len, batch_size=args.batch_size,
                                      matrix_tokens=args.matrix_tokens, progress=progress_printer("score"),
-                                     first_token=not args.exclude_first_token, linear=not args.no_linear,
+                                     first_token=not args.exclude_first_token, linear=args.linear is not False,
                                      linear_max_mb=args.linear_max_mb)
             run_id, hit = None, None
         else:
@@ -93,7 +95,7 @@ def _score_one(args) -> dict:
                                                recompute=args.recompute, name=args.name,
                                                batch_size=args.batch_size, matrix_tokens=args.matrix_tokens,
                                                progress=progress_printer("score"),
-                                               first_token=not args.exclude_first_token, linear=not args.no_linear,
+                                               first_token=not args.exclude_first_token, linear=args.linear is not False,
                                                linear_max_mb=args.linear_max_mb)
             run_id, hit = info["run_id"], info["from_store"]
     if hit is not None:
@@ -126,7 +128,7 @@ def _score_streamed(args, store):
                     "options": scoring_options(ids=ids, matrix_tokens=args.matrix_tokens, first_token=True,
                                                batch_size=args.batch_size, device=dev,
                                                dtype=pick_dtype(args.dtype, dev), stream=True,
-                                               linear=not args.no_linear)}
+                                               linear=bool(args.linear))}
         key = run_key(**settings)
         hit = None if args.recompute else store.lookup(key)
         if hit is not None:
@@ -137,7 +139,7 @@ def _score_streamed(args, store):
     scores = stream_score(where, ids, memory_budget_mb=args.memory_budget_mb, device=args.device,
                           dtype=args.dtype, batch_size=args.batch_size, matrix_tokens=args.matrix_tokens,
                           progress=progress_printer("score"), calibration=calib, source=args.model,
-                          linear=not args.no_linear, linear_bands=not args.no_linear)
+                          linear=bool(args.linear), linear_bands=bool(args.linear))
     run_id = None
     if store is not None and not store.readonly:
         from ..runs import run_meta
@@ -361,8 +363,9 @@ def register(sub) -> None:
     s.add_argument("--exclude-first-token", action="store_true",
                    help="leave position 0 (BOS, massive activation) out of the per-block metrics (default: "
                         "included, as ShortGPT's BI; the heatmaps always use positions 1..S-1)")
-    s.add_argument("--no-linear", action="store_true",
-                   help="skip the linear-replaceability curve (its accumulators and its second, per-window pass)")
+    s.add_argument("--linear", action=argparse.BooleanOptionalAction, default=None,
+                   help="the linear-replaceability curve and its band pass (default: on in memory; off with --stream, "
+                        "where it costs a d x d eigen-solve per block: --stream --linear turns it on)")
     s.add_argument("--linear-max-mb", type=float, default=None,
                    help="cap on the linear curve's in-memory accumulators, 2 x L x d^2 float64 (default 1024; "
                         "over it the curve is left out with the reason; --stream needs no cap)")

@@ -170,7 +170,8 @@ def test_streamed_curve_equals_in_memory(tmp_path, tokenizer, ids_small):
     lm = tiny_lm("llama", tokenizer, 4, seed=4)
     lm.model.save_pretrained(tmp_path / "m")
     mem = score_model(lm, ids_small, batch_size=2, linear_bands=True)
-    got = stream_score(tmp_path / "m", ids_small, device="cpu", dtype="float32", batch_size=2, linear_bands=True)
+    got = stream_score(tmp_path / "m", ids_small, device="cpu", dtype="float32", batch_size=2, linear=True,
+                       linear_bands=True)
     assert [l["linear"] for l in got.layers] == pytest.approx([l["linear"] for l in mem.layers], abs=1e-12)
     np.testing.assert_allclose(got.windows["lin_num"], mem.windows["lin_num"], rtol=1e-5, atol=1e-9)
     np.testing.assert_allclose(got.windows["lin_den"], mem.windows["lin_den"], rtol=1e-6)
