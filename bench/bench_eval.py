@@ -178,7 +178,7 @@ def bench_alpha(lm, ids, k: int, rounds: int = 2) -> dict:
         wall["c"] += w
         sets = list(dict.fromkeys(tuple(t["removed_layers"]) for t in trials))
         calls = {"capture": box["ev"].stats["capture_block_calls"], "candidates": box["ev"].stats["block_calls"],
-                 "trie_edges_x_batches": trie_edges(sets, lm.num_layers) * len(box["ev"]._batches)}
+                 "trie_edges_x_batches": trie_edges(sets, lm.num_layers) * box["ev"].num_batches}
         for st in sets:
             r, w, c = timed(lambda: naive_ppl(lm, ids, st))
             cpu["n"] += c

@@ -43,7 +43,8 @@ import torch
 from ..common.errors import SimDiffError
 from .damage_cost import block_executions, memory_estimate  # noqa: F401  (public here too)
 from .damage_record import Damage  # noqa: F401  (public here too)
-from .evaluator import PrefixEvaluator, auto_batch_size  # noqa: F401  (auto_batch_size: public here too)
+from ..analysis.score import auto_batch_size  # noqa: F401  (public here too)
+from .evaluator import PrefixEvaluator
 
 Progress = Callable[[float, str], None]
 DEFAULT_SAMPLES = 8

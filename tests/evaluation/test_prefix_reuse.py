@@ -66,11 +66,11 @@ def test_lazy_path_bound_and_cancel(tiny, ids):
 
 @pytest.mark.parametrize("family", ["gemma2", "granite", "opt"])  # soft-capping, logits_scaling, project_out
 def test_head_tiles_of_any_size_give_the_naive_loss(tiny, ids, family, monkeypatch):
-    from simdiff_core.evaluation import evaluator
+    from simdiff_core.evaluation.evaluator import head
 
     lm = tiny(family, num_layers=3, seed=4)
     ref = naive_loss(lm, ids, (1,))
-    monkeypatch.setattr(evaluator, "VOCAB_TILE", 4999)  # does not divide the vocabulary (49152)
+    monkeypatch.setattr(head, "VOCAB_TILE", 4999)  # does not divide the vocabulary (49152)
     ev = PrefixEvaluator(lm, ids, head_chunk_bytes=4 * 4999 * 5)  # 5 rows per tile: many row blocks
     assert math.isclose(ev.loss((1,)), ref, rel_tol=1e-5)
     assert math.isclose(ev.dense_loss, naive_loss(lm, ids, ()), rel_tol=1e-5)
