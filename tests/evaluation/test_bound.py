@@ -171,3 +171,29 @@ def test_evolutionary_with_elimination_takes_the_exact_path(tiny, ids):
     assert [t["removed"] for t in c.details["trace"]] == [t["removed"] for t in n.details["trace"]]
     assert c.details["eliminated_by_bound"] > 0 and c.details["evals"] == n.details["evals"]
     assert c.details["objective_value"] == pytest.approx(n.details["objective_value"], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_exactly_tied_candidates_choose_the_same_plan_with_elimination_on_or_off(embedded_lm, tokenizer):
+    """Issue 24's case: blocks 5, 6 and 7 of the embedded model made identities (o_proj and down_proj
+    zeroed, on a copy), so removing any two of them gives the same model bit for bit. Local search
+    compares values from the bounded path and the plain one; both must be one computation, or
+    the tie is broken by which path produced each value ([5, 7] with elimination, [5, 6] without)."""
+    import copy
+
+    lm = wrap_model(copy.deepcopy(embedded_lm.model), tokenizer, source="identities-5-6-7")
+    with torch.no_grad():
+        for i in (5, 6, 7):
+            for name, p in lm.blocks[i].named_parameters():
+                if name.endswith(("o_proj.weight", "down_proj.weight")):
+                    p.zero_()
+    ids = make_windows(tokenizer, "wikitext2", n=2, seq_len=32)
+    ev = PrefixEvaluator(lm, ids)
+    pairs = [(5, 6), (5, 7), (6, 7)]
+    bounded = ev.losses_bounded(pairs, keep=len(pairs))
+    plain = PrefixEvaluator(lm, ids, batch_size=1).losses(pairs)
+    assert len({v for v, _ in bounded} | set(plain)) == 1  # one value, bit for bit, on either path
+    on = run_method("search", lm, ids, num=2, search="local", budget=40, evaluator=ev)
+    off = run_method("search", lm, ids, num=2, search="local", budget=40, bound=False)
+    assert on.removed_layers == off.removed_layers
+    assert [t["removed"] for t in on.details["trace"]] == [t["removed"] for t in off.details["trace"]]

@@ -77,15 +77,15 @@ class PrefixEvaluator:
         self.shape = (N, S)
         self.head_chunk_bytes = int(head_chunk_bytes)
         self.cache_bytes = int(cache_bytes)
-        self.bound_vocab = bound_vocab  # losses_bounded's subset size; None: V // bounds.BOUND_VOCAB_SHARE
-        self.vocab_cache: dict[tuple, dict] = {}  # losses_bounded: S per reference layout
-        self.mass_cache: dict[tuple, torch.Tensor] = {}  # column mass of the last bounded call's exact specs
+        self.bound_vocab = bound_vocab  # the vocabulary subset's size; None: V // bounds.BOUND_VOCAB_SHARE
+        if self.loss_head.is_linear():
+            self.loss_head.subset_size = self.bound_vocab_size()
         self.memo: dict[tuple, float] = {}  # loss per key of every plain layout evaluated
         self.batches: list[dict] = []  # per batch: ids, calls (per block), x0 (input of block 0), path
         self.lazy = bool(lazy)
         self.stats["capture_block_calls"] = 0
         hidden = None
-        dense_nll = 0.0
+        dense_nll = []
         view = recording_view(lm, self.blocks) if self.lazy else None
         with torch.inference_mode():
             for b, start in enumerate(range(0, N, self.bs)):
@@ -98,12 +98,12 @@ class PrefixEvaluator:
                     self.loss_head.check(last, logits)
                 del logits
                 if not self.lazy:
-                    dense_nll += self.loss_head.nll_sum(last, ids)
+                    dense_nll.append(self.loss_head.nll_sum(last, ids))
                 hidden = states[0].shape[-1]
                 self.batches.append({"ids": ids, "calls": calls, "x0": states[0],
                                      "path": (self.dense_key(), tuple(self.blocks), states)})
         if not self.lazy:
-            self.memo[self.dense_key()] = dense_nll / self.tokens
+            self.memo[self.dense_key()] = self.mean(dense_nll)
         itemsize = torch.finfo(lm.dtype).bits // 8 if lm.dtype.is_floating_point else 4
         self.path_bytes = (self.L + 1) * min(self.bs, N) * S * int(hidden) * itemsize
         self.persistent = max(0, min(len(self.batches), int(cache_bytes) // max(1, self.path_bytes)))
@@ -185,6 +185,11 @@ class PrefixEvaluator:
                 todo.append(n)
         return [todo[j] for j in self.order([keys[n] for n in todo])]
 
+    def mean(self, batch_sums: list[float]) -> float:
+        """The loss from per-batch NLL sums: ``math.fsum`` (correctly rounded, independent of the order
+        the batches were summed in) over the predicted tokens. Every loss goes through here."""
+        return math.fsum(batch_sums) / self.tokens
+
     def sweep(self, todo: list[int], layouts, keys, progress: Progress | None = None, share: float = 1.0,
               label: str = "") -> Iterator[tuple[int, dict, int, torch.Tensor]]:
         """(batch index, batch, spec index, its last hidden state) for every batch x spec of ``todo``,
@@ -213,12 +218,12 @@ class PrefixEvaluator:
         layouts = [self.layout(s) for s in specs]
         keys = [self.key(lay) for lay in layouts]
         todo = self.pending(keys, skip=self.memo)
-        nll = {keys[n]: 0.0 for n in todo}
+        nll: dict[tuple, list[float]] = {keys[n]: [] for n in todo}
         for _, bt, n, last in self.sweep(todo, layouts, keys, progress):
-            nll[keys[n]] += self.loss_head.nll_sum(last, bt["ids"])
+            nll[keys[n]].append(self.loss_head.nll_sum(last, bt["ids"]))
         out = {}
         for n in todo:
-            out[keys[n]] = nll[keys[n]] / self.tokens
+            out[keys[n]] = self.mean(nll[keys[n]])
             if self.is_plain(layouts[n]):
                 self.memo[keys[n]] = out[keys[n]]
         self.stats["layouts"] += len(todo)
@@ -280,7 +285,8 @@ class PrefixEvaluator:
 
         Every spec whose exact loss could be among the ``keep`` smallest of ``specs`` (ties included),
         or could be strictly below ``below``, gets its exact loss; the others get only a lower bound
-        and are provably worse. The vocabulary subset of the bound has the most probability mass under
-        layout ``ref`` (default the dense model). How, the proof and the cost: ``bounds.py``.
+        and are provably worse. ``ref``: the layout whose probability mass picks the vocabulary subset
+        when none is fixed yet (a lazy evaluator; otherwise the dense model's). How, the proof and the
+        cost: ``bounds.py``.
         """
         return bounds.losses_bounded(self, specs, keep=keep, below=below, ref=ref, progress=progress)
