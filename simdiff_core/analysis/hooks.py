@@ -29,6 +29,14 @@ and each gets bit-identical results to running alone. (transformers 5 captures
 ``output_hidden_states`` the same way.) Hooks the dispatcher does not know about — a plain
 ``register_forward_hook`` — still behave as in torch: global to every thread.
 
+Worker threads: a ``ContextVar`` does not propagate into a ``threading.Thread``, so a forward the
+pass's thread hands to a worker thread is invisible to the pass (its statistics would silently stay
+empty). That is an error: each pass records its thread, a forward of one of its modules in another
+thread with no pass active there is counted, and a pass that saw none of its own callbacks but had
+such forwards raises ``PassThreadError`` when it closes. (A pass whose callbacks did fire is left
+alone: another visitor's plain forward of the shared model, concurrently, is legitimate.) Run the
+forward in the thread that opened the pass, or in the worker via ``contextvars.copy_context().run``.
+
 Cost: after the first pass a hooked module (the decoder blocks) always takes torch's hooked call
 path and one dispatcher call before and after its forward: about 3 µs per block call on a 2-core
 CPU when no pass is active (0.1 ms per forward of a 30-block model, against tens of ms of compute);
@@ -55,6 +63,13 @@ _install_lock = threading.Lock()
 # The passes active in this context, innermost last. A tuple, never mutated: each ``with`` sets a
 # new one and restores the old on exit, so a pass cannot leak into another thread or outlive itself.
 _active: ContextVar[tuple["HookPass", ...]] = ContextVar("simdiff_hook_passes", default=())
+# Every open pass in the process, any thread: replaced (never mutated) under _install_lock, so a
+# dispatcher reads it without a lock.
+_open: tuple["HookPass", ...] = ()
+
+
+class PassThreadError(RuntimeError):
+    """A pass's modules ran in another thread, where the pass is invisible (see the module docstring)."""
 
 
 class HookPass:
@@ -66,14 +81,27 @@ class HookPass:
         self.pre = dict(pre)    # module (by identity) -> callback
         self.post = dict(post)
         self.calls = 0          # callbacks run so far (tests and progress use it)
+        self.thread = threading.get_ident()  # the thread that opened it: the only one it sees
+        self.elsewhere = 0      # calls of its modules in other threads with no pass active there
 
     def __repr__(self) -> str:
         return f"HookPass(id={self.id}, name={self.name!r}, modules={len(set(self.pre) | set(self.post))})"
 
 
+def _note_elsewhere(module) -> None:
+    """A hooked module runs with no pass active in this thread: count it for the open passes of
+    other threads that hook it (the check in ``hook_pass`` turns that into an error)."""
+    me = threading.get_ident()
+    for p in _open:
+        if p.thread != me and (module in p.pre or module in p.post):
+            p.elsewhere += 1
+
+
 def _pre_dispatch(module, args, kwargs):
     passes = _active.get()
     if not passes:
+        if _open:
+            _note_elsewhere(module)
         return None
     for p in passes:
         fn = p.pre.get(module)
@@ -132,14 +160,26 @@ def current_passes() -> tuple[HookPass, ...]:
 def hook_pass(pre: Mapping[nn.Module, PreHook] | None = None, post: Mapping[nn.Module, PostHook] | None = None,
               name: str = "pass") -> Iterator[HookPass]:
     """Attach ``pre``/``post`` callbacks for forwards run inside this ``with`` in this context only."""
+    global _open
     p = HookPass(name, pre or {}, post or {})
     for m in set(p.pre) | set(p.post):
         install(m)
+    with _install_lock:
+        _open = _open + (p,)
     token = _active.set(_active.get() + (p,))
+    failed = True
     try:
         yield p
+        failed = False
     finally:
         _active.reset(token)
+        with _install_lock:
+            _open = tuple(q for q in _open if q is not p)
+    if not failed and p.calls == 0 and p.elsewhere:
+        raise PassThreadError(f"hook pass '{p.name}' saw none of its forwards: its modules ran {p.elsewhere} "
+                              f"time(s) in another thread, where it is invisible (a ContextVar does not "
+                              f"propagate into threading.Thread); run the forward in the thread that opened "
+                              f"the pass, or in contextvars.copy_context().run(...)")
 
 
 def block_io(args, kwargs, output) -> tuple[torch.Tensor, torch.Tensor]:

@@ -209,3 +209,40 @@ def test_hooks_on_a_view_never_fire_on_the_original_and_vice_versa(tiny):
     for h in on_view + on_orig:
         h.remove()
     assert run(lm.model) == [] and run(view) == []
+
+
+def test_a_forward_handed_to_a_worker_thread_is_an_error_not_an_empty_pass(tiny):
+    """A ContextVar does not reach a threading.Thread: the worker's forward is invisible to the pass.
+    The pass must fail when it closes instead of leaving its statistics silently empty; run in a copy
+    of the context, the same worker is seen; another visitor's plain forward next to a pass that saw
+    its own forward is no error."""
+    import contextvars
+
+    from simdiff_core.analysis.hooks import PassThreadError
+
+    lm = tiny("llama", num_layers=3)
+    ids = _ids(4, n=1, s=8)
+    seen = []
+
+    def forward():
+        with torch.no_grad():
+            lm.model(ids)
+
+    def in_worker(fn):
+        t = threading.Thread(target=fn)
+        t.start()
+        t.join(TIMEOUT)
+
+    with pytest.raises(PassThreadError, match="another thread"):
+        with block_hooks(lm.blocks, lambda i, x, y: seen.append(i), name="worker"):
+            in_worker(forward)
+    assert seen == []  # what the error prevents: a pass that silently saw nothing
+    with block_hooks(lm.blocks, lambda i, x, y: seen.append(i)) as p:
+        ctx = contextvars.copy_context()
+        in_worker(lambda: ctx.run(forward))
+    assert seen == [0, 1, 2] and p.calls == 3
+    with block_hooks(lm.blocks, lambda i, x, y: seen.append(i)) as p:
+        forward()             # the pass's own forward ...
+        in_worker(forward)    # ... and another visitor's plain forward of the shared model meanwhile
+    assert p.calls == 3 and p.elsewhere == 3
+    assert all(not user_hooks(b) for b in lm.blocks)
