@@ -10,6 +10,7 @@ Cost: that of from_pretrained.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -43,10 +44,34 @@ def _too_large(where: str) -> SimDiffError:
         "or --stream (one block at a time)")
 
 
+MAX_LINE = 300  # an error line longer than this elides the middle of the path it names
+
+
+def _custom_code(shown: str) -> SimDiffError:
+    tail = "' contains custom code; it is not run unless you pass --trust-remote-code (only do that for code you have read)"
+    room = MAX_LINE - len("error: '") - len(tail)
+    if len(shown) > room:
+        shown = shown[:room // 2 - 1] + "…" + shown[-(room - room // 2):]
+    return SimDiffError("'" + shown + tail)
+
+
+def names_custom_code(folder: Path) -> bool:
+    """True when a local checkpoint's config.json maps classes to its own code (``auto_map``). Checked
+    before transformers reads the config: with an unknown ``model_type`` transformers reports an
+    unsupported architecture instead of the custom code, and some of its paths prompt on stdin."""
+    try:
+        cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False  # no readable config: from_pretrained says what is wrong
+    return isinstance(cfg, dict) and bool(cfg.get("auto_map"))
+
+
 def _from_pretrained(where: str, *, dtype, trust_remote_code, device_map=None, label: str | None = None, **kw):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     shown = label or where  # what the user typed (a GGUF file, not its folder)
+    if not trust_remote_code and Path(where).is_dir() and names_custom_code(Path(where)):
+        raise _custom_code(shown)
     try:
         # the PEFT adapter probe takes its own hub kwargs: keep it off the network too
         extra = {"adapter_kwargs": {"local_files_only": True}} if kw.get("local_files_only") else {}
@@ -59,10 +84,7 @@ def _from_pretrained(where: str, *, dtype, trust_remote_code, device_map=None, l
     except ValueError as e:
         msg = _one_line(e)
         if "trust_remote_code" in str(e):
-            raise SimDiffError(
-                f"'{shown}' contains custom code; it is not run unless you pass --trust-remote-code "
-                "(only do that for code you have read)"
-            ) from None
+            raise _custom_code(shown) from None
         if ("does not recognize this architecture" in str(e) or "Unrecognized configuration" in str(e)
                 or "Unrecognized model" in str(e)):
             raise SimDiffError(f"unsupported architecture in '{shown}': {msg}; supported: {SUPPORTED_FAMILIES}") from None
