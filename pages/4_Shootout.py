@@ -14,17 +14,16 @@ from simdiff_core import CRITERIA, SimDiffError, eval_windows
 from simdiff_core.evaluation.evaluate import protocol_note
 from simdiff_core.export import figures
 from simdiff_core.methods import METHODS
-from simdiff_core.methods.compare import overlap, parse_specs, run_compare, to_csv_text, to_markdown
+from simdiff_core.methods.compare import SHOOTOUT_DEFAULTS, overlap, parse_specs, run_compare, to_csv_text, to_markdown
 from simdiff_core.methods.search import ALGORITHMS
 from ui import models, settings, shell, state, views
 
 shell.setup_page("Shootout")
-# Defaults sized to finish within 5 minutes on a 2-core CPU with the embedded model and the default
-# 8 x 256 calibration (bench/bench_eval.py measures them: shootout_default_s).
-DEFAULT_METHODS = ["oneshot:cosine", "oneshot:simdiff", "iterative:simdiff", "block"]
-DEFAULT_BUDGET = 40
-DEFAULT_EVAL_WINDOWS = 4
-DEFAULT_EVAL_SEQ_LEN = 256
+# Defaults: one constant shared with the benchmark that times them (methods.compare.SHOOTOUT_DEFAULTS).
+DEFAULT_METHODS = list(SHOOTOUT_DEFAULTS.methods)
+DEFAULT_BUDGET = SHOOTOUT_DEFAULTS.budget
+DEFAULT_EVAL_WINDOWS = SHOOTOUT_DEFAULTS.eval_windows
+DEFAULT_EVAL_SEQ_LEN = SHOOTOUT_DEFAULTS.eval_seq_len
 CHOICES = ([f"oneshot:{c}" for c in CRITERIA] + [f"iterative:{c}" for c in ("simdiff", "cosine")]
            + ["greedy", "block", "slm"] + [f"search:{a}" for a in ALGORITHMS])
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import io
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 from ..analysis.metrics import CRITERIA
@@ -30,6 +31,20 @@ from . import METHODS, run_method
 from .search import ALGORITHMS
 
 DEFAULT_SPECS = "oneshot:cosine,oneshot:simdiff,iterative:simdiff,greedy,block,slm"
+
+
+@dataclass(frozen=True)
+class ShootoutDefaults:
+    methods: tuple[str, ...]
+    budget: int
+    eval_windows: int
+    eval_seq_len: int
+
+
+# The Shootout page's defaults, sized to finish within 5 minutes on a 2-core CPU with the embedded model
+# and the default 8 x 256 calibration (bench/eval_parts/shootout.py measures them: shootout_default_s).
+SHOOTOUT_DEFAULTS = ShootoutDefaults(methods=("oneshot:cosine", "oneshot:simdiff", "iterative:simdiff", "block"),
+                                     budget=40, eval_windows=4, eval_seq_len=256)
 # held-out evaluation when the caller gives no eval_ids (the same as `compare`'s CLI defaults)
 DEFAULT_EVAL_WINDOWS, DEFAULT_EVAL_SEQ_LEN = 8, 256
 COLUMNS = ["method", "criterion", "removed_layers", "merged_groups", "num_removed", "ppl", "ppl_repaired", "accuracy",
