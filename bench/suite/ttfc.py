@@ -8,29 +8,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 from .harness import ROOT, log
 
 
-TTFC_SNIPPET = r"""
-import json, sys, time
-t0 = time.perf_counter()
-sys.path.insert(0, {root!r})
-from simdiff_core import load_model, make_windows, score_model
-t1 = time.perf_counter()
-lm = load_model("default", device="cpu", dtype="float32")
-t2 = time.perf_counter()
-ids = make_windows(lm.tokenizer, "wikitext2", n={n}, seq_len={s})
-t3 = time.perf_counter()
-score_model(lm, ids)
-t4 = time.perf_counter()
-print(json.dumps({{"import_s": t1 - t0, "load_s": t2 - t1, "windows_s": t3 - t2, "score_s": t4 - t3, "total_s": t4 - t0}}))
-"""
+CHILD = Path(__file__).with_name("ttfc_child.py")
 
 
 def bench_ttfc(n: int, s: int, cold: bool) -> dict:
     """Fresh process: import, load the embedded model, cut calibration windows, score (the first curves)."""
-    code = TTFC_SNIPPET.format(root=str(ROOT), n=n, s=s)
     out = {"calibration": f"{n} x {s}"}
     runs = [("warm", None)]
     if cold:
@@ -40,7 +27,7 @@ def bench_ttfc(n: int, s: int, cold: bool) -> dict:
         if cache:
             env["SIMDIFF_CACHE"] = cache
         t0 = time.perf_counter()
-        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=1200)
+        p = subprocess.run([sys.executable, str(CHILD), str(n), str(s)], capture_output=True, text=True, env=env, timeout=1200)
         wall = time.perf_counter() - t0
         if p.returncode != 0:
             out[name] = {"error": (p.stderr.strip().splitlines() or ["?"])[-1][:200]}
