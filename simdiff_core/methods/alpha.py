@@ -11,8 +11,9 @@ plans are then evaluated once each by perplexity on the calibration windows, tog
 ``evaluator.PrefixEvaluator``: plans that keep the same lowest blocks share those blocks' compute.
 The evaluator is built ``lazy`` (no plan is the dense model, so no dense pass: only block 0 runs
 while every block's call arguments are recorded), so the cost is exactly the blocks of the plans'
-prefix trie plus one LM head per plan (head in rows x 2048-entry vocabulary tiles): the floor of
-any exact evaluation (``bench/bench_eval.py``: ``auto_alpha_floor_vs_naive``). The grid contains
+prefix trie plus one LM head per plan (and 1/8 of a head for its vocabulary-subset part, see
+``evaluator/head.py``): the floor of any exact evaluation up to that 1/8 (``bench/bench_eval.py``:
+``auto_alpha_macs_vs_naive`` against ``auto_alpha_floor_vs_naive``, both in multiply-adds). The grid contains
 alpha = 1 (cosine-only ranking), so the chosen plan is never worse than cosine-only *on the
 calibration data*, for either normalisation (plans break importance ties by the cosine order, so
 alpha = 1 is exactly the cosine plan; see ``plan.cosine_tiebreak``). ``betas=AUTO_BETAS`` (0, 0.5, 1) also lets the difference view lean entirely on
