@@ -13,7 +13,8 @@ import streamlit as st
 from simdiff_core import SimDiffError
 from simdiff_core.analysis.metrics import CRITERIA
 from simdiff_core.evaluation.agreement import agreement_table, set_damage
-from simdiff_core.evaluation.damage import block_executions, measure_damage
+from simdiff_core.evaluation.damage import measure_damage
+from simdiff_core.evaluation.damage_cost import block_executions
 from simdiff_core.export.figures import agreement_scatter, curves_figure, set_damage_figure
 from simdiff_core.export.report import build_report_html
 from simdiff_core.pruning.plan import make_plan

@@ -62,13 +62,6 @@ class Scores(JsonRecord):
     def importance(self, criterion: str, alpha: float = 0.5, **kw) -> np.ndarray:
         return importance(self.layers, criterion, alpha=alpha, **kw)
 
-    def with_simdiff(self, alpha: float = 0.5, **kw) -> "Scores":
-        """A copy whose per-layer ``simdiff`` field uses ``alpha`` (the stored one is alpha=0.5)."""
-        imp = simdiff_importance(self.layers, alpha=alpha, **kw)
-        layers = [dict(l, simdiff=float(v)) for l, v in zip(self.layers, imp)]
-        return Scores(self.model, self.num_layers, layers, self.matrices, self.calibration,
-                      dict(self.meta, simdiff_alpha=alpha), self.windows)
-
     def table(self):
         import pandas as pd
 

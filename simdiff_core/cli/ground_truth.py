@@ -49,7 +49,7 @@ def cmd_damage(args) -> int:
 
 
 def _load_damage(path, scores):
-    from ..evaluation.damage import Damage
+    from ..evaluation.damage_record import Damage
 
     if path:
         return Damage.load(path)

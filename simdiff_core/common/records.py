@@ -195,15 +195,3 @@ def read_report(d) -> ExportReport:
                         num_layers_before=n_before, num_layers_after=n_after, plan=plan,
                         evaluation=Evaluation.coerce(ev), extra=d, **kw)
 
-
-def load_report(path: str | Path) -> ExportReport:
-    """``read_report`` of a ``simdiff_report.json`` file (or an export directory holding one)."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / "simdiff_report.json"
-    try:
-        return read_report(json.loads(p.read_text()))
-    except FileNotFoundError:
-        raise SimDiffError(f"no such export report: {p}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SimDiffError(f"export report {p} is not valid JSON: {e}") from None

@@ -28,6 +28,7 @@ import numpy as np
 from ..analysis.metrics import importance
 from ..common.errors import SimDiffError
 from ..pruning.plan import cosine_tiebreak, num_from_ratio, select_lowest
+from .evaluate import ppl_from_loss
 
 # Criteria compared with damage, in table order ("simdiff" uses the given alpha).
 AGREEMENT_CRITERIA = ("cosine", "bi", "angular", "mssd", "masd", "mssd_rel", "masd_rel", "simdiff")
@@ -173,9 +174,9 @@ def set_damage(lm, input_ids, sets: dict, damage, batch_size: int = 2,
         loss = loss_of[rem]
         additive = float(sum(deltas[i] for i in rem))
         measured = loss - damage.dense_loss
-        rows.append({"label": label, "removed": list(rem), "loss": loss, "ppl": math.exp(min(loss, 700.0)),
+        rows.append({"label": label, "removed": list(rem), "loss": loss, "ppl": ppl_from_loss(loss),
                      "delta_loss": measured, "additive_delta": additive, "interaction": measured - additive,
-                     "additive_ppl": math.exp(min(damage.dense_loss + additive, 700.0))})
+                     "additive_ppl": ppl_from_loss(damage.dense_loss + additive)})
     if progress:
         progress(1.0, "done")
     return rows

@@ -28,8 +28,7 @@ of windows).
 
 Where the rest lives: the ``Damage`` record (save/load/attach) in ``damage_record.py``, the cost
 model in ``damage_cost.py``, the naive reference and the cached-vs-naive benchmark in
-``damage_reference.py``. ``Damage``, ``block_executions`` and ``memory_estimate`` are importable
-from here too.
+``damage_reference.py``.
 """
 
 from __future__ import annotations
@@ -41,12 +40,12 @@ from typing import Callable
 import torch
 
 from ..common.errors import SimDiffError
-from .damage_cost import block_executions, memory_estimate  # noqa: F401  (public here too)
-from .damage_record import Damage  # noqa: F401  (public here too)
-from ..analysis.score import auto_batch_size  # noqa: F401  (public here too)
+from ..common.progress import Progress
+from .damage_cost import block_executions, memory_estimate
+from .damage_record import Damage
+from .evaluate import ppl_from_loss
 from .evaluator import PrefixEvaluator
 
-Progress = Callable[[float, str], None]
 DEFAULT_SAMPLES = 8
 DEFAULT_SEQ_LEN = 256
 
@@ -79,11 +78,11 @@ def measure_damage(lm, input_ids: torch.Tensor, batch_size: int | None = None,
     N, S = input_ids.shape
     tokens = N * (S - 1)
     dense_loss = ev.dense_loss
-    dense_ppl = math.exp(min(dense_loss, 700.0))
+    dense_ppl = ppl_from_loss(dense_loss)
     layers = []
     for i in range(L):
         loss = losses[i]
-        ppl = math.exp(min(loss, 700.0))
+        ppl = ppl_from_loss(loss)
         layers.append({"index": i, "loss": loss, "ppl": ppl, "delta_loss": loss - dense_loss,
                        "delta_ppl": ppl - dense_ppl})
     n_batches = math.ceil(N / ev.bs)

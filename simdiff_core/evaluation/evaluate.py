@@ -25,6 +25,12 @@ from ..data.text import WIKITEXT_NOTE, bos_prefix, load_text, make_windows
 
 DEFAULT_EVAL_SEQ_LEN = 512
 DEFAULT_EVAL_WINDOWS = 16
+MAX_LOSS = 700.0  # exp(700) is near float64's limit: a larger mean NLL reports ppl exp(700), not an overflow
+
+
+def ppl_from_loss(loss: float) -> float:
+    """Perplexity of a mean NLL per predicted token (capped at exp(``MAX_LOSS``))."""
+    return math.exp(min(loss, MAX_LOSS))
 
 
 def eval_windows(tokenizer, source: str = "wikitext2", seq_len: int = DEFAULT_EVAL_SEQ_LEN,
@@ -68,7 +74,7 @@ def perplexity(model, input_ids: torch.Tensor, batch_size: int = 2, device=None,
     if total_tok == 0:
         raise SimDiffError("no tokens to evaluate")
     mean = total_nll / total_tok
-    return {"ppl": math.exp(min(mean, 700.0)), "nll": mean, "tokens": total_tok}
+    return {"ppl": ppl_from_loss(mean), "nll": mean, "tokens": total_tok}
 
 
 @torch.inference_mode()

@@ -39,6 +39,7 @@ import random
 import time
 
 from ..common.errors import SimDiffError
+from ..evaluation.evaluate import ppl_from_loss
 from ..evaluation.objectives import make_objective
 from ..pruning.plan import cosine_tiebreak, select_lowest
 from ..pruning.prune import pruned_model
@@ -140,7 +141,7 @@ class Evaluator:
 
     @staticmethod
     def _ppl(loss: float) -> float:
-        return math.exp(min(loss, 700.0))
+        return ppl_from_loss(loss)
 
     def __call__(self, removed) -> float:
         key = tuple(sorted(removed))

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..common.errors import SimDiffError
-from .pretrained import _from_pretrained, _one_line
+from .pretrained import from_pretrained, one_line
 from .sources import cache_root
 
 
@@ -56,15 +56,15 @@ def _load_gguf(gguf: Path, dtype, use_cache: bool):
     """
     cache = _gguf_cache_dir(gguf)
     if use_cache and (cache / "config.json").is_file():
-        model, tok = _from_pretrained(str(cache), dtype=dtype, trust_remote_code=False)
+        model, tok = from_pretrained(str(cache), dtype=dtype, trust_remote_code=False)
         return model, tok, ["loaded dequantised GGUF from cache " + str(cache)]
     try:
         with open(gguf, "rb") as f:
             if f.read(4) != b"GGUF":
                 raise SimDiffError(f"'{gguf}' is not a GGUF file (bad magic bytes)")
     except OSError as e:
-        raise SimDiffError(f"cannot read '{gguf}': {_one_line(e)}") from None
-    model, tok = _from_pretrained(str(gguf.parent), dtype=torch.float32 if use_cache else dtype,
+        raise SimDiffError(f"cannot read '{gguf}': {one_line(e)}") from None
+    model, tok = from_pretrained(str(gguf.parent), dtype=torch.float32 if use_cache else dtype,
                                   trust_remote_code=False, gguf_file=gguf.name, label=str(gguf))
     strip_gguf_quantizer(model)
     notes = ["dequantised GGUF " + gguf.name]
@@ -73,7 +73,7 @@ def _load_gguf(gguf: Path, dtype, use_cache: bool):
             _write_cache(model, tok, cache)
             notes.append("cached dequantised weights at " + str(cache))
         except OSError as e:  # a read-only home must not break loading
-            notes.append(f"could not cache dequantised weights: {_one_line(e)}")
+            notes.append(f"could not cache dequantised weights: {one_line(e)}")
     return model, tok, notes
 
 

@@ -29,7 +29,7 @@ from ..common.errors import SimDiffError
 from .blocks import count_parameters, find_block_path, get_attr_path, text_config
 from .device import pick_device, pick_dtype
 from .gguf import _gguf_cache_dir, _load_gguf
-from .pretrained import TRUST_REMOTE_CODE_WARNING, _from_pretrained, _is_oom
+from .pretrained import TRUST_REMOTE_CODE_WARNING, from_pretrained, is_oom
 from .sources import DEFAULT_MODEL, EMBEDDED, embedded_gguf, hub_reachable, resolve_spec
 
 
@@ -105,7 +105,7 @@ def load_model(
         # No route to the hub: read the local HF cache only, instead of ~1 minute of retries before
         # transformers falls back to it (a live demo on a flaky network must answer quickly).
         hub_kw = {"local_files_only": True} if kind == "hub" and not hub_reachable() else {}
-        model, tok = _from_pretrained(where, dtype=dt, trust_remote_code=trust_remote_code, device_map=device_map,
+        model, tok = from_pretrained(where, dtype=dt, trust_remote_code=trust_remote_code, device_map=device_map,
                                       **hub_kw)
     if model.dtype != dt:
         model = model.to(dt)
@@ -113,7 +113,7 @@ def load_model(
         try:
             model = model.to(dev)
         except (torch.OutOfMemoryError, RuntimeError) as e:
-            if not _is_oom(e):
+            if not is_oom(e):
                 raise
             raise SimDiffError(
                 f"model does not fit on {dev}: try --dtype bfloat16, --device-map auto or --stream"

@@ -1,7 +1,7 @@
 """transformers' from_pretrained with every failure turned into one clear line.
 
-    from simdiff_core.models.pretrained import _from_pretrained   # used by models.load and models.gguf
-    model, tok = _from_pretrained("./my-model-dir", dtype=torch.float32, trust_remote_code=False)
+    from simdiff_core.models.pretrained import from_pretrained   # used by models.load and models.gguf
+    model, tok = from_pretrained("./my-model-dir", dtype=torch.float32, trust_remote_code=False)
 
 Why: a missing file, gated repo, custom code without --trust-remote-code, an unknown architecture or
 running out of memory must each read as a one-line SimDiffError naming what to do, never a traceback.
@@ -19,7 +19,7 @@ from ..common.errors import SimDiffError
 from .blocks import SUPPORTED_FAMILIES
 
 
-def _one_line(e: BaseException) -> str:
+def one_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return (text[0] if text else type(e).__name__)[:300]
 
@@ -29,7 +29,7 @@ TRUST_REMOTE_CODE_WARNING = (
     "only do this for code you have read")
 
 
-def _is_oom(e: BaseException) -> bool:
+def is_oom(e: BaseException) -> bool:
     """CUDA OOM is torch.OutOfMemoryError; a failed CPU allocation is a plain RuntimeError."""
     if isinstance(e, torch.OutOfMemoryError):
         return True
@@ -66,7 +66,7 @@ def names_custom_code(folder: Path) -> bool:
     return isinstance(cfg, dict) and bool(cfg.get("auto_map"))
 
 
-def _from_pretrained(where: str, *, dtype, trust_remote_code, device_map=None, label: str | None = None, **kw):
+def from_pretrained(where: str, *, dtype, trust_remote_code, device_map=None, label: str | None = None, **kw):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     shown = label or where  # what the user typed (a GGUF file, not its folder)
@@ -82,7 +82,7 @@ def _from_pretrained(where: str, *, dtype, trust_remote_code, device_map=None, l
     except SimDiffError:
         raise
     except ValueError as e:
-        msg = _one_line(e)
+        msg = one_line(e)
         if "trust_remote_code" in str(e):
             raise _custom_code(shown) from None
         if ("does not recognize this architecture" in str(e) or "Unrecognized configuration" in str(e)
@@ -91,18 +91,18 @@ def _from_pretrained(where: str, *, dtype, trust_remote_code, device_map=None, l
         raise SimDiffError(f"could not load '{shown}': {msg}") from None
     except OSError as e:
         if kw.get("gguf_file"):
-            raise SimDiffError(f"could not read GGUF file '{shown}': {_one_line(e)}") from None
+            raise SimDiffError(f"could not read GGUF file '{shown}': {one_line(e)}") from None
         if Path(where).is_dir():  # a local folder: the hub is not involved, do not blame it
-            raise SimDiffError(f"could not load '{shown}': {_one_line(e)}") from None
+            raise SimDiffError(f"could not load '{shown}': {one_line(e)}") from None
         raise SimDiffError(
             f"could not load '{shown}': not a local model and not reachable on the Hugging Face hub "
-            f"(offline, misspelt, or gated?) — {_one_line(e)}"
+            f"(offline, misspelt, or gated?) — {one_line(e)}"
         ) from None
     except Exception as e:  # out of memory, corrupt safetensors/GGUF, shape mismatch, ...
-        if _is_oom(e):
+        if is_oom(e):
             raise _too_large(shown) from None
         # struct.error and friends are all called "error": name the module so the line makes sense
         name = type(e).__name__ if type(e).__name__ != "error" else f"{type(e).__module__}.error"
         hint = " (truncated or corrupt file?)" if kw.get("gguf_file") or "Safetensor" in name else ""
-        raise SimDiffError(f"could not load '{shown}'{hint}: {name}: {_one_line(e)}") from None
+        raise SimDiffError(f"could not load '{shown}'{hint}: {name}: {one_line(e)}") from None
     return model, tok

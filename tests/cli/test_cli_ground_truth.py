@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from simdiff_core import make_windows
-from simdiff_core.evaluation.damage import Damage
+from simdiff_core.evaluation.damage_record import Damage
 from simdiff_core.pruning.plan import Plan, make_plan
 from tests.support.repo import run_cli
 

@@ -166,7 +166,7 @@ def test_old_plan_files_load_into_the_typed_recipe(embedded_scores, tmp_path):
 def test_one_json_record_path_for_scores_damage_and_plan(kind, embedded_scores, tmp_path):
     from simdiff_core.common.errors import SimDiffError
     from simdiff_core.common.records import JsonRecord
-    from simdiff_core.evaluation.damage import Damage
+    from simdiff_core.evaluation.damage_record import Damage
     from simdiff_core.pruning.plan import Plan, make_plan
 
     cls = {"scores": type(embedded_scores), "damage": Damage, "plan": Plan}[kind]

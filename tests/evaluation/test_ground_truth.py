@@ -14,7 +14,9 @@ from simdiff_core import Cancelled, SimDiffError, make_windows, perplexity, prun
 from simdiff_core.evaluation.agreement import (agreement_table, kendall_tau_b, rankdata, set_damage, spearman,
                                                topk_overlap)
 from simdiff_core.analysis.score import Scores
-from simdiff_core.evaluation.damage import Damage, block_executions, measure_damage
+from simdiff_core.evaluation.damage import measure_damage
+from simdiff_core.evaluation.damage_cost import block_executions
+from simdiff_core.evaluation.damage_record import Damage
 from simdiff_core.pruning.plan import make_plan
 from tests.support.tiny import FAMILIES
 

@@ -66,7 +66,7 @@ def snapshot() -> dict:
 
     from simdiff_core.analysis.hooks import HookPass
     from simdiff_core.analysis.score import Scores
-    from simdiff_core.evaluation.damage import Damage
+    from simdiff_core.evaluation.damage_record import Damage
     from simdiff_core.models.load import LoadedModel
     from simdiff_core.pruning.plan import Plan
 

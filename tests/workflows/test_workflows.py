@@ -91,11 +91,11 @@ def test_one_hub_reachable_says_offline_when_offline(monkeypatch):
 
 
 def test_one_batch_rule_for_scoring_streaming_and_damage():
-    import simdiff_core.evaluation.damage as damage
     import simdiff_core.analysis.streaming as streaming
     from simdiff_core.analysis.score import auto_batch_size
+    from simdiff_core.evaluation.evaluator import prefix  # damage's batches: the evaluator's
 
-    assert streaming.auto_batch_size is auto_batch_size and damage.auto_batch_size is auto_batch_size
+    assert streaming.auto_batch_size is auto_batch_size and prefix.auto_batch_size is auto_batch_size
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     # ~2k tokens per CPU batch (at most 4 windows), ~16k on CUDA (at most 16); damage at half the tokens
     assert [auto_batch_size(cpu, s) for s in (64, 512, 1024, 4096)] == [4, 4, 2, 1]

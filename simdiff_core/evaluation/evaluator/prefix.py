@@ -40,6 +40,7 @@ from torch import nn
 from ...analysis.score import auto_batch_size
 from ...common.errors import Cancelled, SimDiffError
 from ...common.progress import Progress
+from ..evaluate import ppl_from_loss
 from . import bounds
 from .capture import capture_dense, capture_lazy, recording_view, run_recorded
 from .head import DEFAULT_HEAD_CHUNK_BYTES, LossHead
@@ -238,10 +239,10 @@ class PrefixEvaluator:
         return self.loss(())
 
     def ppl(self, spec) -> float:
-        return math.exp(min(self.loss(spec), 700.0))
+        return ppl_from_loss(self.loss(spec))
 
     def ppls(self, specs: Iterable, progress: Progress | None = None) -> list[float]:
-        return [math.exp(min(v, 700.0)) for v in self.losses(specs, progress)]
+        return [ppl_from_loss(v) for v in self.losses(specs, progress)]
 
     @torch.inference_mode()
     def final_states(self, spec) -> list[torch.Tensor]:
