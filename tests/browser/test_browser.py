@@ -144,6 +144,16 @@ def test_full_flow_in_chromium(server, tmp_path):
         before = _runs(page)
         # the curves and the fused bars are drawn by ui/live_chart.py: one graph each, updated in place
         assert page.locator(".sd-live.js-plotly-plot").count() == 2
+        # plotly.js never travels inside component data: the live charts load it once by URL from the app's
+        # static files (cacheable), unless Streamlit's own plotly chart chunk (window.Plotly) came first
+        import plotly
+
+        srcs = page.evaluate("() => [...document.scripts].map(s => s.src).filter(s => s.includes('/app/static/plotly-'))")
+        assert len(srcs) <= 1, srcs
+        assert not page.evaluate("() => [...document.scripts].some(s => !s.src && s.text.length > 1e6)")
+        got = page.request.get(f"{url}/app/static/plotly-{plotly.__version__}.min.js")
+        assert got.ok and "javascript" in got.headers["content-type"] and len(got.body()) > 1_000_000
+        assert "etag" in got.headers or "last-modified" in got.headers  # revalidated by the browser cache
         page.evaluate("() => { window.__sdGraphs = [...document.querySelectorAll('.sd-live')]; }")
         thumb = page.get_by_role("slider", name="Pruning ratio")
         for key, ratio in (("PageUp", 0.35), ("PageUp", 0.45), ("PageDown", 0.35)):

@@ -24,8 +24,10 @@ def figures(at) -> list[dict]:
         kind = getattr(el, "type", None)
         if kind == "plotly_chart":
             out.append(json.loads(el.proto.spec))
-        elif kind == "bidi_component" and el.proto.component_name == "simdiff_live_plotly":
-            out.append(json.loads(json.loads(el.proto.json)["spec"]))
+        elif kind == "bidi_component" and el.proto.component_name == "simdiff_live":
+            data = json.loads(el.proto.json)
+            if "spec" in data:
+                out.append(json.loads(data["spec"]))
     return out
 
 
@@ -36,6 +38,8 @@ def html_bodies(at) -> str:
         kind = getattr(el, "type", None)
         if kind == "html":
             out.append(el.proto.body)
-        elif kind == "bidi_component" and el.proto.component_name == "simdiff_live_stack":
-            out.append(json.loads(el.proto.json)["html"])
+        elif kind == "bidi_component" and el.proto.component_name == "simdiff_live":
+            data = json.loads(el.proto.json)
+            if "html" in data:
+                out.append(data["html"])
     return "".join(out)

@@ -1,0 +1,102 @@
+"""The live component's JavaScript (ui/live_component/live_core.js) against the Python side, in Node.
+
+The browser repaints a slider move from the payload with its own copies of ``live_slider.removed`` /
+``assemble``, ``figures.contiguous_runs`` and Python's ``round``. This test writes what the Python side
+gives (the planner's removed sets, the figure builders' specs, ``plan.count_from_ratio``'s counts) to a
+fixture file and runs ``node --test tests/app/live_component.test.mjs`` on it, so the README's test
+command (pytest) runs the Node test too. Skipped, saying so, where ``node`` is not installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from simdiff_core import make_plan, make_windows, score_model
+from simdiff_core.export import figures
+from simdiff_core.pruning.plan import count_from_ratio
+
+HERE = Path(__file__).resolve().parent
+NODE = shutil.which("node")
+pytestmark = pytest.mark.skipif(NODE is None, reason="node (Node.js >= 18) is not installed: the live "
+                                "component's JavaScript is not tested here")
+
+
+def _j(x):
+    return json.loads(json.dumps(x))
+
+
+@pytest.fixture(scope="module")
+def scores(tokenizer):
+    from tests.support.tiny import tiny_lm
+
+    return score_model(tiny_lm("llama", tokenizer, 9, 0), make_windows(tokenizer, "wikitext2", n=6, seq_len=16))
+
+
+def _fixtures(scores) -> dict:
+    from ui import live_slider
+
+    L = scores.num_layers
+    rng = np.random.default_rng(0)
+    drops = [[], [0], [3, 4, 5], [0, 2, 3, 7, 8]] + [sorted(rng.choice(30, size=int(rng.integers(1, 29)),
+                                                                        replace=False).tolist()) for _ in range(40)]
+    runs = [{"drop": d, "runs": figures.contiguous_runs(d)} for d in drops]
+    # the ratio slider's values as its <input> shows them (the shortest repr, as JavaScript's String)
+    counts = [{"L": n, "value": repr(round(i * 0.01, 2)), "k": count_from_ratio(n, round(i * 0.01, 2))}
+              for n in (5, 9, 10, 30, 80) for i in range(1, 101)]
+    alphas = [{"value": repr(round(i * 0.05, 2)), "a": live_slider.akey(round(i * 0.05, 2))} for i in range(21)]
+
+    fusion = {"beta": 0.5, "scale_free": True}
+    others = ["cosine", "mssd_rel"]
+    pre = live_slider.preview_payload(scores, "simdiff", 0.35, True, False, fusion, others, True)
+    cases = []
+    for k in range(0, L + 1):
+        if not 1 <= k <= L - 1:
+            cases.append({"k": k, "a": "", "removed": None})
+            continue
+        sets = {c: make_plan(scores, c, num=k, alpha=0.35, keep_first=True, keep_last=False,
+                             **(fusion if c == "simdiff" else {})).removed_layers for c in ["simdiff"] + others}
+        cases.append({"k": k, "a": "", "removed": sets["simdiff"], "charts": {
+            "stability": figures.stability_spec(live_slider.frequency(pre, k), sets["simdiff"]),
+            "overlap": figures.overlap_spec(sets, L)}})
+    base = figures.curves_base(scores.layers, scale_free=True)
+    cur = live_slider.curves_payload(scores, "simdiff", True, True, fusion, base)
+    curve_cases = []
+    for a in ("0.00", "0.35", "1.00"):
+        imp = scores.importance("simdiff", alpha=float(a), **fusion)
+        for k in (1, 3, L - 2):
+            drop = make_plan(scores, "simdiff", num=k, alpha=float(a), **fusion).removed_layers
+            curve_cases.append({"k": k, "a": a, "removed": drop, "charts": {
+                "curves": figures.curves_spec(base, drop, markers=False),
+                "simdiff": figures.bars_spec(imp, drop, title=f"SimDiff importance, α = {float(a):.2f} (higher = keep)",
+                                             shapes=True)}})
+    return _j({"runs": runs, "counts": counts, "alphas": alphas,
+               "payloads": [{"payload": live_slider.public(pre), "cases": cases},
+                            {"payload": live_slider.public(cur), "cases": curve_cases}]})
+
+
+def test_the_component_javascript_agrees_with_the_python_side(scores, tmp_path):
+    fx = tmp_path / "live_fixtures.json"
+    fx.write_text(json.dumps(_fixtures(scores)), encoding="utf-8")
+    r = subprocess.run([NODE, "--test", str(HERE / "live_component.test.mjs")], capture_output=True, text=True,
+                       timeout=120, env={**os.environ, "SD_LIVE_FIXTURES": str(fx)})
+    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
+    assert "# fail 0" in r.stdout and "# pass 0" not in r.stdout, r.stdout[-2000:]
+
+
+def test_the_registered_module_is_valid_javascript(tmp_path):
+    """What Streamlit gets (live_chart.js with live_core.js inlined) parses as one ES module."""
+    from ui.live_chart import component_js
+
+    js = component_js()
+    assert "from './live_core.js'" not in js and "export default function" in js
+    mod = tmp_path / "component.mjs"
+    mod.write_text(js, encoding="utf-8")
+    r = subprocess.run([NODE, "--check", str(mod)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
