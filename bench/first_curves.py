@@ -33,7 +33,7 @@ from simdiff_core import load_model, make_windows, score_model
 from simdiff_core.analysis.score import _forward_base
 from simdiff_core.common.errors import Cancelled
 from simdiff_core.models.load import prewarm
-from simdiff_core.export import figures as charts  # the app's figure module (imported by every page)
+from simdiff_core.export import figures  # the app's figure module (imported by every page)
 out = {{}}
 if {prewarm}:
     t = time.perf_counter()
@@ -43,7 +43,7 @@ first = {{}}
 
 def on_batch(partial):
     first["t"] = time.perf_counter()
-    charts.curves_spec(charts.curves_base(partial.layers))
+    figures.curves_spec(figures.curves_base(partial.layers))
     first["t_fig"] = time.perf_counter()
     first["c_fig"] = time.process_time()
     raise Cancelled()

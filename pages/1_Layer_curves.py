@@ -12,9 +12,9 @@ import pandas as pd
 import streamlit as st
 
 from simdiff_core import SimDiffError
-from simdiff_core.analysis import uncertainty
+from simdiff_core.analysis import derived, uncertainty
 from simdiff_core.analysis.score import protocol as score_protocol
-from simdiff_core.export import figures as charts
+from simdiff_core.export import figures
 from simdiff_core.export import figures_repair
 from ui import links, live_slider, models, settings, shell, state, views
 
@@ -59,7 +59,7 @@ if show_bands:
                    "least 2 windows).")
 base_key = ("curves", scale_free, log_mssd, clip, level if bands else None, None if damage is None else tuple(damage))
 base = state.per_scores(scores, base_key,
-                        lambda: charts.curves_base(scores.layers, scale_free=scale_free, log_mssd=log_mssd,
+                        lambda: figures.curves_base(scores.layers, scale_free=scale_free, log_mssd=log_mssd,
                                                    damage=damage, bands=bands, clip=clip))
 if bands:
     st.caption(f"Shaded: {level:.0%} percentile-bootstrap band over the {len(scores.windows['tokens'])} calibration "
@@ -115,7 +115,7 @@ def curves_panel():
         views.show_error(e)
     fusion = settings.fusion_kwargs()
     imp = scores.importance("simdiff", alpha=alpha, **fusion)
-    frame = charts.curves_frame(scores.layers, imp, dropped)
+    frame = derived.curves_frame(scores.layers, imp, dropped)
     fband = None
     if bands:
         fband = state.per_scores(scores, ("fused_band", level, alpha, fusion["beta"], fusion["scale_free"]),
@@ -123,9 +123,9 @@ def curves_panel():
         for k, b in list(bands.items()) + [("simdiff", fband)]:
             if k in frame.columns and isinstance(b, dict):
                 frame[f"{k}_lo"], frame[f"{k}_hi"] = b["lo"], b["hi"]
-    views.chart(charts.Spec(charts.curves_spec(base, dropped, markers=False)), "layer_curves", "curves", frame=frame,
+    views.chart(figures.Spec(figures.curves_spec(base, dropped, markers=False)), "layer_curves", "curves", frame=frame,
                 live=True, bind=live and dict(live, chart="curves"), payload=payload)
-    views.chart(charts.Spec(live_slider.bars_at(imp, alpha, dropped, fband)), "simdiff_importance", "simdiff",
+    views.chart(figures.Spec(live_slider.bars_at(imp, alpha, dropped, fband)), "simdiff_importance", "simdiff",
                 frame=frame, live=True, bind=live and dict(live, chart="simdiff"), payload=payload)
 
 
@@ -143,7 +143,7 @@ def linear_section():
     # built once per calibration and band level, like the heatmaps (the plan's shading lives on the curves above)
     spec = state.per_scores(scores, ("linear_curve", level if lb else None),
                             lambda: figures_repair.linear_curve(scores.layers, lb).to_dict())
-    views.chart(charts.Spec(spec), "linear_replaceability", "linear_curve",
+    views.chart(figures.Spec(spec), "linear_replaceability", "linear_curve",
                 frame=figures_repair.linear_frame(scores.layers, lb))
     warn = (scores.meta.get("linear") or {}).get("warning")
     st.caption("Share of block i's removal error that one least-squares matrix on block i−1's MLP output cannot "
@@ -169,17 +169,17 @@ def _heatmaps() -> list[tuple[int, str, dict, pd.DataFrame]]:
     """The heatmap specs and CSV frames: they depend on the scores alone, so built once per calibration."""
     out = []
     if "output_cosine" in m:
-        out.append((0, "output_cosine", charts.heatmap(m["output_cosine"], "Cosine between block outputs", zmin=None,
+        out.append((0, "output_cosine", figures.heatmap(m["output_cosine"], "Cosine between block outputs", zmin=None,
                                                        zmax=1, hover_label="cosine").to_dict(),
                     pd.DataFrame(m["output_cosine"])))
     if "angular_boundaries" in m:
-        D, x, y = charts.nblock_angular(m["angular_boundaries"])
-        out.append((1, "angular", charts.heatmap(D, "Angular distance across n blocks (PruneMe): low = "
+        D, x, y = derived.nblock_angular(m["angular_boundaries"])
+        out.append((1, "angular", figures.heatmap(D, "Angular distance across n blocks (PruneMe): low = "
                                                  "removable window", x_title="first block l", y_title="n blocks", x=x,
                                                  y=y, colorscale="Magma", hover_label="distance").to_dict(),
                     pd.DataFrame(D, index=pd.Index(y, name="n"), columns=x)))
     if "cka" in m:
-        out.append((2, "cka", charts.heatmap(m["cka"], "Linear CKA between block outputs", zmin=0, zmax=1,
+        out.append((2, "cka", figures.heatmap(m["cka"], "Linear CKA between block outputs", zmin=0, zmax=1,
                                              hover_label="CKA").to_dict(), pd.DataFrame(m["cka"])))
     return out
 
@@ -187,11 +187,11 @@ def _heatmaps() -> list[tuple[int, str, dict, pd.DataFrame]]:
 views_def = state.per_scores(scores, "heatmaps", _heatmaps)
 for t, name, spec, df in views_def:
     with tabs[t]:
-        views.chart(charts.Spec(spec), name, f"hm_{name}", frame=df)
+        views.chart(figures.Spec(spec), name, f"hm_{name}", frame=df)
 with tabs[3]:
     heat = state.result("linear_spans")
     if heat is not None:
-        views.chart(charts.Spec(figures_repair.span_heatmap(heat).to_dict()), "linear_spans", "hm_linear_spans",
+        views.chart(figures.Spec(figures_repair.span_heatmap(heat).to_dict()), "linear_spans", "hm_linear_spans",
                     frame=figures_repair.span_frame(heat))
         st.caption(f"Removing [a, a+n): share of the error one matrix on block a−1 cannot recover; {heat['tokens']} "
                    f"calibration tokens, {heat['passes']} pass(es). Compare with the angular-distance tab: low "

@@ -16,7 +16,7 @@ from simdiff_core import CRITERIA, SimDiffError
 from simdiff_core.analysis import uncertainty
 from simdiff_core.pruning import stability
 from simdiff_core.pruning.plan import count_from_ratio
-from simdiff_core.export import figures as charts
+from simdiff_core.export import figures
 from ui import links, live_chart, live_slider, models, settings, shell, state, views
 
 shell.setup_page("Prune preview")
@@ -123,7 +123,7 @@ def stability_section(plan, payload: dict, live: dict) -> None:
                    "windows would make the choice firmer.", icon=":material/warning:")
     frame = pd.DataFrame({"block": range(L), "removal_frequency": stab.frequency,
                           "in_plan": [i in stab.removed for i in range(L)]}).set_index("block")
-    views.chart(charts.Spec(charts.stability_spec(stab.frequency, stab.removed, stab.threshold, stab.n_boot)),
+    views.chart(figures.Spec(figures.stability_spec(stab.frequency, stab.removed, stab.threshold, stab.n_boot)),
                 "plan_stability", "stability", frame=frame, live=True, bind=dict(live, chart="stability"),
                 payload=payload)
 
@@ -203,7 +203,7 @@ def preview():
         rows.append({"criterion": other, "shared with " + criterion: len(shared),
                      "only here": sorted(set(sets[other]) - shared),
                      f"only in {criterion}": sorted(set(plan.removed_layers) - shared)})
-    views.chart(charts.Spec(charts.overlap_spec(sets, L)), "criteria_overlap", "overlap", live=True,
+    views.chart(figures.Spec(figures.overlap_spec(sets, L)), "criteria_overlap", "overlap", live=True,
                 bind=dict(live, chart="overlap"), payload=payload)
     if rows:
         st.dataframe(pd.DataFrame(rows).set_index("criterion"), width="stretch", key="overlap_table")

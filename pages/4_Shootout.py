@@ -92,7 +92,7 @@ fig = figures.shootout_bars(rows)
 views.chart(fig, "shootout_ppl", "so_bars")
 
 sets = {lab: [int(i) for i in r["removed_layers"].split()] for lab, r in zip(labels, rows) if r["method"] != "dense"}
-views.chart(figures.overlap_matrix(sets, res["num_layers"]), "shootout_overlap", "so_overlap")
+views.chart(figures.Spec(figures.overlap_spec(sets, res["num_layers"])), "shootout_overlap", "so_overlap")
 olabels, mat = overlap(rows)
 st.caption("Jaccard overlap of removed blocks: " + "; ".join(
     f"{olabels[i]} vs {olabels[j]}: {mat[i][j]:.2f}" for i in range(len(olabels)) for j in range(i + 1, len(olabels))))

@@ -15,7 +15,7 @@ from simdiff_core import SimDiffError, make_windows, score_model
 from simdiff_core.analysis.metrics import METRIC_KEYS
 from simdiff_core.analysis.score import counts_first_token
 from simdiff_core.pruning.sensitivity import overlay_frame, sensitivity
-from simdiff_core.export import figures as charts
+from simdiff_core.export import figures
 from ui import calibration, models, settings, shell, state, views
 
 shell.setup_page("Calibration sensitivity")
@@ -112,7 +112,7 @@ if metric == "importance":
                           for nm in rep.names for i, v in enumerate(rep.importance[nm])])
 else:
     frame, _ = overlay_frame(runs, metric, relative=False)
-fig = charts.overlay_curves(frame, metric if metric != "importance" else f"{crit} importance", False,
+fig = figures.overlay_curves(frame, metric if metric != "importance" else f"{crit} importance", False,
                             title=f"{metric} per block, one line per calibration source", removed=rep.removed)
 views.chart(fig, f"sensitivity_{metric}", "sens_curves", frame=frame)
 
@@ -120,5 +120,5 @@ st.subheader("Pairs")
 st.dataframe(pd.DataFrame(rep.pairs_table()), width="stretch", key="sens_pairs")
 st.subheader("Blocks each source removes")
 sets = {nm: rep.removed[nm] for nm in rep.names}
-views.chart(charts.Spec(charts.overlap_spec(sets, lm.num_layers)), "sensitivity_overlap", "sens_overlap",
+views.chart(figures.Spec(figures.overlap_spec(sets, lm.num_layers)), "sensitivity_overlap", "sens_overlap",
             frame=pd.DataFrame({nm: [i in set(v) for i in range(lm.num_layers)] for nm, v in sets.items()}))

@@ -19,7 +19,7 @@ from simdiff_core.analysis.score import counts_first_token
 from simdiff_core.models.load import wrap_model
 from simdiff_core.pruning.prune import pruned_model
 from simdiff_core.pruning.sensitivity import overlay_frame
-from simdiff_core.export import figures as charts
+from simdiff_core.export import figures
 from ui import models, runs as library, settings, shell, state, views
 
 shell.setup_page("Compare runs")
@@ -139,7 +139,7 @@ try:
 except SimDiffError as e:
     views.show_error(e)
     st.stop()
-views.chart(charts.overlay_curves(frame, metric, rel, title=f"{metric}: {a} vs {b}"), f"compare_{metric}",
+views.chart(figures.overlay_curves(frame, metric, rel, title=f"{metric}: {a} vs {b}"), f"compare_{metric}",
             "runs_curves", frame=frame)
 
 st.subheader("Heatmaps side by side (shared colour scale)")
@@ -154,6 +154,6 @@ hi = float(np.nanmax([np.nanmax(ma), np.nanmax(mb)]))
 h = st.columns(2)
 for col, name, m, key in ((h[0], a, ma, "runs_hm_a"), (h[1], b, mb, "runs_hm_b")):
     with col:
-        views.chart(charts.heatmap(m, f"{which}: {name}", zmin=lo, zmax=hi, hover_label=which), f"{which}_{key}", key,
+        views.chart(figures.heatmap(m, f"{which}: {name}", zmin=lo, zmax=hi, hover_label=which), f"{which}_{key}", key,
                     frame=pd.DataFrame(m))
 st.caption(f"Both heatmaps use the colour range [{lo:.3f}, {hi:.3f}].")

@@ -1,1 +1,3 @@
-"""Streamlit glue for SimDiff Explorer: session state and caches (``state``), plotly charts (``charts``)."""
+"""Streamlit glue for SimDiff Explorer: the session (``state``), the page shell and navigation (``shell``),
+the model cache and page guards (``models``), the session's plan (``settings``), calibration (``calibration``),
+exports (``exports``), shared widgets (``views``) and the live preview (``live_slider``, ``live_chart``)."""

@@ -37,7 +37,7 @@ import uuid
 import numpy as np
 
 from simdiff_core import SimDiffError
-from simdiff_core.export import figures as charts
+from simdiff_core.export import figures
 from simdiff_core.pruning import sweep
 from simdiff_core.pruning.plan import candidates
 
@@ -79,7 +79,7 @@ def assemble(payload: dict, chart: str, k: int, a: str = "") -> dict | None:
             if "each" in g:
                 shapes += [g["each"][i] for i in drop]
             else:
-                shapes += [dict(g["run"], x0=lo - g["pad"], x1=hi + g["pad"]) for lo, hi in charts.contiguous_runs(drop)]
+                shapes += [dict(g["run"], x0=lo - g["pad"], x1=hi + g["pad"]) for lo, hi in figures.contiguous_runs(drop)]
         layout["shapes"] = shapes
     return {"data": f.get("data", c["base"]["data"]), "layout": layout}
 
@@ -121,11 +121,11 @@ def preview_payload(scores, criterion: str, alpha: float, keep_first: bool, keep
     out_charts = {}
     if stability:
         freq = sweep.stability_sweep(scores, criterion, **kw, **(fusion if criterion == "simdiff" else {}))
-        frames = {str(k): {"data": charts.stability_spec(freq[k - 1], orders[criterion][:k])["data"]}
+        frames = {str(k): {"data": figures.stability_spec(freq[k - 1], orders[criterion][:k])["data"]}
                   for k in range(1, K + 1)}
-        out_charts["stability"] = {"by": "k", "base": charts.stability_spec(freq[0], orders[criterion][:1]),
+        out_charts["stability"] = {"by": "k", "base": figures.stability_spec(freq[0], orders[criterion][:1]),
                                    "frames": frames, "_freq": freq}
-    ov = {str(k): charts.overlap_spec(overlap_sets(criterion, others, k, orders), L) for k in range(1, K + 1)}
+    ov = {str(k): figures.overlap_spec(overlap_sets(criterion, others, k, orders), L) for k in range(1, K + 1)}
     out_charts["overlap"] = {"by": "k", "base": ov["1"], "frames": {k: {"data": s["data"]} for k, s in ov.items()}}
     imp = scores.importance(criterion, alpha=alpha, **(fusion if criterion == "simdiff" else {}))
     out = _new(L, keep_first, keep_last, {"ratio": RATIO_LABEL, "count": COUNT_LABEL, "alpha": None},
@@ -141,14 +141,14 @@ def curves_payload(scores, criterion: str, keep_first: bool, keep_last: bool, fu
     """Layer curves at every k and α of the grid: the dropped blocks' shading on the curves, and the fused
     importance bars (values, bootstrap band, red shapes over the dropped bars) per α.
 
-    ``base``: ``charts.curves_base`` for the page's toggles; ``fused_band(alpha)``: the band per α or None."""
+    ``base``: ``figures.curves_base`` for the page's toggles; ``fused_band(alpha)``: the band per α or None."""
     L = scores.num_layers
     by_alpha = criterion == "simdiff"
     fz = fusion if by_alpha else {}
     orders = ({a: sweep.removal_order(scores, criterion, alpha=float(a), keep_first=keep_first,
                                       keep_last=keep_last, **fz) for a in ALPHAS} if by_alpha else
               {"": sweep.removal_order(scores, criterion, keep_first=keep_first, keep_last=keep_last)})
-    curves0 = charts.curves_spec(base, [0], markers=False)
+    curves0 = figures.curves_spec(base, [0], markers=False)
     groups = [{"run": dict(s, x0=None, x1=None), "pad": 0.5} for s in curves0["layout"]["shapes"]]
     one = {"by": "", "base": _base(curves0), "frames": {"": {"groups": groups}}}
     bars, imps = {}, {}
@@ -166,8 +166,8 @@ def curves_payload(scores, criterion: str, keep_first: bool, keep_last: bool, fu
 
 def bars_at(imp, alpha: float, dropped, band=None) -> dict:
     """The fused importance chart of Layer curves (the page draws exactly this)."""
-    spec = charts.bars_spec(imp, dropped, title=f"SimDiff importance, α = {alpha:.2f} (higher = keep)", shapes=True)
-    return charts.with_band(spec, band)
+    spec = figures.bars_spec(imp, dropped, title=f"SimDiff importance, α = {alpha:.2f} (higher = keep)", shapes=True)
+    return figures.with_band(spec, band)
 
 
 def public(payload: dict) -> dict:

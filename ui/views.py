@@ -149,22 +149,22 @@ def figure_frame(fig) -> "pd.DataFrame":
     """
     import pandas as pd
 
-    from simdiff_core.export.figures import _plain
+    from simdiff_core.export.figures import plain_array
 
     d = fig if isinstance(fig, dict) else fig.to_dict()
     traces = [t for t in d.get("data", []) if isinstance(t, dict)]
     heat = [t for t in traces if t.get("type") == "heatmap"]
     if len(heat) == 1 and len(traces) == 1:
         t = heat[0]
-        z = np.asarray(_plain(t["z"]), dtype=float)
-        x = list(_plain(t.get("x"))) if t.get("x") is not None else list(range(z.shape[1]))
-        y = list(_plain(t.get("y"))) if t.get("y") is not None else list(range(z.shape[0]))
+        z = np.asarray(plain_array(t["z"]), dtype=float)
+        x = list(plain_array(t.get("x"))) if t.get("x") is not None else list(range(z.shape[1]))
+        y = list(plain_array(t.get("y"))) if t.get("y") is not None else list(range(z.shape[0]))
         return pd.DataFrame(z, index=pd.Index(y, name="y"), columns=x)
     rows = []
     for n, t in enumerate(traces):
         if t.get("x") is None or t.get("y") is None:
             continue
-        xs, ys = list(_plain(t["x"])), list(_plain(t["y"]))
+        xs, ys = list(plain_array(t["x"])), list(plain_array(t["y"]))
         name = t.get("name") or f"trace {n}"
         rows += [{"trace": name, "panel": t.get("xaxis", "x"), "x": x, "y": y} for x, y in zip(xs, ys)]
     return pd.DataFrame(rows)
@@ -190,15 +190,15 @@ def chart(fig, name: str, key: str, frame=None, config: dict | None = None, live
     ``bind``/``payload``: also repainted in the browser from the precomputed payload as the slider widgets
     move (ui/live_slider.py; ``live_chart.plotly_live``'s ``live``/``payload``).
     """
-    from simdiff_core.export import figures as charts
+    from simdiff_core.export import figures
 
-    spec = fig.to_dict() if isinstance(fig, charts.Spec) else fig
+    spec = fig.to_dict() if isinstance(fig, figures.Spec) else fig
     if live:
         from ui.live_chart import plotly_live
 
-        plotly_live(spec, key, config or charts.plot_config(name), live=bind, payload=payload)
+        plotly_live(spec, key, config or figures.plot_config(name), live=bind, payload=payload)
     else:
-        st.plotly_chart(fig, key=key, config=config or charts.plot_config(name))
+        st.plotly_chart(fig, key=key, config=config or figures.plot_config(name))
     df = frame if frame is not None else figure_frame(spec)
     c = st.columns([1, 1, 6])
     c[0].download_button("CSV", df.to_csv().encode(), f"{name}.csv", "text/csv", key=f"{key}_csv",

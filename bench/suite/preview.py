@@ -25,7 +25,7 @@ def bench_preview(L: int, repeats: int, figures: bool = True) -> dict:
     charts = None
     if figures:
         try:
-            from simdiff_core.export import figures as charts  # the app's own chart builders (plotly)
+            from simdiff_core.export import figures as charts  # the app's chart builders (`figures` is this function's flag)
         except Exception as e:  # app not present
             log(f"preview: figures not importable ({type(e).__name__}); figures not timed")
 
@@ -56,7 +56,7 @@ def bench_preview(L: int, repeats: int, figures: bool = True) -> dict:
                 plan = make_plan(scores, "simdiff", ratio=ratio)
                 t0 = time.perf_counter()
                 charts.layer_curves(scores.layers, dropped=plan.removed_layers).to_plotly_json()
-                charts.importance_bars(np.asarray(plan.scores), dropped=plan.removed_layers).to_plotly_json()
+                charts.Spec(charts.bars_spec(np.asarray(plan.scores), dropped=plan.removed_layers)).to_plotly_json()
                 fig_times.append(time.perf_counter() - t0)
     finally:
         handle.remove()

@@ -99,7 +99,7 @@ def write_results(path: Path, res: dict, args) -> None:
       f"global module forward pre-hook: {pv['preview_forward_passes']}.")
     if pv.get("preview_figure_ms") is not None:
         w("")
-        w(f"Building the app's plotly figures (`figures.layer_curves` + `importance_bars`, 80 blocks, 25 % / "
+        w(f"Building the app's plotly figures (`figures.layer_curves` + `bars_spec`, 80 blocks, 25 % / "
           f"37.5 % dropped) takes {pv['preview_figure_ms']} ms per move on this machine: `layer_curves` calls "
           "`fig.add_vrect` once per dropped block per panel, and each call re-validates the whole layout. "
           "Passing all rectangles in one `fig.update_layout(shapes=[...])` (or one `go.Bar` band trace) removes "

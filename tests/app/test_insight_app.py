@@ -26,9 +26,9 @@ def calibrated():
 
 
 def arr(v):
-    from simdiff_core.export.figures import _plain
+    from simdiff_core.export.figures import plain_array
 
-    return list(np.asarray(_plain(v)).tolist())
+    return list(np.asarray(plain_array(v)).tolist())
 
 
 def _spec(at, i=0):

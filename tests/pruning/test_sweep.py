@@ -80,7 +80,7 @@ def _naive_freq(scores, criterion, alpha, k, kf, kl, fusion, n_boot=200, seed=0)
 
 
 def test_preview_payload_equals_naive_plans_at_every_count(scores):
-    from simdiff_core.export import figures as charts
+    from simdiff_core.export import figures
     from ui import live_slider
 
     fusion = {"beta": 0.5, "scale_free": True}
@@ -96,19 +96,19 @@ def test_preview_payload_equals_naive_plans_at_every_count(scores):
         assert live_slider.removed(sent, k) == want["simdiff"]
         freq = _naive_freq(scores, "simdiff", 0.35, k, True, False, fusion)
         assert live_slider.frequency(p, k) == pytest.approx(freq, abs=1e-12)
-        assert live_slider.assemble(sent, "stability", k) == _j(charts.stability_spec(freq, want["simdiff"]))
-        assert live_slider.assemble(sent, "overlap", k) == _j(charts.overlap_spec(want, L))
+        assert live_slider.assemble(sent, "stability", k) == _j(figures.stability_spec(freq, want["simdiff"]))
+        assert live_slider.assemble(sent, "overlap", k) == _j(figures.overlap_spec(want, L))
     assert live_slider.removed(sent, L) is None and live_slider.removed(sent, 0) is None
 
 
 @pytest.mark.parametrize("criterion", ["simdiff", "cosine"])
 def test_curves_payload_equals_naive_plans_at_every_count_and_alpha(scores, criterion):
     from simdiff_core.analysis.uncertainty import fused_band
-    from simdiff_core.export import figures as charts
+    from simdiff_core.export import figures
     from ui import live_slider
 
     fusion = {"beta": 0.3, "scale_free": False}
-    base = charts.curves_base(scores.layers, scale_free=False)
+    base = figures.curves_base(scores.layers, scale_free=False)
     band = lambda a: fused_band(scores, alpha=a, n_boot=20, **fusion)  # noqa: E731
     sent = _j(live_slider.public(live_slider.curves_payload(scores, criterion, True, True, fusion, base, band)))
     L = scores.num_layers
@@ -120,8 +120,8 @@ def test_curves_payload_equals_naive_plans_at_every_count_and_alpha(scores, crit
         for k in range(1, L - 1):
             want = _naive_removed(scores.layers, imp, k, True, True)
             assert live_slider.removed(sent, k, a) == want, (a, k)
-            assert live_slider.assemble(sent, "curves", k, a) == _j(charts.curves_spec(base, want, markers=False))
-            assert live_slider.assemble(sent, "simdiff", k, a) == _j(charts.with_band(charts.bars_spec(
+            assert live_slider.assemble(sent, "curves", k, a) == _j(figures.curves_spec(base, want, markers=False))
+            assert live_slider.assemble(sent, "simdiff", k, a) == _j(figures.with_band(figures.bars_spec(
                 fused, want, title=f"SimDiff importance, α = {alpha:.2f} (higher = keep)", shapes=True), band(alpha)))
 
 

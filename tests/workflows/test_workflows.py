@@ -107,13 +107,10 @@ def test_one_batch_rule_for_scoring_streaming_and_damage():
 def test_one_figures_module_for_app_report_and_cli(embedded_scores):
     from simdiff_core.export import figures
     from simdiff_core.export.report import build_report_html
-    from simdiff_core.export import figures as charts
 
-    for name in ("layer_curves", "heatmap", "overlap_matrix", "importance_bars", "plot_config"):
-        assert getattr(charts, name) is getattr(figures, name)  # the app's name is an alias, not a copy
     m = embedded_scores.matrices["cka"]
-    app, report = figures.heatmap(m, "CKA"), figures.heatmap_figure(m, "CKA")
-    assert app.data[0].z.tolist() == report.data[0].z.tolist() == [list(map(float, r)) for r in m]
+    app, paper = figures.heatmap(m, "CKA"), figures.heatmap(m, "CKA", publication=True)
+    assert app.data[0].z.tolist() == paper.data[0].z.tolist() == [list(map(float, r)) for r in m]
     rows = [{"method": "dense", "criterion": None, "ppl": 10.0}, {"method": "oneshot", "criterion": "cosine", "ppl": 31.5}]
     bars = figures.shootout_bars(rows)
     assert list(bars.data[0].x) == ["dense", "oneshot:cosine"] and list(bars.data[0].y) == [10.0, 31.5]
