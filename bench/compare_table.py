@@ -13,7 +13,6 @@ nothing else in the README is touched.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import time
 from pathlib import Path
@@ -37,7 +36,7 @@ def main(argv=None) -> int:
 
     from simdiff_core import load_model, make_windows
     from simdiff_core.cli.common import progress_printer
-    from simdiff_core.common.fileio import atomic_write_text
+    from simdiff_core.common.fileio import atomic_write_text, write_marked
     from simdiff_core.evaluation.evaluate import eval_windows, protocol_note
     from simdiff_core.methods.compare import parse_specs, run_compare, to_markdown, write_csv
 
@@ -61,13 +60,9 @@ def main(argv=None) -> int:
     atomic_write_text(out.with_suffix(".md"), md)
     print(md)
     if not args.no_readme:
-        readme = ROOT / "README.md"
-        text = readme.read_text()
-        if START not in text or END not in text:
+        if not write_marked(ROOT / "README.md", START, END, md):
             print(f"README has no {START} ... {END} markers; table not inserted", file=sys.stderr)
             return 1
-        new = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: f"{START}\n{md}{END}", text, flags=re.S)
-        atomic_write_text(readme, new)
     return 0
 
 

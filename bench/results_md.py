@@ -6,15 +6,14 @@ and warm-start benchmarks, which run separately, keep their latest numbers there
 
 from __future__ import annotations
 
-import re
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from simdiff_core.common.fileio import write_marked  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 
 def write_section(name: str, markdown: str, path: Path = RESULTS) -> None:
-    block = f"<!-- keep:{name} -->\n{markdown.strip()}\n<!-- /keep:{name} -->"
-    old = path.read_text() if path.exists() else ""
-    pat = re.compile(rf"<!-- keep:{re.escape(name)} -->.*?<!-- /keep:{re.escape(name)} -->", re.S)
-    new = pat.sub(lambda _: block, old) if pat.search(old) else old.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(new)
+    write_marked(path, f"<!-- keep:{name} -->", f"<!-- /keep:{name} -->", markdown, append=True)

@@ -13,7 +13,6 @@ WikiText-2 test windows. Protocol (modest, for 2 CPU cores): scores and auto-alp
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import time
 from pathlib import Path
@@ -69,11 +68,9 @@ def main(argv=None) -> int:
     out = ROOT / "bench" / "simdiff_vs_cosine.md"
     out.write_text(table + "\n")
     if not args.no_readme:
-        readme = ROOT / "README.md"
-        text = readme.read_text()
-        if START in text:
-            text = re.sub(re.escape(START) + r".*?" + re.escape(END), START + "\n" + table + "\n" + END, text, flags=re.S)
-            readme.write_text(text)
+        from simdiff_core.common.fileio import write_marked
+
+        write_marked(ROOT / "README.md", START, END, table)
     return 0
 
 

@@ -31,3 +31,28 @@ def atomic_write_text(path: Path, text: str) -> None:
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
         raise SimDiffError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def replace_marked(text: str, start: str, end: str, body: str) -> str | None:
+    """``text`` with what lies between the ``start`` and ``end`` markers replaced by ``body`` (the markers
+    kept, each on its own line), or None where either marker is missing. The one rule every generated
+    section (docs tables, bench/RESULTS.md sections) is written by."""
+    i = text.find(start)
+    j = text.find(end, i + len(start)) if i >= 0 else -1
+    if i < 0 or j < 0:
+        return None
+    return text[:i] + f"{start}\n{body.strip()}\n{end}" + text[j + len(end):]
+
+
+def write_marked(path: Path, start: str, end: str, body: str, append: bool = False) -> bool:
+    """Replace the marked section of the file at ``path`` (``replace_marked``), atomically. Where the markers
+    are missing: append the section at the end with ``append``, else leave the file and return False."""
+    path = Path(path)
+    old = path.read_text(encoding="utf-8") if path.exists() else ""
+    new = replace_marked(old, start, end, body)
+    if new is None:
+        if not append:
+            return False
+        new = old.rstrip("\n") + ("\n\n" if old.strip() else "") + f"{start}\n{body.strip()}\n{end}\n"
+    atomic_write_text(path, new)
+    return True

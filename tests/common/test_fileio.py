@@ -1,0 +1,24 @@
+"""The marked-section writer every generated table uses (simdiff_core/common/fileio.py)."""
+
+from __future__ import annotations
+
+from simdiff_core.common.fileio import replace_marked, write_marked
+
+S, E = "<!-- t:start -->", "<!-- t:end -->"
+
+
+def test_replace_marked_keeps_everything_outside_the_markers():
+    doc = f"# Title\n\nintro\n{S}\nold | table\n{E}\n\n## Next\n"
+    assert replace_marked(doc, S, E, "new\n\n") == f"# Title\n\nintro\n{S}\nnew\n{E}\n\n## Next\n"
+    assert replace_marked("no markers", S, E, "x") is None
+    assert replace_marked(f"{E} before {S}", S, E, "x") is None   # an end marker must follow the start
+
+
+def test_write_marked_appends_only_when_asked(tmp_path):
+    p = tmp_path / "RESULTS.md"
+    p.write_text("# Results\n")
+    assert write_marked(p, S, E, "a") is False and p.read_text() == "# Results\n"
+    assert write_marked(p, S, E, "a", append=True) and p.read_text() == f"# Results\n\n{S}\na\n{E}\n"
+    assert write_marked(p, S, E, "b") and p.read_text() == f"# Results\n\n{S}\nb\n{E}\n"
+    q = tmp_path / "new.md"
+    assert write_marked(q, S, E, "c", append=True) and q.read_text() == f"{S}\nc\n{E}\n"
