@@ -1,4 +1,4 @@
-"""SimDiff Explorer, Load & calibrate: load a model and calibrate it (the default page of ``app.py``'s navigation).
+"""Load & calibrate: load a model and calibrate it (the default page of ``app.py``'s navigation).
 
 Picks a model (embedded SmolLM2-135M GGUF preselected, a hub id, a local directory, a GGUF file or
 a model from the local HF cache), a device/dtype and a calibration text, then runs one streaming

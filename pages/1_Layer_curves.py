@@ -1,4 +1,4 @@
-"""Page 2: per-block cosine / MSSD / MASD curves, the fused SimDiff score, cross-layer heatmaps.
+"""Layer curves: per-block cosine / MSSD / MASD curves, the fused SimDiff score, cross-layer heatmaps.
 
 Everything here is recomputed from the stored Scores (no forward pass). The ratio and α sliders sit in
 a fragment with the charts they change: a move reruns only that fragment, on top of figure bases and

@@ -1,4 +1,4 @@
-"""Page 3: the pruning-ratio slider and what it would remove, instantly (no forward pass).
+"""Prune preview: the pruning-ratio slider and what it would remove, instantly (no forward pass).
 
 The ratio / count / α controls live in a fragment with the preview they change, so a move reruns
 only that fragment (not the sidebar, the auto-α code or the page around it).

@@ -1,4 +1,4 @@
-"""Page 4: perplexity dense vs pruned, generation samples, latency, then the pruned checkpoint.
+"""Export & evaluate: perplexity dense vs pruned, generation samples, latency, then the pruned checkpoint.
 
 The pruned model is a weight-sharing view of the cached model (``export.build_pruned``), so
 evaluating it costs no extra memory. Results are kept per plan in the session; exports are listed

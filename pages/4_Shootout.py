@@ -1,4 +1,4 @@
-"""Page 4: the shoot-out — several pruning methods/criteria at the same ratio, one table.
+"""Shootout: several pruning methods/criteria at the same ratio, one table.
 
 Runs ``simdiff_core.methods.compare.run_compare`` on the session's model and calibration windows: every
 chosen method makes a plan (merging plans included), each pruned model is measured by perplexity

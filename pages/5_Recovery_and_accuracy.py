@@ -1,4 +1,4 @@
-"""Page 5: heal the pruned model with a short LoRA fine-tune, then compare dense / pruned / recovered.
+"""Recovery & accuracy: heal the pruned model with a short LoRA fine-tune, then compare dense / pruned / recovered.
 
 Honest numbers (``workflows.recover_and_compare``): the dense model given the same LoRA run on the same
 text is the reference, every perplexity is also measured on a second-domain text, and the flags of

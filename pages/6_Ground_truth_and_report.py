@@ -1,4 +1,4 @@
-"""Page 6: measured leave-one-out damage, how well each criterion predicts it, and the shareable report.
+"""Ground truth & report: measured leave-one-out damage, how well each criterion predicts it, and the shareable report.
 
 Damage is measured on (a prefix of) the session's calibration windows: one dense pass caches every
 block's input, then each block is skipped in turn. The per-block loss increase is stored in the

@@ -1,4 +1,4 @@
-"""Two scored runs side by side: curves overlaid, heatmaps side by side on a shared colour scale.
+"""Compare runs: two scored runs side by side: curves overlaid, heatmaps side by side on a shared colour scale.
 
 A run is the session's current scores, a run pinned earlier in this session (another model, another
 calibration, a pruned or recovered model scored later), or any run of the run library (the Runs page:
