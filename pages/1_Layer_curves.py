@@ -157,7 +157,7 @@ linear_section()
 if damage is None:
     st.caption("Add the measured ground truth (loss with each block removed) as a fourth curve, with "
                "criterion agreement, on the Ground truth page.")
-st.page_link("pages/6_Ground_truth_and_report.py", label="Ground truth: measured damage, criterion agreement, report",
+st.page_link(shell.PAGES["ground_truth"], label="Ground truth: measured damage, criterion agreement, report",
              icon=":material/fact_check:")
 
 st.header("Cross-layer heatmaps")
