@@ -100,3 +100,37 @@ def test_the_registered_module_is_valid_javascript(tmp_path):
     mod.write_text(js, encoding="utf-8")
     r = subprocess.run([NODE, "--check", str(mod)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("static", [True, False])
+def test_plotly_js_travels_by_url_or_once_inline(static):
+    """With static serving (the shipped config) the charts carry plotly.js's URL, never the 4.6 MB bundle;
+    without it the bundle goes inline once per session (the fallback)."""
+    from streamlit import config
+    from streamlit.testing.v1 import AppTest
+
+    from ui import live_chart
+
+    old = config.get_option("server.enableStaticServing")
+    config.set_option("server.enableStaticServing", static)
+    live_chart.plotly_url.cache_clear()
+    try:
+        at = AppTest.from_string(
+            "from ui.live_chart import plotly_live\n"
+            "for i in range(2):\n"
+            "    plotly_live({'data': [], 'layout': {}}, key=f'g{i}')\n", default_timeout=30).run()
+        assert not at.exception
+        data = [json.loads(e.proto.json) for e in at.get("bidi_component")]
+        assert len(data) == 2
+        if static:
+            import plotly
+
+            assert all(d["plotly_src"] == f"/app/static/plotly-{plotly.__version__}.min.js" for d in data)
+            assert not any("plotly_js" in d for d in data)
+            served = live_chart.STATIC / f"plotly-{plotly.__version__}.min.js"
+            assert served.read_bytes() == live_chart._plotly_file().read_bytes()
+        else:
+            assert ["plotly_js" in d for d in data] == [True, False] and "plotly_src" not in data[0]
+    finally:
+        config.set_option("server.enableStaticServing", old)
+        live_chart.plotly_url.cache_clear()
