@@ -1,3 +1,4 @@
+# over 400 lines: one standalone benchmark (the no-op app, the in-page timers and the report stay in one runnable file)
 """Browser benchmark: how long a pruning-slider move takes until the preview shows the new set.
 
     python bench/browser_slider.py                 # N = 24 moves per page, prints one JSON line
