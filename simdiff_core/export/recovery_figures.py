@@ -1,4 +1,4 @@
-"""Figures of a LoRA recovery with its dense reference (kept apart from figures.py, which is shared).
+"""Figures of a LoRA recovery with its dense reference (kept apart from the shared figures package).
 
     from simdiff_core.export.recovery_figures import loss_curves
     fig = loss_curves(report["loss_curve"], report["dense_reference"]["loss_curve"])
@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
-from .figures import KEEP, loss_curve
+from .figures import loss_curve
+from .figures.theme import KEEP
 
 DENSE = "#64748b"
 
