@@ -16,6 +16,8 @@ from ui import state
 
 ROOT = Path(__file__).resolve().parents[1]
 # The navigation of app.py: section -> (key, page file, title, icon). PAGES maps a key to its file.
+# This order is the order users see; st.navigation ignores the files' numeric prefixes (older than
+# the sections), so they are not page numbers and no docstring names a page by number.
 NAV = {
     "Explore": [
         ("runs", "pages/10_Runs.py", "Runs", ":material/inventory:"),
