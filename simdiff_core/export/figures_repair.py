@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from .figures import DROP, LINE_COLOR, _app_style, heatmap
+from .figures import heatmap
+from .figures.theme import DROP, KEEP, app_style, report_style
 
 TITLE = "Linear replaceability: share of the removal error one matrix on the block below cannot recover"
 
@@ -43,7 +44,7 @@ def linear_curve(layers: list[dict], band: dict | None = None, dropped=(), publi
                                  fillcolor="rgba(37, 99, 235, 0.15)", line=dict(width=0), hoverinfo="skip",
                                  name="bootstrap band", showlegend=True))
     fig.add_trace(go.Scatter(x=x, y=df["linear"], mode="lines+markers", name="linear replaceability",
-                             line=dict(color=LINE_COLOR, width=2), marker=dict(size=5),
+                             line=dict(color=KEEP, width=2), marker=dict(size=5),
                              hovertemplate="block %{x}: %{y:.4f} of the removal error left after the fit<extra></extra>"))
     drop = [i for i in x if df.loc[i, "dropped"] and not np.isnan(df.loc[i, "linear"])]
     if drop:
@@ -53,10 +54,9 @@ def linear_curve(layers: list[dict], band: dict | None = None, dropped=(), publi
     fig.update_xaxes(title_text="block i (span [i, i+1), repaired on block i-1)", showspikes=False)
     fig.update_yaxes(title_text="residual / unrepaired error", range=[0, 1.02], gridcolor="#eef2f7")
     if publication:
-        from .figures import _style
 
-        return _style(fig, True, height=380, width=720)
-    return _app_style(fig, 360)
+        return report_style(fig, True, height=380, width=720)
+    return app_style(fig, 360)
 
 
 def span_grid(heat: dict) -> tuple[np.ndarray, list[int], list[int]]:
