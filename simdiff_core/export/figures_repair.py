@@ -54,7 +54,6 @@ def linear_curve(layers: list[dict], band: dict | None = None, dropped=(), publi
     fig.update_xaxes(title_text="block i (span [i, i+1), repaired on block i-1)", showspikes=False)
     fig.update_yaxes(title_text="residual / unrepaired error", range=[0, 1.02], gridcolor="#eef2f7")
     if publication:
-
         return report_style(fig, True, height=380, width=720)
     return app_style(fig, 360)
 
