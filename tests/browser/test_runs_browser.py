@@ -1,0 +1,129 @@
+"""End-to-end, the run library in Chromium: calibrate once; a reload, a new browser with the copied
+link, and a server restart all bring back the same run and view without recomputing (the sidebar
+says "model not loaded": no model was loaded, so nothing was scored again).
+
+Embedded SmolLM2 (30 blocks) on 2 x 32 tokens; $SIMDIFF_HOME is a temporary folder shared by the two
+server processes. Needs Debian's chromium and playwright (skipped with a reason otherwise).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.support.streamlit_server import calibrate_in_browser, idle, require_browser, running_app, set_number
+
+ROOT = Path(__file__).resolve().parents[2]
+ARTIFACTS = ROOT / "test-artifacts" / "browser"
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+PLAN = re.compile(r"removes (\d+) of (\d+) blocks: \[([\d, ]*)\]")
+K = 5
+
+
+def _nav(page, label: str) -> None:
+    page.locator("[data-testid=stSidebarNav] a", has_text=label).first.click()
+    idle(page)
+
+
+def _no_errors(page) -> None:
+    assert not page.locator("[data-testid=stException]").count()
+    assert not page.locator("[data-testid=stAlertContentError]").count(), \
+        page.locator("[data-testid=stAlertContentError]").all_inner_texts()
+
+
+def _plan_line(page) -> str:
+    for t in page.locator("[data-testid=stMarkdownContainer]").all_inner_texts():
+        m = PLAN.search(t)
+        if m:
+            return m.group(0)
+    raise AssertionError("no plan line on the page")
+
+
+def _status(page) -> str:
+    return " ".join(page.locator("[data-testid=stSidebar] [data-testid=stCaptionContainer]").all_inner_texts())
+
+
+def _curves_drawn(page) -> int:
+    page.wait_for_function("() => [...document.querySelectorAll('.js-plotly-plot')].filter(g => g.data && g.data.length)"
+                           ".length >= 2", timeout=60_000)
+    idle(page)
+    return page.locator(".js-plotly-plot").count()
+
+
+def test_reload_link_and_restart_reopen_the_same_run_and_view(tmp_path):
+    require_browser()
+    from playwright.sync_api import expect, sync_playwright
+
+    env = {"SIMDIFF_HOME": str(tmp_path / "home"), "SIMDIFF_EXPORT_DIR": str(tmp_path / "exports")}
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+        try:
+            with running_app(tmp_path / "a.log", env) as (url, _):
+                ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+                page = ctx.new_page()
+                page.set_default_timeout(240_000)
+                page.goto(url)
+                idle(page)
+                calibrate_in_browser(page, 2, 32)
+                expect(page.get_by_text("Calibrated on 2 × 32")).to_be_visible(timeout=300_000)
+                idle(page)
+                _no_errors(page)
+                assert "model not loaded" not in _status(page)
+                _nav(page, "Prune preview")
+                set_number(page, "Blocks to remove", K)
+                idle(page)
+                plan = _plan_line(page)
+                assert plan.startswith(f"removes {K} of 30")
+                link = page.url
+                run_id = re.search(r"[?&]run=([0-9a-z]+)", link).group(1)
+                assert "ratio=" in link and "/Prune_preview" in link, link
+
+                page.reload()  # the browser's reload: a new session
+                idle(page)
+                _no_errors(page)
+                assert _plan_line(page) == plan
+                assert f"run {run_id}" in _status(page) and "model not loaded" in _status(page)
+                assert page.locator(".sd-block.sd-gone").count() == K
+                _nav(page, "Layer curves")
+                assert _curves_drawn(page) >= 2
+                assert f"the {K} blocks" in " ".join(page.locator("[data-testid=stMarkdownContainer]").all_inner_texts())
+                _no_errors(page)
+                ctx.close()
+
+                other = browser.new_context(viewport={"width": 1280, "height": 900})  # another browser
+                p2 = other.new_page()
+                p2.set_default_timeout(240_000)
+                p2.goto(link)
+                idle(p2)
+                _no_errors(p2)
+                assert _plan_line(p2) == plan and "model not loaded" in _status(p2)
+                ARTIFACTS.mkdir(parents=True, exist_ok=True)
+                p2.screenshot(path=str(ARTIFACTS / "runs_link.png"), full_page=True)
+                other.close()
+
+            with running_app(tmp_path / "b.log", env) as (url2, _):  # the server restarted
+                ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+                page = ctx.new_page()
+                page.set_default_timeout(240_000)
+                page.goto(url2)
+                idle(page)
+                _nav(page, "Runs")
+                _no_errors(page)
+                assert run_id in page.content()  # listed
+                page.locator("[data-testid=stBaseButton-primary]").filter(has_text=re.compile(r"^Open$")).first.click()
+                idle(page)
+                _no_errors(page)
+                assert _curves_drawn(page) >= 2
+                assert f"run {run_id}" in _status(page) and "model not loaded" in _status(page)
+                page.screenshot(path=str(ARTIFACTS / "runs_restart.png"), full_page=True)
+                # the link copied before the restart still opens the same view
+                page.goto(link.replace(url, url2))
+                idle(page)
+                _no_errors(page)
+                assert _plan_line(page) == plan and "model not loaded" in _status(page)
+                ctx.close()
+        finally:
+            browser.close()
