@@ -43,6 +43,7 @@ from suite.linear import bench_linear
 from suite.memory import bench_memory
 from suite.overhead import bench_overhead
 from suite.preview import bench_preview
+from suite.reopen import bench_reopen
 from suite.results import write_results
 from suite.speedup import bench_speedup
 from suite.store import bench_store
@@ -147,6 +148,11 @@ def main() -> int:
         res["ttfc"] = bench_ttfc(n_calib, s_calib, cold=not args.no_cold)
         res["first_curves"] = first_curves_after()
 
+    if not args.smoke and device == "cpu":
+        # a stored 80-block run's link -> its curves drawn in Chromium (bench/suite/reopen.py; goal <= 1.5 s)
+        res["reopen"] = bench_reopen()
+        log(f"reopen_run_s {res['reopen'].get('reopen_run_s')} (first {res['reopen'].get('first_s')})")
+
     res["streaming"] = bench_streaming(*stream_cfg)
     log(f"streaming diff {res['streaming']['streaming_max_abs_diff']} peak {res['streaming']['streaming_peak_mb']} MB "
         f"of {res['streaming']['streaming_model_mb']} MB")
@@ -206,6 +212,7 @@ def main() -> int:
                                                    "iterative_cost_vs_full_rescoring", "shootout_default_s")},
         "store_overhead": round(res["store"]["store_overhead"], 4),
         "store_bytes_per_block": round(res["store"]["store_bytes_per_block"], 1),
+        "reopen_run_s": res.get("reopen", {}).get("reopen_run_s"),
         "bench_seconds": round(time.perf_counter() - t_start, 1),
     }
     if "first_curves" in res:

@@ -50,6 +50,12 @@ def setup_page(title: str, icon: str = "assets/favicon.png") -> None:
         st.logo(str(logo), size="large")
     state.init()
     prewarm_once()
+    # A refresh or a shared link: reopen its run and view, once per session (ui/links.py). Here rather
+    # than in app.py alone: on a freshly started server Streamlit runs a deep-linked page's script
+    # directly (its pages/-folder mode, until some session has called st.navigation).
+    from ui import links
+
+    links.restore()
 
 
 @st.cache_resource(show_spinner=False)

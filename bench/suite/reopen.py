@@ -1,0 +1,100 @@
+"""reopen_run_s: from opening a stored 80-block run's link to its curves drawn in Chromium (goal <= 1.5 s).
+
+    python bench/suite/reopen.py            # one JSON line (also run by bench/run.py)
+
+An 80-block run is made by scoring a random-weight 80-block Llama built from a config (hidden 64) on
+4 x 32 random tokens (so it has every per-window sum and matrix the pages draw), saved into a fresh
+$SIMDIFF_HOME. Then ``streamlit run app.py`` (the shipped config) is started on loopback and, in
+headless Chromium (Debian's /usr/bin/chromium, Playwright), each repeat opens the link
+``/Layer_curves?run=ID&ratio=0.25`` in a new browser context (a new session: nothing of the run in
+memory) and times, from ``page.goto`` to the first moment the curves and the fused-importance chart
+are both drawn with data (polled every animation frame in the page). No model is loaded. The
+first open after the server start (``first_s``: imports and caches warming) is reported apart from the
+median of the following ones (``reopen_run_s``).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+# the curves chart and the fused-importance bars (the first two charts of Layer curves) are drawn with data
+DRAWN_JS = """(L) => {
+  const ps = [...document.querySelectorAll('.js-plotly-plot')].filter(g => g.data && g.data.length);
+  return ps.length >= 2;
+}"""
+
+
+def make_run(home: Path, num_layers: int = 80) -> str:
+    """Score a config-built ``num_layers``-block Llama and save it into the library at ``home``; its run id."""
+    import torch
+
+    from simdiff_core import score_model
+    from simdiff_core.models.load import wrap_model
+    from simdiff_core.runs import RunStore, run_meta
+
+    from .harness import llama_dir_model
+
+    model = llama_dir_model(num_layers, 64, 192, 2048)
+    lm = wrap_model(model, None, f"llama-{num_layers}x64 (config-built)")
+    ids = torch.randint(0, 2048, (4, 32), generator=torch.Generator().manual_seed(0))
+    scores = score_model(lm, ids, calibration={"source": "random tokens", "samples": 4, "seq_len": 32})
+    return RunStore(home=home).save(scores, meta=run_meta(scores))
+
+
+def bench_reopen(repeats: int = 5, num_layers: int = 80) -> dict:
+    """Time link -> curves drawn for a stored ``num_layers``-block run (see the module docstring)."""
+    import shutil
+
+    if not (shutil.which("chromium") or Path("/usr/bin/chromium").exists()):
+        return {"error": "chromium not installed"}
+    from playwright.sync_api import sync_playwright
+
+    from tests.support.streamlit_server import idle, running_app
+
+    home = Path(tempfile.mkdtemp(prefix="simdiff-reopen-"))
+    run_id = make_run(home, num_layers)
+    times = []
+    log = home / "streamlit.log"
+    with running_app(log, {"SIMDIFF_HOME": str(home), "SIMDIFF_EXPORT_DIR": str(home / "exports")}) as (url, _):
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+            try:
+                for _ in range(repeats + 1):
+                    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+                    page = ctx.new_page()
+                    page.set_default_timeout(120_000)
+                    t0 = time.perf_counter()
+                    page.goto(f"{url}/Layer_curves?run={run_id}&ratio=0.25")
+                    try:
+                        page.wait_for_function(DRAWN_JS, arg=num_layers, polling="raf", timeout=120_000)
+                    except Exception:  # noqa: BLE001 - playwright's TimeoutError: say what the page showed
+                        text = page.locator("[data-testid=stMain]").inner_text()[:300].replace("\n", " ")
+                        return {"error": f"curves not drawn in 120 s; the page showed: {text}", "run_id": run_id}
+                    times.append(time.perf_counter() - t0)
+                    idle(page)
+                    errors = page.locator("[data-testid=stException], [data-testid=stAlertContentError]").count()
+                    ctx.close()
+                    if errors:
+                        return {"error": "the page showed an error", "run_id": run_id}
+            finally:
+                browser.close()
+    shutil.rmtree(home, ignore_errors=True)
+    rest = times[1:]
+    return {"reopen_run_s": round(statistics.median(rest), 3), "first_s": round(times[0], 3),
+            "all_s": [round(t, 3) for t in times], "blocks": num_layers, "goal_s": 1.5}
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT / "bench"))
+    from suite.reopen import bench_reopen as run
+
+    print(json.dumps(run()))
