@@ -131,6 +131,47 @@ def stability_section(plan, payload: dict, live: dict) -> None:
 COMPARE_DEFAULT = ("cosine", "mssd_rel", "masd_rel", "angular")
 
 
+def repair_section(plan) -> None:
+    """Repair selector and a one-click repaired-perplexity estimate for the current plan (calibration text;
+    workflows.estimate_repair). Inside the preview fragment, so the estimate shown always belongs to the plan
+    shown; a slider move only hides it (it never refits)."""
+    from simdiff_core.repair import REPAIR_METHODS
+    from simdiff_core.workflows import estimate_repair
+
+    st.subheader("Repair (training-free)")
+    c = st.columns([1, 2])
+    method = c[0].selectbox("Repair", REPAIR_METHODS, index=REPAIR_METHODS.index("lstsq"), key="repair_method",
+                            help="lstsq: one least-squares map per removed span folded into the block below "
+                                 "(ReplaceMe); rescale: a per-channel scale (Prune&Comp-style); none: as pruned")
+    calib_ids = state.get("calib_ids")
+    usable = lm is not None and lm.num_layers == L and calib_ids is not None
+    key = (tuple(plan.removed_layers), method)
+    if c[1].button("Estimate repaired perplexity", key="estimate_repair", disabled=method == "none" or not usable,
+                   help="Fit the repair on the calibration windows and measure the calibration perplexity of the "
+                        "pruned and the repaired model (one pass each)"):
+        bar = st.progress(0.0, text="Fitting the repair…")
+        try:
+            est = estimate_repair(lm, plan, calib_ids, method, calibration=dict(state.get("calib_info") or {}),
+                                  progress=lambda f, m: bar.progress(min(f, 1.0), text=m))
+            state.put_result("repair_preview", {**est, "key": key})
+        except Exception as e:  # noqa: BLE001
+            views.show_error(e)
+        bar.empty()
+    est = state.result("repair_preview")
+    if est is None or est["key"] != key:
+        st.caption("Estimate the repaired perplexity of this plan on the calibration text (cheap: one fit, two "
+                   "passes). The held-out numbers come from Export & evaluate.")
+        return
+    m = st.columns(3)
+    m[0].metric("Calibration ppl, pruned", f"{est['ppl_pruned']:.2f}")
+    m[1].metric(f"Calibration ppl, {method}", f"{est['ppl_repaired']:.2f}",
+                delta=f"{est['ppl_repaired'] / est['ppl_pruned']:.2f}×", delta_color="off")
+    m[2].metric("Fit time", f"{est['repair']['seconds']:.1f} s")
+    n, s = est["windows"]
+    st.caption(f"{est['summary']}. Perplexity on the {n} × {s} calibration windows the repair was fitted on: "
+               "optimistic by construction; Export & evaluate measures it on held-out text.")
+
+
 @st.fragment
 def preview():
     """The ratio / count / α controls and everything they change: a move reruns only this function.
@@ -207,6 +248,7 @@ def preview():
                 bind=dict(live, chart="overlap"), payload=payload)
     if rows:
         st.dataframe(pd.DataFrame(rows).set_index("criterion"), width="stretch", key="overlap_table")
+    repair_section(plan)
 
 
 preview()

@@ -279,6 +279,35 @@ def recovery_evaluation(report: dict) -> Evaluation:
                       honesty=r.get("honesty"))
 
 
+def estimate_repair(lm, plan, calib_ids, method: str = "lstsq", calibration: dict | None = None,
+                    progress: Progress | None = None, should_stop=None) -> dict:
+    """Fit ``method`` (``repair.REPAIR_METHODS``) for ``plan`` on the calibration windows and return the
+    calibration perplexity of the pruned and the repaired model: the cheap estimate the Prune preview
+    shows. It is measured on the text the repair was fitted on, so it is optimistic; held-out numbers
+    come from the Export page. Raises ``RepairRefused`` (one line) where the method does not apply.
+    Cost: one forward of the dense model over ``calib_ids`` (the fit) and two of the pruned one.
+    """
+    from .evaluation.evaluate import perplexity
+    from .pruning.prune import pruned_model
+    from .repair import apply_repair, fit_repair
+
+    if plan.merged_groups:
+        from .common.errors import SimDiffError
+
+        raise SimDiffError("repair applies to block-removal plans, not merged ones")
+    rep = fit_repair(lm, plan.removed_layers, calib_ids, method=method, calibration=calibration,
+                     progress=_sub(progress, 0.0, 0.5, "fit"), should_stop=should_stop)
+    small = pruned_model(lm, plan.kept_layers)
+    bs = eval_batch_size(lm.device)
+    before = perplexity(small, calib_ids, bs, lm.device, progress=_sub(progress, 0.5, 0.75, "pruned"),
+                        should_stop=should_stop)
+    after = perplexity(apply_repair(small, rep), calib_ids, bs, lm.device,
+                       progress=_sub(progress, 0.75, 1.0, "repaired"), should_stop=should_stop)
+    return {"method": method, "removed_layers": list(plan.removed_layers), "ppl_pruned": before["ppl"],
+            "ppl_repaired": after["ppl"], "windows": list(calib_ids.shape), "summary": rep.summary(),
+            "repair": rep.to_dict()}
+
+
 def export_and_record(lm, plan, out_dir: str | Path, evaluation: Evaluation | dict | None = None, scores=None,
                       recovery: dict | None = None, force: bool = False, make_zip: bool = False,
                       dtype: torch.dtype | None = None, model=None) -> tuple[Path, ExportReport]:

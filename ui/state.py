@@ -73,6 +73,7 @@ class Session:
     auto_alpha: dict | None = None   # Prune preview: what auto α chose
     shootout: dict | None = None     # Shootout page: compare.run_compare result
     recovery: dict | None = None     # Recovery page: recovered model and report
+    repair_preview: dict | None = None  # Prune preview: the last repaired-perplexity estimate (plan, method)
     accuracy: dict = field(default_factory=dict)   # Recovery page: (model, plan, tasks) -> accuracy
     sens_runs: dict | None = None    # Calibration sensitivity page: scores per calibration source
     drill: dict | None = None        # Block drill-down page: the last drill-down
@@ -80,7 +81,7 @@ class Session:
 
 
 RESULT_KEYS = ("plan", "evals", "damage", "damage_result", "set_damage", "auto_alpha", "shootout", "recovery",
-               "accuracy", "sens_runs", "drill", "linear_spans")
+               "accuracy", "sens_runs", "drill", "linear_spans", "repair_preview")
 DEFAULTS = {f.name: getattr(Session(), f.name) for f in fields(Session)}
 _calibrations = itertools.count(1)
 
