@@ -16,7 +16,8 @@ import torch
 from simdiff_core import generate_sample, measure_latency
 from simdiff_core.export.checkpoint import export_dir_under
 from simdiff_core.pruning.build import build_pruned
-from simdiff_core.workflows import evaluate_plan, export_and_record
+from simdiff_core.repair import REPAIR_METHODS
+from simdiff_core.workflows import evaluate_plan, evaluate_repair, export_and_record, repair_record
 from ui import exports, models, settings, shell, state, views
 
 shell.setup_page("Export & evaluate")
@@ -32,6 +33,10 @@ with st.sidebar:
     prompt = st.text_input("Prompt", "The history of the city begins", key="prompt", disabled=not do_gen)
     do_lat = st.checkbox("Latency (prefill / decode)", value=True, key="do_lat",
                          help="Best of 2 runs: a 128-token prefill and 16 decode steps with the KV cache")
+    repair = st.selectbox("Repair", REPAIR_METHODS, key="export_repair",
+                          help="Training-free repair fitted on the calibration windows and folded into the weights "
+                               "(lstsq: ReplaceMe; rescale: per-channel scale). Compared on calibration and "
+                               "held-out text; none: the plain pruned model")
 
 st.title("Export & evaluate")
 scores = models.require_scores()
@@ -65,6 +70,11 @@ if st.button("Evaluate dense vs pruned", type="primary", key="evaluate"):
                             measure_latency(small, 128, 16, repeats=2, device=lm.device))
         evals[pruned_key] = ev
         evals[("extra",) + pruned_key] = extra
+        if repair != "none":
+            bar.progress(0.0, text="Repair…")
+            evals[("repair", repair) + pruned_key] = evaluate_repair(
+                lm, plan, state.get("calib_ids"), repair, ev, int(windows), int(seq_len),
+                calibration=dict(state.get("calib_info") or {}), progress=lambda f, m: bar.progress(f, text=m))
         state.put_result("evals", evals)
         bar.empty()
     except Exception as e:  # noqa: BLE001
@@ -98,6 +108,18 @@ if ev is not None:
 else:
     st.caption("Perplexity on the WikiText-2 test split, dense vs pruned, with the same windows.")
 
+rep_ev = evals.get(("repair", repair) + pruned_key) if repair != "none" else None
+if rep_ev is not None:
+    st.subheader(f"Repaired ({repair})")
+    v = rep_ev["verdict"]
+    st.dataframe(pd.DataFrame(rep_ev["rows"]).set_index("model"), width="stretch", key="repair_table")
+    st.caption(f"Protocol: calibration = {rep_ev['calib_protocol']} (optimistic by construction); held-out = "
+               f"{rep_ev['held_protocol']}. {rep_ev['summary']}.")
+    if v["improved"]:
+        st.success(v["headline"], icon=":material/check_circle:")
+    for msg in v["messages"]:
+        st.warning(msg, icon=":material/warning:")
+
 st.header("Export")
 default_name = f"{Path(str(scores.model)).name.split('.')[0]}-{plan.criterion}-minus{k}of{L}"
 c1, c2 = st.columns([3, 1])
@@ -111,8 +133,10 @@ if st.button("Export pruned checkpoint", type="primary", key="export"):
         with st.spinner("Writing safetensors, config, tokenizer and report…"):
             target = export_dir_under(exports.export_root(), name)
             target.parent.mkdir(parents=True, exist_ok=True)
+            # a repair evaluated above is what gets exported: its folded weights, its record in the report
+            fix = {} if rep_ev is None else {"model": rep_ev["model"], "extra": {"repair": repair_record(rep_ev)}}
             out, report = export_and_record(lm, plan, target, evaluation=ev, scores=scores, force=force,
-                                            make_zip=True, dtype=getattr(torch, out_dtype))
+                                            make_zip=True, dtype=getattr(torch, out_dtype), **fix)
         state.put("exports", exports.record_export(state.get("exports") or [], out, plan, report.evaluation))
         st.success(f"Exported to {out}", icon=":material/check_circle:")
     except Exception as e:  # noqa: BLE001

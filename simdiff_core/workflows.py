@@ -308,12 +308,67 @@ def estimate_repair(lm, plan, calib_ids, method: str = "lstsq", calibration: dic
             "repair": rep.to_dict()}
 
 
+def evaluate_repair(lm, plan, calib_ids, method: str, held: Evaluation, windows: int, seq_len: int,
+                    text: str = "wikitext2", calibration: dict | None = None, progress: Progress | None = None,
+                    should_stop=None) -> dict:
+    """Dense / pruned / repaired side by side, on the calibration windows the repair is fitted on *and* on
+    held-out windows (``held``: ``evaluate_plan``'s Evaluation of the same plan on ``windows`` x ``seq_len`` of
+    ``text``, whose dense and pruned numbers are reused). Returns {"method", "rows", "calib_protocol",
+    "held_protocol", "verdict" (``honest.verdict``, trains=False: a repair that raises held-out ppl is flagged
+    ``worse_held_out`` and ``improved`` is False), "summary", "repair" (the record), "model" (repaired)}.
+    Cost: the fit (one dense pass over ``calib_ids``), dense + pruned + repaired calibration passes and one
+    held-out pass of the repaired model.
+    """
+    from .evaluation.evaluate import eval_windows, perplexity, protocol_note
+    from .evaluation.honest import verdict
+    from .pruning.prune import pruned_model
+    from .repair import apply_repair, fit_repair
+
+    if held is None or held.ppl_pruned is None:
+        from .common.errors import SimDiffError
+
+        raise SimDiffError("evaluate dense vs pruned first: the repair is compared on the same held-out windows")
+    rep = fit_repair(lm, plan.removed_layers, calib_ids, method=method, calibration=calibration,
+                     progress=_sub(progress, 0.0, 0.4, "fit"), should_stop=should_stop)
+    small = pruned_model(lm, plan.kept_layers)
+    repaired = apply_repair(small, rep)
+    bs = eval_batch_size(lm.device)
+    calib = {}
+    for n, (name, model) in enumerate((("dense", lm.model), ("pruned", small), ("repaired", repaired))):
+        calib[name] = perplexity(model, calib_ids, bs, lm.device, should_stop=should_stop,
+                                 progress=_sub(progress, 0.4 + 0.15 * n, 0.55 + 0.15 * n, f"{name}, calibration"))["ppl"]
+    ids = eval_windows(lm.tokenizer, text, int(seq_len), int(windows))
+    held_rep = perplexity(repaired, ids, bs, lm.device, should_stop=should_stop,
+                          progress=_sub(progress, 0.85, 1.0, "repaired, held-out"))["ppl"]
+    heldout = {"dense": held.ppl_dense, "pruned": held.ppl_pruned, "repaired": held_rep}
+    v = verdict({"dense": heldout["dense"], "pruned": heldout["pruned"], "treated": held_rep}, None,
+                treatment=f"{method} repair", trains=False, eval_name="held-out text")
+    v["flags"] = [f for f in v["flags"] if f != "no_second_domain"]  # held-out + calibration is the protocol here
+    v["messages"] = [m for m in v["messages"] if not m.startswith("No second-domain")]
+    n, s = calib_ids.shape
+    rows = [{"model": name, "calibration ppl": calib[name], "held-out ppl": heldout[name]}
+            for name in ("dense", "pruned", "repaired")]
+    return {"method": method, "rows": rows, "verdict": v, "summary": rep.summary(), "repair": rep, "model": repaired,
+            "calib_protocol": f"{(calibration or {}).get('source', 'calibration text')}; the {n} x {s} windows the "
+                              "repair was fitted on",
+            "held_protocol": protocol_note(lm.tokenizer, text, int(seq_len), int(windows))}
+
+
+def repair_record(result: dict) -> dict:
+    """What an export records of an ``evaluate_repair`` result: the repair (method, spans, calibration, fit
+    residuals, why the plan JSON / mergekit YAML cannot carry it) with both perplexity protocols and the verdict."""
+    return {**result["repair"].to_dict(), "perplexity": result["rows"], "calibration_protocol": result["calib_protocol"],
+            "held_out_protocol": result["held_protocol"], "verdict": result["verdict"]}
+
+
 def export_and_record(lm, plan, out_dir: str | Path, evaluation: Evaluation | dict | None = None, scores=None,
                       recovery: dict | None = None, force: bool = False, make_zip: bool = False,
-                      dtype: torch.dtype | None = None, model=None) -> tuple[Path, ExportReport]:
-    """Export ``plan`` applied to ``lm`` (export.export_pruned) with its one report; returns both."""
+                      dtype: torch.dtype | None = None, model=None, extra: dict | None = None) -> tuple[Path, ExportReport]:
+    """Export ``plan`` applied to ``lm`` (export.export_pruned) with its one report; returns both.
+    ``model``: the weights to write instead of the plain pruned view (recovered, repaired); ``extra``: other
+    report keys (e.g. ``{"repair": repair_record(...)}``)."""
     from .export.checkpoint import export_pruned
 
-    report = ExportReport.build(lm, plan, evaluation=evaluation, scores=scores, recovery=recovery)
+    report = ExportReport.build(lm, plan, evaluation=evaluation, scores=scores, recovery=recovery, extra=extra)
     out = export_pruned(lm, plan, out_dir, force=force, make_zip=make_zip, report=report, dtype=dtype, model=model)
     return out, report
