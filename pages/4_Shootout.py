@@ -16,6 +16,7 @@ from simdiff_core.export import figures
 from simdiff_core.methods import METHODS
 from simdiff_core.methods.compare import SHOOTOUT_DEFAULTS, overlap, parse_specs, run_compare, to_csv_text, to_markdown
 from simdiff_core.methods.search import ALGORITHMS
+from simdiff_core.repair import REPAIR_METHODS
 from ui import models, settings, shell, state, views
 
 shell.setup_page("Shootout")
@@ -37,6 +38,9 @@ with st.sidebar:
     budget = st.number_input("Search budget (evaluations)", 2, 5000, DEFAULT_BUDGET, key="so_budget")
     accuracy = st.toggle("Measure MC accuracy", value=False, key="so_accuracy",
                          help="Shipped multiple-choice set, test split (35 items), log-likelihood scoring")
+    so_repair = st.selectbox("Repair", REPAIR_METHODS, key="so_repair",
+                             help="Also fit this training-free repair for every method's plan on the calibration "
+                                  "windows and measure the same held-out perplexity (the ppl_repaired column)")
     c1, c2 = st.columns(2)
     ev_n = c1.number_input("Eval windows", 1, 256, DEFAULT_EVAL_WINDOWS, key="so_eval_windows")
     ev_len = c2.number_input("Eval seq.", 32, 4096, DEFAULT_EVAL_SEQ_LEN, step=32, key="so_eval_seq_len")
@@ -65,7 +69,7 @@ if st.button("Run shoot-out", type="primary", key="run_shootout", disabled=not s
                           keep_last=bool(state.get("keep_last", True)), alpha=float(state.get("alpha", 0.5)),
                           fusion=settings.fusion_kwargs(),
                           first_token=scores.calibration.get("first_token", "included") != "excluded",
-                          calibration=dict(state.get("calib_info") or {}),
+                          calibration=dict(state.get("calib_info") or {}), repair=so_repair,
                           progress=lambda f, m: bar.progress(f, text=m[:150]))
         bar.empty()
         res["protocol"] = protocol_note(lm.tokenizer, "wikitext2", int(ev_len), int(ev_n))
@@ -81,9 +85,12 @@ if res is None:
 rows = res["rows"]
 caption = (f"{lm.name}: {res['k']} of {res['num_layers']} blocks removed. ppl: {res.get('protocol', '')}."
            + (" MC acc: shipped set, test split." if res.get("accuracy") else ""))
-st.dataframe([{k: r.get(k) for k in ("method", "criterion", "removed_layers", "merged_groups", "ppl", "accuracy",
-                                     "seconds", "evals", "exact_evals") if k in r} for r in rows], key="so_table",
-             hide_index=True)
+st.dataframe([{k: r.get(k) for k in ("method", "criterion", "removed_layers", "merged_groups", "ppl", "ppl_repaired",
+                                     "accuracy", "seconds", "evals", "exact_evals", "repair_note") if k in r}
+              for r in rows], key="so_table", hide_index=True)
+if res.get("repair", "none") != "none":
+    st.caption(f"ppl_repaired: the same held-out windows after the {res['repair']} repair fitted on the calibration "
+               "windows (empty where it does not apply: merged plans, refused families; repair_note says why).")
 st.caption(caption + " evals: candidate sets a method considered; exact_evals: those evaluated exactly (the "
            "others were eliminated by a proven lower bound on their loss).")
 

@@ -313,18 +313,20 @@ def evaluate_repair(lm, plan, calib_ids, method: str, held: Evaluation, windows:
                     should_stop=None) -> dict:
     """Dense / pruned / repaired side by side, on the calibration windows the repair is fitted on *and* on
     held-out windows (``held``: ``evaluate_plan``'s Evaluation of the same plan on ``windows`` x ``seq_len`` of
-    ``text``, whose dense and pruned numbers are reused). Returns {"method", "rows", "calib_protocol",
-    "held_protocol", "verdict" (``honest.verdict``, trains=False: a repair that raises held-out ppl is flagged
-    ``worse_held_out`` and ``improved`` is False), "summary", "repair" (the record), "model" (repaired)}.
-    Cost: the fit (one dense pass over ``calib_ids``), dense + pruned + repaired calibration passes and one
-    held-out pass of the repaired model.
+    ``text``, whose dense number is reused). The pruned / repaired numbers and the guard are
+    ``evaluation.repaired.evaluate_repair`` (stored in ``rep.evaluation``, so the export records them); the
+    verdict is ``honest.verdict`` with trains=False (a repair that raises held-out ppl is flagged
+    ``worse_held_out`` and ``improved`` is False). Returns {"method", "rows", "verdict", "summary", "repair"
+    (the Repair), "model" (repaired), "calib_protocol", "held_protocol"}.
+    Cost: the fit (one dense pass over ``calib_ids``), a dense calibration pass and ``evaluate_repair``'s four.
     """
     from .evaluation.evaluate import eval_windows, perplexity, protocol_note
     from .evaluation.honest import verdict
+    from .evaluation.repaired import evaluate_repair as guard
     from .pruning.prune import pruned_model
     from .repair import apply_repair, fit_repair
 
-    if held is None or held.ppl_pruned is None:
+    if held is None or held.ppl_dense is None:
         from .common.errors import SimDiffError
 
         raise SimDiffError("evaluate dense vs pruned first: the repair is compared on the same held-out windows")
@@ -333,32 +335,31 @@ def evaluate_repair(lm, plan, calib_ids, method: str, held: Evaluation, windows:
     small = pruned_model(lm, plan.kept_layers)
     repaired = apply_repair(small, rep)
     bs = eval_batch_size(lm.device)
-    calib = {}
-    for n, (name, model) in enumerate((("dense", lm.model), ("pruned", small), ("repaired", repaired))):
-        calib[name] = perplexity(model, calib_ids, bs, lm.device, should_stop=should_stop,
-                                 progress=_sub(progress, 0.4 + 0.15 * n, 0.55 + 0.15 * n, f"{name}, calibration"))["ppl"]
+    dense_calib = perplexity(lm.model, calib_ids, bs, lm.device, should_stop=should_stop,
+                             progress=_sub(progress, 0.4, 0.5, "dense, calibration"))["ppl"]
+    held_protocol = protocol_note(lm.tokenizer, text, int(seq_len), int(windows))
     ids = eval_windows(lm.tokenizer, text, int(seq_len), int(windows))
-    held_rep = perplexity(repaired, ids, bs, lm.device, should_stop=should_stop,
-                          progress=_sub(progress, 0.85, 1.0, "repaired, held-out"))["ppl"]
-    heldout = {"dense": held.ppl_dense, "pruned": held.ppl_pruned, "repaired": held_rep}
-    v = verdict({"dense": heldout["dense"], "pruned": heldout["pruned"], "treated": held_rep}, None,
+    ev = guard(rep, small, repaired, calib_ids, ids, held_protocol=held_protocol, batch_size=bs,
+               progress=_sub(progress, 0.5, 1.0, "check"))
+    c, h = ev["calibration"], ev["held_out"]
+    v = verdict({"dense": held.ppl_dense, "pruned": h["pruned"], "treated": h["repaired"]}, None,
                 treatment=f"{method} repair", trains=False, eval_name="held-out text")
-    v["flags"] = [f for f in v["flags"] if f != "no_second_domain"]  # held-out + calibration is the protocol here
+    v["flags"] = [f for f in v["flags"] if f != "no_second_domain"]  # calibration + held-out is this protocol
     v["messages"] = [m for m in v["messages"] if not m.startswith("No second-domain")]
+    rows = [{"model": "dense", "calibration ppl": dense_calib, "held-out ppl": held.ppl_dense},
+            {"model": "pruned", "calibration ppl": c["pruned"], "held-out ppl": h["pruned"]},
+            {"model": "repaired", "calibration ppl": c["repaired"], "held-out ppl": h["repaired"]}]
     n, s = calib_ids.shape
-    rows = [{"model": name, "calibration ppl": calib[name], "held-out ppl": heldout[name]}
-            for name in ("dense", "pruned", "repaired")]
     return {"method": method, "rows": rows, "verdict": v, "summary": rep.summary(), "repair": rep, "model": repaired,
             "calib_protocol": f"{(calibration or {}).get('source', 'calibration text')}; the {n} x {s} windows the "
-                              "repair was fitted on",
-            "held_protocol": protocol_note(lm.tokenizer, text, int(seq_len), int(windows))}
+                              "repair was fitted on", "held_protocol": held_protocol}
 
 
 def repair_record(result: dict) -> dict:
-    """What an export records of an ``evaluate_repair`` result: the repair (method, spans, calibration, fit
-    residuals, why the plan JSON / mergekit YAML cannot carry it) with both perplexity protocols and the verdict."""
-    return {**result["repair"].to_dict(), "perplexity": result["rows"], "calibration_protocol": result["calib_protocol"],
-            "held_out_protocol": result["held_protocol"], "verdict": result["verdict"]}
+    """What an export records of an ``evaluate_repair`` result: ``Repair.to_dict()`` (method, spans, fit
+    residuals, calibration, the guard's calibration and held-out perplexities, the export note) read by the
+    model card, plus the dense reference row and the honest verdict."""
+    return {**result["repair"].to_dict(), "perplexity": result["rows"], "honesty": result["verdict"]}
 
 
 def export_and_record(lm, plan, out_dir: str | Path, evaluation: Evaluation | dict | None = None, scores=None,

@@ -106,3 +106,37 @@ def test_export_page_shows_repaired_beside_pruned_and_exports_the_repaired_weigh
     with torch.inference_mode():
         torch.testing.assert_close(reloaded(input_ids=held[:1]).logits, repaired(input_ids=held[:1]).logits,
                                    atol=1e-4, rtol=1e-4)
+
+
+def test_shootout_has_a_repaired_column(embedded_lm):
+    """Every method's row gets ppl_repaired: its plan repaired on the calibration windows, measured on the same
+    held-out windows (checked with a naive loop over the library's repair)."""
+    from streamlit.testing.v1 import AppTest
+
+    from simdiff_core.evaluation.evaluate import eval_windows
+    from simdiff_core.pruning.prune import pruned_model
+    from simdiff_core.repair import apply_repair, fit_repair
+
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=600)
+    at.run()
+    at.number_input(key="samples").set_value(4)
+    at.number_input(key="seq_len").set_value(64)
+    at.button(key="calibrate").click().run()
+    at.switch_page("pages/4_Shootout.py").run()
+    at.multiselect(key="so_methods").set_value(["oneshot:cosine", "oneshot:simdiff"])
+    at.selectbox(key="so_repair").set_value("lstsq")
+    at.number_input(key="so_eval_windows").set_value(1)
+    at.number_input(key="so_eval_seq_len").set_value(64)
+    at.button(key="run_shootout").click().run()
+    assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
+    table = at.dataframe[0].value
+    assert "ppl_repaired" in table.columns
+    ids, held = at.session_state["calib_ids"], eval_windows(embedded_lm.tokenizer, "wikitext2", 64, 1)
+    pruned_rows = table[table["method"] != "dense"]
+    assert len(pruned_rows) == 2 and pruned_rows["ppl_repaired"].notna().all()
+    for _, row in pruned_rows.iterrows():
+        removed = [int(i) for i in row["removed_layers"].split()]
+        kept = [i for i in range(embedded_lm.num_layers) if i not in removed]
+        rep = fit_repair(embedded_lm, removed, ids, method="lstsq")
+        assert row["ppl_repaired"] == pytest.approx(_naive_ppl(apply_repair(pruned_model(embedded_lm, kept), rep),
+                                                               held), rel=1e-4)
