@@ -69,6 +69,7 @@ def main() -> int:
     ap.add_argument("--gpu-model-layers", type=int, default=0, help="benchmark a config-built llama of this depth instead of the embedded model")
     ap.add_argument("--gpu-model-hidden", type=int, default=1536)
     ap.add_argument("--out", default=os.environ.get("SIMDIFF_BENCH_OUT"))
+    ap.add_argument("--repair", action="store_true", help="also run the repair section (bench/suite/repair.py)")
     args = ap.parse_args()
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     import transformers
@@ -172,6 +173,11 @@ def main() -> int:
         res["repaired"] = bench_repaired(lm)
         log(f"best_repaired_vs_dense_smollm2 {res['repaired']['best_repaired_vs_dense_smollm2']}")
 
+    if args.repair and not args.smoke:
+        from suite.repair import run_all
+
+        res["repair"] = run_all()
+
     res["loadavg"] = [load_start, os.getloadavg()[0]]
     out = Path(args.out) if args.out else (None if args.smoke else ROOT / "bench" / (
         "RESULTS.md" if not str(device).startswith("cuda") else "RESULTS-cuda.md"))
@@ -214,6 +220,7 @@ def main() -> int:
         "store_bytes_per_block": round(res["store"]["store_bytes_per_block"], 1),
         "reopen_run_s": res.get("reopen", {}).get("reopen_run_s"),
         "bench_seconds": round(time.perf_counter() - t_start, 1),
+        **(res["repair"]["keys"] if "repair" in res else {}),
     }
     if "first_curves" in res:
         summary["first_curves_after_s"] = res["first_curves"].get("ratio_to_forward_batch")

@@ -141,26 +141,31 @@ def main() -> int:
 
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
-    fits = tuple(args.fits.split(","))
-    res = {"models": {}, "keys": {}}
-    if args.only in (None, "smollm2"):
-        r = run_model("default", 8, fits=fits, cost=True)
-        res["models"]["SmolLM2-135M 8/30"] = r
-        res["keys"]["repair_ppl_ratio_smollm2"] = r["repairs"]["lstsq/dense"]["ratio"]
-        res["keys"]["repair_cost_vs_calibration"] = r["cost"]["ratio"]
-    if args.only in (None, "gemma3"):
-        r = run_model("gemma3-270m", 4, fits=("dense",))
-        res["models"]["Gemma3-270M 4/18"] = r
-        best = min((v["ratio"] for v in r["repairs"].values() if "ratio" in v), default=None)
-        res["keys"]["repair_ppl_ratio_gemma3"] = best
-        res["keys"]["repair_gemma3_lstsq"] = r["repairs"].get("lstsq/dense", {}).get("refused", "fitted")
-    res["loadavg"] = [round(x, 1) for x in os.getloadavg()]
+    res = run_all(args.only, tuple(args.fits.split(",")))
     if args.out:
         from results_md import write_section
 
         write_section("repair", markdown(res), Path(args.out))
     print(json.dumps({**res["keys"], "detail": res["models"]}, default=str), flush=True)
     return 0
+
+
+def run_all(only: str | None = None, fits=("dense",)) -> dict:
+    """Every repair key: ``{"models": {...}, "keys": {...}, "loadavg": [...]}``."""
+    res = {"models": {}, "keys": {}}
+    if only in (None, "smollm2"):
+        r = run_model("default", 8, fits=fits, cost=True)
+        res["models"]["SmolLM2-135M 8/30"] = r
+        res["keys"]["repair_ppl_ratio_smollm2"] = r["repairs"]["lstsq/dense"]["ratio"]
+        res["keys"]["repair_cost_vs_calibration"] = r["cost"]["ratio"]
+    if only in (None, "gemma3"):
+        r = run_model("gemma3-270m", 4, fits=("dense",))
+        res["models"]["Gemma3-270M 4/18"] = r
+        best = min((v["ratio"] for v in r["repairs"].values() if "ratio" in v), default=None)
+        res["keys"]["repair_ppl_ratio_gemma3"] = best
+        res["keys"]["repair_gemma3_lstsq"] = r["repairs"].get("lstsq/dense", {}).get("refused", "fitted")
+    res["loadavg"] = [round(x, 1) for x in os.getloadavg()]
+    return res
 
 
 if __name__ == "__main__":
