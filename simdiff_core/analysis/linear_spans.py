@@ -50,7 +50,7 @@ def span_replaceability(lm, input_ids: torch.Tensor, max_span: int | None = None
 
     Returns ``{"values": V, "x": starts, "y": lengths, "tokens", "passes", "max_span", "definition"}``
     with ``V[n - 1][a]`` (None where undefined: a = 0, a + n > L, n > max_span) — the layout of
-    ``figures.nblock_angular`` so the two heatmaps sit side by side. The single-block row (n = 1) is
+    ``analysis.derived.nblock_angular`` so the two heatmaps sit side by side. The single-block row (n = 1) is
     the scoring pass's curve. Memory: a G and one E per length for each start, float64, grouped into
     passes of at most ``max_mb`` (SmolLM2, d 576, all lengths: ~1.3 GB -> 3 passes at 512 MB); each
     pass is one forward over the calibration windows plus one (tokens × d) x (d × d) GEMM per (start,

@@ -70,7 +70,7 @@ def span_frame(heat: dict) -> pd.DataFrame:
 
 
 def span_heatmap(heat: dict, publication: bool = False) -> go.Figure:
-    """V[n-1, a]: linear replaceability of removing [a, a+n); same axes as ``figures.nblock_angular``."""
+    """V[n-1, a]: linear replaceability of removing [a, a+n); same axes as ``analysis.derived.nblock_angular``."""
     V, x, y = span_grid(heat)
     keep = ~np.all(np.isnan(V), axis=1)            # lengths beyond --max-span: no row
     rows = [n for n, k in zip(y, keep) if k]
