@@ -166,7 +166,7 @@ def disk_read_speed(d: Path, limit: int = 6 * 10**9) -> dict:
     return {"bytes": total, "seconds": round(sec, 2), "mb_s": round(total / 2**20 / sec, 1), "cold": dropped}
 
 
-def block_forward_floor(shape: dict, tokens: tuple[int, int], repeats: int = 3) -> float:
+def block_forward_floor(shape: dict, tokens: tuple[int, int], repeats: int = 2) -> float:
     """Best wall seconds of one in-memory forward of one real-size block over ``tokens`` (N, S), float32."""
     from transformers import LlamaConfig
     from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
@@ -190,50 +190,99 @@ def block_forward_floor(shape: dict, tokens: tuple[int, int], repeats: int = 3) 
     return best
 
 
-def run_stage(name: str, argv: list[str], log_dir: Path, cold: bool = True) -> dict:
-    """One stage in its own process: wall seconds, peak RSS (the child's ru_maxrss), load, last JSON line."""
-    if cold:
-        drop_caches()
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"), TOKENIZERS_PARALLELISM="false",
-               PYTHONPATH=str(ROOT))
-    out_f, err_f = open(log_dir / f"{name}.out", "w"), open(log_dir / f"{name}.err", "w")
-    load0 = os.getloadavg()[0]
-    t0 = time.perf_counter()
-    hwm = log_dir / f"{name}.status"
-    hwm.unlink(missing_ok=True)
-    # The child writes its own /proc/self/status at exit: VmHWM is the peak RSS of the process image
-    # after exec. (The ru_maxrss that wait4 returns also counts the parent's pages the fork copied
-    # before exec: every stage would read at least this script's own RSS.)
-    launcher = ("import atexit, sys; from pathlib import Path; "
-                f"atexit.register(lambda: Path({str(hwm)!r}).write_text(Path('/proc/self/status').read_text())); "
-                "from simdiff_core.cli import main; sys.exit(main(sys.argv[1:]))")
-    proc = subprocess.Popen([sys.executable, "-c", launcher, *argv], stdout=out_f, stderr=err_f, cwd=ROOT, env=env)
-    _, status, ru = os.wait4(proc.pid, 0)
-    sec = time.perf_counter() - t0
-    out_f.close(), err_f.close()
-    rc = os.waitstatus_to_exitcode(status)
-    lines = (log_dir / f"{name}.out").read_text().strip().splitlines()
-    result = None
-    for line in reversed(lines):
+def _result(path: Path):
+    for line in reversed(path.read_text().strip().splitlines() if path.is_file() else []):
         try:
-            result = json.loads(line)
-            break
+            return json.loads(line)
         except json.JSONDecodeError:
             continue
-    peak_kb = None
-    if hwm.is_file():
-        for line in hwm.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                peak_kb = int(line.split()[1])
-    rec = {"stage": name, "rc": rc, "seconds": round(sec, 1),
-           "peak_rss_mb": round(peak_kb / 1024, 1) if peak_kb else None,
-           "ru_maxrss_mb": round(ru.ru_maxrss / 1024, 1), "cpu_s": round(ru.ru_utime + ru.ru_stime, 1),
-           "load_before": round(load0, 2), "load_after": round(os.getloadavg()[0], 2), "result": result}
+    return None
+
+
+def _peak_mb(status: Path):
+    for line in (status.read_text().splitlines() if status.is_file() else []):
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return None
+
+
+class Stage:
+    """One stage in its own process (``python -m simdiff_core ...``); ``wait()`` returns its record.
+
+    Peak RSS is the child's own VmHWM, which it writes from /proc/self/status at exit (the
+    ru_maxrss that wait4 returns also counts the parent's pages the fork copied before exec: every
+    stage would read at least this script's own RSS). Records are saved as NAME.record.json so a
+    rerun with --resume reuses finished stages.
+    """
+
+    def __init__(self, name: str, argv: list[str], log_dir: Path, cold: bool = True, concurrent: str | None = None):
+        if cold:
+            drop_caches()
+        self.name, self.dir, self.concurrent = name, log_dir, concurrent
+        env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"), TOKENIZERS_PARALLELISM="false",
+                   PYTHONPATH=str(ROOT))
+        self.out_f, self.err_f = open(log_dir / f"{name}.out", "w"), open(log_dir / f"{name}.err", "w")
+        self.load0 = os.getloadavg()[0]
+        self.t0 = time.perf_counter()
+        self.hwm = log_dir / f"{name}.status"
+        self.hwm.unlink(missing_ok=True)
+        launcher = ("import atexit, sys; from pathlib import Path; "
+                    f"atexit.register(lambda: Path({str(self.hwm)!r}).write_text(Path('/proc/self/status').read_text())); "
+                    "from simdiff_core.cli import main; sys.exit(main(sys.argv[1:]))")
+        self.proc = subprocess.Popen([sys.executable, "-c", launcher, *argv], stdout=self.out_f, stderr=self.err_f,
+                                     cwd=ROOT, env=env)
+
+    def wait(self) -> dict:
+        _, status, ru = os.wait4(self.proc.pid, 0)
+        sec = time.perf_counter() - self.t0
+        self.out_f.close(), self.err_f.close()
+        return _record(self.name, self.dir, os.waitstatus_to_exitcode(status), sec, ru.ru_utime + ru.ru_stime,
+                       self.load0, self.concurrent)
+
+
+def _record(name, log_dir, rc, sec, cpu, load0, concurrent=None) -> dict:
+    rec = {"stage": name, "rc": rc, "seconds": round(sec, 1), "peak_rss_mb": _peak_mb(log_dir / f"{name}.status"),
+           "cpu_s": round(cpu, 1), "load_before": round(load0, 2), "load_after": round(os.getloadavg()[0], 2),
+           "result": _result(log_dir / f"{name}.out"), "concurrent_with": concurrent}
     if rc != 0:
         rec["error"] = (log_dir / f"{name}.err").read_text().strip().splitlines()[-1:]
+    (log_dir / f"{name}.record.json").write_text(json.dumps(rec))
     log(f"{name}: rc {rc}, {sec:.0f} s ({rec['cpu_s']} CPU s), peak RSS {rec['peak_rss_mb']} MB, "
         f"load {load0:.1f}->{rec['load_after']}")
     return rec
+
+
+def adopt(name: str, pid: int, log_dir: Path) -> dict:
+    """Wait for a stage process started by an earlier run of this script (not our child): wall time
+    from its start time in /proc, CPU time polled from /proc/PID/stat until it exits."""
+    tck = os.sysconf("SC_CLK_TCK")
+    btime = next(int(l.split()[1]) for l in Path("/proc/stat").read_text().splitlines() if l.startswith("btime"))
+    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    start = btime + int(f[19]) / tck
+    cpu = 0.0
+    load0 = os.getloadavg()[0]
+    while True:
+        try:
+            f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            break
+        if f[0] == "Z":
+            break
+        cpu = (int(f[11]) + int(f[12])) / tck
+        time.sleep(1.0)
+    sec = time.time() - start
+    rc = 0 if _result(log_dir / f"{name}.out") is not None and (log_dir / f"{name}.status").is_file() else 1
+    return _record(name, log_dir, rc, sec, cpu, load0)
+
+
+def run_stage(name: str, argv: list[str], log_dir: Path, cold: bool = True, resume: bool = False) -> dict:
+    rec_path = log_dir / f"{name}.record.json"
+    if resume and rec_path.is_file():
+        rec = json.loads(rec_path.read_text())
+        if rec.get("rc") == 0:
+            log(f"{name}: reusing the finished stage's record")
+            return rec
+    return Stage(name, argv, log_dir, cold).wait()
 
 
 def check_pruned(out: Path, want_blocks: int) -> dict:
@@ -278,10 +327,15 @@ def run_all(args) -> int:
     t_start = time.perf_counter()
     log(f"fixture {d} ({_gb(info['bytes'])}); work {work}; budget {budget} MB")
 
-    io = disk_read_speed(d)
+    floors_path = work / "floors.json"
+    if args.resume and floors_path.is_file():
+        io, floor_score, floor_ppl = json.loads(floors_path.read_text())
+    else:
+        io = disk_read_speed(d)
+        floor_score = block_forward_floor(shape, (N, S))
+        floor_ppl = block_forward_floor(shape, (W, S))
+        floors_path.write_text(json.dumps([io, floor_score, floor_ppl]))
     log(f"disk sequential read: {io['mb_s']} MB/s over {_gb(io['bytes'])} (cold cache: {io['cold']})")
-    floor_score = block_forward_floor(shape, (N, S))
-    floor_ppl = block_forward_floor(shape, (W, S))
     log(f"compute floor: one block forward {floor_score:.2f} s ({N}x{S}), {floor_ppl:.2f} s ({W}x{S})")
     block_bytes = sum(tensor_nbytes(dt, sh) for n, dt, sh in _specs(shape) if n.startswith("model.layers.0."))
 
@@ -289,23 +343,34 @@ def run_all(args) -> int:
     stages = []
     scores, plan = work / "scores.json", work / "plan.json"
     pruned, repaired = work / "pruned-bf16", work / "repaired-bf16"
-    stages.append(run_stage("score", ["score", "--model", str(d), *common, "--samples", str(N), "--seq-len", str(S),
-                                      "--batch-size", str(N), "--out", str(scores)], work))
+    score_argv = ["score", "--model", str(d), *common, "--samples", str(N), "--seq-len", str(S),
+                  "--batch-size", str(N), "--out", str(scores)]
+    if args.adopt_score:
+        stages.append(adopt("score", args.adopt_score, work))
+    else:
+        stages.append(run_stage("score", score_argv, work, resume=args.resume))
     stages.append(run_stage("plan", ["plan", "--scores", str(scores), "--criterion", "simdiff", "--num", str(k),
-                                     "--out", str(plan)], work, cold=False))
-    stages.append(run_stage("prune", ["prune", "--model", str(d), "--plan", str(plan), "--out", str(pruned), "--force",
-                                      "--out-dtype", "bfloat16", "--stream", "--memory-budget-mb", str(budget)], work))
-    check = check_pruned(pruned, L - k) if pruned.is_dir() else {"ok": False}
-    log(f"pruned checkpoint check: {check}")
-    if args.repair:
-        stages.append(run_stage("repair", ["prune", "--model", str(d), "--plan", str(plan), "--out", str(repaired),
-                                           "--force", "--out-dtype", "bfloat16", "--repair", "lstsq", "--samples",
-                                           str(N), "--seq-len", str(S), *common], work))
+                                     "--out", str(plan)], work, cold=False, resume=args.resume))
+    # prune and the repair's prune run side by side (the 2 cores are shared with other sessions anyway;
+    # each stage's peak RSS is its own process's), then ppl of the pruned output beside the repair.
+    prune_argv = ["prune", "--model", str(d), "--plan", str(plan), "--out", str(pruned), "--force",
+                  "--out-dtype", "bfloat16", "--stream", "--memory-budget-mb", str(budget)]
+    repair_argv = ["prune", "--model", str(d), "--plan", str(plan), "--out", str(repaired), "--force",
+                   "--out-dtype", "bfloat16", "--repair", "lstsq", "--samples", str(N), "--seq-len", str(S), *common]
     ppl_common = ["--device", "cpu", "--dtype", "float32", "--windows", str(W), "--seq-len", str(S), "--json",
                   "--stream", "--memory-budget-mb", str(budget)]
-    stages.append(run_stage("ppl", ["ppl", "--model", str(pruned), *ppl_common], work))
-    if args.repair and repaired.is_dir():
-        stages.append(run_stage("ppl_repaired", ["ppl", "--model", str(repaired), *ppl_common], work))
+    pr = Stage("prune", prune_argv, work, cold=True, concurrent="repair" if args.repair else None)
+    rp = Stage("repair", repair_argv, work, cold=False, concurrent="prune, ppl") if args.repair else None
+    stages.append(pr.wait())
+    check = check_pruned(pruned, L - k) if pruned.is_dir() else {"ok": False}
+    log(f"pruned checkpoint check: {check}")
+    pp = Stage("ppl", ["ppl", "--model", str(pruned), *ppl_common], work, cold=False,
+               concurrent="repair" if rp is not None else None)
+    stages.append(pp.wait())
+    if rp is not None:
+        stages.append(rp.wait())
+        if args.ppl_repaired and repaired.is_dir():
+            stages.append(run_stage("ppl_repaired", ["ppl", "--model", str(repaired), *ppl_common], work))
 
     by = {s["stage"]: s for s in stages}
     io_block = block_bytes / (io["mb_s"] * 2**20)  # seconds to read one float32 block at the disk's speed
@@ -370,8 +435,8 @@ def write_results(res: dict, info: dict, block_bytes: int, stages: list[dict]) -
         f"sequential read {res['disk_read_mb_s']} MB/s, measured in the same run on the fixture's shards. "
         f"Other sessions ran tests on the same 2 cores: the load average before/after each stage is listed.",
         "",
-        "| stage | wall s (CPU s) | peak RSS (MB) | <= goal | load avg before/after | result |",
-        "|---|---:|---:|:---:|---|---|",
+        "| stage | wall s (CPU s) | peak RSS (MB) | <= goal | ran beside | load avg before/after | result |",
+        "|---|---:|---:|:---:|---|---|---|",
     ]
     for s in stages:
         r = s.get("result") or {}
@@ -383,8 +448,10 @@ def write_results(res: dict, info: dict, block_bytes: int, stages: list[dict]) -
                  "ppl_repaired": lambda: f"ppl {r.get('ppl'):.4g} (random weights)" if r.get("ppl") else ""}
         txt = short.get(s["stage"], lambda: "")() if s["rc"] == 0 else f"FAILED: {s.get('error')}"
         ok = "yes" if s["rc"] == 0 and (s["peak_rss_mb"] or 1e9) <= goal else "**no**"
-        lines.append(f"| {s['stage']} | {s['seconds']:.0f} ({s['cpu_s']:.0f}) | {s['peak_rss_mb']} | {ok} | "
-                     f"{s['load_before']:.1f} / {s['load_after']:.1f} | {txt} |")
+        cpu = "?" if s.get("cpu_s") is None else f"{s['cpu_s']:.0f}"
+        load = "?" if s.get("load_before") is None else f"{s['load_before']:.1f} / {s['load_after']:.1f}"
+        lines.append(f"| {s['stage']} | {s['seconds']:.0f} ({cpu}) | {s['peak_rss_mb']} | {ok} | "
+                     f"{s.get('concurrent_with') or '-'} | {load} | {txt} |")
     lines += [
         "",
         "| speed (seconds per block per 1k tokens) | measured | compute floor | I/O floor | measured / max(floor) |",
@@ -393,7 +460,7 @@ def write_results(res: dict, info: dict, block_bytes: int, stages: list[dict]) -
         f"| ppl --stream (pruned, bf16 on disk) | {res['ppl_s_per_block_per_1k']} | {res['ppl_floor_compute']} | {res['ppl_floor_io']} | {res['ppl_vs_floor']} |",
         "",
         f"Measured = the stage's whole wall time (process start, imports, meta skeleton, embeddings/head phases "
-        f"included) / blocks / (tokens / 1000). Compute floor = best of 3 in-memory forwards of one block of this "
+        f"included) / blocks / (tokens / 1000). Compute floor = best of 2 in-memory forwards of one block of this "
         f"shape over the same tokens; I/O floor = one block's bytes ({block_bytes / 2**20:.0f} MB float32; half "
         f"for the bf16 pruned checkpoint) at the measured read speed. Prune: wrote {res['prune_bytes_written']} bytes "
         f"for {res['prune_kept_bytes']} bytes of kept tensors = {res['prune_written_vs_kept']}x (shard headers are "
@@ -416,6 +483,10 @@ def main() -> int:
     ap.add_argument("--remove", type=int, default=8)
     ap.add_argument("--smoke", action="store_true", help="a small shape (6 blocks, hidden 256): checks the plumbing")
     ap.add_argument("--no-repair", dest="repair", action="store_false", help="skip the streamed repair stage")
+    ap.add_argument("--resume", action="store_true", help="reuse finished stages' records and the floors in --work")
+    ap.add_argument("--adopt-score", type=int, default=None, metavar="PID",
+                    help="wait for a score stage an earlier run started (its process id) instead of starting one")
+    ap.add_argument("--ppl-repaired", action="store_true", help="also measure ppl --stream of the repaired output")
     ap.add_argument("--keep-output", action="store_true", help="keep the pruned checkpoints (else deleted after measuring)")
     args = ap.parse_args()
     if args.build:
