@@ -226,8 +226,6 @@ def cmd_prune(args) -> int:
     if os.path.exists(out) and not args.force:
         raise SimDiffError(f"'{args.out}' already exists; use --force to replace it")
     if getattr(args, "stream", False):
-        if args.repair != "none":
-            raise SimDiffError("--repair is not available with --stream yet (the fit needs the model in memory)")
         return _prune_streamed(args, plan, out)
     scores = Scores.load(args.scores) if args.scores else None
     lm = load_from_args(args)
@@ -277,8 +275,28 @@ def _prune_streamed(args, plan, out) -> int:
     if args.eval_windows > 0:
         progress_line("note: --stream writes no perplexity into the report; measure the output with "
                       "'ppl --model OUT --stream'", end=True)
+    transform, transformed, report = None, None, None
+    method = getattr(args, "repair", "none") or "none"
+    if method != "none":
+        from ..repair.streaming import fold_sources, stream_fit_repair, stream_fold
+        from .common import calib_from_args
+
+        _, tok = _stream_tokenizer(args)
+        ids, calib = calib_from_args(args, tok)
+        rep, sm = stream_fit_repair(where, plan.removed_layers, ids, method=method,
+                                    memory_budget_mb=args.memory_budget_mb, device=args.device, dtype=args.dtype,
+                                    batch_size=getattr(args, "batch_size", None), progress=progress_printer("repair fit"),
+                                    calibration=calib)
+        progress_line(f"repair: {rep.summary()}", end=True)
+        progress_line("note: the streamed repair is not checked on held-out text here; compare 'ppl --stream' of "
+                      "this output with the unrepaired prune before calling it an improvement", end=True)
+        transform, transformed, report = stream_fold(rep, sm), set(fold_sources(rep, sm)), {"repair": rep.to_dict()}
     res = stream_prune(where, plan.kept_layers, out, out_dtype=dtype, memory_budget_mb=args.memory_budget_mb,
-                       force=args.force, plan=plan, progress=progress_printer("prune"))
+                       force=args.force, plan=plan, progress=progress_printer("prune"), transform=transform,
+                       transformed=transformed, report=report)
+    if report is not None:
+        res["repair"] = {"method": method, "spans": [[r["start"], r["end"], r.get("status"),
+                                                      round(r.get("ratio", 1.0), 6)] for r in rep.spans]}
     if args.zip:
         res["zip"] = str(zip_dir(out, Path(out).with_suffix(".zip"), force=True))
     print_result(res)
