@@ -45,7 +45,7 @@ def _forward(lm, ids, zero_block=None):
     return {i: torch.cat(v).reshape(-1, v[0].shape[-1]).numpy() for i, v in outs.items()}
 
 
-def reference(lm, ids, spans):
+def reference(lm, ids, spans, rcond=None):
     """{span: min_T ||M T - (h_b - R)||^2 / ||h_b - h_a||^2}, float64 lstsq; a span is a start a (the
     single block [a, a+1)) or (a, n) for [a, a+n)."""
     h = _forward(lm, ids)
@@ -55,7 +55,7 @@ def reference(lm, ids, spans):
         R = _forward(lm, ids, zero_block=i - 1)[i - 1]
         h_a, h_b = h[i - 1], h[i + n - 1]
         M, Y = h_a - R, h_b - R
-        T = np.linalg.lstsq(M, Y, rcond=None)[0]
+        T = np.linalg.lstsq(M, Y, rcond=rcond)[0]
         out[sp] = float(((M @ T - Y) ** 2).sum() / ((h_b - h_a) ** 2).sum())
     return out
 
@@ -81,7 +81,13 @@ def test_curve_matches_lstsq_reference_every_family(tiny, ids_small, family):
 def test_embedded_model_matches_reference_and_bands(embedded_lm):
     ids = make_windows(embedded_lm.tokenizer, "wikitext2", n=6, seq_len=128)   # 768 tokens > d = 576
     sc = score_model(embedded_lm, ids, batch_size=3, linear_bands=True)
-    ref = reference(embedded_lm, ids, (1, 14, 29))
+    # 768 tokens for d = 576 is below the 4 d the curve asks for (it warns): there M has directions so weak
+    # that the float32 products cannot resolve them, and the curve's pseudo-inverse drops eigenvalues of
+    # M^T M under PINV_RTOL (singular values under sqrt(PINV_RTOL) of the largest). The reference is
+    # numpy's float64 lstsq with that same singular-value cut (the tiny-model test above uses none).
+    from simdiff_core.analysis.linear import PINV_RTOL
+
+    ref = reference(embedded_lm, ids, (1, 14, 29), rcond=math.sqrt(PINV_RTOL))
     for i, r in ref.items():
         assert sc.layers[i]["linear"] == pytest.approx(r, abs=2e-3, rel=1e-2), i
     vals = np.array([l["linear"] for l in sc.layers[1:]])
