@@ -35,9 +35,10 @@ def memory_estimate(lm, batch: int, seq_len: int) -> dict:
     (batch, S, H) the evaluator keeps per batch), ``logits_bytes`` (the larger of: one loss tile of
     the LM head, rows x ``evaluator.VOCAB_TILE`` entries with at most ``DEFAULT_HEAD_CHUNK_BYTES`` of
     float32 logits, as the head returns it plus its float32 exponentials and a float32 copy when the
-    model dtype is not float32; and the dense pass's logits of ``CHECK_ROWS`` positions per window
-    plus the two float32 rows of the tail check) and ``total_bytes``. No (B, S, V) tensor exists at
-    any time."""
+    model dtype is not float32; the dense pass's logits of ``CHECK_ROWS`` positions per window
+    plus the two float32 rows of the tail check; and, once per evaluator, the full-vocabulary logits of
+    one head chunk of predicting rows with their float32 softmax, which pick the bound's vocabulary
+    subset) and ``total_bytes``. No (B, S, V) tensor exists at any time."""
     from .evaluator import CHECK_ROWS, DEFAULT_HEAD_CHUNK_BYTES, VOCAB_TILE  # noqa: I001
 
     cfg = lm.model.config.get_text_config()
@@ -50,5 +51,7 @@ def memory_estimate(lm, batch: int, seq_len: int) -> dict:
     loss_tile = rows * tile * (elt + 4 + (4 if elt != 4 else 0))
     keep = min(CHECK_ROWS, seq_len)
     check = batch * keep * vocab * elt + 2 * keep * vocab * 4
-    logits = max(loss_tile, check)
+    pick_rows = min(batch * (seq_len - 1), max(1, DEFAULT_HEAD_CHUNK_BYTES // (4 * vocab)))
+    pick = pick_rows * vocab * (elt + 4 + (4 if elt != 4 else 0))
+    logits = max(loss_tile, check, pick)
     return {"cache_bytes": cache, "logits_bytes": logits, "total_bytes": cache + logits}
