@@ -139,6 +139,20 @@ def _check_windows(windows) -> torch.Tensor:
     return windows
 
 
+
+def span_records(spans) -> list[dict]:
+    """The record of each removed span [a, b): its blocks and the block below it that the repair folds
+    into, or why it is not repaired (a span starting at block 0 has no block below)."""
+    records = []
+    for a, b in spans:
+        rec = {"start": a, "end": b, "blocks": list(range(a, b))}
+        if a == 0:
+            rec["status"] = "not repaired: no block before block 0 to fold into"
+        else:
+            rec["fold_block"] = a - 1
+        records.append(rec)
+    return records
+
 def fit_repair(model, removed_layers, windows: torch.Tensor, method: str = "lstsq",
                progress: Progress | None = None, calibration: dict | None = None, batch_size: int | None = None,
                fit: str = "dense", should_stop: Callable[[], bool] | None = None) -> Repair:
@@ -170,15 +184,7 @@ def fit_repair(model, removed_layers, windows: torch.Tensor, method: str = "lsts
     calib = dict(calibration or {}, samples=int(N), seq_len=int(S), tokens=int(N * S))
     rep = Repair(method=method, num_layers=L, removed_layers=removed, family=fam, calibration=calib, fit=fit)
     t0 = time.perf_counter()
-    records = []
-    for a, b in spans:
-        rec = {"start": a, "end": b, "blocks": list(range(a, b))}
-        if a == 0:
-            rec["status"] = "not repaired: no block before block 0 to fold into"
-        else:
-            rec["fold_block"] = a - 1
-        records.append(rec)
-    rep.spans = records
+    rep.spans = records = span_records(spans)
     if method == "none":
         rep.note = "no repair: the pruned model as is"
         return rep

@@ -30,7 +30,7 @@ import torch
 from ..common.errors import Cancelled, SimDiffError
 from ..models.streaming import StreamedModel, _batches, _capture
 from .accumulate import SpanAccumulator
-from .repair import REPAIR_METHODS, Repair, _folded, removed_spans
+from .repair import REPAIR_METHODS, Repair, _folded, removed_spans, span_records
 from .sites import RepairRefused, family_of, refusal, repair_site
 
 Progress = Callable[[float, str], None]
@@ -60,15 +60,7 @@ def stream_fit_repair(model_dir: str | Path, removed_layers, windows: torch.Tens
     N, S = windows.shape
     rep = Repair(method=method, num_layers=L, removed_layers=removed, family=fam, fit="dense",
                  calibration=dict(calibration or {}, samples=int(N), seq_len=int(S), tokens=int(N * S)))
-    records = []
-    for a, b in removed_spans(removed, L):
-        rec = {"start": a, "end": b, "blocks": list(range(a, b))}
-        if a == 0:
-            rec["status"] = "not repaired: no block before block 0 to fold into"
-        else:
-            rec["fold_block"] = a - 1
-        records.append(rec)
-    rep.spans = records
+    rep.spans = records = span_records(removed_spans(removed, L))
     todo = [(r["start"], r["end"]) for r in records if "fold_block" in r]
     if not todo:
         rep.note = "nothing to repair (only a span starting at block 0)"
