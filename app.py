@@ -4,7 +4,7 @@ status line every page shares; the pages themselves live in ``pages/``.
     streamlit run app.py        # or: bash scripts/setup.sh app
 
 ``st.navigation`` replaces Streamlit's automatic ``pages/`` listing (whose first entry read "app"):
-the default page is Load & calibrate (``pages/0_Load_and_calibrate.py``).
+the default page is Load & calibrate (``pages/Load_and_calibrate.py``).
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ def readonly() -> bool:
 def calibration_key(lm, ids, first_token: bool) -> tuple[str, dict]:
     """(key, settings) of a calibration before it runs (``simdiff_core.runs.calibration_key``: the weights
     fingerprint, the exact token windows, every option that changes the numbers, the versions). Identical
-    key: identical scores, so the stored run is shown instead of recomputing. Page 0 scores with the
+    key: identical scores, so the stored run is shown instead of recomputing. Load & calibrate scores with the
     library's defaults (matrix tokens, automatic batch size), which the key assumes too."""
     from simdiff_core.runs import calibration_key as key_of
 

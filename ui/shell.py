@@ -16,25 +16,25 @@ from ui import state
 
 ROOT = Path(__file__).resolve().parents[1]
 # The navigation of app.py: section -> (key, page file, title, icon). PAGES maps a key to its file.
-# This order is the order users see; st.navigation ignores the files' numeric prefixes (older than
-# the sections), so they are not page numbers and no docstring names a page by number.
+# This order is the order users see; the files carry no number prefix (st.navigation needs none, and a
+# prefix would be a second, disagreeing order).
 NAV = {
     "Explore": [
-        ("runs", "pages/10_Runs.py", "Runs", ":material/inventory:"),
-        ("load", "pages/0_Load_and_calibrate.py", "Load & calibrate", ":material/science:"),
-        ("curves", "pages/1_Layer_curves.py", "Layer curves", ":material/show_chart:"),
-        ("preview", "pages/2_Prune_preview.py", "Prune preview", ":material/content_cut:"),
+        ("runs", "pages/Runs.py", "Runs", ":material/inventory:"),
+        ("load", "pages/Load_and_calibrate.py", "Load & calibrate", ":material/science:"),
+        ("curves", "pages/Layer_curves.py", "Layer curves", ":material/show_chart:"),
+        ("preview", "pages/Prune_preview.py", "Prune preview", ":material/content_cut:"),
     ],
     "Insight": [
-        ("sensitivity", "pages/7_Calibration_sensitivity.py", "Calibration sensitivity", ":material/tune:"),
-        ("compare_runs", "pages/8_Compare_runs.py", "Compare runs", ":material/compare:"),
-        ("drilldown", "pages/9_Block_drill_down.py", "Block drill-down", ":material/zoom_in:"),
+        ("sensitivity", "pages/Calibration_sensitivity.py", "Calibration sensitivity", ":material/tune:"),
+        ("compare_runs", "pages/Compare_runs.py", "Compare runs", ":material/compare:"),
+        ("drilldown", "pages/Block_drill_down.py", "Block drill-down", ":material/zoom_in:"),
     ],
     "Evaluate": [
-        ("export", "pages/3_Export_and_evaluate.py", "Export & evaluate", ":material/inventory_2:"),
-        ("shootout", "pages/4_Shootout.py", "Shootout", ":material/leaderboard:"),
-        ("recovery", "pages/5_Recovery_and_accuracy.py", "Recovery & accuracy", ":material/healing:"),
-        ("ground_truth", "pages/6_Ground_truth_and_report.py", "Ground truth & report", ":material/fact_check:"),
+        ("export", "pages/Export_and_evaluate.py", "Export & evaluate", ":material/inventory_2:"),
+        ("shootout", "pages/Shootout.py", "Shootout", ":material/leaderboard:"),
+        ("recovery", "pages/Recovery_and_accuracy.py", "Recovery & accuracy", ":material/healing:"),
+        ("ground_truth", "pages/Ground_truth_and_report.py", "Ground truth & report", ":material/fact_check:"),
     ],
 }
 PAGES = {key: path for entries in NAV.values() for key, path, _, _ in entries}

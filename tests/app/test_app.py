@@ -19,7 +19,7 @@ from tests.support.apptest_figures import figures, html_bodies
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = str(ROOT / "app.py")
-CURVES, PREVIEW, EXPORT = "pages/1_Layer_curves.py", "pages/2_Prune_preview.py", "pages/3_Export_and_evaluate.py"
+CURVES, PREVIEW, EXPORT = "pages/Layer_curves.py", "pages/Prune_preview.py", "pages/Export_and_evaluate.py"
 T = 300  # seconds per run: model work on a shared 2-core box
 
 

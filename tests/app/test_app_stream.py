@@ -34,6 +34,6 @@ def test_streamed_calibration_in_the_app_equals_in_memory(tmp_path, tokenizer):
         assert a["cosine"] == pytest.approx(b["cosine"], rel=1e-5)
         assert a["mssd"] == pytest.approx(b["mssd"], rel=1e-5)
 
-    at.switch_page("pages/2_Prune_preview.py").run()  # the preview works from the scores alone
+    at.switch_page("pages/Prune_preview.py").run()  # the preview works from the scores alone
     assert not at.exception and not at.error
     assert at.session_state["plan"].num_removed >= 1

@@ -9,12 +9,12 @@ from tests.support.repo import ROOT
 def test_ground_truth_page_measures_damage_and_offers_the_report():
     from streamlit.testing.v1 import AppTest
 
-    page = "pages/6_Ground_truth_and_report.py"
+    page = "pages/Ground_truth_and_report.py"
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
     at.run()
     at.switch_page(page).run()
     assert not at.exception and at.info and not at.get("plotly_chart")  # empty state: guard, no charts
-    at.switch_page("pages/0_Load_and_calibrate.py").run()
+    at.switch_page("pages/Load_and_calibrate.py").run()
     at.number_input(key="samples").set_value(2)
     at.number_input(key="seq_len").set_value(32)
     at.button(key="calibrate").click().run()

@@ -41,7 +41,7 @@ def test_curves_draw_bands_clip_outliers_and_offer_csv_png(calibrated):
     from simdiff_core.analysis.uncertainty import bands
 
     at = calibrated
-    at.switch_page("pages/1_Layer_curves.py").run()
+    at.switch_page("pages/Layer_curves.py").run()
     assert not at.exception and not at.error
     scores = at.session_state["scores"]
     ref = bands(scores, level=0.9)
@@ -74,7 +74,7 @@ def test_preview_shows_plan_stability_matching_the_library(calibrated):
     from simdiff_core.pruning.stability import plan_stability
 
     at = calibrated
-    at.switch_page("pages/2_Prune_preview.py").run()
+    at.switch_page("pages/Prune_preview.py").run()
     assert not at.exception and not at.error
     scores, plan = at.session_state["scores"], at.session_state["plan"]
     ref = plan_stability(scores, plan.criterion, num=plan.num_removed, alpha=plan.alpha, beta=0.5)
@@ -94,7 +94,7 @@ def test_sensitivity_page_scores_two_sources_and_reports_the_library_numbers(cal
     from simdiff_core.pruning.sensitivity import sensitivity
 
     at = calibrated
-    at.switch_page("pages/7_Calibration_sensitivity.py").run()
+    at.switch_page("pages/Calibration_sensitivity.py").run()
     assert not at.exception and at.info  # nothing scored yet
     at.multiselect(key="sens_sources").set_value(["WikiText-2 (shipped)", "Dialogue sample (shipped, CC0)"])
     at.number_input(key="sens_samples").set_value(3)
@@ -126,7 +126,7 @@ def test_drill_down_page_lists_the_library_top_tokens(calibrated):
     from simdiff_core.analysis.drilldown import drill_down
 
     at = calibrated
-    at.switch_page("pages/9_Block_drill_down.py").run()
+    at.switch_page("pages/Block_drill_down.py").run()
     assert not at.exception
     scores = at.session_state["scores"]
     assert at.selectbox(key="dd_block").value == int(np.argmax([l["mssd_rel"] for l in scores.layers]))
@@ -145,13 +145,13 @@ def test_drill_down_page_lists_the_library_top_tokens(calibrated):
 
 def test_compare_runs_pins_imports_validates_and_shares_the_colour_scale(calibrated, tmp_path):
     at = calibrated
-    at.switch_page("pages/8_Compare_runs.py").run()
+    at.switch_page("pages/Compare_runs.py").run()
     assert not at.exception
     at.text_input(key="pin_name").set_value("base")
     at.button(key="pin_btn").click().run()
     assert not at.exception and list(at.session_state["pinned_runs"]) == ["base"]
     # files from elsewhere come in through the Runs page's import (validated, one error line each)
-    at.switch_page("pages/10_Runs.py").run()
+    at.switch_page("pages/Runs.py").run()
     for name, data in (("bad.json", b"{not json"), ("plan.json", b'{"removed_layers": [1]}')):
         at.file_uploader(key="runs_import").set_value((name, data, "application/json")).run()
         at.button(key="runs_import_btn").click().run()
@@ -166,7 +166,7 @@ def test_compare_runs_pins_imports_validates_and_shares_the_colour_scale(calibra
                                                    "application/json")).run()
     at.button(key="runs_import_btn").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
-    at.switch_page("pages/8_Compare_runs.py").run()
+    at.switch_page("pages/Compare_runs.py").run()
     six = [o for o in at.selectbox(key="run_b").options if o.startswith("run: six · ")]
     assert len(six) == 1
     at.selectbox(key="run_b").set_value(six[0]).run()
@@ -193,7 +193,7 @@ def test_load_page_calibrates_on_a_shipped_sample():
 
 def test_compare_runs_scores_the_pruned_view_without_touching_the_model(calibrated):
     at = calibrated
-    at.switch_page("pages/8_Compare_runs.py").run()
+    at.switch_page("pages/Compare_runs.py").run()
     lm = at.session_state["_lm_pin"][1]
     at.button(key="pin_pruned").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
@@ -220,7 +220,7 @@ def test_sensitivity_and_pinned_runs_follow_the_sessions_position_0_choice():
     at.number_input(key="seq_len").set_value(32)
     at.button(key="calibrate").click().run()
     assert at.session_state["scores"].calibration["first_token"] == "excluded"
-    at.switch_page("pages/7_Calibration_sensitivity.py").run()
+    at.switch_page("pages/Calibration_sensitivity.py").run()
     at.multiselect(key="sens_sources").set_value(["WikiText-2 (shipped)", "Code sample (shipped, CC0)"])
     at.number_input(key="sens_samples").set_value(2)
     at.number_input(key="sens_seq_len").set_value(32)
@@ -233,7 +233,7 @@ def test_sensitivity_and_pinned_runs_follow_the_sessions_position_0_choice():
     solo = score_model(lm, ids, first_token=False)
     assert [l["cosine"] for l in runs["Code sample (shipped, CC0)"].layers] == \
         pytest.approx([l["cosine"] for l in solo.layers], rel=1e-6, abs=1e-7)
-    at.switch_page("pages/8_Compare_runs.py").run()
+    at.switch_page("pages/Compare_runs.py").run()
     at.button(key="pin_pruned").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     pinned = [r for n, r in at.session_state["pinned_runs"].items() if n.startswith("pruned")]

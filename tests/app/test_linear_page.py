@@ -38,7 +38,7 @@ def test_linear_curve_band_and_span_heatmap():
     at.number_input(key="samples").set_value(4)
     at.number_input(key="seq_len").set_value(64)
     at.button(key="calibrate").click().run()
-    at.switch_page("pages/1_Layer_curves.py").run()
+    at.switch_page("pages/Layer_curves.py").run()
     assert not at.exception and not at.error
     scores = at.session_state["scores"]
     fig = _titled(at, "Linear replaceability:")

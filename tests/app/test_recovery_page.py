@@ -20,7 +20,7 @@ def test_recovery_page_trains_and_compares_models(embedded_lm):
     at.number_input(key="samples").set_value(4)
     at.number_input(key="seq_len").set_value(64)
     at.button(key="calibrate").click().run()
-    at.switch_page("pages/5_Recovery_and_accuracy.py").run()
+    at.switch_page("pages/Recovery_and_accuracy.py").run()
     assert not at.exception and not at.error, (at.exception, [e.value for e in at.error])
     at.number_input(key="rec_steps").set_value(3)
     at.number_input(key="rec_windows").set_value(4)

@@ -20,7 +20,7 @@ from tests.support.repo import ROOT
 from simdiff_core.pruning.prune import weights_fingerprint
 
 APP = str(ROOT / "app.py")
-PREVIEW, EXPORT = "pages/2_Prune_preview.py", "pages/3_Export_and_evaluate.py"
+PREVIEW, EXPORT = "pages/Prune_preview.py", "pages/Export_and_evaluate.py"
 T = 240
 LONG_TEXT = "The river rose in the spring and the town moved its market to the hill above the old bridge. " * 40
 

@@ -10,7 +10,7 @@ import torch
 
 from tests.support.repo import ROOT
 
-PREVIEW = "pages/2_Prune_preview.py"
+PREVIEW = "pages/Prune_preview.py"
 
 
 def _naive_ppl(model, ids) -> float:
@@ -75,7 +75,7 @@ def test_export_page_shows_repaired_beside_pruned_and_exports_the_repaired_weigh
     at.number_input(key="samples").set_value(4)
     at.number_input(key="seq_len").set_value(64)
     at.button(key="calibrate").click().run()
-    at.switch_page("pages/3_Export_and_evaluate.py").run()
+    at.switch_page("pages/Export_and_evaluate.py").run()
     at.number_input(key="eval_windows").set_value(2)
     at.number_input(key="eval_seq_len").set_value(64)
     at.checkbox(key="do_gen").uncheck()
@@ -122,7 +122,7 @@ def test_shootout_has_a_repaired_column(embedded_lm):
     at.number_input(key="samples").set_value(4)
     at.number_input(key="seq_len").set_value(64)
     at.button(key="calibrate").click().run()
-    at.switch_page("pages/4_Shootout.py").run()
+    at.switch_page("pages/Shootout.py").run()
     at.multiselect(key="so_methods").set_value(["oneshot:cosine", "oneshot:simdiff"])
     at.selectbox(key="so_repair").set_value("lstsq")
     at.number_input(key="so_eval_windows").set_value(1)

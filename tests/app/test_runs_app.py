@@ -20,8 +20,8 @@ from tests.support.apptest_figures import figures, html_bodies
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = str(ROOT / "app.py")
-CURVES, PREVIEW, COMPARE = "pages/1_Layer_curves.py", "pages/2_Prune_preview.py", "pages/8_Compare_runs.py"
-RUNS, DRILL = "pages/10_Runs.py", "pages/9_Block_drill_down.py"
+CURVES, PREVIEW, COMPARE = "pages/Layer_curves.py", "pages/Prune_preview.py", "pages/Compare_runs.py"
+RUNS, DRILL = "pages/Runs.py", "pages/Block_drill_down.py"
 T = 300
 
 

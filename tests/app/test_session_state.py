@@ -13,10 +13,10 @@ from streamlit.testing.v1 import AppTest
 from tests.support.repo import ROOT
 
 APP = str(ROOT / "app.py")
-CURVES, PREVIEW, EXPORT = "pages/1_Layer_curves.py", "pages/2_Prune_preview.py", "pages/3_Export_and_evaluate.py"
-SHOOTOUT, RECOVERY, TRUTH = "pages/4_Shootout.py", "pages/5_Recovery_and_accuracy.py", "pages/6_Ground_truth_and_report.py"
-LOAD = "pages/0_Load_and_calibrate.py"
-SENS, DRILL = "pages/7_Calibration_sensitivity.py", "pages/9_Block_drill_down.py"
+CURVES, PREVIEW, EXPORT = "pages/Layer_curves.py", "pages/Prune_preview.py", "pages/Export_and_evaluate.py"
+SHOOTOUT, RECOVERY, TRUTH = "pages/Shootout.py", "pages/Recovery_and_accuracy.py", "pages/Ground_truth_and_report.py"
+LOAD = "pages/Load_and_calibrate.py"
+SENS, DRILL = "pages/Calibration_sensitivity.py", "pages/Block_drill_down.py"
 TEXT = "The river rose in the spring and the town moved its market to the hill above the old bridge. " * 40
 
 

@@ -15,7 +15,7 @@ def test_shootout_page_runs(embedded_lm):
     at.number_input(key="samples").set_value(2)
     at.number_input(key="seq_len").set_value(64)
     at.button(key="calibrate").click().run()
-    at.switch_page("pages/4_Shootout.py").run()
+    at.switch_page("pages/Shootout.py").run()
     assert not at.exception, at.exception
     at.multiselect(key="so_methods").set_value(["oneshot:cosine", "block"])
     at.number_input(key="so_eval_windows").set_value(1)

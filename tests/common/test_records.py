@@ -13,7 +13,7 @@ from tests.support.repo import run_cli
 from pathlib import Path
 
 ROOT_APP = str(Path(__file__).resolve().parents[2] / "app.py")
-EXPORT = "pages/3_Export_and_evaluate.py"
+EXPORT = "pages/Export_and_evaluate.py"
 
 
 def _card_ppl(card: str) -> tuple[float, float]:
