@@ -17,13 +17,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
+from .common.progress import Progress
 from .common.records import Evaluation, ExportReport
-
-Progress = Callable[[float, str], None]
 
 
 def _sub(progress: Progress | None, lo: float, hi: float, label: str) -> Progress | None:

@@ -18,6 +18,7 @@ from typing import Callable
 import torch
 
 from ..common.errors import Cancelled, SimDiffError
+from ..common.progress import Progress
 from .hooks import block_hooks, hook_pass
 from .linear import few_tokens_warning, solve, write_site
 from .score import _forward_base, _hidden_size, _metric_mask, auto_batch_size
@@ -44,7 +45,7 @@ def _chunks(L: int, d: int, max_span: int, max_mb: float) -> list[list[int]]:
 
 def span_replaceability(lm, input_ids: torch.Tensor, max_span: int | None = None, batch_size: int | None = None,
                         attention_mask: torch.Tensor | None = None, first_token: bool = True,
-                        max_mb: float = 512, progress: Callable[[float, str], None] | None = None,
+                        max_mb: float = 512, progress: Progress | None = None,
                         should_stop: Callable[[], bool] | None = None) -> dict:
     """Linear replaceability of removing ``[a, a + n)`` for every start ``a >= 1`` and length ``n``.
 

@@ -36,12 +36,11 @@ import numpy as np
 import torch
 
 from ..common.errors import Cancelled, SimDiffError
+from ..common.progress import Progress
 from ..common.records import JsonRecord
 from .hooks import block_hooks, hook_pass
 from .linear import write_hooks
 from .metrics import BlockStats, importance, simdiff_importance
-
-Progress = Callable[[float, str], None]
 
 
 @dataclass

@@ -47,13 +47,12 @@ from typing import Callable
 import torch
 
 from ..common.errors import Cancelled, SimDiffError
+from ..common.progress import Progress
 from ..models.streaming import StreamedModel, _batches, _capture, stream_meta
 from .hooks import block_hooks, hook_pass
 from .linear import StreamedLinear
 from .metrics import BlockStats
 from .score import Scores, _MatrixSampler, auto_batch_size
-
-Progress = Callable[[float, str], None]
 
 
 def _run_blocks(sm: StreamedModel, xs, calls, on_block, progress, should_stop):

@@ -27,6 +27,7 @@ import numpy as np
 
 from ..analysis.metrics import importance
 from ..common.errors import SimDiffError
+from ..common.progress import Progress
 from ..pruning.plan import cosine_tiebreak, num_from_ratio, select_lowest
 from .evaluate import ppl_from_loss
 
@@ -132,7 +133,7 @@ def agreement_table(scores, damage, alpha: float = 0.5, ratio=None, num=None, cr
 
 
 def set_damage(lm, input_ids, sets: dict, damage, batch_size: int = 2,
-               progress: Callable[[float, str], None] | None = None,
+               progress: Progress | None = None,
                should_stop: Callable[[], bool] | None = None, evaluator=None) -> list[dict]:
     """Measured damage of removing each *set* of blocks at once, next to the sum of single damages.
 

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..common.errors import Cancelled, SimDiffError
+from ..common.progress import Progress
 from ..models.sources import hub_reachable
 
 STANDARD_TASKS = ("boolq", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa")
@@ -165,7 +166,7 @@ def _run_lm_eval(model, tokenizer, tasks: list[str], include_path=None, limit=No
 
 def evaluate_tasks(model, tokenizer, tasks="all", *, mode: str = "auto", limit: int | float | None = None,
                    split: str | None = "test", items: list[dict] | None = None, batch_size: int = 16,
-                   progress: Callable[[float, str], None] | None = None,
+                   progress: Progress | None = None,
                    should_stop: Callable[[], bool] | None = None, samples: bool = False) -> dict:
     """Accuracy per task, their average and where the numbers come from (see module docstring).
 

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..common.errors import Cancelled, SimDiffError
+from ..common.progress import Progress
 from ..data.text import WIKITEXT_NOTE, bos_prefix, load_text, make_windows
 
 DEFAULT_EVAL_SEQ_LEN = 512
@@ -52,7 +53,7 @@ def _device_of(model) -> torch.device:
 
 @torch.inference_mode()
 def perplexity(model, input_ids: torch.Tensor, batch_size: int = 2, device=None,
-               progress: Callable[[float, str], None] | None = None,
+               progress: Progress | None = None,
                should_stop: Callable[[], bool] | None = None) -> dict:
     """Perplexity of ``model`` on windows ``input_ids`` (N, S)."""
     device = device or _device_of(model)

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from ..common.errors import SimDiffError
+from ..common.progress import Progress
 
 MC_PATH = Path(__file__).parent.parent / "data" / "mc" / "simdiff_mc.jsonl"
 MC_NOTE = "SimDiff MC set (70 own items, CC0; ARC/PIQA/HellaSwag style), log-likelihood scoring as lm-eval"
@@ -87,7 +88,7 @@ def _encode_pair(tokenizer, context: str, continuation: str, prefix: list[int]):
 
 @torch.inference_mode()
 def mc_accuracy(model, tokenizer, items: list[dict], batch_size: int = 16, device=None,
-                delimiter: str = " ", progress: Callable[[float, str], None] | None = None,
+                delimiter: str = " ", progress: Progress | None = None,
                 should_stop: Callable[[], bool] | None = None) -> dict:
     """Multiple-choice accuracy of ``model`` on ``items`` by summed continuation log-likelihood.
 

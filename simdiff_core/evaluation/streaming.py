@@ -18,8 +18,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..analysis.streaming import Progress, _run_blocks
+from ..analysis.streaming import _run_blocks
 from ..common.errors import SimDiffError
+from ..common.progress import Progress
 from ..models.streaming import StreamedModel, _Replayer, _batches, _capture, stream_meta
 
 

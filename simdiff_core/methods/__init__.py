@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from ..common.errors import Cancelled, SimDiffError
+from ..common.progress import Progress
 from ..pruning.plan import Plan, candidates, num_from_ratio
 
 METHODS = {
@@ -51,7 +52,7 @@ class Context:
     k: int
     keep_first: bool = True
     keep_last: bool = True
-    progress: Callable[[float, str], None] | None = None
+    progress: Progress | None = None
     should_stop: Callable[[], bool] | None = None
     calibration: dict = field(default_factory=dict)
     scores: object = None  # Scores of the dense model; computed on first use

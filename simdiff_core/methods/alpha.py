@@ -24,10 +24,9 @@ scale-free MSSD view nearly halves the pruned perplexity there). Ties go to the 
 
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 
+from ..common.progress import Progress
 from ..pruning.plan import make_plan
 
 DEFAULT_GRID = tuple(float(round(a, 2)) for a in np.linspace(0.0, 1.0, 11))
@@ -35,7 +34,7 @@ AUTO_BETAS = (0.0, 0.5, 1.0)
 
 
 def auto_alpha(lm, scores, calib_ids, ratio=None, num=None, grid=DEFAULT_GRID, keep_first=True,
-               keep_last=True, progress: Callable[[float, str], None] | None = None,
+               keep_last=True, progress: Progress | None = None,
                should_stop=None, betas=None, beta: float = 0.5, evaluator=None,
                **fusion) -> tuple[float, list[dict]]:
     """Best alpha and every trial (alpha, beta, removed_layers, ppl); see the module docstring.

@@ -20,10 +20,10 @@ import csv
 import io
 import time
 from dataclasses import dataclass
-from typing import Callable
 
 from ..analysis.metrics import CRITERIA
 from ..common.errors import Cancelled, SimDiffError
+from ..common.progress import Progress
 from ..evaluation.evaluate import perplexity
 from ..pruning.build import build_pruned
 from ..pruning.plan import num_from_ratio
@@ -91,7 +91,7 @@ def _criterion_label(plan) -> str:
 def run_compare(lm, calib_ids, specs: list[dict], ratio=None, num=None, eval_ids=None, accuracy: bool = False,
                 objective: str = "ppl", budget: int | None = None, keep_first: bool = True, keep_last: bool = True,
                 calibration: dict | None = None, alpha: float = 0.5, accuracy_items: list | None = None,
-                progress: Callable[[float, str], None] | None = None, should_stop=None,
+                progress: Progress | None = None, should_stop=None,
                 eval_protocol: str | None = None, fusion: dict | None = None,
                 first_token: bool = True, repair: str = "none") -> dict:
     """Run every spec and measure it.

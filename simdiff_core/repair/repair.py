@@ -41,6 +41,7 @@ from torch import nn
 from ..analysis.hooks import block_io, hook_pass
 from ..analysis.score import _forward_base, auto_batch_size
 from ..common.errors import Cancelled, SimDiffError
+from ..common.progress import Progress
 from ..models.blocks import find_block_path, get_attr_path
 from ..models.load import LoadedModel
 from ..pruning.prune import _shallow, is_dispatched, pruned_model, with_block_list
@@ -49,7 +50,6 @@ from .sites import RepairRefused, RepairSite, family_of, refusal, repair_site
 
 REPAIR_METHODS = ("none", "lstsq", "rescale")
 FIT_MODES = ("dense", "sequential")
-Progress = Callable[[float, str], None]
 
 EXPORT_NOTE = ("the plan JSON and mergekit YAML describe only which blocks were removed: they cannot express the "
                "repaired weights, so they reproduce the unrepaired pruning; the checkpoint, zip and GGUF carry the "

@@ -28,12 +28,11 @@ from typing import Callable
 import torch
 
 from ..common.errors import Cancelled, SimDiffError
+from ..common.progress import Progress
 from ..models.streaming import StreamedModel, _batches, _capture
 from .accumulate import SpanAccumulator
 from .repair import REPAIR_METHODS, Repair, _folded, removed_spans, span_records
 from .sites import RepairRefused, family_of, refusal, repair_site
-
-Progress = Callable[[float, str], None]
 
 
 def stream_fit_repair(model_dir: str | Path, removed_layers, windows: torch.Tensor, method: str = "lstsq",
