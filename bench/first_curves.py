@@ -30,7 +30,7 @@ sys.path.insert(0, {root!r})
 import torch
 import simdiff_core
 from simdiff_core import load_model, make_windows, score_model
-from simdiff_core.analysis.score import _forward_base
+from simdiff_core.analysis.score import forward_base
 from simdiff_core.common.errors import Cancelled
 from simdiff_core.models.load import prewarm
 from simdiff_core.export import figures  # the app's figure module (imported by every page)
@@ -63,7 +63,7 @@ fwd, fwd_cpu = [], []
 with torch.inference_mode():
     for _ in range(2):
         t, c = time.perf_counter(), time.process_time()
-        _forward_base(lm.model, ids[:bs])
+        forward_base(lm.model, ids[:bs])
         fwd.append(time.perf_counter() - t)
         fwd_cpu.append(time.process_time() - c)
 out.update(load_s=t1 - t0, windows_s=t2 - t1, first_batch_s=first["t"] - t2, figure_s=first["t_fig"] - first["t"],

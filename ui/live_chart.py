@@ -65,7 +65,7 @@ def component_js() -> str:
     return main.replace(_CORE_IMPORT, (ASSETS / "live_core.js").read_text(encoding="utf-8"))
 
 
-def _plotly_file() -> Path:
+def plotly_file() -> Path:
     import plotly
 
     return Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
@@ -73,7 +73,7 @@ def _plotly_file() -> Path:
 
 @lru_cache(maxsize=1)
 def _plotly_js() -> str:
-    return _plotly_file().read_text(encoding="utf-8")
+    return plotly_file().read_text(encoding="utf-8")
 
 
 @lru_cache(maxsize=1)
@@ -86,7 +86,7 @@ def plotly_url() -> str | None:
 
     name = f"plotly-{plotly.__version__}.min.js"   # a new version is a new URL: caches never go stale
     target = STATIC / name
-    src = _plotly_file()
+    src = plotly_file()
     try:
         if not target.is_file() or target.stat().st_size != src.stat().st_size:
             STATIC.mkdir(exist_ok=True)

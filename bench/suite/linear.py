@@ -15,7 +15,7 @@ from .harness import best_of
 
 def bench_linear(lm, ids, bs, repeats, device) -> dict:
     from simdiff_core.analysis.linear import accumulator_mb
-    from simdiff_core.analysis.score import _hidden_size, score_model
+    from simdiff_core.analysis.score import model_hidden_size, score_model
 
     holder = {}
 
@@ -34,6 +34,6 @@ def bench_linear(lm, ids, bs, repeats, device) -> dict:
     sc = holder["scores"]
     return {"linear_scoring_cost": t["scoring_linear"] / t["scoring_plain"],
             "linear_curve_only_cost": t["scoring_linear_no_band"] / t["scoring_plain"],
-            "linear_accumulator_mb": round(accumulator_mb(lm.num_layers, _hidden_size(lm.model)), 1),
+            "linear_accumulator_mb": round(accumulator_mb(lm.num_layers, model_hidden_size(lm.model)), 1),
             "linear_values": [None if l.get("linear") is None else round(l["linear"], 4) for l in sc.layers],
             "seconds": {k: round(v, 4) for k, v in t.items()}}

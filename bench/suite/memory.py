@@ -9,7 +9,7 @@ from .harness import llama_dir_model, peak_extra_mb
 
 def bench_memory(depths, sizes, seq_len, hidden, device) -> dict:
     """Extra peak of scoring over a plain base forward on the same batch size, per depth and calib size."""
-    from simdiff_core.analysis.score import _forward_base, score_model
+    from simdiff_core.analysis.score import forward_base, score_model
     from simdiff_core.models.load import wrap_model
 
     table = {}
@@ -23,7 +23,7 @@ def bench_memory(depths, sizes, seq_len, hidden, device) -> dict:
             def fwd():
                 with torch.inference_mode():
                     for i in range(0, n, bs):
-                        _forward_base(model, ids[i:i + bs].to(device))
+                        forward_base(model, ids[i:i + bs].to(device))
 
             if torch.device(device).type == "cuda":
                 torch.cuda.reset_peak_memory_stats()

@@ -9,14 +9,14 @@ from .harness import best_of
 
 # ----------------------------------------------------------------------------------- sections
 def bench_overhead(lm, ids, bs, repeats, device) -> dict:
-    from simdiff_core.analysis.score import _forward_base, score_model
+    from simdiff_core.analysis.score import forward_base, score_model
 
     batches = [ids[i:i + bs].to(device) for i in range(0, ids.shape[0], bs)]
 
     def base():
         with torch.inference_mode():
             for b in batches:
-                _forward_base(lm.model, b)
+                forward_base(lm.model, b)
 
     def full():
         with torch.inference_mode():

@@ -34,7 +34,7 @@ def log(msg: str) -> None:
 
 
 def run_model(spec: str, num: int, methods=("lstsq", "rescale"), fits=("dense",), cost: bool = False) -> dict:
-    from simdiff_core.analysis.score import _forward_base, auto_batch_size, score_model
+    from simdiff_core.analysis.score import auto_batch_size, forward_base, score_model
     from simdiff_core.data.text import make_windows
     from simdiff_core.evaluation.evaluate import eval_windows, perplexity, protocol_note
     from simdiff_core.models.load import load_model
@@ -85,7 +85,7 @@ def run_model(spec: str, num: int, methods=("lstsq", "rescale"), fits=("dense",)
         def forward_pass():
             with torch.inference_mode():
                 for s in range(0, calib.shape[0], bs):
-                    _forward_base(lm.model, calib[s:s + bs])
+                    forward_base(lm.model, calib[s:s + bs])
 
         times = {"forward": float("inf"), "repair": float("inf")}
         for _ in range(2):  # interleaved, best of 2: fair under shared load

@@ -51,7 +51,7 @@ class DrillDown:
 
 
 def _forward_until(model, block_module, ids, mask=None):
-    from .score import _forward_base
+    from .score import forward_base
 
     captured = {}
 
@@ -61,7 +61,7 @@ def _forward_until(model, block_module, ids, mask=None):
 
     try:
         with torch.inference_mode(), block_hooks({0: block_module}, on_block, name="drill-down"):
-            _forward_base(model, ids, mask)
+            forward_base(model, ids, mask)
     except _Enough:
         pass
     if "x" not in captured:

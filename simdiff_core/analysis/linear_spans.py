@@ -21,7 +21,7 @@ from ..common.errors import Cancelled, SimDiffError
 from ..common.progress import Progress
 from .hooks import block_hooks, hook_pass
 from .linear import few_tokens_warning, solve, write_site
-from .score import _forward_base, _hidden_size, _metric_mask, auto_batch_size
+from .score import auto_batch_size, forward_base, metric_mask, model_hidden_size
 
 
 def _chunks(L: int, d: int, max_span: int, max_mb: float) -> list[list[int]]:
@@ -69,7 +69,7 @@ def span_replaceability(lm, input_ids: torch.Tensor, max_span: int | None = None
     refused = next((why for mod, _, why in sites[:-1] if mod is None), None)
     if refused:
         raise SimDiffError(f"linear replaceability is not defined for this model: {refused}")
-    d = _hidden_size(lm.model)
+    d = model_hidden_size(lm.model)
     groups = _chunks(L, d, span, max_mb)
     bs = batch_size or auto_batch_size(lm.device, S)
     V: list[list] = [[None] * L for _ in range(L)]
@@ -118,10 +118,10 @@ def span_replaceability(lm, input_ids: torch.Tensor, max_span: int | None = None
                 end = min(start + bs, N)
                 ids = input_ids[start:end].to(lm.device)
                 mask = attention_mask[start:end].to(lm.device) if attention_mask is not None else None
-                mm = _metric_mask(mask, end - start, S, ids.device, first_token)
+                mm = metric_mask(mask, end - start, S, ids.device, first_token)
                 cur.clear()
                 cur["mask"] = None if mm is None else mm.to(torch.float32).reshape(-1, 1)
-                _forward_base(lm.model, ids, mask)
+                forward_base(lm.model, ids, mask)
                 if gi == 0:
                     tokens += int(mm.sum()) if mm is not None else (end - start) * S
                 if progress is not None:

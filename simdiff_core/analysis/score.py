@@ -87,7 +87,7 @@ class Scores(JsonRecord):
                    windows)
 
 
-class _MatrixSampler:
+class MatrixSampler:
     """Collects the token subsample for the output-cosine/CKA matrices and last-token states."""
 
     def __init__(self, L: int, per_batch: int, seq_len: int):
@@ -136,7 +136,7 @@ class _MatrixSampler:
         return out
 
 
-def finish_scores(stats: BlockStats, sampler: "_MatrixSampler") -> tuple[list[dict], dict]:
+def finish_scores(stats: BlockStats, sampler: "MatrixSampler") -> tuple[list[dict], dict]:
     """Per-block metrics (with the default-alpha SimDiff column) and the matrices, from the accumulators."""
     layers = stats.layers()
     for l, v in zip(layers, simdiff_importance(layers, alpha=0.5)):
@@ -158,7 +158,7 @@ def linear_cka_matrix(Y: torch.Tensor) -> torch.Tensor:
     return (hsic / norms[:, None] / norms[None, :]).float()
 
 
-def _forward_base(model, ids, mask=None):
+def forward_base(model, ids, mask=None):
     """Run the model without its LM head when possible (scores only need the blocks)."""
     base = getattr(model, getattr(model, "base_model_prefix", "model"), None)
     runner = base if isinstance(base, torch.nn.Module) and base is not model else model
@@ -214,7 +214,7 @@ def score_model(
     N, S = input_ids.shape
     bs = batch_size or auto_batch_size(lm.device, S)
     stats = BlockStats(L, windows=window_stats)
-    sampler = _MatrixSampler(L, per_batch=max(1, math.ceil(matrix_tokens / N)), seq_len=S)
+    sampler = MatrixSampler(L, per_batch=max(1, math.ceil(matrix_tokens / N)), seq_len=S)
     taken = 0
     state = {"done": 0, "take": 0, "mask": None, "metric_mask": None}
     t0 = time.perf_counter()
@@ -240,11 +240,11 @@ def score_model(
             ids = input_ids[start:end].to(lm.device)
             mask = attention_mask[start:end].to(lm.device) if attention_mask is not None else None
             state["mask"] = mask
-            state["metric_mask"] = _metric_mask(mask, end - start, S, ids.device, first_token)
+            state["metric_mask"] = metric_mask(mask, end - start, S, ids.device, first_token)
             state["rows"] = end - start
             state["take"] = max(0, min(matrix_tokens - taken, len(sampler.pos) * (end - start)))
             try:
-                _forward_base(lm.model, ids, mask)
+                forward_base(lm.model, ids, mask)
             except torch.OutOfMemoryError:
                 stats.rollback()
                 sampler.rollback()
@@ -295,7 +295,8 @@ def add_linear(layers: list[dict], vals: list) -> None:
         l["linear"] = None if v is None else float(v)
 
 
-def _hidden_size(model) -> int | None:
+def model_hidden_size(model) -> int | None:
+    """The width of the residual stream (``hidden_size``, or GPT-2's ``n_embd``); None if the config has neither."""
     from ..models.blocks import text_config
 
     cfg = text_config(model.config)
@@ -305,7 +306,7 @@ def _hidden_size(model) -> int | None:
 def _linear_accumulator(lm, L: int, on: bool, max_mb: float | None, deltas: dict | None = None):
     from .linear import DEFAULT_MAX_MB, LinearAccumulator
 
-    acc = LinearAccumulator(L, lm.blocks, DEFAULT_MAX_MB if max_mb is None else max_mb, _hidden_size(lm.model),
+    acc = LinearAccumulator(L, lm.blocks, DEFAULT_MAX_MB if max_mb is None else max_mb, model_hidden_size(lm.model),
                             deltas=deltas)
     if not on:
         acc.reason = "not requested"
@@ -335,9 +336,9 @@ def _linear_window_pass(lm, input_ids, attention_mask, bs: int, deltas: dict, fi
             end = min(start + bs, N)
             ids = input_ids[start:end].to(lm.device)
             mask = attention_mask[start:end].to(lm.device) if attention_mask is not None else None
-            state["mask"] = _metric_mask(mask, end - start, S, ids.device, first_token)
+            state["mask"] = metric_mask(mask, end - start, S, ids.device, first_token)
             try:
-                _forward_base(lm.model, ids, mask)
+                forward_base(lm.model, ids, mask)
             except BaseException:
                 acc.rollback()
                 raise
@@ -365,7 +366,7 @@ def partial_scores(lm, stats: BlockStats, N: int, S: int, done: int, calibration
     )
 
 
-def _metric_mask(mask, B: int, S: int, device, first_token: bool):
+def metric_mask(mask, B: int, S: int, device, first_token: bool):
     """The token mask for the per-block metrics: the attention mask, minus position 0 if asked."""
     if first_token or S < 2:
         return mask

@@ -48,14 +48,14 @@ import torch
 
 from ..common.errors import Cancelled, SimDiffError
 from ..common.progress import Progress
-from ..models.streaming import StreamedModel, _batches, _capture, stream_meta
+from ..models.streaming import StreamedModel, batch_ranges, capture_inputs, stream_meta
 from .hooks import block_hooks, hook_pass
 from .linear import StreamedLinear
 from .metrics import BlockStats
-from .score import Scores, _MatrixSampler, auto_batch_size
+from .score import MatrixSampler, Scores, auto_batch_size
 
 
-def _run_blocks(sm: StreamedModel, xs, calls, on_block, progress, should_stop):
+def run_blocks(sm: StreamedModel, xs, calls, on_block, progress, should_stop):
     """Block-major loop: load block i, push every batch through it, release it."""
     L, nb = len(sm.blocks), len(xs)
     for i in range(L):
@@ -113,13 +113,13 @@ def stream_score(
     L = len(sm.blocks)
     N, S = input_ids.shape
     bs = batch_size or auto_batch_size(sm.device, S)
-    batches = _batches(N, bs)
-    xs, calls = _capture(sm, input_ids, attention_mask, bs)
+    batches = batch_ranges(N, bs)
+    xs, calls = capture_inputs(sm, input_ids, attention_mask, bs)
 
     # One accumulator and sampler per batch, folded in batch order at the end: the in-memory pass
     # folds batch by batch, so the float64 totals are summed in the same order.
     stats = [BlockStats(L) for _ in batches]
-    samplers = [_MatrixSampler(L, per_batch=max(1, math.ceil(matrix_tokens / N)), seq_len=S) for _ in batches]
+    samplers = [MatrixSampler(L, per_batch=max(1, math.ceil(matrix_tokens / N)), seq_len=S) for _ in batches]
     takes, taken = [], 0
     for s, e in batches:
         take = max(0, min(matrix_tokens - taken, len(samplers[0].pos) * (e - s)))
@@ -136,7 +136,7 @@ def stream_score(
             lin.observe(b, i, x, y, masks[b])
 
     with hook_pass(post=lin.write_hooks() if lin is not None else {}, name="stream-linear"):
-        _run_blocks(sm, xs, calls, on_block, progress, should_stop)
+        run_blocks(sm, xs, calls, on_block, progress, should_stop)
     total, sampler = BlockStats(L), samplers[0]
     for b in range(len(batches)):
         stats[b].commit()
@@ -147,7 +147,8 @@ def stream_score(
             sampler.ang_count += samplers[b].ang_count
             for i in range(L):
                 sampler.sub[i].extend(samplers[b].sub[i])
-    from .score import _version, finish_scores
+    from .. import __version__
+    from .score import finish_scores
 
     layers, mats = finish_scores(total, sampler)
     windows, lin_meta = total.windows(), None
@@ -163,7 +164,7 @@ def stream_score(
         calibration=dict(calibration or {}, samples=int(N), seq_len=int(S), tokens=int(total.tokens)),
         meta={"seconds": round(time.perf_counter() - t0, 3), "batch_size": bs, "device": str(sm.device),
               "dtype": str(sm.dtype).replace("torch.", ""), "simdiff_alpha": 0.5,
-              "family": getattr(sm.model.config, "model_type", "unknown"), "version": _version(),
+              "family": getattr(sm.model.config, "model_type", "unknown"), "version": __version__,
               "stream": stream_meta(sm, head=False), **({"linear": lin_meta} if lin_meta else {})},
         windows=windows,
     )

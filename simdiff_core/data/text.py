@@ -42,7 +42,7 @@ SHIPPED_SAMPLES = {"code": "shipped code sample (Python source, CC0)",
                    "dialogue": "shipped dialogue sample (conversations, CC0)"}
 # Uploads and files larger than this are refused before reading (override with SIMDIFF_MAX_TEXT_MB).
 MAX_TEXT_MB = float(os.environ.get("SIMDIFF_MAX_TEXT_MB", "200"))
-_CHUNK_CHARS = 1 << 18  # tokenise ~256k characters at a time
+CHUNK_CHARS = 1 << 18  # tokenise ~256k characters at a time
 
 
 def max_text_mb() -> float:
@@ -63,15 +63,15 @@ class TextSource:
     text: str | None = None  # in-memory sources
 
     def chunks(self) -> Iterator[str]:
-        """The text in pieces of about ``_CHUNK_CHARS`` characters, each cut where a letter or digit
+        """The text in pieces of about ``CHUNK_CHARS`` characters, each cut where a letter or digit
         is followed by whitespace (``_aligned``), for in-memory and file-backed text alike."""
         if self.text is not None:
             text = self.text
-            yield from _aligned(text[i : i + _CHUNK_CHARS] for i in range(0, len(text), _CHUNK_CHARS))
+            yield from _aligned(text[i : i + CHUNK_CHARS] for i in range(0, len(text), CHUNK_CHARS))
             return
         try:
             with open(self.path, "r", encoding="utf-8", errors="strict") as f:
-                yield from _aligned(iter(lambda: f.read(_CHUNK_CHARS), ""))
+                yield from _aligned(iter(lambda: f.read(CHUNK_CHARS), ""))
         except UnicodeDecodeError:
             raise SimDiffError(f"'{self.spec}' is not UTF-8 text (binary file?)") from None
         except OSError as e:
@@ -100,7 +100,7 @@ def _aligned(pieces: Iterator[str]) -> Iterator[str]:
     for piece in pieces:
         block = carry + piece
         p = _cut_point(block)
-        if p == 0 and len(block) < 4 * _CHUNK_CHARS:
+        if p == 0 and len(block) < 4 * CHUNK_CHARS:
             carry = block
             continue
         p = p or len(block)

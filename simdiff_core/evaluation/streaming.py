@@ -3,7 +3,7 @@
     from simdiff_core.evaluation.streaming import stream_perplexity
     res = stream_perplexity("./big-model", eval_ids, memory_budget_mb=2000)   # {"ppl", "nll", "tokens", "stream"}
 
-After the blocks have run (``analysis.streaming._run_blocks``), the final norm and LM head are
+After the blocks have run (``analysis.streaming.run_blocks``), the final norm and LM head are
 loaded and the model's own forward runs once more with the blocks replaced by replayers of the
 streamed final hidden states, so family-specific head logic is the model's own code. Cost: one
 streamed pass over all blocks plus one head pass; the same numbers as ``evaluate.perplexity``.
@@ -18,10 +18,10 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..analysis.streaming import _run_blocks
+from ..analysis.streaming import run_blocks
 from ..common.errors import SimDiffError
 from ..common.progress import Progress
-from ..models.streaming import StreamedModel, _Replayer, _batches, _capture, stream_meta
+from ..models.streaming import Replayer, StreamedModel, batch_ranges, capture_inputs, stream_meta
 
 
 def stream_perplexity(
@@ -39,9 +39,9 @@ def stream_perplexity(
         raise SimDiffError("perplexity input must be a non-empty (N, S>=2) tensor of token ids")
     sm = StreamedModel(model_dir, device, dtype, memory_budget_mb)
     sm.check_budget(head=True)
-    batches = _batches(input_ids.shape[0], batch_size)
-    xs, calls = _capture(sm, input_ids, None, batch_size)
-    xs = _run_blocks(sm, xs, calls, None, progress, should_stop)
+    batches = batch_ranges(input_ids.shape[0], batch_size)
+    xs, calls = capture_inputs(sm, input_ids, None, batch_size)
+    xs = run_blocks(sm, xs, calls, None, progress, should_stop)
     outer = sm.head_phase_names()  # final norm + LM head; the embedding again as the rows used
     sm.load(outer, "final norm and LM head")
     total_nll, total_tok = 0.0, 0
@@ -50,7 +50,7 @@ def stream_perplexity(
             for b, (s, e) in enumerate(batches):
                 box = {"y": xs[b]}
                 ids = input_ids[s:e].to(sm.device)
-                with sm.swapped_blocks(lambda i, blk: _Replayer(blk, box)):
+                with sm.swapped_blocks(lambda i, blk: Replayer(blk, box)):
                     logits = sm.model(input_ids=compact[s:e].to(sm.device), use_cache=False).logits
                 nll = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
                                       ids[:, 1:].reshape(-1), reduction="sum")

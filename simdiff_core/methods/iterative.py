@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 
 from ..analysis.metrics import BlockStats, simdiff_importance
-from ..analysis.score import Scores, _metric_mask, auto_batch_size, score_model
+from ..analysis.score import Scores, auto_batch_size, metric_mask, score_model
 from ..common.errors import SimDiffError
 from ..models.load import LoadedModel
 from ..pruning.plan import cosine_tiebreak, select_lowest
@@ -51,7 +51,7 @@ def run(ctx, criterion: str = "simdiff", alpha: float = 0.5, matrix_tokens: int 
             first_token = scores.calibration.get("first_token", "included") != "excluded"
         elif cached:
             if rescore is None:
-                rescore = _Rescorer(ctx, first_token)
+                rescore = Rescorer(ctx, first_token)
             scores = rescore.scores(kept, trace[-1]["removed"])
         else:
             view = pruned_model(lm, kept)
@@ -75,7 +75,7 @@ def run(ctx, criterion: str = "simdiff", alpha: float = 0.5, matrix_tokens: int 
                     beta=beta, options={"norm": norm, "scale_free": scale_free}, details=details)
 
 
-class _Rescorer:
+class Rescorer:
     """Per-block metrics of successive pruned models, re-running only the blocks above the last removal."""
 
     def __init__(self, ctx, first_token: bool, cache_bytes: int | None = None):
@@ -106,7 +106,7 @@ class _Rescorer:
         for b in range(ev.num_batches):
             x0 = ev.batch_input(b)
             B = x0.shape[0]
-            mask = _metric_mask(None, B, self.S, x0.device, self.first_token)
+            mask = metric_mask(None, B, self.S, x0.device, self.first_token)
             cache = self.inputs[b]
             if first:
                 h, new = x0, {}

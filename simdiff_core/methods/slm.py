@@ -24,14 +24,14 @@ import copy
 
 import torch
 
-from ..analysis.score import _forward_base
+from ..analysis.score import forward_base
 from ..common.errors import SimDiffError
 from ..pruning.merge import DEFAULT_BASE, group_for, merge_block_params, merged_model
 
 
 @torch.inference_mode()
 def _final_states(model, ids, device, bs: int = 4) -> list[torch.Tensor]:
-    return [_forward_base(model, ids[i:i + bs].to(device)).last_hidden_state.float()
+    return [forward_base(model, ids[i:i + bs].to(device)).last_hidden_state.float()
             for i in range(0, ids.shape[0], bs)]
 
 

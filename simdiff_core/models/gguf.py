@@ -22,7 +22,7 @@ from .pretrained import from_pretrained, one_line
 from .sources import cache_root
 
 
-def _gguf_cache_dir(gguf: Path) -> Path:
+def gguf_cache_dir(gguf: Path) -> Path:
     st = gguf.stat()
     # "float32" is part of the key: the cache always holds float32 weights (caches from versions that
     # saved whatever dtype the first load asked for, e.g. bf16-rounded, are never reused).
@@ -47,14 +47,14 @@ def strip_gguf_quantizer(model: nn.Module) -> None:
             model.config.quantization_config = None
 
 
-def _load_gguf(gguf: Path, dtype, use_cache: bool):
+def load_gguf(gguf: Path, dtype, use_cache: bool):
     """Load a GGUF file, going through the dequantised safetensors cache when allowed.
 
     The cache always holds float32 weights, whatever ``dtype`` this load asks for: a bf16 load must
     not leave bf16-rounded weights that a later float32 load would silently reuse. The model is
     dequantised in float32 and converted to ``dtype`` by the caller.
     """
-    cache = _gguf_cache_dir(gguf)
+    cache = gguf_cache_dir(gguf)
     if use_cache and (cache / "config.json").is_file():
         model, tok = from_pretrained(str(cache), dtype=dtype, trust_remote_code=False)
         return model, tok, ["loaded dequantised GGUF from cache " + str(cache)]

@@ -28,7 +28,7 @@ from torch import nn
 from ..common.errors import SimDiffError
 from .blocks import count_parameters, find_block_path, get_attr_path, text_config
 from .device import pick_device, pick_dtype
-from .gguf import _gguf_cache_dir, _load_gguf
+from .gguf import gguf_cache_dir, load_gguf
 from .pretrained import TRUST_REMOTE_CODE_WARNING, from_pretrained, is_oom
 from .sources import DEFAULT_MODEL, EMBEDDED, embedded_gguf, hub_reachable, resolve_spec
 
@@ -97,7 +97,7 @@ def load_model(
     if kind in ("embedded", "gguf"):
         gguf = embedded_gguf(DEFAULT_MODEL if spec in (None, "", "default") else spec) if kind == "embedded" else path
         gguf_file = str(gguf)
-        model, tok, notes = _load_gguf(gguf, dt, use_gguf_cache)
+        model, tok, notes = load_gguf(gguf, dt, use_gguf_cache)
     else:
         where = str(path) if kind == "dir" else spec
         if trust_remote_code:
@@ -161,7 +161,7 @@ def prewarm(spec: str | None = "default") -> dict:
         try:
             kind, path = resolve_spec(spec)
             if kind == "embedded":
-                cache = _gguf_cache_dir(embedded_gguf(DEFAULT_MODEL if spec == "default" else spec))
+                cache = gguf_cache_dir(embedded_gguf(DEFAULT_MODEL if spec == "default" else spec))
             elif kind == "dir":
                 cache = path
         except Exception:  # noqa: BLE001 - best effort: nothing to read ahead, the real load reports

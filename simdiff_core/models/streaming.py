@@ -2,7 +2,7 @@
 
     from simdiff_core.models.streaming import StreamedModel, resolve_stream_dir
     sm = StreamedModel(resolve_stream_dir("./big-model"), "cpu", "float32", memory_budget_mb=2000)
-    xs, calls = _capture(sm, ids, None, bs=2)        # block 0's inputs and every block's kwargs
+    xs, calls = capture_inputs(sm, ids, None, bs=2)        # block 0's inputs and every block's kwargs
 
 The skeleton is built on the ``meta`` device; tensors are materialised from the shard the index
 names and released again, so resident weights never exceed max(one block, norm + head) plus the embedding rows the input
@@ -53,7 +53,7 @@ class _Recorder(nn.Module):
         return hidden_states
 
 
-class _Replayer(nn.Module):
+class Replayer(nn.Module):
     """Stands in for every block in the head phase: returns the streamed final hidden states."""
 
     def __init__(self, inner: nn.Module, box: dict):
@@ -329,7 +329,7 @@ def _weight_map(model_dir: Path) -> dict[str, str]:
 
 def resolve_stream_dir(spec: str) -> Path:
     """The safetensors directory to stream for a model spec (embedded GGUFs: their dequantised cache)."""
-    from .gguf import _gguf_cache_dir
+    from .gguf import gguf_cache_dir
     from .sources import DEFAULT_MODEL, embedded_gguf, resolve_spec
 
     kind, path = resolve_spec(spec or "default")
@@ -337,7 +337,7 @@ def resolve_stream_dir(spec: str) -> Path:
         return path
     if kind in ("embedded", "gguf"):
         gguf = embedded_gguf(DEFAULT_MODEL if spec in (None, "", "default") else spec) if kind == "embedded" else path
-        cache = _gguf_cache_dir(gguf)
+        cache = gguf_cache_dir(gguf)
         if not (cache / "config.json").is_file():
             raise SimDiffError(f"--stream reads safetensors: load '{spec}' once without --stream to cache "
                                "its dequantised weights, then retry")
@@ -346,11 +346,12 @@ def resolve_stream_dir(spec: str) -> Path:
                        "(huggingface-cli download) and pass its path")
 
 
-def _batches(N: int, bs: int):
+def batch_ranges(N: int, bs: int):
+    """The ``[start, end)`` row ranges of ``N`` windows in batches of ``bs`` (the last may be shorter)."""
     return [(s, min(s + bs, N)) for s in range(0, N, bs)]
 
 
-def _capture(sm: StreamedModel, input_ids, attention_mask, bs, runner_kw=None):
+def capture_inputs(sm: StreamedModel, input_ids, attention_mask, bs, runner_kw=None):
     """Embeddings phase: block 0 inputs and every block's call kwargs, per batch."""
     L = len(sm.blocks)
     outer = sm.capture_names()  # the LM head is not needed here, the embedding is read as rows
@@ -358,7 +359,7 @@ def _capture(sm: StreamedModel, input_ids, attention_mask, bs, runner_kw=None):
     xs, calls = [], []
     try:
         with torch.inference_mode(), sm.compact_embedding(input_ids) as compact:
-            for s, e in _batches(input_ids.shape[0], bs):
+            for s, e in batch_ranges(input_ids.shape[0], bs):
                 sink = {"x": None, "calls": [None] * L}
                 with sm.swapped_blocks(lambda i, b: _Recorder(b, i, sink, last=i == L - 1)):
                     ids = compact[s:e].to(sm.device)

@@ -43,7 +43,7 @@ from ..models.blocks import find_block_path, get_attr_path, text_config
 from ..models.load import LoadedModel
 
 
-def _shallow(module: nn.Module) -> nn.Module:
+def shallow_copy(module: nn.Module) -> nn.Module:
     """A copy of ``module`` that shares its tensors and children but nothing it can be changed through."""
     new = copy.copy(module)
     d = new.__dict__
@@ -64,10 +64,10 @@ def with_block_list(model, path: str, new_list: nn.ModuleList):
     """A view of ``model`` whose block list (at dotted ``path``) is ``new_list``: shallow copies of the
     modules from the top down to the list's owner, so the original model is untouched."""
     parts = path.split(".")
-    new_top = _shallow(model)
+    new_top = shallow_copy(model)
     parent_old, parent_new = model, new_top
     for part in parts[:-1]:
-        child_new = _shallow(getattr(parent_old, part))
+        child_new = shallow_copy(getattr(parent_old, part))
         parent_new._modules[part] = child_new
         parent_old, parent_new = getattr(parent_old, part), child_new
     parent_new._modules[parts[-1]] = new_list
@@ -95,12 +95,12 @@ def _rebind(old: nn.Module, new: nn.Module) -> None:
 
 
 def _fix_layer_idx(block: nn.Module, new_idx: int) -> nn.Module:
-    block = _shallow(block)
+    block = shallow_copy(block)
     if hasattr(block, "layer_idx"):
         block.layer_idx = new_idx
     for name, child in list(block._modules.items()):
         if child is not None and hasattr(child, "layer_idx"):
-            child = _shallow(child)
+            child = shallow_copy(child)
             child.layer_idx = new_idx
             block._modules[name] = child
     return block

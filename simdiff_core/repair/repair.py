@@ -39,12 +39,12 @@ import torch
 from torch import nn
 
 from ..analysis.hooks import block_io, hook_pass
-from ..analysis.score import _forward_base, auto_batch_size
+from ..analysis.score import auto_batch_size, forward_base
 from ..common.errors import Cancelled, SimDiffError
 from ..common.progress import Progress
 from ..models.blocks import find_block_path, get_attr_path
 from ..models.load import LoadedModel
-from ..pruning.prune import _shallow, is_dispatched, pruned_model, with_block_list
+from ..pruning.prune import is_dispatched, pruned_model, shallow_copy, with_block_list
 from .accumulate import SpanAccumulator
 from .sites import RepairRefused, RepairSite, family_of, refusal, repair_site
 
@@ -239,7 +239,7 @@ def _capture_pass(m, blocks, wanted_out: set[int], site_mods: dict[int, tuple[nn
     return outs, Ms, post
 
 
-def _batches(windows, bs, device):
+def batch_ranges(windows, bs, device):
     for start in range(0, windows.shape[0], bs):
         yield start, windows[start:start + bs].to(device)
 
@@ -253,11 +253,11 @@ def _fit_dense(m, blocks, todo, sites: dict[int, RepairSite], windows, bs, metho
     device = next(m.parameters()).device
     N = windows.shape[0]
     with torch.inference_mode(), hook_pass(post=post, name="repair") as _:
-        for start, ids in _batches(windows, bs, device):
+        for start, ids in batch_ranges(windows, bs, device):
             if should_stop is not None and should_stop():
                 raise Cancelled()
             outs.clear(), Ms.clear()
-            _forward_base(m, ids)
+            forward_base(m, ids)
             for a, b in todo:
                 M, h_a, h_b = Ms[a - 1], outs[a - 1], outs[b - 1]
                 d = M.shape[-1]
@@ -298,13 +298,13 @@ def _fit_sequential(source, m, blocks, todo, sites, windows, bs, method, removed
                                              {j: (cur_blocks[j].get_submodule(sites[a - 1].path), sites[a - 1].scale)})
         acc = None
         with torch.inference_mode():
-            for start, ids in _batches(windows, bs, device):
+            for start, ids in batch_ranges(windows, bs, device):
                 if should_stop is not None and should_stop():
                     raise Cancelled()
                 with hook_pass(post=t_post, name="repair-teacher"):
-                    _forward_base(m, ids)
+                    forward_base(m, ids)
                 with hook_pass(post=s_post, name="repair-student"):
-                    _forward_base(cur, ids)
+                    forward_base(cur, ids)
                 M = s_Ms[j]
                 if acc is None:
                     acc = SpanAccumulator(M.shape[-1], diagonal=(method == "rescale"), device=_acc_device(M))
@@ -319,9 +319,9 @@ def _fit_sequential(source, m, blocks, todo, sites, windows, bs, method, removed
 
 
 @torch.no_grad()
-def _folded(site: RepairSite, mod: nn.Module, T: torch.Tensor) -> nn.Module:
+def folded_copy(site: RepairSite, mod: nn.Module, T: torch.Tensor) -> nn.Module:
     """A shallow copy of ``mod`` with ``T`` folded into its weight (and bias); ``mod`` is untouched."""
-    new = _shallow(mod)
+    new = shallow_copy(mod)
     W = mod.weight
     T = T.to(W.device, torch.float64)
     if site.fold == "norm_gain":
@@ -344,10 +344,10 @@ def _folded(site: RepairSite, mod: nn.Module, T: torch.Tensor) -> nn.Module:
 def _replace_path(block: nn.Module, path: str, fn) -> nn.Module:
     """A shallow copy of ``block`` whose submodule at ``path`` is ``fn(submodule)`` (copies on the way)."""
     parts = path.split(".")
-    top = _shallow(block)
+    top = shallow_copy(block)
     parent_new, parent_old = top, block
     for part in parts[:-1]:
-        child = _shallow(getattr(parent_old, part))
+        child = shallow_copy(getattr(parent_old, part))
         parent_new._modules[part] = child
         parent_new, parent_old = child, getattr(parent_old, part)
     parent_new._modules[parts[-1]] = fn(getattr(parent_old, parts[-1]))
@@ -383,5 +383,5 @@ def apply_repair(pruned, rep: Repair, upto: int | None = None) -> nn.Module:
             continue
         j = pos[fold_block]
         site = repair_site(blocks[j], fam, rep.method)
-        new_list[j] = _replace_path(blocks[j], site.path, lambda mod, _s=site, _T=T: _folded(_s, mod, _T))
+        new_list[j] = _replace_path(blocks[j], site.path, lambda mod, _s=site, _T=T: folded_copy(_s, mod, _T))
     return with_block_list(m, path, new_list)

@@ -29,9 +29,9 @@ import torch
 
 from ..common.errors import Cancelled, SimDiffError
 from ..common.progress import Progress
-from ..models.streaming import StreamedModel, _batches, _capture
+from ..models.streaming import StreamedModel, batch_ranges, capture_inputs
 from .accumulate import SpanAccumulator
-from .repair import REPAIR_METHODS, Repair, _folded, removed_spans, span_records
+from .repair import REPAIR_METHODS, Repair, folded_copy, removed_spans, span_records
 from .sites import RepairRefused, family_of, refusal, repair_site
 
 
@@ -66,7 +66,7 @@ def stream_fit_repair(model_dir: str | Path, removed_layers, windows: torch.Tens
         return rep, sm
     sites = {a - 1: repair_site(sm.blocks[a - 1], fam, method) for a, _ in todo}
     bs = batch_size or min(N, 4)
-    xs, calls = _capture(sm, windows, None, bs)
+    xs, calls = capture_inputs(sm, windows, None, bs)
     nb = len(xs)
     opened: dict[int, tuple[int, int]] = {a - 1: (a, b) for a, b in todo}   # fold block -> span
     closing: dict[int, tuple[int, int]] = {b - 1: (a, b) for a, b in todo}  # block producing h_b -> span
@@ -146,7 +146,7 @@ def fold_sources(rep: Repair, sm: StreamedModel) -> dict[str, tuple[int, str]]:
 def stream_fold(rep: Repair, sm: StreamedModel):
     """``transform(name, tensor)`` for ``export.streamed.stream_prune``: the folded weight or bias.
 
-    Loads the one module a span rewrites into the skeleton, folds with ``repair._folded`` (the
+    Loads the one module a span rewrites into the skeleton, folds with ``repair.folded_copy`` (the
     in-memory code, float64), returns the tensor asked for and releases the module.
     """
     fam = family_of(sm.model)
@@ -161,7 +161,7 @@ def stream_fold(rep: Repair, sm: StreamedModel):
         src_dtype = tensor.dtype
         sm.load(names, f"block {blk} {path}")
         try:
-            new = _folded(site, mod, rep.maps[blk])
+            new = folded_copy(site, mod, rep.maps[blk])
             out = getattr(new, name[len(prefix):]).detach().clone()
         finally:
             sm.release(names)

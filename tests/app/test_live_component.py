@@ -128,7 +128,7 @@ def test_plotly_js_travels_by_url_or_once_inline(static):
             assert all(d["plotly_src"] == f"/app/static/plotly-{plotly.__version__}.min.js" for d in data)
             assert not any("plotly_js" in d for d in data)
             served = live_chart.STATIC / f"plotly-{plotly.__version__}.min.js"
-            assert served.read_bytes() == live_chart._plotly_file().read_bytes()
+            assert served.read_bytes() == live_chart.plotly_file().read_bytes()
         else:
             assert ["plotly_js" in d for d in data] == [True, False] and "plotly_src" not in data[0]
     finally:

@@ -7,19 +7,19 @@ from __future__ import annotations
 def test_chunked_tokenisation_equals_whole_text_in_memory_and_from_file(tokenizer, tmp_path):
     import random
 
-    from simdiff_core.data.text import _CHUNK_CHARS, iter_tokens, load_text, text_source
+    from simdiff_core.data.text import CHUNK_CHARS, iter_tokens, load_text, text_source
 
     rng = random.Random(0)
     words = ["layer", "pruning", "redundant", "transformer", "blocks", "cosine", "similarity", "3.14", "(MSSD)"]
     seps = [" ", " ", " ", "\n", "\n\n", " \n ", "  "]
     parts, n = [], 0
-    while n < int(2.3 * _CHUNK_CHARS):
+    while n < int(2.3 * CHUNK_CHARS):
         w = rng.choice(words) + rng.choice(seps)
         parts.append(w)
         n += len(w)
     text = "".join(parts)
     # the old fixed cut fell inside a word here (the test needs a case where that matters)
-    assert not text[_CHUNK_CHARS - 1].isspace() and not text[_CHUNK_CHARS].isspace()
+    assert not text[CHUNK_CHARS - 1].isspace() and not text[CHUNK_CHARS].isspace()
     whole = tokenizer(text, add_special_tokens=False).input_ids
     f = tmp_path / "t.txt"
     f.write_text(text, encoding="utf-8")
@@ -60,7 +60,7 @@ def test_chunked_tokenisation_equals_whole_text_for_a_llama3_style_tokenizer(mon
     from simdiff_core.data.text import iter_tokens, load_text, text_source
 
     tok = _regex_bpe_tokenizer(LLAMA3_PATTERN)
-    monkeypatch.setattr(data, "_CHUNK_CHARS", 64)  # many chunk boundaries in a small text
+    monkeypatch.setattr(data, "CHUNK_CHARS", 64)  # many chunk boundaries in a small text
     rng = random.Random(1)
     words = ["layer", "pruning.", "blocks", "cosine,", "3.14", "(MSSD)", "end."]
     seps = [" ", "\n", "\n\n", " \n "]

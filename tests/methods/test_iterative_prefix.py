@@ -47,7 +47,7 @@ def test_rescored_metrics_are_bitwise_those_of_a_full_pass(tiny, ids):
 
     lm = tiny("gemma3", num_layers=7, seed=8)
     ctx = Context(lm=lm, calib_ids=ids, k=3)
-    r = iterative._Rescorer(ctx, first_token=True)
+    r = iterative.Rescorer(ctx, first_token=True)
     kept = list(range(7))
     for gone in (4, 2, 5):
         kept.remove(gone)

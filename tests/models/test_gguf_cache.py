@@ -14,13 +14,13 @@ def test_gguf_cache_written_by_a_bf16_load_serves_exact_float32(embedded_lm, tmp
     from safetensors import safe_open
 
     from simdiff_core import load_model
-    from simdiff_core.models.gguf import _gguf_cache_dir
+    from simdiff_core.models.gguf import gguf_cache_dir
 
     monkeypatch.setenv("SIMDIFF_CACHE", str(tmp_path))
     half = load_model("default", device="cpu", dtype="bfloat16")
     assert half.model.dtype == torch.bfloat16 and any("cached dequantised" in n for n in half.notes)
     del half
-    cache = _gguf_cache_dir(__import__("pathlib").Path(embedded_lm.gguf_file))
+    cache = gguf_cache_dir(__import__("pathlib").Path(embedded_lm.gguf_file))
     assert cache.is_relative_to(tmp_path)
     for f in cache.glob("*.safetensors"):
         with safe_open(f, "pt") as st:
