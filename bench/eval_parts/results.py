@@ -108,13 +108,6 @@ def results_section(res: dict) -> str:
 
 def write_section(path: Path, text: str) -> None:
     """Replace the text between the ``eval-bench`` markers of ``path`` (append the markers if missing)."""
-    from simdiff_core.common.fileio import atomic_write_text
+    from simdiff_core.common.fileio import write_marked
 
-    start, end = "<!-- eval-bench:start -->", "<!-- eval-bench:end -->"
-    doc = path.read_text() if path.exists() else ""
-    block = f"{start}\n{text}\n{end}"
-    if start in doc and end in doc:
-        doc = doc[:doc.index(start)] + block + doc[doc.index(end) + len(end):]
-    else:
-        doc = doc.rstrip() + "\n\n" + block + "\n"
-    atomic_write_text(path, doc)
+    write_marked(path, "<!-- eval-bench:start -->", "<!-- eval-bench:end -->", text, append=True)

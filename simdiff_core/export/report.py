@@ -18,11 +18,11 @@ import html
 import json
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 
 from ..common.errors import SimDiffError
+from ..common.fileio import atomic_write_bytes, atomic_write_text
 from ..pruning.plan import count_from_ratio
 
 FIGURE_FORMATS = ("png", "pdf", "svg")
@@ -275,8 +275,6 @@ def _insight_sections(scores, plan, sens) -> list[str]:
 
 def write_report(path, scores, **kw) -> dict:
     """Write the HTML report atomically; returns {"out", "figures", "bytes"}."""
-    from ..common.fileio import atomic_write_text
-
     doc, n = build_report_html(scores, **kw)
     atomic_write_text(Path(path), doc)
     _share(Path(path))
@@ -328,13 +326,6 @@ def write_figure(path, scores, damage=None, plan=None, alpha: float | None = Non
     if not path.parent.exists():
         raise SimDiffError(f"output directory does not exist: {path.parent}")
     data = figure_bytes(main_figure(scores, damage, plan, alpha), fmt)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise SimDiffError(f"cannot write {path}: {e.strerror or e}") from None
+    atomic_write_bytes(path, data)
     _share(path)
     return {"figure": str(path), "figure_bytes": len(data)}

@@ -49,6 +49,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..common.errors import SimDiffError
+from ..common.fileio import atomic_write_bytes
 from . import codec
 from .keys import content_key
 
@@ -458,16 +459,7 @@ class RunStore:
         path = Path(path)
         if path.suffix.lower() == ".json":
             data = run.scores.to_json().encode("utf-8")
-        if not path.parent.exists():
-            raise SimDiffError(f"output directory does not exist: {path.parent}")
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        except OSError as e:
-            Path(tmp).unlink(missing_ok=True)
-            raise SimDiffError(f"cannot write {path}: {e.strerror or e}") from None
+        atomic_write_bytes(path, data)
         return path
 
     def export_bytes(self, run_id: str) -> bytes:

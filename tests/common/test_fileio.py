@@ -1,8 +1,11 @@
-"""The marked-section writer every generated table uses (simdiff_core/common/fileio.py)."""
+"""The atomic writers and the marked-section writer every generated table uses (simdiff_core/common/fileio.py)."""
 
 from __future__ import annotations
 
-from simdiff_core.common.fileio import replace_marked, write_marked
+import pytest
+
+from simdiff_core.common.errors import SimDiffError
+from simdiff_core.common.fileio import atomic_write_bytes, atomic_write_text, replace_marked, write_marked
 
 S, E = "<!-- t:start -->", "<!-- t:end -->"
 
@@ -22,3 +25,18 @@ def test_write_marked_appends_only_when_asked(tmp_path):
     assert write_marked(p, S, E, "b") and p.read_text() == f"# Results\n\n{S}\nb\n{E}\n"
     q = tmp_path / "new.md"
     assert write_marked(q, S, E, "c", append=True) and q.read_text() == f"{S}\nc\n{E}\n"
+
+
+def test_atomic_write_bytes_replaces_whole_or_leaves_nothing(tmp_path):
+    p = tmp_path / "fig.png"
+    atomic_write_bytes(p, b"\x89PNG one")
+    atomic_write_bytes(p, b"two")
+    assert p.read_bytes() == b"two"
+    atomic_write_text(tmp_path / "t.txt", "é\n")
+    assert (tmp_path / "t.txt").read_bytes() == "é\n".encode("utf-8")
+    with pytest.raises(SimDiffError, match="output directory does not exist"):
+        atomic_write_bytes(tmp_path / "missing" / "x.bin", b"x")
+    (tmp_path / "d").mkdir()  # the rename onto a directory fails: no temporary file may stay behind
+    with pytest.raises(SimDiffError, match="cannot write"):
+        atomic_write_bytes(tmp_path / "d", b"x")
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["d", "fig.png", "t.txt"]
