@@ -26,7 +26,7 @@ DEFAULT_BUDGET = SHOOTOUT_DEFAULTS.budget
 DEFAULT_EVAL_WINDOWS = SHOOTOUT_DEFAULTS.eval_windows
 DEFAULT_EVAL_SEQ_LEN = SHOOTOUT_DEFAULTS.eval_seq_len
 CHOICES = ([f"oneshot:{c}" for c in CRITERIA] + [f"iterative:{c}" for c in ("simdiff", "cosine")]
-           + ["greedy", "block", "slm"] + [f"search:{a}" for a in ALGORITHMS])
+           + ["greedy", "block", "slm", "repairable"] + [f"search:{a}" for a in ALGORITHMS])
 
 with st.sidebar:
     st.subheader("Shoot-out")

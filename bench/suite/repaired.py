@@ -4,8 +4,9 @@
 
 Protocol (issue 22): embedded SmolLM2-135M float32; calibration 16 x 256 tokens of the shipped
 WikiText-2 *valid* split; perplexity 8 x 512 tokens of the *test* split. Candidates: the one-shot plan of
-every criterion (``analysis.metrics.CRITERIA``, ``linear`` included) and PruneMe's block, all at 8 of 30
-blocks, from one scoring pass. Each is repaired with the repair stage's ``lstsq`` (ReplaceMe, dense
+every criterion (``analysis.metrics.CRITERIA``, ``linear`` included), PruneMe's block (from one scoring
+pass) and the repair-aware ``repairable`` method with both costs (from one span pass), all at 8 of 30
+blocks. Each is repaired with the repair stage's ``lstsq`` (ReplaceMe, dense
 fit on the calibration windows). The *chosen* checkpoint is the one with the lowest **calibration**
 perplexity after repair (never chosen by the test text it is then measured on); the key is its test
 perplexity / the dense model's. Every candidate's numbers are kept under ``candidates``.
@@ -40,6 +41,14 @@ def bench_repaired(lm) -> dict:
     scores = score_model(lm, calib, calibration={"source": "wikitext2"})
     plans = {f"oneshot:{c}": make_plan(scores, c, num=NUM).removed_layers for c in CRITERIA}
     plans["block"] = run_method("block", lm, calib, num=NUM, scores=scores).removed_layers
+    # the repair-aware method (methods/repairable.py): one span pass shared by both costs
+    from simdiff_core.analysis.linear_spans import span_replaceability
+    from simdiff_core.methods.repairable import COSTS
+
+    heat = span_replaceability(lm, calib, max_span=NUM)
+    for cost in COSTS:
+        plans[f"repairable:{cost}"] = run_method("repairable", lm, calib, num=NUM, spans=heat,
+                                                 cost=cost).removed_layers
     dense = perplexity(lm.model, test, device=lm.device)["ppl"]
     seen, rows = {}, []
     for name, removed in plans.items():

@@ -50,6 +50,8 @@ def span_replaceability(lm, input_ids: torch.Tensor, max_span: int | None = None
     """Linear replaceability of removing ``[a, a + n)`` for every start ``a >= 1`` and length ``n``.
 
     Returns ``{"values": V, "x": starts, "y": lengths, "tokens", "passes", "max_span", "definition"}``
+    plus the sums behind ``V``: ``residual[n - 1][a]`` (``min_T ‖M·T − (h_b − R)‖²``), ``removal[n - 1][a]``
+    (``‖h_b − h_a‖²``) and ``out_norm2[j]`` (``‖h_{j+1}‖²``, block j's output), summed over the tokens
     with ``V[n - 1][a]`` (None where undefined: a = 0, a + n > L, n > max_span) — the layout of
     ``analysis.derived.nblock_angular`` so the two heatmaps sit side by side. The single-block row (n = 1) is
     the scoring pass's curve. Memory: a G and one E per length for each start, float64, grouped into
@@ -73,6 +75,9 @@ def span_replaceability(lm, input_ids: torch.Tensor, max_span: int | None = None
     groups = _chunks(L, d, span, max_mb)
     bs = batch_size or auto_batch_size(lm.device, S)
     V: list[list] = [[None] * L for _ in range(L)]
+    Res: list[list] = [[None] * L for _ in range(L)]   # absolute residual sums (what V divides by Q)
+    Q: list[list] = [[None] * L for _ in range(L)]     # ||h_{a+n} - h_a||^2 summed over tokens
+    out_norm2 = [0.0] * L                              # ||h_{j+1}||^2 (block j's output) summed over tokens
     tokens = 0
     nb = math.ceil(N / bs)
     for gi, starts in enumerate(groups):
@@ -92,6 +97,11 @@ def span_replaceability(lm, input_ids: torch.Tensor, max_span: int | None = None
             if should_stop is not None and should_stop():
                 raise Cancelled()
             m = cur["mask"]
+            if gi == 0:
+                yf = y.reshape(-1, d).double()
+                if m is not None:
+                    yf = yf * m.to(y.device).double()
+                out_norm2[j] += float(yf.square().sum())
             if j in want:
                 a = want[j]
                 Mf = cur.pop(("M", j)).reshape(-1, d).float() * sites[j][1]
@@ -132,8 +142,9 @@ def span_replaceability(lm, input_ids: torch.Tensor, max_span: int | None = None
             if q[(a, n)] > 0:
                 res, _ = solve(G[a], E_an, q[(a, n)])
                 V[n - 1][a] = res / q[(a, n)]
+                Res[n - 1][a], Q[n - 1][a] = float(res), float(q[(a, n)])
         del G, E
-    return {"values": V, "x": list(range(L)), "y": list(range(1, L + 1)), "tokens": int(tokens),
+    return {"values": V, "residual": Res, "removal": Q, "out_norm2": out_norm2, "x": list(range(L)), "y": list(range(1, L + 1)), "tokens": int(tokens),
             "passes": len(groups), "max_span": span, "samples": int(N), "seq_len": int(S),
             "warning": few_tokens_warning(tokens, d),
             "definition": "V[n-1][a] = min_T ||M T - (h_{a+n} - R)||^2 / ||h_{a+n} - h_a||^2, M and R of block a-1"}

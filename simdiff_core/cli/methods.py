@@ -25,7 +25,8 @@ def add_method_args(p, with_method: bool = True) -> None:
 
     if with_method:
         p.add_argument("--method", default=None, choices=list(METHODS),
-                       help="with --model: oneshot, iterative, greedy (SLEB), block (Gromov), slm (merging), search")
+                       help="with --model: oneshot, iterative, greedy (SLEB), block (Gromov), slm (merging), search, "
+                            "repairable (repair-aware: spans the lstsq repair can best undo)")
     p.add_argument("--objective", default="ppl", choices=list(OBJECTIVES),
                    help="what greedy/search minimise: calibration ppl, or accuracy (shipped MC set, dev split)")
     p.add_argument("--search", default="greedy", choices=list(ALGORITHMS), help="search algorithm (--method search)")
@@ -33,6 +34,8 @@ def add_method_args(p, with_method: bool = True) -> None:
                    help="max candidate sets considered by greedy/search (evaluated exactly or eliminated by a "
                         "proven bound; local/evolutionary default 100)")
     p.add_argument("--time-limit", type=float, default=None, help="max seconds for greedy/search")
+    p.add_argument("--cost", default=None, choices=["relative", "absolute"],
+                   help="repairable: span residual relative to ||h_b||^2 (default) or per token")
     p.add_argument("--threshold", type=float, default=None, help="slm: starting output-similarity threshold (default 0.9)")
     p.add_argument("--merge-base", default=None, choices=["lowest", "highest"],
                    help="slm: block of each window the deltas accumulate into (default lowest, as in the paper)")
@@ -55,7 +58,7 @@ def method_plan(args, lm=None):
                       criterion=args.criterion, alpha=alpha, beta=args.beta, norm=args.norm,
                       scale_free=not args.raw, objective=args.objective, search=args.search, budget=args.budget,
                       seconds=args.time_limit, threshold=args.threshold,
-                      merge_base=args.merge_base)
+                      merge_base=args.merge_base, cost=getattr(args, "cost", None))
 
 
 def cmd_compare(args) -> int:

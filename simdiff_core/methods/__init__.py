@@ -38,6 +38,7 @@ METHODS = {
     "block": "contiguous window with the smallest angular distance (Gromov et al. / PruneMe)",
     "slm": "Sliding Layer Merging: top-down windows merged by parameter deltas",
     "search": "budgeted search (greedy, beam, local, evolutionary) under an objective",
+    "repairable": "repair-aware: disjoint spans the lstsq repair can best undo (DP over the span heatmap)",
 }
 # methods that need no forward pass beyond one scoring pass
 SCORE_ONLY = {"oneshot", "block"}

@@ -5,7 +5,8 @@
                       ratio=0.25, eval_ids=eval_windows(lm.tokenizer, "wikitext2", 256, 4))
     write_csv(res["rows"], "results.csv"); print(to_markdown(res))
 
-A spec is ``method[:criterion]`` (``oneshot:cosine``) or ``search:ALGO`` (``search:beam``). The
+A spec is ``method[:criterion]`` (``oneshot:cosine``), ``search:ALGO`` (``search:beam``) or
+``repairable[:COST]`` (``repairable:absolute``; default ``relative``, see ``repairable.py``). The
 dense model is scored once and the scores are shared by every method; each plan is applied
 (``export.build_pruned``: merges included) and measured by perplexity on the evaluation windows
 (``eval_ids``; without them, held-out WikiText-2 *test* windows, ``DEFAULT_EVAL_WINDOWS`` x
@@ -67,12 +68,18 @@ def parse_specs(text: str | list) -> list[dict]:
                 if arg not in ALGORITHMS:
                     raise SimDiffError(f"unknown search algorithm '{arg}'; choose from {', '.join(ALGORITHMS)}")
                 spec["search"] = arg
+            elif method == "repairable":
+                from .repairable import COSTS
+
+                if arg not in COSTS:
+                    raise SimDiffError(f"unknown repairable cost '{arg}' in '{p}'; choose from {', '.join(COSTS)}")
+                spec["cost"] = arg
             elif method in ("oneshot", "iterative"):
                 if arg not in CRITERIA:
                     raise SimDiffError(f"unknown criterion '{arg}' in '{p}'; choose from {', '.join(CRITERIA)}")
                 spec["criterion"] = arg
             else:
-                raise SimDiffError(f"method '{method}' takes no ':{arg}' (only oneshot/iterative take a criterion, search an algorithm)")
+                raise SimDiffError(f"method '{method}' takes no ':{arg}' (only oneshot/iterative take a criterion, search an algorithm, repairable a cost)")
         specs.append(spec)
     if not specs:
         raise SimDiffError("no methods given")

@@ -40,3 +40,26 @@ def test_cli_plan_method_prune_and_compare(tiny, tmp_path):
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: unknown criterion")
     r = run_cli("plan", "--method", "greedy", "--num", 2, "--out", tmp_path / "y.json")
     assert r.returncode == 2 and "--model" in r.stderr
+
+
+def test_cli_plan_and_compare_repairable(tiny, tmp_path):
+    """The repair-aware method through the CLI gives the library's plan on the same windows."""
+    from simdiff_core import make_windows
+    from simdiff_core.methods import run_method
+
+    lm = tiny("llama", 6, seed=3)
+    src = tmp_path / "src"
+    lm.model.save_pretrained(src)
+    lm.tokenizer.save_pretrained(src)
+    small = ["--calib", "wikitext2", "--samples", 2, "--seq-len", 32, "--device", "cpu"]
+    r = run_cli("plan", "--model", src, "--method", "repairable", "--cost", "absolute", "--num", 2, *small,
+                "--out", tmp_path / "p.json")
+    assert r.returncode == 0, r.stderr
+    p = json.loads((tmp_path / "p.json").read_text())
+    want = run_method("repairable", lm, make_windows(lm.tokenizer, "wikitext2", n=2, seq_len=32), num=2,
+                      cost="absolute")
+    assert p["method"] == "repairable" and p["removed_layers"] == want.removed_layers
+    assert p["details"]["cost"] == "absolute"
+    out = tmp_path / "r.csv"
+    r = run_cli("compare", "--model", src, "--num", 2, "--methods", "repairable:nope", "--out", out)
+    assert r.returncode == 2 and "unknown repairable cost" in r.stderr.strip().splitlines()[-1]

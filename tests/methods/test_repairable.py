@@ -1,0 +1,90 @@
+"""The repair-aware method ``repairable`` against independent computations.
+
+* The DP against brute force over every k-subset (random span costs, locks, missing spans).
+* On a tiny model, the plan against a naive loop: every k-subset of removable blocks is repaired
+  with ``fit_repair`` (its own least-squares solve and forward pass), its cost taken from the fitted
+  spans' residuals and ``‖h_b‖²`` from ``output_hidden_states``; the method's choice is the argmin.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+
+import pytest
+import torch
+
+from simdiff_core import make_windows
+from simdiff_core.common.errors import SimDiffError
+from simdiff_core.methods import run_method
+from simdiff_core.methods.repairable import best_spans
+from simdiff_core.repair import fit_repair, removed_spans
+
+
+def _brute(costs, L, k, allowed):
+    best = (math.inf, None)
+    for s in itertools.combinations(sorted(allowed), k):
+        spans = removed_spans(s, L)
+        if any(sp not in costs for sp in spans):
+            continue
+        v = sum(costs[sp] for sp in spans)
+        if v < best[0] - 1e-12:
+            best = (v, list(s))
+    return best
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_dp_equals_brute_force(seed):
+    rng = random.Random(seed)
+    L = rng.randint(5, 10)
+    k = rng.randint(1, L - 3)
+    allowed = [i for i in range(L) if rng.random() > 0.15 or i in (1, 2)]
+    max_span = rng.randint(1, 4)
+    costs = {(a, a + n): rng.random() * n for a in range(1, L) for n in range(1, max_span + 1)
+             if a + n <= L and rng.random() > 0.1}
+    want_v, want = _brute(costs, L, k, allowed)
+    if want is None:
+        with pytest.raises(SimDiffError):
+            best_spans(costs, L, k, allowed)
+        return
+    got, v = best_spans(costs, L, k, allowed)
+    assert math.isclose(v, want_v, rel_tol=1e-12) and got == want
+
+
+def test_dp_never_merges_touching_spans():
+    # [1,2) and [2,3) are cheap alone, but together they are the span [1,3), which costs a lot
+    costs = {(1, 2): 0.0, (2, 3): 0.5, (1, 3): 10.0, (4, 5): 1.0, (3, 4): 5.0, (2, 4): 9.0, (3, 5): 9.0}
+    got, v = best_spans(costs, 6, 2, range(1, 5))
+    assert got == [1, 4] and v == 1.0
+
+
+def test_plan_is_the_argmin_of_a_naive_fit_repair_loop(tiny, tokenizer):
+    lm = tiny("llama", 6, seed=3)
+    calib = make_windows(tokenizer, "wikitext2", n=4, seq_len=32)
+    k = 2
+    plan = run_method("repairable", lm, calib, num=k)
+    with torch.no_grad():
+        hs = lm.model(input_ids=calib, output_hidden_states=True).hidden_states  # hs[j]: input of block j
+    naive = {}
+    for s in itertools.combinations(range(1, lm.num_layers - 1), k):
+        rep = fit_repair(lm, list(s), calib, method="lstsq")
+        cost = 0.0
+        for rec in rep.spans:
+            b = rec["end"]
+            # the last block's output is normalised in hidden_states: never in these plans (keep_last)
+            cost += rec["residual_after"] / float(hs[b].double().square().sum())
+        naive[s] = cost
+    want = min(naive, key=naive.get)
+    assert plan.removed_layers == list(want), (plan.details, naive)
+    assert math.isclose(plan.details["objective_value"], naive[want], rel_tol=1e-3)
+    assert plan.method == "repairable" and plan.details["spans"]
+
+
+def test_absolute_cost_and_bad_cost(tiny, tokenizer):
+    lm = tiny("llama", 6, seed=3)
+    calib = make_windows(tokenizer, "wikitext2", n=2, seq_len=16)
+    plan = run_method("repairable", lm, calib, num=2, cost="absolute")
+    assert len(plan.removed_layers) == 2 and 0 not in plan.removed_layers
+    with pytest.raises(SimDiffError, match="unknown repairable cost"):
+        run_method("repairable", lm, calib, num=2, cost="nope")
