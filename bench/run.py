@@ -65,6 +65,9 @@ def main() -> int:
     ap.add_argument("--repaired", action="store_true",
                     help="also the best repaired 8/30 checkpoint / dense (suite/repaired.py; minutes; on with --full)")
     ap.add_argument("--only-repaired", action="store_true", help="run only the repaired section (embedded model)")
+    ap.add_argument("--repaired-candidates", default=None,
+                    help="comma list: repair only these candidates of the repaired section (e.g. "
+                         "repairable:relative,oneshot:simdiff); the choice is then among them only")
     ap.add_argument("--no-cold", action="store_true", help="skip the cold (empty cache) time-to-first-curves run")
     ap.add_argument("--gpu-model-layers", type=int, default=0, help="benchmark a config-built llama of this depth instead of the embedded model")
     ap.add_argument("--gpu-model-hidden", type=int, default=1536)
@@ -110,7 +113,7 @@ def main() -> int:
     if args.only_repaired:
         from suite.repaired import bench_repaired
 
-        out = bench_repaired(lm)
+        out = bench_repaired(lm, only=args.repaired_candidates)
         log(f"best_repaired_vs_dense_smollm2 {out['best_repaired_vs_dense_smollm2']}")
         print(json.dumps(out))
         return 0
@@ -170,7 +173,7 @@ def main() -> int:
     if (args.repaired or args.full) and not args.smoke and not args.gpu_model_layers:
         from suite.repaired import bench_repaired
 
-        res["repaired"] = bench_repaired(lm)
+        res["repaired"] = bench_repaired(lm, only=args.repaired_candidates)
         log(f"best_repaired_vs_dense_smollm2 {res['repaired']['best_repaired_vs_dense_smollm2']}")
 
     if args.repair and not args.smoke:

@@ -22,7 +22,8 @@ from .harness import log
 NUM, CALIB, TEST = 8, (16, 256), (8, 512)
 
 
-def bench_repaired(lm) -> dict:
+def bench_repaired(lm, only: str | None = None) -> dict:
+    """``only``: comma list of candidate names to repair (default: all; the choice is among those run)."""
     try:
         from simdiff_core.repair import apply_repair, fit_repair
     except ImportError:
@@ -49,6 +50,13 @@ def bench_repaired(lm) -> dict:
     for cost in COSTS:
         plans[f"repairable:{cost}"] = run_method("repairable", lm, calib, num=NUM, spans=heat,
                                                  cost=cost).removed_layers
+    if only:
+        want = [w.strip() for w in only.split(",") if w.strip()]
+        unknown = [w for w in want if w not in plans]
+        if unknown:
+            raise SystemExit(f"error: unknown repaired candidates {unknown}; choose from {', '.join(plans)}")
+        plans = {n: plans[n] for n in want}
+    log("repaired candidates: " + "; ".join(f"{n} {r}" for n, r in plans.items()))
     dense = perplexity(lm.model, test, device=lm.device)["ppl"]
     seen, rows = {}, []
     for name, removed in plans.items():
@@ -73,5 +81,6 @@ def bench_repaired(lm) -> dict:
             "best_repaired_plan": best, "dense_test_ppl": dense, "candidates": rows,
             "oracle_best_by_test_vs_dense": round(min(r["test_ppl_repaired"] for r in rows) / dense, 4),
             "protocol": f"calib {CALIB[0]} x {CALIB[1]} WikiText-2 valid; test {TEST[0]} x {TEST[1]} WikiText-2 test; "
-                        f"{NUM}/{lm.num_layers} blocks; lstsq repair, dense fit; chosen by calibration ppl after repair",
+                        f"{NUM}/{lm.num_layers} blocks; lstsq repair, dense fit; chosen by calibration ppl after repair"
+                        + (f"; candidates restricted to {only}" if only else ""),
             "seconds": round(time.perf_counter() - t0, 1)}
