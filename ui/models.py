@@ -29,7 +29,7 @@ def cached_tokenizer(model_dir: str):
     shell.prewarm_once().join()  # see cached_model
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(model_dir)
+    return AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
 
 
 def current_lm():

@@ -32,7 +32,7 @@ def _stream_tokenizer(args):
 
     where = resolve_stream_dir(args.model)
     try:
-        tok = AutoTokenizer.from_pretrained(str(where))
+        tok = AutoTokenizer.from_pretrained(str(where), trust_remote_code=False)
     except (OSError, ValueError) as e:
         raise SimDiffError(f"no usable tokenizer in '{where}': {str(e).splitlines()[0][:200]}") from None
     progress_line(f"streaming {where} one block at a time"

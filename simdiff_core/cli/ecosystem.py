@@ -48,9 +48,10 @@ def verify_gguf(model_dir, gguf_path, text: str = "The quick brown fox jumps ove
 
     g = Path(gguf_path)
     try:
-        tok = AutoTokenizer.from_pretrained(model_dir)
-        ref = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-        back = AutoModelForCausalLM.from_pretrained(str(g.parent), gguf_file=g.name, dtype=torch.float32).eval()
+        tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
+        ref = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, trust_remote_code=False).eval()
+        back = AutoModelForCausalLM.from_pretrained(str(g.parent), gguf_file=g.name, dtype=torch.float32,
+                                                    trust_remote_code=False).eval()
     except Exception as e:
         raise SimDiffError(f"cannot load the GGUF back with transformers: {type(e).__name__}: "
                            f"{(str(e).splitlines() or [''])[0][:200]}") from None

@@ -89,7 +89,7 @@ def stream_prune(model_dir: str | Path, kept_layers, out_dir: str | Path, out_dt
                            f"block at a time and the largest block is {block_bytes / 2**20:.1f} MB")
     prefix = sm.block_path + "."
     pos = {orig: j for j, orig in enumerate(kept)}
-    cfg = AutoConfig.from_pretrained(str(src))
+    cfg = AutoConfig.from_pretrained(str(src), trust_remote_code=False)
     tied = bool(getattr(text_config(cfg), "tie_word_embeddings", getattr(cfg, "tie_word_embeddings", False)))
     embed = set(sm.embed_names())
     head = set(sm.head_names()) - embed

@@ -168,7 +168,7 @@ def prewarm(spec: str | None = "default") -> dict:
             cache = None
     if cache is not None and (cache / "config.json").is_file():
         t = time.perf_counter()
-        cfg = AutoConfig.from_pretrained(cache)
+        cfg = AutoConfig.from_pretrained(cache, trust_remote_code=False)
         for attr in ("num_hidden_layers", "n_layer", "num_layers"):
             if hasattr(cfg, attr):
                 setattr(cfg, attr, 1)
@@ -177,8 +177,8 @@ def prewarm(spec: str | None = "default") -> dict:
                 setattr(cfg, attr, list(getattr(cfg, attr))[:1])
         try:
             with torch.device("meta"):
-                AutoModelForCausalLM.from_config(cfg)  # the family's modules, no weights allocated
-            AutoTokenizer.from_pretrained(cache)
+                AutoModelForCausalLM.from_config(cfg, trust_remote_code=False)  # the family's modules, no weights allocated
+            AutoTokenizer.from_pretrained(cache, trust_remote_code=False)
         except Exception:  # noqa: BLE001 - a prewarm must never break the app; the real load reports
             pass
         out["family"] = round(time.perf_counter() - t, 3)

@@ -47,8 +47,12 @@ def _too_large(where: str) -> SimDiffError:
 MAX_LINE = 300  # an error line longer than this elides the middle of the path it names
 
 
-def _custom_code(shown: str) -> SimDiffError:
-    tail = "' contains custom code; it is not run unless you pass --trust-remote-code (only do that for code you have read)"
+def custom_code_error(shown: str, stream: bool = False) -> SimDiffError:
+    """The one line (at most ``MAX_LINE`` with its ``error: ``) for a checkpoint whose config names its own
+    code; ``stream``: the streamed path, which never runs such code, so the way out is a normal load."""
+    tail = ("' contains custom code; --stream never runs it: load it without --stream and pass --trust-remote-code "
+            "(only do that for code you have read)" if stream else
+            "' contains custom code; it is not run unless you pass --trust-remote-code (only do that for code you have read)")
     room = MAX_LINE - len("error: '") - len(tail)
     if len(shown) > room:
         shown = shown[:room // 2 - 1] + "…" + shown[-(room - room // 2):]
@@ -71,7 +75,7 @@ def from_pretrained(where: str, *, dtype, trust_remote_code, device_map=None, la
 
     shown = label or where  # what the user typed (a GGUF file, not its folder)
     if not trust_remote_code and Path(where).is_dir() and names_custom_code(Path(where)):
-        raise _custom_code(shown)
+        raise custom_code_error(shown)
     try:
         # the PEFT adapter probe takes its own hub kwargs: keep it off the network too
         extra = {"adapter_kwargs": {"local_files_only": True}} if kw.get("local_files_only") else {}
@@ -84,7 +88,7 @@ def from_pretrained(where: str, *, dtype, trust_remote_code, device_map=None, la
     except ValueError as e:
         msg = one_line(e)
         if "trust_remote_code" in str(e):
-            raise _custom_code(shown) from None
+            raise custom_code_error(shown) from None
         if ("does not recognize this architecture" in str(e) or "Unrecognized configuration" in str(e)
                 or "Unrecognized model" in str(e)):
             raise SimDiffError(f"unsupported architecture in '{shown}': {msg}; supported: {SUPPORTED_FAMILIES}") from None

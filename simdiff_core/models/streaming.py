@@ -24,6 +24,7 @@ from torch import nn
 from ..common.errors import SimDiffError
 from .blocks import find_block_path, get_attr_path
 from .device import pick_device, pick_dtype
+from .pretrained import custom_code_error, names_custom_code
 
 
 class _Stop(Exception):
@@ -79,15 +80,19 @@ class StreamedModel:
         from transformers import AutoConfig, AutoModelForCausalLM
 
         self.dir = Path(model_dir)
+        if names_custom_code(self.dir):  # before transformers reads the config: it could prompt or run code
+            raise custom_code_error(str(model_dir), stream=True)
         self.device = pick_device(device) if not isinstance(device, torch.device) else device
         self.dtype = pick_dtype(dtype, self.device)
         self.weight_map = _weight_map(self.dir)
         try:
-            config = AutoConfig.from_pretrained(str(self.dir))
+            config = AutoConfig.from_pretrained(str(self.dir), trust_remote_code=False)
             with init_empty_weights():
                 # the skeleton in the compute dtype: accelerate casts each loaded tensor to its placeholder's dtype
-                self.model = AutoModelForCausalLM.from_config(config, dtype=self.dtype)
+                self.model = AutoModelForCausalLM.from_config(config, dtype=self.dtype, trust_remote_code=False)
         except (ValueError, OSError) as e:
+            if "trust_remote_code" in str(e):
+                raise custom_code_error(str(model_dir), stream=True) from None
             raise SimDiffError(f"cannot build '{model_dir}' for streaming: {str(e).splitlines()[0][:200]}") from None
         self.model.eval()
         self.model.requires_grad_(False)
@@ -334,6 +339,8 @@ def resolve_stream_dir(spec: str) -> Path:
 
     kind, path = resolve_spec(spec or "default")
     if kind == "dir":
+        if names_custom_code(path):
+            raise custom_code_error(spec, stream=True)
         return path
     if kind in ("embedded", "gguf"):
         gguf = embedded_gguf(DEFAULT_MODEL if spec in (None, "", "default") else spec) if kind == "embedded" else path
