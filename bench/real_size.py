@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from simdiff_core.models.safetensors_io import ShardReader, tensor_nbytes, write_shard  # noqa: E402
+from simdiff_core.models.safetensors_io import ShardReader, shard_groups, tensor_nbytes, write_shard  # noqa: E402
 
 SHAPE = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
              num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=8192, rope_theta=500000.0,
@@ -100,15 +100,7 @@ def build(out: Path, shape: dict = SHAPE) -> dict:
     from transformers import LlamaConfig
 
     specs = _specs(shape)
-    shards, cur, size = [], [], 0
-    for s in specs:
-        n = tensor_nbytes(s[1], s[2])
-        if cur and size + n > SHARD_BYTES:
-            shards.append(cur)
-            cur, size = [], 0
-        cur.append(s)
-        size += n
-    shards.append(cur)
+    shards = shard_groups(specs, lambda s: tensor_nbytes(s[1], s[2]), SHARD_BYTES)
     t0, total, weight_map = time.perf_counter(), 0, {}
     for k, group in enumerate(shards):
         fname = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"

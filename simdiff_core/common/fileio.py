@@ -13,7 +13,9 @@ stage can use it without an import circle. Cost: one extra rename per write.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import SimDiffError
@@ -63,3 +65,58 @@ def write_marked(path: Path, start: str, end: str, body: str, append: bool = Fal
         new = old.rstrip("\n") + ("\n\n" if old.strip() else "") + f"{start}\n{body.strip()}\n{end}\n"
     atomic_write_text(path, new)
     return True
+
+
+@contextmanager
+def staged_dir(out: Path, force: bool, what: str):
+    """A temporary folder next to ``out`` to write into; when the block ends it becomes ``out``
+    (``replace_dir``). On any failure the folder is removed and nothing is written to ``out``: an
+    ``OSError`` (or a safetensors write error, which carries "(os error N)") becomes the one line
+    "``what`` failed, nothing written to ``out``: ..."."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)  # mkdtemp makes 0700; an export is meant to be shared
+        replace_dir(tmp, out, force)
+    except SimDiffError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise SimDiffError(f"{what} failed, nothing written to {out}: {e.strerror or e}") from None
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        # safetensors reports a full disk / write error as SafetensorError("... I/O error: ... (os error N)")
+        if isinstance(e, Exception) and "(os error" in str(e):
+            detail = str(e).strip().splitlines()[0][:200]
+            raise SimDiffError(f"{what} failed, nothing written to {out}: {detail}") from None
+        raise
+
+
+def replace_dir(tmp: Path, out: Path, force: bool) -> None:
+    """Rename the finished folder ``tmp`` to ``out``; an existing ``out`` (only with ``force``) is moved aside
+    first and put back if the rename fails, so ``out`` is always the old or the new folder, never neither."""
+    if out.exists():
+        if not force:
+            raise SimDiffError(f"'{out}' already exists; use --force to replace it")
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+        try:
+            os.rename(out, old / "x")
+        except BaseException:
+            shutil.rmtree(old, ignore_errors=True)  # nothing moved: the old export is where it was
+            raise
+        try:
+            os.rename(tmp, out)
+        except BaseException:
+            # The new export could not take the name: put the previous one back, never leave it hidden.
+            try:
+                os.rename(old / "x", out)
+            except OSError as e:
+                raise SimDiffError(f"export failed and the previous export could not be put back at {out}: "
+                                   f"it is in {old / 'x'} ({e.strerror or e})") from None
+            shutil.rmtree(old, ignore_errors=True)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, out)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 import os
 import re
-import shutil
 import tempfile
 import zipfile
 from pathlib import Path
@@ -26,6 +25,7 @@ from pathlib import Path
 import torch
 
 from ..common.errors import SimDiffError
+from ..common.fileio import staged_dir
 from ..common.records import ExportReport, read_report
 from ..models.gguf import strip_gguf_quantizer
 from ..models.load import LoadedModel
@@ -71,8 +71,7 @@ def export_pruned(lm: LoadedModel, plan: Plan, out_dir: str | Path, force: bool 
     if dtype is not None and dtype != next(small.parameters()).dtype:
         small = copy.deepcopy(small).to(dtype)
     strip_gguf_quantizer(small)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with staged_dir(out, force, "export") as tmp:
         small.save_pretrained(tmp, safe_serialization=True)
         lm.tokenizer.save_pretrained(tmp)
         (tmp / REPORT_NAME).write_text(rep.to_json())
@@ -82,21 +81,6 @@ def export_pruned(lm: LoadedModel, plan: Plan, out_dir: str | Path, force: bool 
         from .modelcard import model_card  # Hub model card (README.md), see modelcard.py
 
         (tmp / "README.md").write_text(model_card(plan, rep, lm), encoding="utf-8")
-        os.chmod(tmp, 0o755)  # mkdtemp makes 0700; an export is meant to be shared
-        _replace_dir(tmp, out, force)
-    except SimDiffError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise SimDiffError(f"export failed, nothing written to {out}: {e.strerror or e}") from None
-    except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        # safetensors reports a full disk / write error as SafetensorError("... I/O error: ... (os error N)")
-        if isinstance(e, Exception) and "(os error" in str(e):
-            detail = str(e).strip().splitlines()[0][:200]
-            raise SimDiffError(f"export failed, nothing written to {out}: {detail}") from None
-        raise
     if make_zip:
         zip_dir(out, out.with_suffix(".zip"), force=True)
     return out
@@ -113,32 +97,6 @@ def report_for(lm: LoadedModel, plan: Plan, report: ExportReport | dict | None) 
     parts = read_report(dict(report or {}, plan=plan.to_dict()))
     return ExportReport.build(lm, plan, evaluation=parts.evaluation, scores=parts.scores, recovery=parts.recovery,
                               extra=parts.extra)
-
-
-def _replace_dir(tmp: Path, out: Path, force: bool) -> None:
-    if out.exists():
-        if not force:
-            raise SimDiffError(f"'{out}' already exists; use --force to replace it")
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        try:
-            os.rename(out, old / "x")
-        except BaseException:
-            shutil.rmtree(old, ignore_errors=True)  # nothing moved: the old export is where it was
-            raise
-        try:
-            os.rename(tmp, out)
-        except BaseException:
-            # The new export could not take the name: put the previous one back, never leave it hidden.
-            try:
-                os.rename(old / "x", out)
-            except OSError as e:
-                raise SimDiffError(f"export failed and the previous export could not be put back at {out}: "
-                                   f"it is in {old / 'x'} ({e.strerror or e})") from None
-            shutil.rmtree(old, ignore_errors=True)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, out)
 
 
 def zip_dir(src: Path, zip_path: Path, force: bool = False) -> Path:

@@ -25,21 +25,31 @@ Not streamed: plans with merged groups (merging needs the blocks' weights in mem
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
 import torch
 
 from ..common.errors import SimDiffError
-from ..models.safetensors_io import ShardReader, tensor_nbytes, write_shard
+from ..common.fileio import staged_dir
+from ..models.safetensors_io import ShardReader, shard_groups, tensor_nbytes, write_shard
 
 CHUNK_BYTES = 64 * 2**20
 SKIP_FILES = {"config.json", "model.safetensors.index.json", "README.md", "simdiff_report.json", "plan.json",
               "mergekit.yaml"}
+
+
+@contextmanager
+def _closing(readers: dict):
+    """Close every shard reader opened for the prune when the write ends, however it ends."""
+    try:
+        yield
+    finally:
+        for r in readers.values():
+            r.close()
 
 
 def _source_tensors(src: Path, weight_map: dict[str, str]) -> list[tuple[str, str]]:
@@ -69,7 +79,6 @@ def stream_prune(model_dir: str | Path, kept_layers, out_dir: str | Path, out_dt
     from ..models.blocks import text_config
     from ..models.streaming import StreamedModel
     from ..pruning.prune import pruned_config
-    from .checkpoint import _replace_dir
 
     t0 = time.perf_counter()
     src = Path(model_dir)
@@ -117,15 +126,7 @@ def stream_prune(model_dir: str | Path, kept_layers, out_dir: str | Path, out_dt
     if missing:
         raise SimDiffError(f"internal: tensors to rewrite are not in the pruned checkpoint: {sorted(missing)[:3]}")
 
-    groups, cur, size = [], [], 0
-    for item in plan_out:
-        n = tensor_nbytes(item[3], item[4])
-        if cur and size + n > shard_bytes:
-            groups.append(cur)
-            cur, size = [], 0
-        cur.append(item)
-        size += n
-    groups.append(cur)
+    groups = shard_groups(plan_out, lambda item: tensor_nbytes(item[3], item[4]), shard_bytes)
     kept_bytes = sum(tensor_nbytes(d, s) for _, _, _, d, s in plan_out)
     total = len(plan_out)
     done = [0]
@@ -146,10 +147,8 @@ def stream_prune(model_dir: str | Path, kept_layers, out_dir: str | Path, out_dt
         if progress is not None:
             progress(done[0] / total, f"tensor {done[0]}/{total} ({new})")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     written, weight_map = 0, {}
-    try:
+    with _closing(readers), staged_dir(out, force, "streamed prune") as tmp:
         for k, group in enumerate(groups):
             fname = "model.safetensors" if len(groups) == 1 else f"model-{k + 1:05d}-of-{len(groups):05d}.safetensors"
             by_name = {g[0]: g for g in group}
@@ -176,19 +175,5 @@ def stream_prune(model_dir: str | Path, kept_layers, out_dir: str | Path, out_dt
         if len(groups) > 1:  # the index last: a directory with an index is a complete checkpoint
             (tmp / "model.safetensors.index.json").write_text(json.dumps(
                 {"metadata": {"total_size": kept_bytes}, "weight_map": weight_map}, indent=2))
-        os.chmod(tmp, 0o755)
-        _replace_dir(tmp, out, force)
-    except SimDiffError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise SimDiffError(f"streamed prune failed, nothing written to {out}: {e.strerror or e}") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        for r in readers.values():
-            r.close()
     return {"out": str(out), "num_layers": len(kept), "bytes_written": written, "kept_bytes": kept_bytes,
             "seconds": round(time.perf_counter() - t0, 3), "shards": len(groups)}

@@ -116,6 +116,21 @@ def tensor_nbytes(dtype: torch.dtype, shape) -> int:
     return n * torch.empty((), dtype=dtype).element_size()
 
 
+def shard_groups(items: list, nbytes: Callable[[object], int], limit: int) -> list[list]:
+    """``items`` in order, cut into shards of at most ``limit`` bytes by ``nbytes(item)`` (an item larger
+    than ``limit`` is a shard of its own)."""
+    groups, cur, size = [], [], 0
+    for item in items:
+        n = nbytes(item)
+        if cur and size + n > limit:
+            groups.append(cur)
+            cur, size = [], 0
+        cur.append(item)
+        size += n
+    groups.append(cur)
+    return groups
+
+
 def write_shard(path: str | Path, specs: list[tuple[str, torch.dtype, tuple]],
                 chunks: Callable[[str], Iterable[torch.Tensor]], metadata: dict | None = None) -> int:
     """Write one safetensors file whose tensors come as row chunks; returns the bytes written.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from simdiff_core.common.errors import SimDiffError
-from simdiff_core.common.fileio import atomic_write_bytes, atomic_write_text, replace_marked, write_marked
+from simdiff_core.common.fileio import atomic_write_bytes, atomic_write_text, replace_marked, staged_dir, write_marked
 
 S, E = "<!-- t:start -->", "<!-- t:end -->"
 
@@ -40,3 +40,22 @@ def test_atomic_write_bytes_replaces_whole_or_leaves_nothing(tmp_path):
     with pytest.raises(SimDiffError, match="cannot write"):
         atomic_write_bytes(tmp_path / "d", b"x")
     assert sorted(f.name for f in tmp_path.iterdir()) == ["d", "fig.png", "t.txt"]
+
+
+def test_staged_dir_becomes_the_folder_or_leaves_the_old_one(tmp_path):
+    out = tmp_path / "export"
+    with staged_dir(out, force=False, what="export") as tmp:
+        (tmp / "a").write_text("1")
+    assert (out / "a").read_text() == "1" and (out.stat().st_mode & 0o777) == 0o755
+    with pytest.raises(SimDiffError, match="already exists"), staged_dir(out, force=False, what="export") as tmp:
+        (tmp / "a").write_text("2")
+    with pytest.raises(SimDiffError, match=r"^export failed, nothing written to .*: disk full$"):
+        with staged_dir(out, force=True, what="export") as tmp:
+            (tmp / "a").write_text("3")
+            raise OSError(28, "disk full")
+    with pytest.raises(KeyboardInterrupt), staged_dir(out, force=True, what="export") as tmp:
+        raise KeyboardInterrupt
+    assert (out / "a").read_text() == "1" and sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+    with staged_dir(out, force=True, what="export") as tmp:
+        (tmp / "b").write_text("4")
+    assert sorted(p.name for p in out.iterdir()) == ["b"] and sorted(p.name for p in tmp_path.iterdir()) == ["export"]
