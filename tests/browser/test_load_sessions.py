@@ -42,7 +42,11 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 def server(tmp_path_factory):
     require_browser()
     probe = tmp_path_factory.mktemp("probe")
-    env = {"SIMDIFF_EXPORT_DIR": str(tmp_path_factory.mktemp("exports"))}
+    # An empty, read-only run library: every calibration here must be computed, never reopened from a
+    # run an earlier session (or test) stored with the same settings, or the concurrent round would
+    # compare stored copies with themselves.
+    env = {"SIMDIFF_EXPORT_DIR": str(tmp_path_factory.mktemp("exports")),
+           "SIMDIFF_HOME": str(tmp_path_factory.mktemp("home")), "SIMDIFF_RUNS_READONLY": "1"}
     launcher = [sys.executable, str(ROOT / "tests" / "support" / "leak_probe.py"), str(probe)]
     with running_app(tmp_path_factory.mktemp("log") / "streamlit.log", env,
                      ("--server.disconnectedSessionTTL", "1"), launcher=launcher) as (url, proc):
@@ -99,6 +103,7 @@ def _calibrated(page, samples: int, seq_len: int) -> None:
     expect(done.or_(failed).first).to_be_visible(timeout=300_000)  # an error fails now, not at the timeout
     idle(page)
     _no_errors(page)
+    assert not page.get_by_text("from the run library").count(), "computed, not reopened from the run library"
 
 
 def _preview(page, k: int) -> int:
@@ -115,8 +120,9 @@ def _key(scores: dict) -> tuple[int, int]:
 
 
 def _no_errors(page) -> None:
-    assert not page.locator("[data-testid=stException]").count()
-    assert not page.locator("[data-testid=stAlertContentError]").count()
+    for testid in ("stException", "stAlertContentError"):
+        shown = page.locator(f"[data-testid={testid}]")
+        assert not shown.count(), f"{testid}: {shown.first.inner_text()[:2000]}"
 
 
 def _solo_runs(browser, url, probe: _Probe) -> dict:
