@@ -93,18 +93,37 @@ def cmd_import(args) -> int:
     return 0
 
 
-def cmd_rename(args) -> int:
+def _set(args, field: str, value) -> int:
+    """rename / pin: change one field of a run, print its id and the new value."""
     store = _store()
-    store.rename(args.id, args.name)
-    print_result({"run_id": store.resolve(args.id), "name": args.name})
+    (store.rename if field == "name" else store.pin)(args.id, value)
+    print_result({"run_id": store.resolve(args.id), field: value})
     return 0
+
+
+def cmd_rename(args) -> int:
+    return _set(args, "name", args.name)
 
 
 def cmd_pin(args) -> int:
-    store = _store()
-    store.pin(args.id, not args.off)
-    print_result({"run_id": store.resolve(args.id), "pinned": not args.off})
-    return 0
+    return _set(args, "pinned", not args.off)
+
+
+STORE_TRUE = {"action": "store_true"}
+# (action, its help, handler, its arguments as (name or flag, add_argument keywords)), in the help's order
+ACTIONS = (
+    ("list", "every run (unreadable ones flagged with their error)", cmd_list,
+     [("--json", {**STORE_TRUE, "help": "print the list as JSON"})]),
+    ("show", "one run's metadata (opens and validates it)", cmd_show,
+     [("id", {}), ("--json", {**STORE_TRUE, "help": "one JSON line"})]),
+    ("rm", "delete runs", cmd_rm, [("ids", {"nargs": "+", "metavar": "ID"})]),
+    ("export", "write a run as one file (.json: its plain scores.json; else the run file)", cmd_export,
+     [("id", {}), ("file", {})]),
+    ("import", "add a run file or a scores.json (validated, size-limited)", cmd_import,
+     [("file", {}), ("--name", {"default": None, "help": "a name for the imported run"})]),
+    ("rename", "name a run", cmd_rename, [("id", {}), ("name", {})]),
+    ("pin", "pin a run (never evicted by the size cap); --off to unpin", cmd_pin, [("id", {}), ("--off", STORE_TRUE)]),
+)
 
 
 def register(sub) -> None:
@@ -114,29 +133,8 @@ def register(sub) -> None:
                                    "SIMDIFF_RUNS_READONLY=1 refuses every change.")
     rs = p.add_subparsers(dest="runs_command", metavar="ACTION")
     rs.required = True
-    s = rs.add_parser("list", help="every run (unreadable ones flagged with their error)")
-    s.add_argument("--json", action="store_true", help="print the list as JSON")
-    s.set_defaults(func=cmd_list)
-    s = rs.add_parser("show", help="one run's metadata (opens and validates it)")
-    s.add_argument("id")
-    s.add_argument("--json", action="store_true", help="one JSON line")
-    s.set_defaults(func=cmd_show)
-    s = rs.add_parser("rm", help="delete runs")
-    s.add_argument("ids", nargs="+", metavar="ID")
-    s.set_defaults(func=cmd_rm)
-    s = rs.add_parser("export", help="write a run as one file (.json: its plain scores.json; else the run file)")
-    s.add_argument("id")
-    s.add_argument("file")
-    s.set_defaults(func=cmd_export)
-    s = rs.add_parser("import", help="add a run file or a scores.json (validated, size-limited)")
-    s.add_argument("file")
-    s.add_argument("--name", default=None, help="a name for the imported run")
-    s.set_defaults(func=cmd_import)
-    s = rs.add_parser("rename", help="name a run")
-    s.add_argument("id")
-    s.add_argument("name")
-    s.set_defaults(func=cmd_rename)
-    s = rs.add_parser("pin", help="pin a run (never evicted by the size cap); --off to unpin")
-    s.add_argument("id")
-    s.add_argument("--off", action="store_true")
-    s.set_defaults(func=cmd_pin)
+    for name, help_, func, arguments in ACTIONS:
+        s = rs.add_parser(name, help=help_)
+        for arg, kw in arguments:
+            s.add_argument(arg, **kw)
+        s.set_defaults(func=func)
