@@ -2,6 +2,7 @@
 
     python bench/real_size.py --build /work/realsize-data/llama8b   # only build the fixture (~32 GB)
     python bench/real_size.py --dir /work/realsize-data/llama8b     # build if needed, run every stage
+    python bench/real_size.py --mid --prefetch-only --dir /tmp/mid   # read-ahead on/off, ~2.3 GB fixture
 
 The fixture is a random-weight Llama-3-8B-shaped checkpoint (32 blocks, hidden 4096, MLP 14336,
 32 heads / 8 KV heads, vocabulary 128256, untied head) written as float32 safetensors shards of at
@@ -45,6 +46,9 @@ SHAPE = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_h
 # --smoke: the same pipeline on a small shape (seconds), to check the plumbing
 SMOKE = dict(SHAPE, vocab_size=49152, hidden_size=256, intermediate_size=512, num_hidden_layers=6,
              num_attention_heads=4, num_key_value_heads=2)
+# --mid: a ~2.3 GB shape (8 blocks of 180 MB float32) for the read-ahead comparison (--prefetch-only) in /tmp
+MID = dict(SHAPE, vocab_size=49152, hidden_size=2048, intermediate_size=5632, num_hidden_layers=8,
+           num_attention_heads=16, num_key_value_heads=4)
 SEED = 1234
 SHARD_BYTES = 5 * 10**9
 CHUNK_BYTES = 64 * 2**20
@@ -180,6 +184,44 @@ def block_forward_floor(shape: dict, tokens: tuple[int, int], repeats: int = 2) 
             best = min(best, time.perf_counter() - t0)
     del block
     return best
+
+
+def prefetch_compare(d: Path, shape: dict, N: int, S: int, repeats: int = 2) -> dict:
+    """score --stream with and without the read-ahead of block i+1 (models/streaming.BlockPrefetch), in this
+    process, alternating the order (off, on, on, off, ...) so load drift hits both alike; best wall time of
+    each, per block per 1k tokens, against the compute floor (one in-memory block forward over the same
+    tokens) and the I/O floor (one block's bytes at the sequential read speed measured here)."""
+    from simdiff_core.analysis.streaming import stream_score
+
+    ids = torch.randint(0, min(shape["vocab_size"], 49152), (N, S), generator=torch.Generator().manual_seed(0))
+    L = shape["num_hidden_layers"]
+    block_bytes = sum(tensor_nbytes(dt, sh) for n, dt, sh in _specs(shape) if n.startswith("model.layers.0."))
+    load0 = os.getloadavg()[0]
+    io = disk_read_speed(d)
+    floor = block_forward_floor(shape, (N, S))
+    times: dict[bool, list[float]] = {True: [], False: []}
+    ref = {}
+    for r in range(repeats):
+        for on in ((False, True) if r % 2 == 0 else (True, False)):
+            drop_caches()
+            t0 = time.perf_counter()
+            sc = stream_score(d, ids, device="cpu", dtype="float32", batch_size=N, prefetch=on)
+            times[on].append(time.perf_counter() - t0)
+            ref.setdefault(on, sc.layers)
+    tok_k = N * S / 1000
+    io_block = block_bytes / (io["mb_s"] * 2**20)
+    per = {on: min(t) / L / tok_k for on, t in times.items()}
+    worst_floor = max(floor, io_block) / tok_k
+    return {"shape": {k: shape[k] for k in ("num_hidden_layers", "hidden_size", "intermediate_size", "vocab_size")},
+            "block_mb": round(block_bytes / 2**20, 1), "tokens": [N, S], "repeats": repeats,
+            "disk_read_mb_s": io["mb_s"], "cold_cache": io["cold"],
+            "floor_compute_s_per_block_per_1k": round(floor / tok_k, 4), "floor_io_s_per_block_per_1k": round(io_block / tok_k, 4),
+            "no_prefetch_s_per_block_per_1k": round(per[False], 4), "prefetch_s_per_block_per_1k": round(per[True], 4),
+            "no_prefetch_vs_floor": round(per[False] / worst_floor, 2), "prefetch_vs_floor": round(per[True] / worst_floor, 2),
+            "prefetch_speedup": round(per[False] / per[True], 2), "bit_identical": ref[True] == ref[False],
+            "wall_s": {("on" if k else "off"): [round(x, 2) for x in v] for k, v in times.items()},
+            "load_before": round(load0, 2), "load_after": round(os.getloadavg()[0], 2),
+            "valid": max(load0, os.getloadavg()[0]) <= 3.0}
 
 
 def _result(path: Path):
@@ -474,6 +516,10 @@ def main() -> int:
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--remove", type=int, default=8)
     ap.add_argument("--smoke", action="store_true", help="a small shape (6 blocks, hidden 256): checks the plumbing")
+    ap.add_argument("--mid", action="store_true", help="a ~2.3 GB shape (8 blocks, hidden 2048) for --prefetch-only")
+    ap.add_argument("--prefetch-only", action="store_true",
+                    help="build if needed, then only compare score --stream with and without reading block i+1 "
+                         "while block i computes (one JSON line; nothing written to RESULTS.md)")
     ap.add_argument("--no-repair", dest="repair", action="store_false", help="skip the streamed repair stage")
     ap.add_argument("--resume", action="store_true", help="reuse finished stages' records and the floors in --work")
     ap.add_argument("--adopt-score", type=int, default=None, metavar="PID",
@@ -481,8 +527,13 @@ def main() -> int:
     ap.add_argument("--ppl-repaired", action="store_true", help="also measure ppl --stream of the repaired output")
     ap.add_argument("--keep-output", action="store_true", help="keep the pruned checkpoints (else deleted after measuring)")
     args = ap.parse_args()
+    shape = SMOKE if args.smoke else MID if args.mid else SHAPE
     if args.build:
-        build(Path(args.build), SMOKE if args.smoke else SHAPE)
+        build(Path(args.build), shape)
+        return 0
+    if args.prefetch_only:
+        build(Path(args.dir), shape)
+        print(json.dumps(prefetch_compare(Path(args.dir), shape, args.calib_samples, args.seq_len)), flush=True)
         return 0
     return run_all(args)
 

@@ -48,36 +48,53 @@ import torch
 
 from ..common.errors import Cancelled, SimDiffError
 from ..common.progress import Progress
-from ..models.streaming import StreamedModel, batch_ranges, capture_inputs, stream_meta
+from ..models.streaming import BlockPrefetch, StreamedModel, batch_ranges, capture_inputs, stream_meta
 from .hooks import block_hooks, hook_pass
 from .linear import StreamedLinear
 from .metrics import BlockStats
 from .score import MatrixSampler, Scores, auto_batch_size
 
 
-def run_blocks(sm: StreamedModel, xs, calls, on_block, progress, should_stop):
-    """Block-major loop: load block i, push every batch through it, release it."""
-    L, nb = len(sm.blocks), len(xs)
-    for i in range(L):
-        names = sm.block_names(i)
-        sm.load(names, f"block {i}")
-        batch = [0]
-        # the block's input and output reach on_block through the same run-scoped hook as in score.py
-        observe = (lambda _i, x, y: on_block(batch[0], _i, x, y)) if on_block is not None else (lambda *a: None)
-        try:
-            with torch.inference_mode(), block_hooks({i: sm.blocks[i]}, observe, name="stream"):
-                for b in range(nb):
-                    if should_stop is not None and should_stop():
-                        raise Cancelled()
-                    args, kwargs = calls[b][i]
-                    batch[0] = b
-                    out = sm.blocks[i](xs[b], *args, **kwargs)
-                    xs[b] = out[0] if isinstance(out, (tuple, list)) else out
-                    if progress is not None:
-                        progress((i * nb + b + 1) / (L * nb), f"block {i + 1}/{L} (streamed), batch {b + 1}/{nb}")
-        finally:
-            sm.release(names)
+def run_blocks(sm: StreamedModel, xs, calls, on_block, progress, should_stop, prefetch: bool = True):
+    """Block-major loop: load block i, push every batch through it, release it.
+
+    ``prefetch``: block i+1 is read in a background thread while block i computes
+    (``models.streaming.BlockPrefetch``; only where two blocks fit the budget; bit-identical results).
+    """
+    L = len(sm.blocks)
+    ahead = BlockPrefetch(sm) if prefetch and L > 1 else None
+    try:
+        for i in range(L):
+            _one_block(sm, i, xs, calls, on_block, progress, should_stop, ahead)
+    finally:
+        if ahead is not None:
+            ahead.close()
     return xs
+
+
+def _one_block(sm, i, xs, calls, on_block, progress, should_stop, ahead):
+    """Load block i (read ahead if ``ahead`` has it), start reading block i+1, run every batch, release."""
+    L, nb = len(sm.blocks), len(xs)
+    names = sm.block_names(i)
+    sm.load(names, f"block {i}", ahead.take(i) if ahead is not None else None)
+    if ahead is not None and i + 1 < len(sm.blocks):
+        ahead.start(i + 1)
+    batch = [0]
+    # the block's input and output reach on_block through the same run-scoped hook as in score.py
+    observe = (lambda _i, x, y: on_block(batch[0], _i, x, y)) if on_block is not None else (lambda *a: None)
+    try:
+        with torch.inference_mode(), block_hooks({i: sm.blocks[i]}, observe, name="stream"):
+            for b in range(nb):
+                if should_stop is not None and should_stop():
+                    raise Cancelled()
+                args, kwargs = calls[b][i]
+                batch[0] = b
+                out = sm.blocks[i](xs[b], *args, **kwargs)
+                xs[b] = out[0] if isinstance(out, (tuple, list)) else out
+                if progress is not None:
+                    progress((i * nb + b + 1) / (L * nb), f"block {i + 1}/{L} (streamed), batch {b + 1}/{nb}")
+    finally:
+        sm.release(names)
 
 
 def stream_score(
@@ -95,6 +112,7 @@ def stream_score(
     source: str | None = None,
     linear: bool = False,
     linear_bands: bool = False,
+    prefetch: bool = True,
 ) -> Scores:
     """``score.score_model`` for a checkpoint streamed from disk one block at a time.
 
@@ -103,7 +121,8 @@ def stream_score(
     ``linear``: the linear-replaceability curve (``linear.StreamedLinear``: one block's d x d
     accumulators at a time, no memory cap needed; off by default here: models that need streaming
     are wide, and it adds a d x d float64 eigen-solve and three d x d accumulators per block); ``linear_bands``: also its per-window sums (no
-    second pass here: each block's residuals are taken before the block is released).
+    second pass here: each block's residuals are taken before the block is released). ``prefetch``:
+    read block i+1 while block i computes (where two blocks fit the budget; same results bit for bit).
     """
     if input_ids.ndim != 2 or input_ids.shape[0] == 0:
         raise SimDiffError("calibration input must be a non-empty (N, S) tensor of token ids")
@@ -136,7 +155,7 @@ def stream_score(
             lin.observe(b, i, x, y, masks[b])
 
     with hook_pass(post=lin.write_hooks() if lin is not None else {}, name="stream-linear"):
-        run_blocks(sm, xs, calls, on_block, progress, should_stop)
+        run_blocks(sm, xs, calls, on_block, progress, should_stop, prefetch)
     total, sampler = BlockStats(L), samplers[0]
     for b in range(len(batches)):
         stats[b].commit()
@@ -165,6 +184,6 @@ def stream_score(
         meta={"seconds": round(time.perf_counter() - t0, 3), "batch_size": bs, "device": str(sm.device),
               "dtype": str(sm.dtype).replace("torch.", ""), "simdiff_alpha": 0.5,
               "family": getattr(sm.model.config, "model_type", "unknown"), "version": __version__,
-              "stream": stream_meta(sm, head=False), **({"linear": lin_meta} if lin_meta else {})},
+              "stream": dict(stream_meta(sm, head=False), prefetch=bool(prefetch)), **({"linear": lin_meta} if lin_meta else {})},
         windows=windows,
     )

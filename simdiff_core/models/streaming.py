@@ -15,6 +15,8 @@ share this engine. Cost: one read of each shard tensor per pass; no weights kept
 from __future__ import annotations
 
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -25,6 +27,9 @@ from ..common.errors import SimDiffError
 from .blocks import find_block_path, get_attr_path
 from .device import pick_device, pick_dtype
 from .pretrained import custom_code_error, names_custom_code
+
+
+HEAD_MIN_ROWS = 1024  # smallest vocabulary slice of the LM head the budget must hold (perplexity)
 
 
 class _Stop(Exception):
@@ -103,8 +108,10 @@ class StreamedModel:
             raise SimDiffError("--memory-budget-mb must be positive")
         self._handles: dict[str, object] = {}
         self.held = 0  # bytes of parameters currently materialised
+        self.pending = 0  # bytes read ahead by the prefetch thread, not yet in the model
         self.peak = 0
         self.bytes_read = 0
+        self._lock = threading.Lock()  # the prefetch thread opens readers and counts bytes too
 
     # ------------------------------------------------------------------ tensor bookkeeping
     def _param_names(self, prefix: str = "", module: nn.Module | None = None) -> list[str]:
@@ -153,15 +160,29 @@ class StreamedModel:
         from .safetensors_io import ShardReader
 
         shard = self.weight_map[key]
-        if shard not in self._handles:
-            self._handles[shard] = ShardReader(self.dir / shard)
-        return self._handles[shard]
+        with self._lock:
+            if shard not in self._handles:
+                self._handles[shard] = ShardReader(self.dir / shard)
+            return self._handles[shard]
 
     def _read(self, key: str, rows: tuple[int, int] | None = None) -> torch.Tensor:
         # pread, not safe_open's mmap: mapped pages would count in the RSS for the whole run
+        # (pread takes an explicit offset, so two threads may read one shard's descriptor at once)
         t = self._reader(key).read(key, rows=rows)
-        self.bytes_read += t.numel() * t.element_size()
+        with self._lock:
+            self.bytes_read += t.numel() * t.element_size()
         return t
+
+    def read_tensors(self, names: list[str]) -> dict[str, torch.Tensor]:
+        """The source tensors of ``names`` read from disk and cast to the compute dtype, keyed by checkpoint
+        name (tied names once). Touches no module: safe in the prefetch thread while a block computes."""
+        out: dict[str, torch.Tensor] = {}
+        for n in names:
+            key = self._source_key(n)
+            if key not in out:
+                t = self._read(key)
+                out[key] = t.to(self.dtype) if t.is_floating_point() else t
+        return out
 
     # ------------------------------------------------------------------ phases
     def _names_of(self, module: nn.Module | None) -> list[str]:
@@ -241,10 +262,11 @@ class StreamedModel:
                                f"one block or the {'LM head' if head else 'outer tensors'} at a time; the minimum "
                                f"for this model is {need / 2**20:.1f} MB")
 
-    def load(self, names: list[str], what: str) -> None:
+    def load(self, names: list[str], what: str, tensors: dict[str, torch.Tensor] | None = None) -> None:
+        """Materialise ``names``; ``tensors`` (from ``read_tensors``, e.g. read ahead) instead of reading them."""
         from accelerate.utils import set_module_tensor_to_device
 
-        need = self.nbytes(names)
+        need = 0 if tensors is not None else self.nbytes(names)  # read-ahead bytes were budgeted when read
         if self.budget is not None and self.held + need > self.budget:
             raise SimDiffError(
                 f"memory budget {self.budget / 2**20:.1f} MB is too small for the {what} "
@@ -257,14 +279,17 @@ class StreamedModel:
                 module = get_attr_path(self.model, owner) if owner else self.model
                 setattr(module, attr, get_attr_path(self.model, loaded[key]))
                 continue
-            t = self._read(key)
-            if t.is_floating_point():
-                t = t.to(self.dtype)
+            if tensors is not None:
+                t = tensors.pop(key)
+            else:
+                t = self._read(key)
+                if t.is_floating_point():
+                    t = t.to(self.dtype)
             set_module_tensor_to_device(self.model, n, self.device, value=t)
             loaded[key] = n
         # What we hold, measured (each storage once), not what we planned to hold.
         self.held = self.measured_bytes()
-        self.peak = max(self.peak, self.held)
+        self.peak = max(self.peak, self.held + self.pending)
 
     def release(self, names: list[str]) -> None:
         from accelerate.utils import set_module_tensor_to_device
@@ -283,12 +308,36 @@ class StreamedModel:
             total += p.numel() * p.element_size()
         return total
 
+    def head_sliceable(self) -> bool:
+        """True when the LM head is one weight (+ bias) whose rows are vocabulary entries (nn.Linear):
+        perplexity then reads it in vocabulary slices (evaluation/streaming.py) instead of whole."""
+        head = self.model.get_output_embeddings()
+        return isinstance(head, nn.Linear) and bool(self.head_names())
+
+    def head_row_bytes(self) -> int:
+        """Bytes of one vocabulary row of the LM head (weight row + bias entry) in the compute dtype."""
+        head = self.model.get_output_embeddings()
+        el = torch.empty((), dtype=self.dtype).element_size()
+        return (head.in_features + (1 if head.bias is not None else 0)) * el
+
     def min_budget_mb(self, head: bool = True) -> float:
         """Largest phase in MB: one block, the outer tensors of the embeddings phase, or (``head``) the
-        final norm + LM head. Embedding rows (a few MB for calibration-sized inputs) come on top."""
-        outer = self.head_phase_names() if head else self.capture_names()
-        worst = max([self.nbytes(outer)] + [self.nbytes(self.block_names(i)) for i in range(len(self.blocks))])
+        final norm + LM head — with a sliceable head, the final norm + one minimal slice of
+        ``HEAD_MIN_ROWS`` vocabulary rows. Embedding rows (a few MB for calibration-sized inputs) come on top."""
+        if not head:
+            outer = self.nbytes(self.capture_names())
+        elif self.head_sliceable():
+            rows = min(HEAD_MIN_ROWS, self.model.get_output_embeddings().out_features)
+            outer = self.nbytes(self.head_rest_names()) + rows * self.head_row_bytes()
+        else:
+            outer = self.nbytes(self.head_phase_names())
+        worst = max([outer] + [self.nbytes(self.block_names(i)) for i in range(len(self.blocks))])
         return worst / 2**20
+
+    def head_rest_names(self) -> list[str]:
+        """Head-phase tensors other than the LM head itself (the final norm)."""
+        skip = set(self.head_names())
+        return [n for n in self.head_phase_names() if n not in skip]
 
     def model_mb(self) -> float:
         return self.nbytes(self._param_names()) / 2**20
@@ -308,6 +357,50 @@ class StreamedModel:
     def base(self) -> nn.Module:
         base = getattr(self.model, getattr(self.model, "base_model_prefix", "model"), None)
         return base if isinstance(base, nn.Module) and base is not self.model else self.model
+
+
+class BlockPrefetch:
+    """Read block i+1's tensors in one background thread while block i computes (bounded: one block ahead).
+
+    Why: a streamed pass that reads, then computes, takes compute + I/O per block; overlapped it takes
+    about max(compute, I/O). ``safetensors`` reads here are ``pread`` calls and torch's kernels release
+    the GIL, so the two really run together. The read-ahead bytes count in ``sm.pending`` (and so in the
+    recorded peak) and a read is only started when held + pending fits the memory budget; otherwise that
+    block is read in the foreground as before. The same bytes reach the same modules either way, so the
+    results are bit-identical to no prefetch. A reader exception is re-raised by ``take`` in the caller.
+    """
+
+    def __init__(self, sm: StreamedModel):
+        self.sm = sm
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="simdiff-prefetch")
+        self.fut, self.index = None, None
+
+    def start(self, i: int) -> bool:
+        sm, names = self.sm, self.sm.block_names(i)
+        need = sm.nbytes(names)
+        if sm.budget is not None and sm.held + sm.pending + need > sm.budget:
+            return False  # no room for two blocks: this one is read when it is loaded
+        sm.pending += need
+        sm.peak = max(sm.peak, sm.held + sm.pending)
+        self.index, self.fut = i, self.pool.submit(sm.read_tensors, names)
+        return True
+
+    def take(self, i: int) -> dict[str, torch.Tensor] | None:
+        """Block i's tensors if they were read ahead (waits for the read; re-raises its error), else None."""
+        if self.fut is None or self.index != i:
+            return None
+        fut, self.fut = self.fut, None
+        try:
+            return fut.result()
+        finally:
+            self.sm.pending = 0
+
+    def close(self) -> None:
+        if self.fut is not None:  # an error or Cancel in the caller: wait for the read, drop its tensors
+            self.fut.cancel()
+            self.fut = None
+        self.pool.shutdown(wait=True)
+        self.sm.pending = 0
 
 
 def _weight_map(model_dir: Path) -> dict[str, str]:
