@@ -293,7 +293,7 @@ def _prune_streamed(args, plan, out) -> int:
         transform, transformed, report = stream_fold(rep, sm), set(fold_sources(rep, sm)), {"repair": rep.to_dict()}
     res = stream_prune(where, plan.kept_layers, out, out_dtype=dtype, memory_budget_mb=args.memory_budget_mb,
                        force=args.force, plan=plan, progress=progress_printer("prune"), transform=transform,
-                       transformed=transformed, report=report)
+                       transformed=transformed, report=report, source=args.model)
     if report is not None:
         res["repair"] = {"method": method, "spans": [[r["start"], r["end"], r.get("status"),
                                                       round(r.get("ratio", 1.0), 6)] for r in rep.spans]}

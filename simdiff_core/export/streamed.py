@@ -63,16 +63,39 @@ def _source_tensors(src: Path, weight_map: dict[str, str]) -> list[tuple[str, st
     return out
 
 
+def _side_files(tmp: Path, plan, meta: dict, source: str, cfg) -> None:
+    """What ``checkpoint.export_pruned`` writes beside the weights: report, plan, mergekit YAML, model card."""
+    from types import SimpleNamespace
+
+    from ..common.records import ExportReport, read_report
+    from .checkpoint import REPORT_NAME
+    from .modelcard import model_card
+
+    parts = read_report(dict(meta, plan=plan.to_dict()))  # evaluation/scores/recovery keys, if the caller had any
+    extra = {k: v for k, v in parts.extra.items() if k != "plan"}
+    lm = SimpleNamespace(source=source, gguf_file=None)  # all the report and the card read of the model
+    rep = ExportReport.build(lm, plan, evaluation=parts.evaluation, scores=parts.scores, recovery=parts.recovery,
+                             extra=extra)
+    (tmp / REPORT_NAME).write_text(rep.to_json())
+    (tmp / "plan.json").write_text(plan.to_json())
+    dtype = str(getattr(cfg, "torch_dtype", None) or getattr(cfg, "dtype", None) or "float32").replace("torch.", "")
+    (tmp / "mergekit.yaml").write_text(plan.to_mergekit_yaml(source, dtype))
+    (tmp / "README.md").write_text(model_card(plan, rep, lm), encoding="utf-8")
+
+
 def stream_prune(model_dir: str | Path, kept_layers, out_dir: str | Path, out_dtype: torch.dtype | None = None,
                  memory_budget_mb: float | None = None, force: bool = False, shard_bytes: int = 5 * 10**9,
                  transform: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
                  transformed: set[str] | None = None, plan=None, report: dict | None = None,
-                 progress: Callable[[float, str], None] | None = None) -> dict:
+                 progress: Callable[[float, str], None] | None = None, source: str | None = None) -> dict:
     """Write the checkpoint keeping ``kept_layers`` of ``model_dir`` to ``out_dir`` (see module docstring).
 
     ``transform(source_name, tensor)`` rewrites the whole tensors named in ``transformed`` (float64
-    math is the caller's; the result is cast to ``out_dtype``). Returns {out, num_layers, bytes_written,
-    kept_bytes, seconds, shards}.
+    math is the caller's; the result is cast to ``out_dtype``). With ``plan``, the files the in-memory
+    export writes beside the weights are written too (``simdiff_report.json`` as an ``ExportReport`` with
+    the streamed facts as extra keys, ``plan.json``, ``mergekit.yaml``, the model card ``README.md``);
+    ``source`` names the model in them (default: ``model_dir``). Returns {out, num_layers,
+    bytes_written, kept_bytes, seconds, shards}.
     """
     from transformers import AutoConfig
 
@@ -169,9 +192,9 @@ def stream_prune(model_dir: str | Path, kept_layers, out_dir: str | Path, out_dt
                 "streamed": True, "bytes_written": written, "kept_tensor_bytes": kept_bytes,
                 **(report or {})}
         if plan is not None:
-            (tmp / "plan.json").write_text(plan.to_json())
-            meta["plan"] = plan.to_dict()
-        (tmp / "simdiff_report.json").write_text(json.dumps(meta, indent=2))
+            _side_files(tmp, plan, meta, source or str(src), new_cfg)
+        else:
+            (tmp / "simdiff_report.json").write_text(json.dumps(meta, indent=2))
         if len(groups) > 1:  # the index last: a directory with an index is a complete checkpoint
             (tmp / "model.safetensors.index.json").write_text(json.dumps(
                 {"metadata": {"total_size": kept_bytes}, "weight_map": weight_map}, indent=2))

@@ -41,6 +41,21 @@ def _in_memory(model, tokenizer, removed, out, dtype):
     return export_pruned(lm, plan, out, dtype=dtype), plan
 
 
+def _same_side_files(ref, got):
+    """What the in-memory export writes beside the weights, the streamed prune writes too, with equal content
+    (the report: every key of the in-memory one, equal but for its creation time; streamed facts extra)."""
+    side = {"simdiff_report.json", "plan.json", "mergekit.yaml", "README.md", "config.json"}
+    assert side <= {f.name for f in got.iterdir()}
+    assert (got / "plan.json").read_text() == (ref / "plan.json").read_text()
+    assert (got / "mergekit.yaml").read_text() == (ref / "mergekit.yaml").read_text()
+    assert (got / "README.md").read_text() == (ref / "README.md").read_text()
+    want, have = (json.loads((d / "simdiff_report.json").read_text()) for d in (ref, got))
+    for k, v in want.items():
+        if k != "created":
+            assert have.get(k) == v, k
+    assert have["streamed"] is True and have["bytes_written"] > 0
+
+
 @pytest.mark.parametrize("family,dtype", [("llama", torch.bfloat16), ("gemma3", None)])
 def test_streamed_prune_equals_in_memory_prune(tmp_path, tokenizer, family, dtype):
     """Sharded source, removed blocks with gaps (0-based 1, 3, 4 of 7): same tensors bit for bit, same config.
@@ -64,8 +79,10 @@ def test_streamed_prune_equals_in_memory_prune(tmp_path, tokenizer, family, dtyp
     assert (src / "model.safetensors.index.json").is_file()
     removed = [1, 3, 4]
     ref, plan = _in_memory(model, tokenizer, removed, tmp_path / "mem", dtype)
-    res = stream_prune(src, plan.kept_layers, tmp_path / "stream", out_dtype=dtype, shard_bytes=1_500_000, plan=plan)
+    res = stream_prune(src, plan.kept_layers, tmp_path / "stream", out_dtype=dtype, shard_bytes=1_500_000, plan=plan,
+                       source="tiny")
     got_dir = tmp_path / "stream"
+    _same_side_files(ref, got_dir)
     assert res["shards"] > 1 and (got_dir / "model.safetensors.index.json").is_file()
 
     want, got = _tensors(ref), _tensors(got_dir)
