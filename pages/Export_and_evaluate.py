@@ -18,7 +18,7 @@ from simdiff_core.export.checkpoint import export_dir_under
 from simdiff_core.pruning.build import build_pruned
 from simdiff_core.repair import REPAIR_METHODS
 from simdiff_core.workflows import evaluate_plan, evaluate_repair, export_and_record, repair_record
-from ui import exports, models, settings, shell, state, views
+from ui import exports, models, settings, shell, state, streamed_export, views
 
 shell.setup_page("Export & evaluate")
 gpu = torch.cuda.is_available()
@@ -40,6 +40,9 @@ with st.sidebar:
 
 st.title("Export & evaluate")
 scores = models.require_scores()
+if streamed_export.is_streamed():  # streamed from disk: the pruned checkpoint is written block by block
+    streamed_export.render(scores)
+    st.stop()
 lm = models.require_model()
 plan = settings.require_plan(scores, lm)
 L, k = plan.num_layers, plan.num_removed

@@ -43,7 +43,7 @@ with st.sidebar:
     stream = st.checkbox("Stream blocks from disk (low memory)", key="stream", value=False,
                          help="Score a model bigger than memory: weights are read one block at a time from "
                               "its safetensors (local directory or an embedded model's cache); the model is not "
-                              "kept in memory, so Export & evaluate needs a normal load.")
+                              "kept in memory. Export & evaluate then writes the pruned checkpoint the same way.")
     budget = st.number_input("Memory budget for weights (MB, 0 = none)", 0, 10**7, 0, step=256, key="stream_budget",
                              disabled=not stream, help="Refuse to hold more than this much weight memory at once.")
 
@@ -102,10 +102,10 @@ if streamed and lm is None:
                f"{info['source']} in {info['seconds']} s; the weights were not kept in memory.",
                icon=":material/check_circle:")
     st.caption(f"Streaming details: {info['streamed']}")
-    n1, n2 = st.columns(2)
+    n1, n2, n3 = st.columns(3)
     n1.page_link(shell.PAGES["curves"], label="Layer curves & heatmaps", icon=":material/show_chart:")
     n2.page_link(shell.PAGES["preview"], label="Prune preview", icon=":material/content_cut:")
-    st.info("Export & evaluate needs the model in memory: untick streaming and load it normally.")
+    n3.page_link(shell.PAGES["export"], label="Export (streamed prune)", icon=":material/inventory_2:")
     st.stop()
 if lm is None and scores is not None and state.get("run_id"):
     # an opened run (Runs page, a link): its scores are here, its model is loaded only where a page runs it

@@ -159,6 +159,7 @@ def run(req: Request) -> None:
 def _run_streamed(req: Request, t0: float) -> None:
     """Score without loading the model: one block at a time from disk (simdiff_core.analysis.streaming)."""
     from simdiff_core.analysis.streaming import stream_score
+    from simdiff_core.common.progress import with_eta
     from simdiff_core.models.streaming import resolve_stream_dir
 
     model_dir = resolve_stream_dir(req.spec)
@@ -166,9 +167,10 @@ def _run_streamed(req: Request, t0: float) -> None:
     src = req.text()
     ids = make_windows(tok, src, int(req.samples), int(req.seq_len))
     bar = st.progress(0.0, text="Calibrating (streaming blocks from disk)…")
+    # per block and batch, with the time left from the measured time per block so far
     scores = stream_score(model_dir, ids, memory_budget_mb=float(req.budget_mb) or None, device=req.device,
-                          dtype=req.dtype, progress=lambda f, msg: bar.progress(min(f, 1.0), text=f"Streaming: {msg}"),
-                          calibration={"source": src.description}, source=req.spec)
+                          dtype=req.dtype, calibration={"source": src.description}, source=req.spec,
+                          progress=with_eta(lambda f, msg: bar.progress(f, text=f"Streaming: {msg}")))
     bar.empty()
     info = calibration_info(src.description, ids, time.perf_counter() - t0, scores.meta["seconds"],
                             streamed=scores.meta.get("stream", True))

@@ -78,10 +78,12 @@ class Session:
     sens_runs: dict | None = None    # Calibration sensitivity page: scores per calibration source
     drill: dict | None = None        # Block drill-down page: the last drill-down
     linear_spans: dict | None = None  # Layer curves: n-block linear-replaceability heatmap (own pass)
+    stream_export: dict | None = None  # Export page, streamed model: the last streamed prune's result
 
 
 RESULT_KEYS = ("plan", "evals", "damage", "damage_result", "set_damage", "auto_alpha", "shootout", "recovery",
-               "accuracy", "sens_runs", "drill", "linear_spans", "repair_preview")
+               "accuracy", "sens_runs", "drill", "linear_spans", "repair_preview",
+               "stream_export")
 DEFAULTS = {f.name: getattr(Session(), f.name) for f in fields(Session)}
 _calibrations = itertools.count(1)
 

@@ -261,7 +261,7 @@ def cmd_prune(args) -> int:
 def _prune_streamed(args, plan, out) -> int:
     """prune --stream: copy the kept blocks' tensors shard by shard (export/streamed.py), never load the model."""
     from ..export.checkpoint import zip_dir
-    from ..export.streamed import stream_prune
+    from ..export.streamed import stream_export
     from ..models.device import pick_dtype
     from ..models.streaming import resolve_stream_dir
 
@@ -275,28 +275,21 @@ def _prune_streamed(args, plan, out) -> int:
     if args.eval_windows > 0:
         progress_line("note: --stream writes no perplexity into the report; measure the output with "
                       "'ppl --model OUT --stream'", end=True)
-    transform, transformed, report = None, None, None
     method = getattr(args, "repair", "none") or "none"
+    ids, calib = None, None
     if method != "none":
-        from ..repair.streaming import fold_sources, stream_fit_repair, stream_fold
         from .common import calib_from_args
 
         _, tok = _stream_tokenizer(args)
         ids, calib = calib_from_args(args, tok)
-        rep, sm = stream_fit_repair(where, plan.removed_layers, ids, method=method,
-                                    memory_budget_mb=args.memory_budget_mb, device=args.device, dtype=args.dtype,
-                                    batch_size=getattr(args, "batch_size", None), progress=progress_printer("repair fit"),
-                                    calibration=calib)
-        progress_line(f"repair: {rep.summary()}", end=True)
+    res = stream_export(where, plan, out, out_dtype=dtype, memory_budget_mb=args.memory_budget_mb, force=args.force,
+                        repair=method, windows=ids, calibration=calib, device=args.device, dtype=args.dtype,
+                        batch_size=getattr(args, "batch_size", None), source=args.model,
+                        progress=progress_printer("repair fit, then prune" if method != "none" else "prune"))
+    if method != "none":
+        progress_line(f"repair: {res.pop('repair_summary')}", end=True)
         progress_line("note: the streamed repair is not checked on held-out text here; compare 'ppl --stream' of "
                       "this output with the unrepaired prune before calling it an improvement", end=True)
-        transform, transformed, report = stream_fold(rep, sm), set(fold_sources(rep, sm)), {"repair": rep.to_dict()}
-    res = stream_prune(where, plan.kept_layers, out, out_dtype=dtype, memory_budget_mb=args.memory_budget_mb,
-                       force=args.force, plan=plan, progress=progress_printer("prune"), transform=transform,
-                       transformed=transformed, report=report, source=args.model)
-    if report is not None:
-        res["repair"] = {"method": method, "spans": [[r["start"], r["end"], r.get("status"),
-                                                      round(r.get("ratio", 1.0), 6)] for r in rep.spans]}
     if args.zip:
         res["zip"] = str(zip_dir(out, Path(out).with_suffix(".zip"), force=True))
     print_result(res)

@@ -200,3 +200,42 @@ def stream_prune(model_dir: str | Path, kept_layers, out_dir: str | Path, out_dt
                 {"metadata": {"total_size": kept_bytes}, "weight_map": weight_map}, indent=2))
     return {"out": str(out), "num_layers": len(kept), "bytes_written": written, "kept_bytes": kept_bytes,
             "seconds": round(time.perf_counter() - t0, 3), "shards": len(groups)}
+
+
+def stream_export(model_dir: str | Path, plan, out_dir: str | Path, out_dtype: torch.dtype | None = None,
+                  memory_budget_mb: float | None = None, force: bool = False, repair: str = "none",
+                  windows: torch.Tensor | None = None, calibration: dict | None = None, device="cpu",
+                  dtype="float32", batch_size: int | None = None, source: str | None = None,
+                  progress: Callable[[float, str], None] | None = None) -> dict:
+    """``prune --stream [--repair METHOD]`` as one call (the CLI and the app's Export page both run it).
+
+    ``repair`` != "none": fit it on ``windows`` block by block (``repair.streaming.stream_fit_repair``),
+    then write the pruned checkpoint with the fitted maps folded into the kept weights. Progress: the
+    fit is the first half, the write the second (the whole of it without repair). Returns
+    ``stream_prune``'s dict, plus ``repair`` (the ``Repair`` record's dict) and ``repair_summary``.
+    """
+    if plan.merged_groups:
+        raise SimDiffError("--stream cannot merge blocks (merging needs their weights in memory); "
+                           "use a plan without merged groups or prune without --stream")
+
+    def part(a: float, b: float):
+        return None if progress is None else (lambda f, m: progress(a + (b - a) * f, m))
+
+    transform, transformed, report, rep = None, None, None, None
+    if repair != "none":
+        from ..repair.streaming import fold_sources, stream_fit_repair, stream_fold
+
+        if windows is None:
+            raise SimDiffError("the streamed repair needs calibration windows")
+        rep, sm = stream_fit_repair(model_dir, plan.removed_layers, windows, method=repair,
+                                    memory_budget_mb=memory_budget_mb, device=device, dtype=dtype,
+                                    batch_size=batch_size, progress=part(0.0, 0.5), calibration=calibration)
+        transform, transformed, report = stream_fold(rep, sm), set(fold_sources(rep, sm)), {"repair": rep.to_dict()}
+    res = stream_prune(model_dir, plan.kept_layers, out_dir, out_dtype=out_dtype, memory_budget_mb=memory_budget_mb,
+                       force=force, plan=plan, progress=part(0.5 if rep is not None else 0.0, 1.0),
+                       transform=transform, transformed=transformed, report=report, source=source)
+    if rep is not None:
+        res["repair"] = {"method": repair, "spans": [[r["start"], r["end"], r.get("status"),
+                                                      round(r.get("ratio", 1.0), 6)] for r in rep.spans]}
+        res["repair_summary"] = rep.summary()
+    return res
