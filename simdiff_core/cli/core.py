@@ -1,3 +1,4 @@
+# over 400 lines: the four core subcommands, each with its streamed and repaired path; --help lists them in the order registered here
 """The core subcommands: ``score``, ``plan``, ``prune``, ``ppl`` (registered first, so ``--help`` lists them first).
 
     python -m simdiff_core score --model default --out scores.json     # also saved in the run library
