@@ -201,6 +201,7 @@ def prefetch_compare(d: Path, shape: dict, N: int, S: int, repeats: int = 2) -> 
     io = disk_read_speed(d)
     floor = block_forward_floor(shape, (N, S))
     times: dict[bool, list[float]] = {True: [], False: []}
+    waits: dict[bool, list[float]] = {True: [], False: []}
     ref = {}
     for r in range(repeats):
         for on in ((False, True) if r % 2 == 0 else (True, False)):
@@ -208,6 +209,7 @@ def prefetch_compare(d: Path, shape: dict, N: int, S: int, repeats: int = 2) -> 
             t0 = time.perf_counter()
             sc = stream_score(d, ids, device="cpu", dtype="float32", batch_size=N, prefetch=on)
             times[on].append(time.perf_counter() - t0)
+            waits[on].append(sc.meta["stream"]["read_wait_s"])
             ref.setdefault(on, sc.layers)
     tok_k = N * S / 1000
     io_block = block_bytes / (io["mb_s"] * 2**20)
@@ -221,6 +223,8 @@ def prefetch_compare(d: Path, shape: dict, N: int, S: int, repeats: int = 2) -> 
             "no_prefetch_vs_floor": round(per[False] / worst_floor, 2), "prefetch_vs_floor": round(per[True] / worst_floor, 2),
             "prefetch_speedup": round(per[False] / per[True], 2), "bit_identical": ref[True] == ref[False],
             "wall_s": {("on" if k else "off"): [round(x, 2) for x in v] for k, v in times.items()},
+            # seconds per block the computing thread sat waiting for reads: a load-independent view of the overlap
+            "read_wait_s_per_block": {("on" if k else "off"): [round(x / L, 3) for x in v] for k, v in waits.items()},
             "load_before": round(load0, 2), "load_after": round(os.getloadavg()[0], 2),
             "valid": max(load0, os.getloadavg()[0]) <= 3.0}
 

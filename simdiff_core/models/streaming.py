@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -112,6 +113,7 @@ class StreamedModel:
         self.pending = 0  # bytes read ahead by the prefetch thread, not yet in the model
         self.peak = 0
         self.bytes_read = 0
+        self.read_wait_s = 0.0  # seconds the computing thread waited for weight reads (its own or the read-ahead)
         self._lock = threading.Lock()  # the prefetch thread opens readers and counts bytes too
 
     # ------------------------------------------------------------------ tensor bookkeeping
@@ -283,7 +285,9 @@ class StreamedModel:
             if tensors is not None:
                 t = tensors.pop(key)
             else:
+                w0 = time.perf_counter()
                 t = self._read(key)
+                self.read_wait_s += time.perf_counter() - w0
                 if t.is_floating_point():
                     t = t.to(self.dtype)
             set_module_tensor_to_device(self.model, n, self.device, value=t)
@@ -392,7 +396,10 @@ class BlockPrefetch:
             return None
         fut, self.fut = self.fut, None
         try:
-            return fut.result()
+            w0 = time.perf_counter()
+            got = fut.result()
+            self.sm.read_wait_s += time.perf_counter() - w0  # what the overlap did not hide
+            return got
         finally:
             self.sm.pending = 0
 
@@ -479,4 +486,5 @@ def capture_inputs(sm: StreamedModel, input_ids, attention_mask, bs, runner_kw=N
 def stream_meta(sm: StreamedModel, head: bool = True) -> dict:
     return {"peak_weights_mb": round(sm.peak / 2**20, 3), "model_mb": round(sm.model_mb(), 3),
             "budget_mb": None if sm.budget is None else round(sm.budget / 2**20, 3),
-            "min_budget_mb": round(sm.min_budget_mb(head), 3), "read_mb": round(sm.bytes_read / 2**20, 3)}
+            "min_budget_mb": round(sm.min_budget_mb(head), 3), "read_mb": round(sm.bytes_read / 2**20, 3),
+            "read_wait_s": round(sm.read_wait_s, 3)}
