@@ -25,6 +25,7 @@ from ..analysis.streaming import run_blocks
 from ..common.errors import SimDiffError
 from ..common.progress import Progress
 from ..models.streaming import Replayer, StreamedModel, batch_ranges, capture_inputs, stream_meta
+from .evaluate import ppl_from_loss
 
 
 HEAD_SLICE_BYTES = 256 * 2**20  # LM head rows read per vocabulary slice (at most)
@@ -64,7 +65,7 @@ def stream_perplexity(
         total_nll, total_tok, rows = _whole_head_nll(sm, xs, input_ids, batches), input_ids[:, 1:].numel(), None
     mean = total_nll / total_tok
     meta = dict(stream_meta(sm), prefetch=bool(prefetch), head_rows_per_slice=rows)
-    return {"ppl": math.exp(min(mean, 700.0)), "nll": mean, "tokens": total_tok, "stream": meta}
+    return {"ppl": ppl_from_loss(mean), "nll": mean, "tokens": total_tok, "stream": meta}
 
 
 def _logits(sm: StreamedModel, compact, xs, b: int, s: int, e: int) -> torch.Tensor:
