@@ -35,6 +35,7 @@ import torch
 
 from ..common.errors import SimDiffError
 from ..common.fileio import staged_dir
+from ..common.progress import Progress
 from ..models.safetensors_io import ShardReader, shard_groups, tensor_nbytes, write_shard
 
 CHUNK_BYTES = 64 * 2**20
@@ -87,7 +88,7 @@ def stream_prune(model_dir: str | Path, kept_layers, out_dir: str | Path, out_dt
                  memory_budget_mb: float | None = None, force: bool = False, shard_bytes: int = 5 * 10**9,
                  transform: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
                  transformed: set[str] | None = None, plan=None, report: dict | None = None,
-                 progress: Callable[[float, str], None] | None = None, source: str | None = None) -> dict:
+                 progress: Progress | None = None, source: str | None = None) -> dict:
     """Write the checkpoint keeping ``kept_layers`` of ``model_dir`` to ``out_dir`` (see module docstring).
 
     ``transform(source_name, tensor)`` rewrites the whole tensors named in ``transformed`` (float64
@@ -206,7 +207,7 @@ def stream_export(model_dir: str | Path, plan, out_dir: str | Path, out_dtype: t
                   memory_budget_mb: float | None = None, force: bool = False, repair: str = "none",
                   windows: torch.Tensor | None = None, calibration: dict | None = None, device="cpu",
                   dtype="float32", batch_size: int | None = None, source: str | None = None,
-                  progress: Callable[[float, str], None] | None = None) -> dict:
+                  progress: Progress | None = None) -> dict:
     """``prune --stream [--repair METHOD]`` as one call (the CLI and the app's Export page both run it).
 
     ``repair`` != "none": fit it on ``windows`` block by block (``repair.streaming.stream_fit_repair``),
