@@ -479,11 +479,14 @@ def write_results(res: dict, info: dict, block_bytes: int, stages: list[dict]) -
     ]
     for s in stages:
         r = s.get("result") or {}
-        short = {"score": lambda: f"peak weights {r.get('stream', {}).get('peak_weights_mb')} MB, read {r.get('stream', {}).get('read_mb')} MB",
+        short = {"score": lambda: f"peak weights {r.get('stream', {}).get('peak_weights_mb')} MB, read {r.get('stream', {}).get('read_mb')} MB, "
+                          f"waited {r.get('stream', {}).get('read_wait_s')} s for reads (block i+1 read while block i computes)",
                  "plan": lambda: f"removed {r.get('removed_layers')}",
                  "prune": lambda: f"{r.get('num_layers')} blocks, {r.get('shards')} shards, wrote {r.get('bytes_written')} B",
                  "repair": lambda: f"{r.get('num_layers')} blocks, repaired spans {r.get('repair', {}).get('spans') if isinstance(r.get('repair'), dict) else r.get('repair')}",
-                 "ppl": lambda: f"ppl {r.get('ppl'):.4g} over {r.get('tokens')} tokens (random weights)" if r.get("ppl") else "",
+                 "ppl": lambda: (f"ppl {r.get('ppl'):.4g} over {r.get('tokens')} tokens (random weights); head in slices of "
+                                 f"{r.get('stream', {}).get('head_rows_per_slice')} rows, waited {r.get('stream', {}).get('read_wait_s')} s "
+                                 "for reads") if r.get("ppl") else "",
                  "ppl_repaired": lambda: f"ppl {r.get('ppl'):.4g} (random weights)" if r.get("ppl") else ""}
         txt = short.get(s["stage"], lambda: "")() if s["rc"] == 0 else f"FAILED: {s.get('error')}"
         ok = "yes" if s["rc"] == 0 and (s["peak_rss_mb"] or 1e9) <= goal else "**no**"
