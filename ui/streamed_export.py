@@ -60,13 +60,19 @@ def render(scores) -> None:
         try:
             if not out:
                 raise SimDiffError("enter the output directory to write the pruned checkpoint to")
+            target = Path(out).expanduser()
+            # A visitor types this path on the server: "replace" may only replace an earlier export (it has
+            # its simdiff_report.json), never an arbitrary directory such as a home or a source checkout.
+            if force and target.exists() and not (target / "simdiff_report.json").is_file():
+                raise SimDiffError(f"'{target}' exists and is not a SimDiff export (no simdiff_report.json): "
+                                   "it is not replaced; choose another directory")
             ids = state.get("calib_ids")
             if repair != "none" and ids is None:
                 raise SimDiffError("the streamed repair needs this session's calibration windows: calibrate "
                                    "again on Load & calibrate (an opened run keeps no windows)")
             bar = st.progress(0.0, text="Streamed prune…")
             res = stream_export(
-                resolve_stream_dir(scores.model), plan, Path(out).expanduser(),
+                resolve_stream_dir(scores.model), plan, target,
                 out_dtype=pick_dtype(DTYPES[dt], None) if DTYPES[dt] else None, memory_budget_mb=budget,
                 force=force, repair=repair, windows=ids, calibration=dict(scores.calibration or {}),
                 device=scores.meta.get("device", "cpu"), dtype=scores.meta.get("dtype", "float32"),

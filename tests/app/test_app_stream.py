@@ -121,6 +121,20 @@ def test_streamed_model_end_to_end_in_the_app(tmp_path, tokenizer, capsys):
         assert cfg["num_hidden_layers"] == 6 - plan.num_removed
         assert json.loads((out / "simdiff_report.json").read_text())["plan"]["removed_layers"] == plan.removed_layers
         assert (out / "mergekit.yaml").is_file() and (out / "README.md").is_file()
+    # "replace" replaces an earlier export, never another directory: one line, the directory untouched
+    other = tmp_path / "not-an-export"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    at.text_input(key="stream_out").set_value(str(other))
+    at.checkbox(key="stream_force").check()
+    at.button(key="stream_export_go").click().run()
+    assert len(at.error) == 1 and "not a SimDiff export" in at.error[0].value
+    assert [p.name for p in other.iterdir()] == ["keep.txt"]
+    at.text_input(key="stream_out").set_value(str(tmp_path / "app-none"))
+    at.selectbox(key="stream_repair").set_value("none")
+    at.button(key="stream_export_go").click().run()  # an earlier export is replaced
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert _tensors(tmp_path / "app-none").keys() == _tensors(tmp_path / "cli-none").keys()
     # the repair changed the folded weights (it is not the plain prune written twice)
     a, b = _tensors(tmp_path / "app-none"), _tensors(tmp_path / "app-lstsq")
     assert any(not torch.equal(a[k], b[k]) for k in a)
