@@ -142,7 +142,7 @@ def main() -> int:
     res["memory"] = bench_memory(mem_depths, mem_sizes, mem_seq, mem_hidden, device)
     log("memory " + json.dumps({k: v["extra_mb"] for k, v in res["memory"].items()}))
 
-    res["preview"] = bench_preview(80, repeats=2 if args.smoke else 10, figures=not args.smoke)
+    res["preview"] = bench_preview(80, repeats=2 if args.smoke else 10, time_figures=not args.smoke)
     log(f"preview {res['preview']['preview_ms']} ms, {res['preview']['preview_forward_passes']} forward passes")
 
     res["speedup"] = bench_speedup(lm, scores, prompt, decode_n, repeats, device)

@@ -9,7 +9,7 @@ import torch
 from .harness import log, synthetic_scores
 
 
-def bench_preview(L: int, repeats: int, figures: bool = True) -> dict:
+def bench_preview(L: int, repeats: int, time_figures: bool = True) -> dict:
     """One slider move: new plan from cached scores + the chart data the preview redraws.
 
     ``preview_ms`` = ``make_plan`` + the chart data (the curves frame with the SimDiff column and the
@@ -22,10 +22,10 @@ def bench_preview(L: int, repeats: int, figures: bool = True) -> dict:
     from simdiff_core.pruning.plan import make_plan
 
     scores = synthetic_scores(L)
-    charts = None
-    if figures:
+    figures = None
+    if time_figures:
         try:
-            from simdiff_core.export import figures as charts  # the app's chart builders (`figures` is this function's flag)
+            from simdiff_core.export import figures  # the app's chart builders
         except Exception as e:  # app not present
             log(f"preview: figures not importable ({type(e).__name__}); figures not timed")
 
@@ -51,12 +51,12 @@ def bench_preview(L: int, repeats: int, figures: bool = True) -> dict:
                 plan = make_plan(scores, "simdiff", ratio=ratio, alpha=alpha)
                 frame(np.asarray(plan.scores), plan.removed_layers)
                 times.append(time.perf_counter() - t0)
-        if charts is not None:
+        if figures is not None:
             for ratio in (0.25, 0.375):
                 plan = make_plan(scores, "simdiff", ratio=ratio)
                 t0 = time.perf_counter()
-                charts.layer_curves(scores.layers, dropped=plan.removed_layers).to_plotly_json()
-                charts.Spec(charts.bars_spec(np.asarray(plan.scores), dropped=plan.removed_layers)).to_plotly_json()
+                figures.layer_curves(scores.layers, dropped=plan.removed_layers).to_plotly_json()
+                figures.Spec(figures.bars_spec(np.asarray(plan.scores), dropped=plan.removed_layers)).to_plotly_json()
                 fig_times.append(time.perf_counter() - t0)
     finally:
         handle.remove()
