@@ -1,4 +1,4 @@
-# over 400 lines: one standalone benchmark script (fixture build, stages run as processes, --resume and the report in one runnable file)
+# over 400 lines: one standalone benchmark (fixture build, staged runs, --resume, report in one runnable file)
 """Bigger than memory, at real size: an 8B-shaped checkpoint through score -> plan -> prune -> repair -> ppl.
 
     python bench/real_size.py --build /work/realsize-data/llama8b   # only build the fixture (~32 GB)

@@ -1,4 +1,4 @@
-# over 400 lines: the four core subcommands, each with its streamed and repaired path; --help lists them in the order registered here
+# over 400 lines: the four core subcommands, each with its streamed and repaired path, in --help order
 """The core subcommands: ``score``, ``plan``, ``prune``, ``ppl`` (registered first, so ``--help`` lists them first).
 
     python -m simdiff_core score --model default --out scores.json     # also saved in the run library

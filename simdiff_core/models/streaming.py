@@ -1,4 +1,4 @@
-# over 400 lines: StreamedModel (skeleton, budgeted loads, swapped blocks) and the prefetch and capture that drive it are one engine
+# over 400 lines: StreamedModel and the prefetch and capture that drive it are one engine
 """Weights streamed from safetensors shards one decoder block at a time (the engine; see analysis/streaming.py).
 
     from simdiff_core.models.streaming import StreamedModel, resolve_stream_dir

@@ -1,4 +1,4 @@
-# over 400 lines: RunStore is one class over one SQLite index and its files (save, open, evict, import, export share its lock and schema)
+# over 400 lines: RunStore is one class over one SQLite index and its files (one lock, one schema)
 """The run library: every calibration saved once, found again by its content key, opened without the model.
 
     from simdiff_core.runs import RunStore
