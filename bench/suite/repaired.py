@@ -39,19 +39,22 @@ def bench_repaired(lm, only: str | None = None) -> dict:
     t0 = time.perf_counter()
     calib = make_windows(lm.tokenizer, "wikitext2", n=CALIB[0], seq_len=CALIB[1])
     test = eval_windows(lm.tokenizer, "wikitext2", TEST[1], TEST[0])
-    scores = score_model(lm, calib, calibration={"source": "wikitext2"})
-    plans = {f"oneshot:{c}": make_plan(scores, c, num=NUM).removed_layers for c in CRITERIA}
-    plans["block"] = run_method("block", lm, calib, num=NUM, scores=scores).removed_layers
-    # the repair-aware method (methods/repairable.py): one span pass shared by both costs
-    from simdiff_core.analysis.linear_spans import span_replaceability
-    from simdiff_core.methods.repairable import COSTS
+    want = [w.strip() for w in only.split(",") if w.strip()] if only else None
+    plans = {}
+    if want is None or any(not w.startswith("repairable:") for w in want):
+        scores = score_model(lm, calib, calibration={"source": "wikitext2"})
+        plans.update({f"oneshot:{c}": make_plan(scores, c, num=NUM).removed_layers for c in CRITERIA})
+        plans["block"] = run_method("block", lm, calib, num=NUM, scores=scores).removed_layers
+    if want is None or any(w.startswith("repairable:") for w in want):
+        # the repair-aware method (methods/repairable.py): one span pass shared by both costs
+        from simdiff_core.analysis.linear_spans import span_replaceability
+        from simdiff_core.methods.repairable import COSTS
 
-    heat = span_replaceability(lm, calib, max_span=NUM)
-    for cost in COSTS:
-        plans[f"repairable:{cost}"] = run_method("repairable", lm, calib, num=NUM, spans=heat,
-                                                 cost=cost).removed_layers
-    if only:
-        want = [w.strip() for w in only.split(",") if w.strip()]
+        heat = span_replaceability(lm, calib, max_span=NUM, first_token=False, max_mb=1024)
+        for cost in COSTS:
+            plans[f"repairable:{cost}"] = run_method("repairable", lm, calib, num=NUM, spans=heat,
+                                                     cost=cost).removed_layers
+    if want is not None:
         unknown = [w for w in want if w not in plans]
         if unknown:
             raise SystemExit(f"error: unknown repaired candidates {unknown}; choose from {', '.join(plans)}")

@@ -145,7 +145,7 @@ def span_replaceability(lm, input_ids: torch.Tensor, max_span: int | None = None
                 Res[n - 1][a], Q[n - 1][a] = float(res), float(q[(a, n)])
         del G, E
     return {"values": V, "residual": Res, "removal": Q, "out_norm2": out_norm2, "x": list(range(L)), "y": list(range(1, L + 1)), "tokens": int(tokens),
-            "passes": len(groups), "max_span": span, "samples": int(N), "seq_len": int(S),
+            "passes": len(groups), "max_span": span, "first_token": bool(first_token), "samples": int(N), "seq_len": int(S),
             "warning": few_tokens_warning(tokens, d),
             "definition": "V[n-1][a] = min_T ||M T - (h_{a+n} - R)||^2 / ||h_{a+n} - h_a||^2, M and R of block a-1"}
 

@@ -17,7 +17,12 @@ spans of that residual, measured relative to the size of the state the span must
     cost(plan) = Σ_spans residual[a, b) / tokens          (cost="absolute")
 
 (``relative``: a repaired state's squared relative error, the quantity the angular criteria bound
-for the unrepaired one; the sum treats the spans' errors as independent.) The minimum over all
+for the unrepaired one; the sum treats the spans' errors as independent.) Position 0 is left out of
+every sum by default (``first_token=False``): from block 11 of SmolLM2 on, the first token's state
+(the attention sink) carries ~99 % of ``Σ‖h‖²`` (the mean ``‖h‖²`` jumps 100x there), so with it the
+relative cost of any span above that block is near zero and the DP piles all k blocks into one
+long span there (blocks 12-19 on the shipped calibration; a contiguous 8-block span such as PruneMe's 11-18
+repairs only from 363 to 247, issue 22). The minimum over all
 plans of k removable blocks is found exactly by dynamic programming over (block, removed so far):
 a span must start at a block >= 1 (block 0 has no block below to fold into), contain only
 removable blocks, be at most ``max_span`` long, and be followed by a kept block (two touching spans
@@ -93,15 +98,18 @@ def best_spans(costs: dict[tuple[int, int], float], num_layers: int, k: int, all
 
 
 def run(ctx, cost: str = "relative", max_span: int | None = None, spans: dict | None = None,
-        max_mb: float = 512):
+        max_mb: float = 1024, first_token: bool = False):
     if cost not in COSTS:
         raise SimDiffError(f"unknown repairable cost '{cost}'; choose from {', '.join(COSTS)}")
     span = ctx.k if max_span is None else int(max_span)
     if spans is None:
         from ..analysis.linear_spans import span_replaceability
 
-        spans = span_replaceability(ctx.lm, ctx.calib_ids, max_span=span, max_mb=max_mb,
+        spans = span_replaceability(ctx.lm, ctx.calib_ids, max_span=span, max_mb=max_mb, first_token=first_token,
                                     progress=lambda f, m: ctx.report(0.95 * f, m), should_stop=ctx.should_stop)
+    if bool(spans.get("first_token", True)) != bool(first_token):
+        raise SimDiffError(f"the span heatmap was computed with first_token={spans.get('first_token', True)}, "
+                           f"this plan asks for first_token={first_token}")
     costs = span_costs(spans, cost)
     costs = {ab: c for ab, c in costs.items() if ab[1] - ab[0] <= span}
     removed, total = best_spans(costs, ctx.L, ctx.k, ctx.allowed)
@@ -109,6 +117,6 @@ def run(ctx, cost: str = "relative", max_span: int | None = None, spans: dict | 
 
     parts = [{"start": a, "end": b, "cost": costs[(a, b)]} for a, b in removed_spans(removed, ctx.L)]
     return ctx.plan(removed, "repairable", criterion=f"repairable_{cost}", details={
-        "cost": cost, "max_span": span, "objective_value": total, "spans": parts, "tokens": spans.get("tokens"),
+        "cost": cost, "max_span": span, "first_token": bool(first_token), "objective_value": total, "spans": parts, "tokens": spans.get("tokens"),
         "note": "disjoint spans minimising the error the lstsq repair (dense fit) cannot recover, "
                 f"{'relative to ||h_b||^2' if cost == 'relative' else 'per token'}; exact DP over the span heatmap"})

@@ -63,7 +63,7 @@ def test_plan_is_the_argmin_of_a_naive_fit_repair_loop(tiny, tokenizer):
     lm = tiny("llama", 6, seed=3)
     calib = make_windows(tokenizer, "wikitext2", n=4, seq_len=32)
     k = 2
-    plan = run_method("repairable", lm, calib, num=k)
+    plan = run_method("repairable", lm, calib, num=k, first_token=True)  # fit_repair fits every token
     with torch.no_grad():
         hs = lm.model(input_ids=calib, output_hidden_states=True).hidden_states  # hs[j]: input of block j
     naive = {}
@@ -88,3 +88,39 @@ def test_absolute_cost_and_bad_cost(tiny, tokenizer):
     assert len(plan.removed_layers) == 2 and 0 not in plan.removed_layers
     with pytest.raises(SimDiffError, match="unknown repairable cost"):
         run_method("repairable", lm, calib, num=2, cost="nope")
+
+
+def test_default_leaves_out_position_0_like_a_naive_lstsq_loop(tiny, tokenizer):
+    """first_token=False (default): every sum without position 0; checked against torch.linalg.lstsq on
+    hidden states and MLP outputs captured by plain forward hooks, for every k-subset."""
+    lm = tiny("qwen2", 6, seed=5)
+    calib = make_windows(tokenizer, "wikitext2", n=3, seq_len=24)
+    k = 2
+    plan = run_method("repairable", lm, calib, num=k)
+    assert plan.details["first_token"] is False
+    layers = lm.model.model.layers
+    mlp_out = {}
+    hooks = [layers[i].mlp.register_forward_hook(lambda m, a, o, i=i: mlp_out.__setitem__(i, o))
+             for i in range(len(layers))]
+    try:
+        with torch.no_grad():
+            hs = lm.model(input_ids=calib, output_hidden_states=True).hidden_states
+    finally:
+        for h in hooks:
+            h.remove()
+
+    def flat(t):
+        return t[:, 1:].reshape(-1, t.shape[-1]).double()
+
+    naive = {}
+    for s in itertools.combinations(range(1, lm.num_layers - 1), k):
+        cost = 0.0
+        for a, b in removed_spans(s, lm.num_layers):
+            M, ha, hb = flat(mlp_out[a - 1]), flat(hs[a]), flat(hs[b])
+            Y = hb - ha + M                     # h_b - R with R = h_a - M
+            T = torch.linalg.lstsq(M, Y).solution
+            cost += float((M @ T - Y).square().sum()) / float(hb.square().sum())
+        naive[s] = cost
+    want = min(naive, key=naive.get)
+    assert plan.removed_layers == list(want), (plan.details, naive)
+    assert math.isclose(plan.details["objective_value"], naive[want], rel_tol=1e-3, abs_tol=1e-9)
