@@ -30,27 +30,3 @@ def test_shootout_page_runs(embedded_lm):
     res = at.session_state["shootout"]
     assert [r["method"] for r in res["rows"]] == ["dense", "oneshot", "block"] and res["k"] == 8
 
-
-def test_shootout_offers_the_repair_aware_method(embedded_lm):
-    """The Shootout's repairable row is the library's plan on the session's calibration windows."""
-    from streamlit.testing.v1 import AppTest
-
-    from simdiff_core.methods import run_method
-
-    at = AppTest.from_file(str(Path(__file__).resolve().parents[2] / "app.py"), default_timeout=300)
-    at.run()
-    at.number_input(key="samples").set_value(2)
-    at.number_input(key="seq_len").set_value(64)
-    at.button(key="calibrate").click().run()
-    at.switch_page("pages/Shootout.py").run()
-    at.multiselect(key="so_methods").set_value(["repairable"])
-    at.number_input(key="so_eval_windows").set_value(1)
-    at.number_input(key="so_eval_seq_len").set_value(64)
-    at.button(key="run_shootout").click().run()
-    assert not at.exception, at.exception
-    assert not [e.value for e in at.error]
-    res = at.session_state["shootout"]
-    row = res["rows"][1]
-    want = run_method("repairable", embedded_lm, at.session_state["calib_ids"], num=res["k"])
-    assert row["method"] == "repairable" and row["criterion"] == "repairable_relative"
-    assert row["removed_layers"] == " ".join(map(str, want.removed_layers))

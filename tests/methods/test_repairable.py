@@ -124,3 +124,16 @@ def test_default_leaves_out_position_0_like_a_naive_lstsq_loop(tiny, tokenizer):
     want = min(naive, key=naive.get)
     assert plan.removed_layers == list(want), (plan.details, naive)
     assert math.isclose(plan.details["objective_value"], naive[want], rel_tol=1e-3, abs_tol=1e-9)
+
+
+def test_shootout_row_is_the_methods_plan(tiny, tokenizer):
+    """compare/the Shootout page (``run_compare``) with ``repairable:absolute``: the row is the library's plan."""
+    from simdiff_core.methods.compare import parse_specs, run_compare
+
+    lm = tiny("llama", 6, seed=3)
+    calib = make_windows(tokenizer, "wikitext2", n=2, seq_len=16)
+    held = make_windows(tokenizer, "wikitext2:test", n=1, seq_len=16)
+    res = run_compare(lm, calib, parse_specs("repairable:absolute"), num=2, eval_ids=held)
+    want = run_method("repairable", lm, calib, num=2, cost="absolute")
+    assert res["rows"][1]["method"] == "repairable" and res["rows"][1]["criterion"] == "repairable_absolute"
+    assert res["rows"][1]["removed_layers"] == " ".join(map(str, want.removed_layers))
