@@ -29,4 +29,3 @@ def test_shootout_page_runs(embedded_lm):
     assert list(bars["x"]) == ["dense", "oneshot:cosine", "block:angular_window"]
     res = at.session_state["shootout"]
     assert [r["method"] for r in res["rows"]] == ["dense", "oneshot", "block"] and res["k"] == 8
-
