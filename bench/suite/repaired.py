@@ -50,7 +50,7 @@ def bench_repaired(lm, only: str | None = None) -> dict:
         from simdiff_core.analysis.linear_spans import span_replaceability
         from simdiff_core.methods.repairable import COSTS
 
-        heat = span_replaceability(lm, calib, max_span=NUM, first_token=False, max_mb=1024)
+        heat = span_replaceability(lm, calib, max_span=NUM, max_mb=1024)
         for cost in COSTS:
             plans[f"repairable:{cost}"] = run_method("repairable", lm, calib, num=NUM, spans=heat,
                                                      cost=cost).removed_layers

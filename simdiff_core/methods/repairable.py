@@ -17,12 +17,14 @@ spans of that residual, measured relative to the size of the state the span must
     cost(plan) = Σ_spans residual[a, b) / tokens          (cost="absolute")
 
 (``relative``: a repaired state's squared relative error, the quantity the angular criteria bound
-for the unrepaired one; the sum treats the spans' errors as independent.) Position 0 is left out of
-every sum by default (``first_token=False``): from block 11 of SmolLM2 on, the first token's state
-(the attention sink) carries ~99 % of ``Σ‖h‖²`` (the mean ``‖h‖²`` jumps 100x there), so with it the
-relative cost of any span above that block is near zero and the DP piles all k blocks into one
-long span there (blocks 12-19 at 8/30 on the shipped 16 x 256 calibration: repaired WikiText-2 test
-ppl 57.3, worse than the issue's hand-found plan at 53.1). The minimum over all
+for the unrepaired one; the sum treats the spans' errors as independent.) With ``first_token=False``
+position 0 is left
+out of every sum (on SmolLM2 the first token's state, the attention sink, carries ~99 % of ``Σ‖h‖²``
+from block 11 on); the default keeps it, so the cost is exactly the repair's own fit residual.
+Measured at 8/30 (16 x 256 calibration): both settings pick the contiguous span 12-19 with the relative
+cost, repaired WikiText-2 test ppl 57.3 (2.07x dense) — better than PruneMe's window (247) but not
+than the issue's hand-found plan [3, 7, 12-17] (53.1): the summed span residual is a proxy, not the
+repaired perplexity. The minimum over all
 plans of k removable blocks is found exactly by dynamic programming over (block, removed so far):
 a span must start at a block >= 1 (block 0 has no block below to fold into), contain only
 removable blocks, be at most ``max_span`` long, and be followed by a kept block (two touching spans
@@ -98,7 +100,7 @@ def best_spans(costs: dict[tuple[int, int], float], num_layers: int, k: int, all
 
 
 def run(ctx, cost: str = "relative", max_span: int | None = None, spans: dict | None = None,
-        max_mb: float = 1024, first_token: bool = False):
+        max_mb: float = 1024, first_token: bool = True):
     if cost not in COSTS:
         raise SimDiffError(f"unknown repairable cost '{cost}'; choose from {', '.join(COSTS)}")
     span = ctx.k if max_span is None else int(max_span)

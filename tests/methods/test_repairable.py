@@ -63,7 +63,7 @@ def test_plan_is_the_argmin_of_a_naive_fit_repair_loop(tiny, tokenizer):
     lm = tiny("llama", 6, seed=3)
     calib = make_windows(tokenizer, "wikitext2", n=4, seq_len=32)
     k = 2
-    plan = run_method("repairable", lm, calib, num=k, first_token=True)  # fit_repair fits every token
+    plan = run_method("repairable", lm, calib, num=k)  # default: every token, as fit_repair fits
     with torch.no_grad():
         hs = lm.model(input_ids=calib, output_hidden_states=True).hidden_states  # hs[j]: input of block j
     naive = {}
@@ -90,13 +90,13 @@ def test_absolute_cost_and_bad_cost(tiny, tokenizer):
         run_method("repairable", lm, calib, num=2, cost="nope")
 
 
-def test_default_leaves_out_position_0_like_a_naive_lstsq_loop(tiny, tokenizer):
-    """first_token=False (default): every sum without position 0; checked against torch.linalg.lstsq on
+def test_without_position_0_like_a_naive_lstsq_loop(tiny, tokenizer):
+    """first_token=False: every sum without position 0; checked against torch.linalg.lstsq on
     hidden states and MLP outputs captured by plain forward hooks, for every k-subset."""
     lm = tiny("qwen2", 6, seed=5)
     calib = make_windows(tokenizer, "wikitext2", n=3, seq_len=24)
     k = 2
-    plan = run_method("repairable", lm, calib, num=k)
+    plan = run_method("repairable", lm, calib, num=k, first_token=False)
     assert plan.details["first_token"] is False
     layers = lm.model.model.layers
     mlp_out = {}
