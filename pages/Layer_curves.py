@@ -143,7 +143,7 @@ def linear_section():
     # built once per calibration and band level, like the heatmaps (the plan's shading lives on the curves above)
     spec = state.per_scores(scores, ("linear_curve", level if lb else None),
                             lambda: figures_repair.linear_curve(scores.layers, lb).to_dict())
-    views.chart(figures.Spec(spec), "linear_replaceability", "linear_curve",
+    views.chart(figures.Spec(spec), "linear_replaceability", "linear_curve", live=True,
                 frame=figures_repair.linear_frame(scores.layers, lb))
     warn = (scores.meta.get("linear") or {}).get("warning")
     st.caption("Share of block i's removal error that one least-squares matrix on block i−1's MLP output cannot "
@@ -185,21 +185,32 @@ def _heatmaps() -> list[tuple[int, str, dict, pd.DataFrame]]:
 
 
 views_def = state.per_scores(scores, "heatmaps", _heatmaps)
+# Every chart of this page is drawn by the live component (ui/live_chart.py), also those no slider moves:
+# one plotly.js for the page. An st.plotly_chart would make the browser load and run Streamlit's own 4.7 MB
+# plotly bundle as well, next to the curves, which then waited for both (bench/suite/reopen.py).
 for t, name, spec, df in views_def:
     with tabs[t]:
-        views.chart(figures.Spec(spec), name, f"hm_{name}", frame=df)
+        views.chart(figures.Spec(spec), name, f"hm_{name}", frame=df, live=True)
 with tabs[3]:
     heat = state.result("linear_spans")
     if heat is not None:
         views.chart(figures.Spec(figures_repair.span_heatmap(heat).to_dict()), "linear_spans", "hm_linear_spans",
-                    frame=figures_repair.span_frame(heat))
+                    frame=figures_repair.span_frame(heat), live=True)
         st.caption(f"Removing [a, a+n): share of the error one matrix on block a−1 cannot recover; {heat['tokens']} "
                    f"calibration tokens, {heat['passes']} pass(es). Compare with the angular-distance tab: low "
                    "angular distance says the span changes little, low here says what it changes is repairable.")
     elif st.button("Compute the span heatmap (one more pass over the calibration windows)", key="linear_spans_btn"):
-        lm, ids = models.current_lm(), state.get("calib_ids")
-        if lm is None or ids is None or lm.num_layers != L:
+        from ui import runs
+
+        # an opened run's model is loaded now (said first; refused if its weights are not the run's), and
+        # its windows are cut again from the run's text and checked against its token hash (ui/runs.py)
+        lm = runs.ensure_model()
+        ids = state.get("calib_ids")
+        if lm is None or lm.num_layers != L:
             st.error("The span heatmap needs the calibrated model: run Calibrate on the Load & calibrate page again.")
+        elif ids is None:
+            st.error("The span heatmap needs the run's calibration windows: "
+                     f"{state.get('_windows_problem') or 'run Calibrate on the Load & calibrate page again'}.")
         else:
             from simdiff_core.analysis.linear_spans import span_replaceability
 

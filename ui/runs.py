@@ -104,6 +104,7 @@ def open_run(run_id: str) -> None:
     if info.partial:
         cal.setdefault("partial", "cancelled calibration")
     state.new_calibration(None, scores, None, cal)
+    state.set_run_content(scores, run.sha256)  # its figures and payloads are shared across sessions (ui/state.py)
     state.put("run_id", info.id)
     imported = bool((info.meta or {}).get("imported"))
     spec = app.get("model_spec")
@@ -111,9 +112,13 @@ def open_run(run_id: str) -> None:
         # a CLI run: scores.model is the --model spec it was given
         spec = {"spec": scores.model, "device": "auto", "dtype": "auto"} if scores.model else None
     text_spec = app.get("text_spec") if app else c.get("source") if c.get("description") else None
+    meta = info.meta or {}
     state.put("run_model", None if spec is None or spec.get("streamed") else {
         "spec": dict(spec), "text_spec": text_spec, "samples": cal.get("samples"), "seq_len": cal.get("seq_len"),
-        "imported": imported})
+        "imported": imported,
+        # what a model loaded on demand and its rebuilt windows must match (ensure_model checks both)
+        "weights": meta.get("weights_fingerprint"), "tokens_hash": meta.get("tokens_hash"),
+        "stream": bool((meta.get("options") or {}).get("stream")), "dtype": (meta.get("options") or {}).get("dtype")})
 
 
 def ensure_model():
@@ -151,18 +156,69 @@ def ensure_model():
         st.error(f"The open run has {scores.num_layers} blocks but {name} has {lm.num_layers}: load the model it "
                  "was scored on from Load & calibrate.", icon=":material/error:")
         st.stop()
+    problem, unchecked = weights_problem(lm, rm, name)
+    if problem:  # same block count is not the same model: never run other weights against this run's scores
+        note.empty()
+        st.error(problem, icon=":material/error:")
+        st.stop()
     state.put("model_spec", dict(spec, trust_remote_code=trust))
     lm = models.current_lm()  # pins this session's reference (ui/models.py), from the cache just filled
-    if state.get("calib_ids") is None and rm.get("text_spec") and isinstance(rm.get("samples"), int):
-        from simdiff_core import make_windows
-
-        try:
-            state.put("calib_ids", make_windows(lm.tokenizer, rm["text_spec"], rm["samples"], rm["seq_len"]))
-        except SimDiffError:
-            pass  # the pages that need windows say so
-    note.caption(f"Loaded {name} for the open run.")
+    if state.get("calib_ids") is None:
+        ids, why = rebuild_windows(lm, rm)
+        state.put("calib_ids", ids)
+        state.put("_windows_problem", why)
+    note.caption(f"Loaded {name} for the open run." + (f" {unchecked}" if unchecked else ""))
     shell.show_status()
     return lm
+
+
+def weights_problem(lm, rm: dict, name: str) -> tuple[str | None, str | None]:
+    """(refusal, note) for running ``lm`` against the open run ``rm``: a refusal (one line) where the loaded
+    weights' fingerprint (``simdiff_core.runs.weights_fingerprint``) differs from the one the run was scored
+    with; a note where the run gives nothing to compare with (imported scores, a streamed run keyed on its
+    files, which are compared where the spec names them here)."""
+    from simdiff_core.runs import files_fingerprint, weights_fingerprint
+
+    want = rm.get("weights")
+    if not want:
+        return None, "(The run records no weights fingerprint: not checked that these are its weights.)"
+    if rm.get("stream"):
+        from pathlib import Path
+
+        where = Path(str(rm["spec"]["spec"])).expanduser()
+        if not where.exists():
+            return None, "(The run was keyed on its weight files, which this spec does not name: not checked.)"
+        got = files_fingerprint(where)
+    else:
+        got = weights_fingerprint(lm.model)
+    if got == want:
+        return None, None
+    dt, run_dt = str(lm.dtype).replace("torch.", ""), rm.get("dtype")
+    why = f"; the run was scored in {run_dt}, this load is {dt}" if run_dt and run_dt != dt and not rm.get("stream") else ""
+    return (f"{name} as loaded here is not the model this run was scored on: its weights fingerprint "
+            f"{got[:12]} differs from the run's {want[:12]}{why}. Load the run's model on Load & calibrate."), None
+
+
+def rebuild_windows(lm, rm: dict):
+    """(ids, None) or (None, why): the open run's calibration windows, cut again from its text with its
+    samples x seq. length, and accepted only where their hash equals the run's ``tokens_hash``."""
+    from simdiff_core import make_windows
+    from simdiff_core.runs import tokens_hash
+
+    if not rm.get("text_spec"):
+        return None, "the run's text was uploaded or pasted, so its windows cannot be cut again here"
+    if not (isinstance(rm.get("samples"), int) and isinstance(rm.get("seq_len"), int)):
+        return None, "the run does not record its samples x seq. length"
+    if not rm.get("tokens_hash"):
+        return None, "the run records no token hash to check rebuilt windows against"
+    try:
+        ids = make_windows(lm.tokenizer, rm["text_spec"], rm["samples"], rm["seq_len"])
+    except SimDiffError as e:
+        return None, f"its text {rm['text_spec']} cannot be read here: {e}"
+    if tokens_hash(ids) != rm["tokens_hash"]:
+        return None, (f"the windows cut again from {rm['text_spec']} differ from the run's (token hash mismatch: "
+                      "another text release or tokenizer)")
+    return ids, None
 
 
 def rows(infos) -> list[dict]:

@@ -42,6 +42,7 @@ PAGES = {key: path for entries in NAV.values() for key, path, _, _ in entries}
 
 def setup_page(title: str, icon: str = "assets/favicon.png") -> None:
     """Page config, logo and session defaults: call first on every page."""
+    leave_pages_folder_mode()
     icon_path = ROOT / icon
     st.set_page_config(page_title=f"{title} · SimDiff Explorer", page_icon=str(icon_path) if icon_path.is_file() else "🧬",
                        layout="wide")
@@ -56,6 +57,26 @@ def setup_page(title: str, icon: str = "assets/favicon.png") -> None:
     from ui import links
 
     links.restore()
+
+
+def leave_pages_folder_mode() -> None:
+    """Run app.py's navigation, also for the first visitor of a freshly started server.
+
+    Streamlit starts in its old ``pages/``-folder mode (the folder exists) until some script run calls
+    ``st.navigation``. In that mode it runs a deep-linked page's file directly under an automatic page list
+    (file names, an "app" entry) and app.py, ours, never runs: the first visitor by a link, or every visitor
+    while only links are opened, saw that list and no status line. So the first page run that finds the
+    mode still on switches it off (what ``st.navigation`` itself does) and reruns at once, before anything
+    is drawn: the rerun runs app.py, whose navigation resolves the same URL path to the same page."""
+    try:
+        from streamlit.runtime.pages_manager import PagesManager
+    except ImportError:  # pragma: no cover - a Streamlit without the old mode
+        return
+    # AppTest resets the mode before every run (and a rerun there would drop the run's widget triggers);
+    # its runs reach app.py's navigation anyway, since they start at app.py.
+    if PagesManager.uses_pages_directory and "streamlit.testing.v1.app_test" not in sys.modules:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
 
 
 @st.cache_resource(show_spinner=False)

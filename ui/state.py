@@ -149,6 +149,7 @@ def new_calibration(model_spec: dict | None, scores, calib_ids, calib_info: dict
     clear_results()
     for k in ("run_id", "run_model", "run_from_library"):  # the caller says which run this is (ui/runs.py)
         st.session_state[k] = None
+    st.session_state["_run_content"] = None  # open_run marks a stored run's scores after this
     st.session_state["model_spec"] = model_spec
     st.session_state["scores"] = scores
     st.session_state["calib_ids"] = calib_ids
@@ -203,26 +204,62 @@ def per_scores(scores, key, build):
     """``build()`` memoised for this session's current ``scores`` object (figure bases, heatmap specs).
 
     Rebuilt only when the scores object changes (a new calibration), so a slider move never redoes
-    work that depends on the scores alone.
+    work that depends on the scores alone. Where the scores are a stored run opened from the library
+    (``set_run_content``), the value is also shared across sessions (``_shared``): a second visitor, a
+    reload or a copied link of the same run gets the figures without rebuilding them.
     """
     memo = st.session_state.get("_per_scores")
     if memo is None or memo[0] is not scores:
         memo = (scores, {})
         st.session_state["_per_scores"] = memo
     if key not in memo[1]:
-        memo[1][key] = build()
+        sha = run_content(scores)
+        memo[1][key] = build() if sha is None else _shared(sha, repr(key), build)
     return memo[1][key]
+
+
+def set_run_content(scores, sha256: str | None) -> None:
+    """Mark ``scores`` as decoded from the run file with this SHA-256 (``ui.runs.open_run``): what they
+    derive is then a function of that hash and the memo key alone, so sessions may share it. Any other
+    scores (a calibration in this session, a later run) are not marked: the mark holds the object itself."""
+    st.session_state["_run_content"] = (scores, sha256) if sha256 else None
+
+
+def run_content(scores) -> str | None:
+    """The run-file hash ``scores`` were decoded from, or None (not a stored run, or not these scores)."""
+    rc = st.session_state.get("_run_content")
+    return rc[1] if rc is not None and rc[0] is scores else None
+
+
+# Derived values of stored runs, across sessions. st.cache_data pickles what it stores and unpickles a
+# fresh copy for every call, so sessions never share a mutable object (one session's edits cannot reach
+# another's). The key is the run file's SHA-256 (verified when the run was opened: same hash, same
+# scores) plus the memo key, which names every setting the value depends on (the per-session memo
+# relies on the same keys). ~50 entries of at most ~1 MB each (the live payloads at 80 blocks).
+@st.cache_data(max_entries=64, show_spinner=False)
+def _shared(sha: str, key: str, _build):
+    return _build()
+
+
+def _session_memo(scores, key) -> dict:
+    """A dict of this session's own for ``scores`` (never shared: the caller fills it)."""
+    memo = st.session_state.get("_per_scores")
+    if memo is None or memo[0] is not scores:
+        memo = (scores, {})
+        st.session_state["_per_scores"] = memo
+    return memo[1].setdefault(key, {})
 
 
 def per_scores_recent(scores, group: str, key, build, keep: int = 4):
     """``per_scores`` for values that are large and keyed by many settings (the live slider payloads):
     only the ``keep`` most recently used of ``group`` stay memoised, so moving α through its grid does
     not pile up one payload per value in the session."""
-    memo = per_scores(scores, ("_recent", group), dict)
+    memo = _session_memo(scores, ("_recent", group))
     if key in memo:
         memo[key] = memo.pop(key)  # most recent last
     else:
-        memo[key] = build()
+        sha = run_content(scores)
+        memo[key] = build() if sha is None else _shared(sha, repr(("_recent", group, key)), build)
         while len(memo) > keep:
             memo.pop(next(iter(memo)))
     return memo[key]

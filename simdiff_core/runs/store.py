@@ -123,10 +123,12 @@ class RunInfo:
 
 @dataclass
 class Run:
-    """An opened run: its Scores (everything the score-only views need) and its RunInfo."""
+    """An opened run: its Scores (everything the score-only views need), its RunInfo and the SHA-256 of the
+    run file they were decoded from (checked on open: equal hashes, equal scores)."""
 
     info: RunInfo
     scores: object
+    sha256: str | None = None
 
     @property
     def id(self) -> str:
@@ -321,7 +323,7 @@ class RunStore:
             if not self.readonly:
                 with contextlib.suppress(sqlite3.Error, SimDiffError), self._db(write=True) as con:
                     con.execute("UPDATE runs SET last_used = ? WHERE id = ?", (time.time(), info.id))
-            return Run(info=info, scores=scores), data
+            return Run(info=info, scores=scores, sha256=sha), data
         raise SimDiffError(f"run {run_id} keeps changing while it is read; try again")  # pragma: no cover
 
     def _moved(self, info: RunInfo) -> bool:

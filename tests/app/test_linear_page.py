@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from tests.support.apptest_figures import figures
+
 ROOT = Path(__file__).resolve().parents[2]
 T = 300
 
@@ -23,7 +25,7 @@ def _arr(v):
 
 
 def _charts(at) -> list[dict]:
-    return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    return figures(at)  # st.plotly_chart and live-component charts alike (Layer curves draws all with the latter)
 
 
 def _titled(at, prefix: str) -> dict | None:

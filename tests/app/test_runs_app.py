@@ -260,3 +260,136 @@ def test_bad_links_are_one_line_errors_and_the_page_still_renders():
     assert len(errs) == 3 and all("\n" not in e for e in errs), errs
     assert any("cannot open the linked run" in e for e in errs)
     assert at.session_state["alpha"] == 0.5 and at.info  # the empty state
+
+
+def _copy_run(run_id: str, label: str, **meta_changes) -> str:
+    """A copy of a stored run under a new key with some metadata changed (what another machine or an
+    edited library could hold): its id."""
+    import hashlib
+
+    run = library().open(run_id)
+    meta = dict(run.info.meta, **meta_changes)
+    meta["key"] = hashlib.sha256(label.encode()).hexdigest()
+    return library().save(run.scores, meta=meta, key=meta["key"])
+
+
+def test_figures_shared_across_sessions_equal_a_fresh_build_and_sessions_stay_independent(stored):
+    """A stored run's bands, figure bases, payloads and heatmaps are built once per server (ui/state.py):
+    each value equals a fresh build from a fresh read of the run, and no session can change another's."""
+    from simdiff_core.analysis import derived, uncertainty
+    from simdiff_core.export import figures as F
+    from simdiff_core.export import figures_repair
+    from ui import live_slider
+
+    _, run_id = stored
+    link = {"run": run_id, "ratio": "0.2", "alpha": "0.35"}
+    a = app(link)
+    a.switch_page(CURVES).run()
+    assert not a.exception and not a.error, [e.value for e in a.error]
+    memo_a = a.session_state["_per_scores"][1]
+    b = app(link)
+    b.switch_page(CURVES).run()
+    assert not b.exception and not b.error
+    memo_b = b.session_state["_per_scores"][1]
+    pay_a = next(iter(memo_a[("_recent", "live_curves")].values()))
+    pay_b = next(iter(memo_b[("_recent", "live_curves")].values()))
+    # built once: the payload's id is a fresh uuid per build, and the second session got the first's
+    assert pay_a["id"] == pay_b["id"]
+    # ... as its own copy: nothing of one session's values is the other's object
+    # (the first session's payload build filled the fused band of every α; the second got the payload whole)
+    assert set(memo_b) <= set(memo_a) and ("heatmaps" in memo_b and ("bands", 0.9) in memo_b)
+    for k in memo_b:
+        if k != ("_recent", "live_curves"):
+            assert memo_a[k] is not memo_b[k] and _same(memo_a[k], memo_b[k]), k
+    assert pay_a is not pay_b
+
+    fresh = library().open(run_id).scores  # read again from disk: no cached object involved
+    assert fresh is not a.session_state["scores"]
+    fusion = {"scale_free": True, "beta": 0.5}
+    bands = uncertainty.bands(fresh, level=0.9)
+    assert _same(memo_a[("bands", 0.9)], bands)
+    base_key = next(k for k in memo_a if isinstance(k, tuple) and k[0] == "curves")
+    base = F.curves_base(fresh.layers, scale_free=True, log_mssd=False, damage=None, bands=bands, clip=True)
+    assert _same(memo_a[base_key], base)
+    for k, v in memo_a.items():
+        if isinstance(k, tuple) and k[0] == "fused_band":
+            _, level, alpha, beta, sf = k
+            assert _same(v, uncertainty.fused_band(fresh, alpha=alpha, level=level, beta=beta, scale_free=sf)), k
+    want = live_slider.curves_payload(fresh, "simdiff", True, True, fusion, base,
+                                      lambda x: uncertainty.fused_band(fresh, alpha=x, level=0.9, **fusion))
+    assert _same({k: v for k, v in pay_a.items() if k != "id"}, {k: v for k, v in want.items() if k != "id"})
+    m = fresh.matrices
+    D, x, y = derived.nblock_angular(m["angular_boundaries"])
+    heat = {name: np.asarray(spec["data"][0]["z"], dtype=float) for _, name, spec, _ in memo_a["heatmaps"]}
+    assert set(heat) == {"output_cosine", "angular", "cka"}
+    assert np.array_equal(heat["angular"], np.asarray(D, dtype=float), equal_nan=True)
+    assert np.array_equal(heat["output_cosine"], np.asarray(m["output_cosine"], dtype=float), equal_nan=True)
+    assert np.array_equal(heat["cka"], np.asarray(m["cka"], dtype=float), equal_nan=True)
+    lin = next(v for k, v in memo_a.items() if isinstance(k, tuple) and k[0] == "linear_curve")
+    assert _same(lin, figures_repair.linear_curve(fresh.layers, bands.get("linear")).to_dict())
+
+    # a session that edits its values in place changes nothing for the next visitor
+    memo_a[("bands", 0.9)]["cosine"]["lo"][0] = 123.0
+    pay_a["orders"]["0.35"].reverse()
+    c = app(link)
+    c.switch_page(CURVES).run()
+    memo_c = c.session_state["_per_scores"][1]
+    assert _same(memo_c[("bands", 0.9)], bands)
+    assert next(iter(memo_c[("_recent", "live_curves")].values()))["orders"] == want["orders"]
+    # and the settings of one session are not another's
+    c.slider(key="_w_alpha").set_value(0.8).run()
+    assert c.session_state["alpha"] == 0.8 and b.session_state["alpha"] == 0.35
+
+
+def _same(a, b) -> bool:
+    """Equal values, numpy arrays compared element-wise (exactly: a cached value is the same computation)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if hasattr(a, "equals") and hasattr(b, "equals"):  # pandas frames behind the charts
+        return a.equals(b)
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return np.array_equal(np.asarray(a), np.asarray(b), equal_nan=True)
+    if isinstance(a, float) and isinstance(b, float) and a != a and b != b:
+        return True
+    return a == b
+
+
+def test_a_run_whose_weights_differ_from_the_loaded_model_is_refused_in_one_line(stored):
+    _, run_id = stored
+    other = _copy_run(run_id, "other weights", weights_fingerprint="0" * 64)
+    at = app({"run": other})
+    at.switch_page(DRILL).run()
+    assert not at.exception
+    errs = [e.value for e in at.error]
+    assert len(errs) == 1 and "\n" not in errs[0] and "not the model this run was scored on" in errs[0], errs
+    assert at.session_state["model_spec"] is None  # nothing of the other model is used for this run
+
+
+def test_the_span_heatmap_of_an_opened_run_rebuilds_and_checks_its_windows(stored):
+    from simdiff_core import make_windows
+    from simdiff_core.analysis.linear_spans import span_replaceability
+
+    _, run_id = stored
+    at = app({"run": run_id})
+    at.switch_page(CURVES).run()
+    assert no_model(at) and at.session_state["calib_ids"] is None
+    at.button(key="linear_spans_btn").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    lm = at.session_state["_lm_pin"][1]
+    ids = make_windows(lm.tokenizer, "wikitext2", 2, 32)
+    assert at.session_state["calib_ids"].tolist() == ids.tolist()
+    heat = at.session_state["linear_spans"]
+    assert np.allclose(np.asarray(heat["values"], dtype=float),
+                       np.asarray(span_replaceability(lm, ids)["values"], dtype=float), equal_nan=True)
+    assert any("Linear replaceability across" in json.dumps(f) for f in figures(at))
+    # windows that do not hash to the run's tokens are not used: one line says why
+    bad = _copy_run(run_id, "other tokens", tokens_hash="0" * 64)
+    at = app({"run": bad})
+    at.switch_page(CURVES).run()
+    at.button(key="linear_spans_btn").click().run()
+    assert not at.exception
+    errs = [e.value for e in at.error]
+    assert len(errs) == 1 and "token hash mismatch" in errs[0] and "\n" not in errs[0], errs
+    assert at.session_state["calib_ids"] is None and at.session_state["linear_spans"] is None

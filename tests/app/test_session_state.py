@@ -7,9 +7,12 @@ damage, set damage) on tiny saved models, so the test sees exactly what a user w
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from tests.support.apptest_figures import figures
 from tests.support.repo import ROOT
 
 APP = str(ROOT / "app.py")
@@ -106,7 +109,7 @@ def shown_results(at) -> list[str]:
     ok(at.switch_page(CURVES).run())
     if not any("Add the measured ground truth" in c.value for c in at.caption):
         shown.append("curves: damage curve")
-    if at.get("plotly_chart") and any("Linear replaceability across" in c.proto.spec for c in at.get("plotly_chart")):
+    if any("Linear replaceability across" in json.dumps(f) for f in figures(at)):
         shown.append("curves: linear span heatmap")
     ok(at.switch_page(PREVIEW).run())
     if any(c.value.startswith("Auto α chose") for c in at.caption):

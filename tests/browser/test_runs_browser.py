@@ -127,3 +127,55 @@ def test_reload_link_and_restart_reopen_the_same_run_and_view(tmp_path):
                 ctx.close()
         finally:
             browser.close()
+
+
+def _tiny_run(home: Path) -> str:
+    """A stored run of a random-weight 8-block Llama (2 x 16 random tokens): seconds, no embedded model."""
+    import torch
+
+    from simdiff_core import score_model
+    from simdiff_core.models.load import wrap_model
+    from simdiff_core.runs import RunStore, run_meta
+    from tests.support.tiny import tiny_model
+
+    lm = wrap_model(tiny_model("llama", num_layers=8, vocab_size=512), None, "tiny-llama-8")
+    ids = torch.randint(0, 512, (2, 16), generator=torch.Generator().manual_seed(0))
+    scores = score_model(lm, ids, calibration={"source": "random tokens", "samples": 2, "seq_len": 16})
+    return RunStore(home=home).save(scores, meta=run_meta(scores))
+
+
+def test_a_fresh_servers_first_visitor_by_link_gets_the_apps_navigation(tmp_path):
+    """Streamlit starts in its pages-folder mode: before ui/shell.leave_pages_folder_mode, the first
+    visitor of a fresh server by a deep link got the automatic page list (file names, "app") and no
+    status line, app.py never ran. The first session here is such a visitor, on the Runs page."""
+    require_browser()
+    from playwright.sync_api import sync_playwright
+
+    from ui.shell import NAV
+
+    titles = [title for entries in NAV.values() for _, _, title, _ in entries]
+    home = tmp_path / "home"
+    run_id = _tiny_run(home)
+    env = {"SIMDIFF_HOME": str(home), "SIMDIFF_EXPORT_DIR": str(tmp_path / "exports")}
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+        try:
+            with running_app(tmp_path / "c.log", env) as (url, _):
+                for path in (f"/Runs?run={run_id}", f"/Layer_curves?run={run_id}&ratio=0.25"):
+                    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+                    page = ctx.new_page()
+                    page.set_default_timeout(240_000)
+                    page.goto(url + path)
+                    idle(page)
+                    _no_errors(page)
+                    shown = [t.split("\n")[-1].strip() for t in
+                             page.locator("[data-testid=stSidebarNav] a").all_inner_texts()]
+                    assert shown == titles, shown
+                    assert f"run {run_id}" in _status(page) and "model not loaded" in _status(page)
+                    if path.startswith("/Runs"):
+                        assert page.get_by_role("button", name="Open", exact=True).count() == 1
+                    else:
+                        assert _curves_drawn(page) >= 2
+                    ctx.close()
+        finally:
+            browser.close()

@@ -40,6 +40,16 @@ function draw(gd, fig, config) {
   const old = gd.data || [];
   const traces = JSON.parse(dataJson).map((t, i) => (i < old.length ? reuse(t, old[i]) : t));
   window.Plotly.react(gd, traces, layout, Object.assign({responsive: true}, config));
+  // responsive only follows the window: a chart first drawn in a hidden tab (width 0: plotly's default
+  // width) is resized when its own box gets a width
+  if (!gd.__sdResize && window.ResizeObserver) {
+    let w = gd.clientWidth;
+    gd.__sdResize = new ResizeObserver(() => {
+      const nw = gd.clientWidth;
+      if (nw > 0 && nw !== w && gd.data) { w = nw; window.Plotly.Plots.resize(gd); }
+    });
+    gd.__sdResize.observe(gd);
+  }
 }
 
 function paintStack(el, drop, imp) {
