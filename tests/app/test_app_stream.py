@@ -135,6 +135,14 @@ def test_streamed_model_end_to_end_in_the_app(tmp_path, tokenizer, capsys):
     at.button(key="stream_export_go").click().run()  # an earlier export is replaced
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert _tensors(tmp_path / "app-none").keys() == _tensors(tmp_path / "cli-none").keys()
+    # a new calibration clears the written export's result, as it clears every other result
+    assert at.session_state["stream_export"] is not None
+    at.switch_page("pages/Load_and_calibrate.py").run()
+    at.number_input(key="seq_len").set_value(16)
+    at.button(key="calibrate").click().run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert at.session_state["scores"].calibration["seq_len"] == 16  # it did recalibrate
+    assert at.session_state["stream_export"] is None
     # the repair changed the folded weights (it is not the plain prune written twice)
     a, b = _tensors(tmp_path / "app-none"), _tensors(tmp_path / "app-lstsq")
     assert any(not torch.equal(a[k], b[k]) for k in a)
