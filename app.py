@@ -13,7 +13,7 @@ import streamlit as st
 
 from ui import links, shell
 
-shell.setup_page("SimDiff Explorer")  # also reopens a link's run and view (ui/links.py)
+shell.setup_page("SimDiff Explorer", entry=True)  # also reopens a link's run and view (ui/links.py)
 nav = st.navigation({section: [st.Page(path, title=title, icon=icon, default=(key == "load"))
                                for key, path, title, icon in entries]
                      for section, entries in shell.NAV.items()})

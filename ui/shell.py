@@ -40,9 +40,9 @@ NAV = {
 PAGES = {key: path for entries in NAV.values() for key, path, _, _ in entries}
 
 
-def setup_page(title: str, icon: str = "assets/favicon.png") -> None:
-    """Page config, logo and session defaults: call first on every page."""
-    leave_pages_folder_mode()
+def setup_page(title: str, icon: str = "assets/favicon.png", entry: bool = False) -> None:
+    """Page config, logo and session defaults: call first on every page (``entry=True`` in app.py only)."""
+    leave_pages_folder_mode(rerun=not entry)
     icon_path = ROOT / icon
     st.set_page_config(page_title=f"{title} · SimDiff Explorer", page_icon=str(icon_path) if icon_path.is_file() else "🧬",
                        layout="wide")
@@ -59,7 +59,7 @@ def setup_page(title: str, icon: str = "assets/favicon.png") -> None:
     links.restore()
 
 
-def leave_pages_folder_mode() -> None:
+def leave_pages_folder_mode(rerun: bool = True) -> None:
     """Run app.py's navigation, also for the first visitor of a freshly started server.
 
     Streamlit starts in its old ``pages/``-folder mode (the folder exists) until some script run calls
@@ -67,7 +67,9 @@ def leave_pages_folder_mode() -> None:
     (file names, an "app" entry) and app.py, ours, never runs: the first visitor by a link, or every visitor
     while only links are opened, saw that list and no status line. So the first page run that finds the
     mode still on switches it off (what ``st.navigation`` itself does) and reruns at once, before anything
-    is drawn: the rerun runs app.py, whose navigation resolves the same URL path to the same page."""
+    is drawn: the rerun runs app.py, whose navigation resolves the same URL path to the same page. In app.py
+    itself (``rerun=False``) no rerun is needed: its ``st.navigation`` follows in this very run (a rerun
+    there, on a fresh server's first visit to "/", could leave the automatic list and an empty page)."""
     try:
         from streamlit.runtime.pages_manager import PagesManager
     except ImportError:  # pragma: no cover - a Streamlit without the old mode
@@ -76,7 +78,8 @@ def leave_pages_folder_mode() -> None:
     # its runs reach app.py's navigation anyway, since they start at app.py.
     if PagesManager.uses_pages_directory and "streamlit.testing.v1.app_test" not in sys.modules:
         PagesManager.uses_pages_directory = False
-        st.rerun()
+        if rerun:
+            st.rerun()
 
 
 @st.cache_resource(show_spinner=False)
