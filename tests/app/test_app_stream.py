@@ -5,15 +5,13 @@ from __future__ import annotations
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.support.repo import ROOT
+from tests.support.builders import checkpoint_tensors as _tensors
 from tests.support.builders import save_model as _save_model
+from tests.support.repo import ROOT
 
 
-def test_streamed_calibration_in_the_app_equals_in_memory(tmp_path, tokenizer):
-    from simdiff_core import load_model, make_windows, score_model
-
-    d = tmp_path / "m"
-    _save_model(d, num_layers=6, hidden=64, inter=128, vocab=len(tokenizer), tokenizer=tokenizer)
+def _streaming_app(d) -> AppTest:
+    """The app on Load & calibrate, set to stream local directory ``d`` with 2 x 32 calibration tokens."""
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
     at.run()
     at.selectbox(key="src_kind").set_value("Local model directory").run()
@@ -21,6 +19,15 @@ def test_streamed_calibration_in_the_app_equals_in_memory(tmp_path, tokenizer):
     at.checkbox(key="stream").check().run()
     at.number_input(key="samples").set_value(2)
     at.number_input(key="seq_len").set_value(32)
+    return at
+
+
+def test_streamed_calibration_in_the_app_equals_in_memory(tmp_path, tokenizer):
+    from simdiff_core import load_model, make_windows, score_model
+
+    d = tmp_path / "m"
+    _save_model(d, num_layers=6, hidden=64, inter=128, vocab=len(tokenizer), tokenizer=tokenizer)
+    at = _streaming_app(d)
     at.button(key="calibrate").click().run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert at.session_state["model_spec"] is None  # nothing held in memory
@@ -37,16 +44,6 @@ def test_streamed_calibration_in_the_app_equals_in_memory(tmp_path, tokenizer):
     at.switch_page("pages/Prune_preview.py").run()  # the preview works from the scores alone
     assert not at.exception and not at.error
     assert at.session_state["plan"].num_removed >= 1
-
-
-def _tensors(d):
-    from safetensors import safe_open
-
-    out = {}
-    for f in sorted(d.glob("*.safetensors")):
-        with safe_open(str(f), framework="pt") as h:
-            out.update({k: h.get_tensor(k) for k in h.keys()})
-    return out
 
 
 def test_streamed_model_end_to_end_in_the_app(tmp_path, tokenizer, capsys):
@@ -66,13 +63,7 @@ def test_streamed_model_end_to_end_in_the_app(tmp_path, tokenizer, capsys):
     tokenizer.save_pretrained(d)
     assert (d / "model.safetensors.index.json").is_file()
 
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
-    at.run()
-    at.selectbox(key="src_kind").set_value("Local model directory").run()
-    at.text_input(key="src_text").set_value(str(d)).run()
-    at.checkbox(key="stream").check().run()
-    at.number_input(key="samples").set_value(2)
-    at.number_input(key="seq_len").set_value(32)
+    at = _streaming_app(d)
     at.number_input(key="stream_budget").set_value(1)
     at.button(key="calibrate").click().run()
     # a budget below one block: refused before any work, in one line

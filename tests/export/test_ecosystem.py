@@ -18,18 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.support.builders import checkpoint_tensors as _state_dict
 from tests.support.repo import ROOT, run_cli
 
 BIN = Path(sys.executable).parent
-
-
-def _state_dict(d: Path) -> dict:
-    from safetensors.torch import load_file
-
-    sd = {}
-    for f in sorted(Path(d).glob("*.safetensors")):
-        sd.update(load_file(f))
-    return sd
 
 
 @pytest.fixture(scope="module")

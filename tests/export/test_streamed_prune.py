@@ -10,19 +10,9 @@ import json
 
 import pytest
 import torch
-from safetensors import safe_open
 
 from simdiff_core.common.errors import SimDiffError
-
-
-def _tensors(d):
-    out = {}
-    for f in sorted(d.glob("*.safetensors")):
-        with safe_open(str(f), framework="pt") as h:
-            for k in h.keys():
-                assert k not in out, f"{k} stored twice"
-                out[k] = h.get_tensor(k)
-    return out
+from tests.support.builders import checkpoint_tensors as _tensors
 
 
 def _config(d):

@@ -9,15 +9,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from safetensors import safe_open
 
-
-def _tensors(d):
-    out = {}
-    for f in sorted(d.glob("*.safetensors")):
-        with safe_open(str(f), framework="pt") as h:
-            out.update({k: h.get_tensor(k) for k in h.keys()})
-    return out
+from tests.support.builders import checkpoint_tensors as _tensors
 
 
 def test_streamed_lstsq_repair_equals_in_memory(tmp_path, tokenizer):

@@ -1,4 +1,5 @@
-"""Builders shared by several test folders: a saved multi-block Llama and Scores with given window sums.
+"""Builders shared by several test folders: a saved multi-block Llama, Scores with given window sums, and
+the tensors of a saved (sharded) checkpoint read back.
 
 Why here: test modules never import each other; what two folders need lives in tests/support/.
 Cost: ``save_model`` builds and saves a ~13 MB fp32 model (12 blocks, hidden 128); ``constructed_scores``
@@ -11,6 +12,21 @@ import numpy as np
 import torch
 
 from simdiff_core.analysis.score import Scores
+
+
+def checkpoint_tensors(d) -> dict:
+    """Every tensor of the ``*.safetensors`` shards in folder ``d``, by name (a name stored twice fails)."""
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    out = {}
+    for f in sorted(Path(d).glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as h:
+            for k in h.keys():
+                assert k not in out, f"{k} stored twice"
+                out[k] = h.get_tensor(k)
+    return out
 
 
 def save_model(path, num_layers=12, hidden=128, inter=512, vocab=1024, tie=False, tokenizer=None):
