@@ -92,8 +92,6 @@ def _sliced_head_nll(sm: StreamedModel, xs, input_ids, batches, head_rows):
     sm.load(rest, "final norm")
     wname = next(n for n in sm.head_names() if n.endswith("weight"))
     bname = next((n for n in sm.head_names() if n.endswith("bias")), None)
-    wkey = sm._source_key(wname)
-    bkey = sm._source_key(bname) if bname is not None else None
     states = []  # per batch: running max, running sum, target logit (float64, B x S-1)
     for s, e in batches:
         shape = (e - s, input_ids.shape[1] - 1)
@@ -108,11 +106,9 @@ def _sliced_head_nll(sm: StreamedModel, xs, input_ids, batches, head_rows):
             rows = min(int(rows), V)
             for v0 in range(0, V, rows):
                 v1 = min(V, v0 + rows)
-                head._parameters["weight"] = torch.nn.Parameter(
-                    sm._read(wkey, rows=(v0, v1)).to(sm.dtype).to(sm.device), requires_grad=False)
-                if bkey is not None:
-                    head._parameters["bias"] = torch.nn.Parameter(
-                        sm._read(bkey, rows=(v0, v1)).to(sm.dtype).to(sm.device), requires_grad=False)
+                head._parameters["weight"] = torch.nn.Parameter(sm.read_rows(wname, (v0, v1)), requires_grad=False)
+                if bname is not None:
+                    head._parameters["bias"] = torch.nn.Parameter(sm.read_rows(bname, (v0, v1)), requires_grad=False)
                 sm.held = sm.measured_bytes()
                 sm.peak = max(sm.peak, sm.held)
                 for b, (s, e) in enumerate(batches):
@@ -127,7 +123,7 @@ def _sliced_head_nll(sm: StreamedModel, xs, input_ids, batches, head_rows):
                     tgt.copy_(torch.where(inside, got, tgt))
                     del lg
                 head._parameters["weight"] = original["weight"]
-                if bkey is not None:
+                if bname is not None:
                     head._parameters["bias"] = original["bias"]
                 sm.held = sm.measured_bytes()
     finally:

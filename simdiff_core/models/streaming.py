@@ -187,6 +187,11 @@ class StreamedModel:
                 out[key] = t.to(self.dtype) if t.is_floating_point() else t
         return out
 
+    def read_rows(self, name: str, rows: tuple[int, int]) -> torch.Tensor:
+        """Rows [r0, r1) of parameter ``name`` (e.g. a vocabulary slice of the LM head) read from disk, in
+        the compute dtype on the compute device; tied names resolve to the tensor stored once."""
+        return self._read(self._source_key(name), rows=rows).to(self.dtype).to(self.device)
+
     # ------------------------------------------------------------------ phases
     def _names_of(self, module: nn.Module | None) -> list[str]:
         if module is None:
