@@ -398,14 +398,19 @@ def run_all(args) -> int:
                    "--out-dtype", "bfloat16", "--repair", "lstsq", "--samples", str(N), "--seq-len", str(S), *common]
     ppl_common = ["--device", "cpu", "--dtype", "float32", "--windows", str(W), "--seq-len", str(S), "--json",
                   "--stream", "--memory-budget-mb", str(budget)]
-    pr = Stage("prune", prune_argv, work, cold=True, concurrent="repair" if args.repair else None)
-    rp = Stage("repair", repair_argv, work, cold=False, concurrent="prune, ppl") if args.repair else None
+    # --sequential: every stage alone (the timed ones, score and ppl, then measure only themselves)
+    side = args.repair and not args.sequential
+    pr = Stage("prune", prune_argv, work, cold=True, concurrent="repair" if side else None)
+    rp = Stage("repair", repair_argv, work, cold=False, concurrent="prune, ppl") if side else None
     stages.append(pr.wait())
     check = check_pruned(pruned, L - k) if pruned.is_dir() else {"ok": False}
     log(f"pruned checkpoint check: {check}")
     pp = Stage("ppl", ["ppl", "--model", str(pruned), *ppl_common], work, cold=False,
                concurrent="repair" if rp is not None else None)
     stages.append(pp.wait())
+    if args.repair and args.sequential:
+        log("ppl done; the repair stage runs alone now")
+        rp = Stage("repair", repair_argv, work, cold=False)
     if rp is not None:
         stages.append(rp.wait())
         if args.ppl_repaired and repaired.is_dir():
@@ -528,6 +533,8 @@ def main() -> int:
     ap.add_argument("--prefetch-only", action="store_true",
                     help="build if needed, then only compare score --stream with and without reading block i+1 "
                          "while block i computes (one JSON line; nothing written to RESULTS.md)")
+    ap.add_argument("--sequential", action="store_true",
+                    help="run every stage alone (default: prune beside the repair, ppl beside the repair)")
     ap.add_argument("--no-repair", dest="repair", action="store_false", help="skip the streamed repair stage")
     ap.add_argument("--resume", action="store_true", help="reuse finished stages' records and the floors in --work")
     ap.add_argument("--adopt-score", type=int, default=None, metavar="PID",
