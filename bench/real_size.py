@@ -364,6 +364,7 @@ def run_all(args) -> int:
     L, k = shape["num_hidden_layers"], (2 if args.smoke else args.remove)
     N, S, W = args.calib_samples, args.seq_len, args.ppl_windows
     t_start = time.perf_counter()
+    started = time.strftime("%Y-%m-%d %H:%M")
     log(f"fixture {d} ({_gb(info['bytes'])}); work {work}; budget {budget} MB")
 
     floors_path = work / "floors.json"
@@ -451,6 +452,7 @@ def run_all(args) -> int:
         "ppl": ((by.get("ppl") or {}).get("result") or {}).get("ppl"),
         "ppl_repaired": ((by.get("ppl_repaired") or {}).get("result") or {}).get("ppl"),
         "total_s": round(time.perf_counter() - t_start, 1),
+        "started": started,
     }
     if not args.smoke:
         write_results(res, info, block_bytes, stages)
@@ -475,9 +477,10 @@ def write_results(res: dict, info: dict, block_bytes: int, stages: list[dict]) -
         f"(shipped WikiText-2 valid), perplexity {res['tokens']['ppl'][0]} x {res['tokens']['ppl'][1]} (WikiText-2 test). "
         f"Budget `--memory-budget-mb {res['budget_mb']:g}`; goal: peak RSS <= budget + 1.5 GB = {goal:.0f} MB. "
         f"Each stage is its own process (`python -m simdiff_core ...`), page cache dropped before each streamed "
-        f"stage (cold: {res['cold_cache']}); peak RSS = the child's ru_maxrss. Disk (virtio block device): "
+        f"stage (cold: {res['cold_cache']}); peak RSS = the child's own VmHWM at exit. Disk (virtio block device): "
         f"sequential read {res['disk_read_mb_s']} MB/s, measured in the same run on the fixture's shards. "
-        f"Other sessions ran tests on the same 2 cores: the load average before/after each stage is listed.",
+        f"The load average before/after each stage is listed: on these 2 cores a timing is valid only where it "
+        f"stayed <= 3 (a stage beside another session's work is slower). Run {res['started']}-{time.strftime('%H:%M')} UTC.",
         "",
         "| stage | wall s (CPU s) | peak RSS (MB) | <= goal | ran beside | load avg before/after | result |",
         "|---|---:|---:|:---:|---|---|---|",
