@@ -80,6 +80,22 @@ def calib_from_args(args, lm):
     return ids, {"source": args.calib, "description": src.description}
 
 
+def holdout_from_args(args, lm):
+    """The held-out windows of the ``repaired_ppl`` objective: the next ``--holdout-samples`` windows of
+    the calibration text after the ``--samples`` fit windows (same ``--seq-len``), so none is a fit window."""
+    from ..data.text import load_text
+    from ..evaluation.repaired_objective import holdout_windows
+
+    n = int(args.holdout_samples)
+    if n < 1:
+        raise SimDiffError(f"--holdout-samples must be at least 1, got {n}")
+    src = load_text(args.calib, purpose="calib")
+    ids = holdout_windows(lm.tokenizer, src, args.samples, n, args.seq_len)
+    return ids, {"source": args.calib, "windows": f"{args.samples}..{args.samples + n - 1}",
+                 "description": f"{src.description}, the {n} windows after the {args.samples} fit windows "
+                                f"({args.seq_len} tokens each)"}
+
+
 def progress_line(msg: str, end: bool = False) -> None:
     sys.stderr.write("\r\033[K" + msg + ("\n" if end else "") if sys.stderr.isatty() else msg + "\n")
     sys.stderr.flush()

@@ -2,6 +2,7 @@
 
     python -m simdiff_core plan --model default --method greedy --ratio 0.25 --out plan.json
     python -m simdiff_core plan --model default --method search --search local --budget 100 --num 8 --out p.json
+    python -m simdiff_core plan --model default --method search --objective repaired_ppl --samples 16 --num 8 --out p.json
     python -m simdiff_core compare --model default --ratio 0.25 \\
         --methods oneshot:cosine,oneshot:simdiff,iterative:simdiff,greedy,block,slm --out results.csv
 
@@ -28,7 +29,12 @@ def add_method_args(p, with_method: bool = True) -> None:
                        help="with --model: oneshot, iterative, greedy (SLEB), block (Gromov), slm (merging), search, "
                             "repairable (repair-aware: spans the lstsq repair can best undo)")
     p.add_argument("--objective", default="ppl", choices=list(OBJECTIVES),
-                   help="what greedy/search minimise: calibration ppl, or accuracy (shipped MC set, dev split)")
+                   help="what greedy/search minimise: calibration ppl; accuracy (shipped MC set, dev split); "
+                        "repaired_ppl (repair-aware: perplexity after the lstsq repair fitted on the calibration "
+                        "windows, measured on --holdout-samples held-out windows; docs/repair.md)")
+    p.add_argument("--holdout-samples", type=int, default=8,
+                   help="repaired_ppl: held-out windows the objective is measured on: the next N windows of --calib "
+                        "after the --samples fit windows, same --seq-len (default 8)")
     p.add_argument("--search", default="greedy", choices=list(ALGORITHMS), help="search algorithm (--method search)")
     p.add_argument("--budget", type=int, default=None,
                    help="max candidate sets considered by greedy/search (evaluated exactly or eliminated by a "
@@ -44,7 +50,7 @@ def add_method_args(p, with_method: bool = True) -> None:
 def method_plan(args, lm=None):
     """Build the plan for ``plan --model M --method X`` (used by cli.cmd_plan)."""
     from ..methods import run_method
-    from .common import calib_from_args, load_from_args, parse_alpha, progress_printer
+    from .common import calib_from_args, holdout_from_args, load_from_args, parse_alpha, progress_printer
 
     alpha = parse_alpha(args.alpha)
     if alpha == "auto":
@@ -53,19 +59,22 @@ def method_plan(args, lm=None):
         raise SimDiffError(f"output directory does not exist: {Path(args.out).parent}")
     lm = lm or load_from_args(args)
     ids, calib = calib_from_args(args, lm)
+    holdout = None
+    if args.objective == "repaired_ppl" and args.method in ("greedy", "search"):
+        holdout, calib["holdout"] = holdout_from_args(args, lm)
     return run_method(args.method, lm, ids, ratio=args.ratio, num=args.num, keep_first=args.keep_first,
                       keep_last=args.keep_last, progress=progress_printer(args.method), calibration=calib,
                       criterion=args.criterion, alpha=alpha, beta=args.beta, norm=args.norm,
                       scale_free=not args.raw, objective=args.objective, search=args.search, budget=args.budget,
                       seconds=args.time_limit, threshold=args.threshold,
-                      merge_base=args.merge_base, cost=getattr(args, "cost", None))
+                      merge_base=args.merge_base, cost=getattr(args, "cost", None), holdout_ids=holdout)
 
 
 def cmd_compare(args) -> int:
     from ..common.fileio import atomic_write_text
     from ..evaluation.evaluate import eval_windows, protocol_note
     from ..methods.compare import parse_specs, run_compare, to_markdown, write_csv
-    from .common import calib_from_args, load_from_args, print_result, progress_printer
+    from .common import calib_from_args, holdout_from_args, load_from_args, print_result, progress_printer
 
     specs = parse_specs(args.methods)
     out = Path(args.out)
@@ -73,17 +82,22 @@ def cmd_compare(args) -> int:
         raise SimDiffError(f"output directory does not exist: {out.parent}")
     lm = load_from_args(args)
     ids, calib = calib_from_args(args, lm)
+    holdout = None
+    if args.objective == "repaired_ppl":
+        holdout, calib["holdout"] = holdout_from_args(args, lm)
     eval_ids = eval_windows(lm.tokenizer, args.text, args.eval_seq_len, args.eval_windows)
     accuracy = args.accuracy or args.objective == "accuracy"
     res = run_compare(lm, ids, specs, ratio=args.ratio, num=args.num, eval_ids=eval_ids, accuracy=accuracy,
                       objective=args.objective, budget=args.budget, keep_first=args.keep_first,
                       keep_last=args.keep_last, calibration=calib, alpha=args.alpha,
-                      progress=progress_printer("compare"), repair=args.repair)
+                      progress=progress_printer("compare"), repair=args.repair, holdout_ids=holdout)
     protocol = protocol_note(lm.tokenizer, args.text, args.eval_seq_len, args.eval_windows)
     caption = (f"{lm.name}, {res['k']} of {res['num_layers']} blocks removed. Calibration: {calib['description']}, "
                f"{args.samples} x {args.seq_len} tokens. Perplexity: {protocol}."
                + (" MC acc: shipped SimDiff MC set, test split (35 items), lm-eval-style log-likelihood." if accuracy else "")
-               + f" Greedy/search objective: {args.objective}" + (f"; search budget {args.budget} evals." if args.budget else ".")
+               + f" Greedy/search objective: {args.objective}"
+               + (f" (held-out: {calib['holdout']['description']})" if holdout is not None else "")
+               + (f"; search budget {args.budget} evals." if args.budget else ".")
                + (f" Repaired: {args.repair} fitted on the calibration windows, same held-out perplexity."
                   if args.repair != "none" else ""))
     write_csv(res["rows"], out)

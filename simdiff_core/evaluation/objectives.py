@@ -5,6 +5,7 @@
     mc_accuracy(model, tokenizer, items)                # {"accuracy", "acc_norm", "n", "correct"}
     f = make_objective("ppl", lm, calib_ids)            # f(model) -> float, lower is better
     f = make_objective("accuracy", lm, calib_ids)       # 1 - accuracy on the dev split
+    # "repaired_ppl" scores a removal set, not a model: repaired_objective.RepairedEvaluator
 
 Multiple-choice scoring follows lm-evaluation-harness for ``output_type: multiple_choice``: each
 choice is a continuation of the context (joined by ``target_delimiter``, a space by default); its
@@ -38,7 +39,9 @@ from ..common.progress import Progress
 MC_PATH = Path(__file__).parent.parent / "data" / "mc" / "simdiff_mc.jsonl"
 MC_NOTE = "SimDiff MC set (70 own items, CC0; ARC/PIQA/HellaSwag style), log-likelihood scoring as lm-eval"
 OBJECTIVES = {"ppl": "calibration perplexity (lower is better)",
-              "accuracy": "1 - multiple-choice accuracy on the shipped MC set's dev split (lower is better)"}
+              "accuracy": "1 - multiple-choice accuracy on the shipped MC set's dev split (lower is better)",
+              "repaired_ppl": "perplexity after the lstsq repair fitted on the calibration windows, measured on "
+                              "held-out windows (lower is better; repaired_objective.py)"}
 
 
 def load_mc(path: str | Path | None = None, split: str | None = None) -> list[dict]:
@@ -169,4 +172,7 @@ def make_objective(name: str, lm, calib_ids=None, items: list[dict] | None = Non
             tie = 1.0 / (len(its) + 1) * (1.0 / (1.0 + abs(r["mean_gold_logprob"]) + 1e-9))
             return 1.0 - r["accuracy"] - tie
         return f
+    if name == "repaired_ppl":
+        raise SimDiffError("the repaired_ppl objective scores a removal set (it fits the repair for it), not a model: "
+                           "use evaluation.repaired_objective.RepairedEvaluator or repaired_ppl")
     raise SimDiffError(f"unknown objective '{name}'; choose from {', '.join(OBJECTIVES)}")

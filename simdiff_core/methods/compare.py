@@ -100,7 +100,7 @@ def run_compare(lm, calib_ids, specs: list[dict], ratio=None, num=None, eval_ids
                 calibration: dict | None = None, alpha: float = 0.5, accuracy_items: list | None = None,
                 progress: Progress | None = None, should_stop=None,
                 eval_protocol: str | None = None, fusion: dict | None = None,
-                first_token: bool = True, repair: str = "none") -> dict:
+                first_token: bool = True, repair: str = "none", holdout_ids=None) -> dict:
     """Run every spec and measure it.
 
     Returns ``{"rows", "plans", "k", "num_layers", "model", "accuracy", "eval_protocol"}``.
@@ -114,11 +114,17 @@ def run_compare(lm, calib_ids, specs: list[dict], ratio=None, num=None, eval_ids
     ``repair`` (``lstsq``/``rescale``): every pruned row also gets ``ppl_repaired``, the same held-out
     perplexity after ``repair.fit_repair`` on ``calib_ids`` (NaN for merged plans and refused families,
     ``repair_note`` says why); ``result["repair"]`` names the method.
+    ``holdout_ids``: the held-out windows of the ``repaired_ppl`` objective (greedy/search rows; not
+    ``eval_ids``, which measure the result), other than ``calib_ids``, on which the repair is fitted.
     """
     from ..analysis.score import score_model
     from ..evaluation.objectives import load_mc, mc_accuracy
 
     k = num_from_ratio(lm.num_layers, ratio, num)
+    if objective == "repaired_ppl" and any(sp["method"] in ("greedy", "search") for sp in specs):
+        from ..evaluation.repaired_objective import check_holdout
+
+        check_holdout(calib_ids, holdout_ids)  # fail before any work, not per row
     if eval_ids is None:
         from ..evaluation.evaluate import eval_windows, protocol_note
 
@@ -157,6 +163,13 @@ def run_compare(lm, calib_ids, specs: list[dict], ratio=None, num=None, eval_ids
             shared["ev"] = PrefixEvaluator(lm, calib_ids, should_stop=should_stop)
         return shared["ev"]
 
+    def repaired_evaluator():  # one for every repair-aware row: one capture, span fits shared
+        if "rep" not in shared:
+            from ..evaluation.repaired_objective import RepairedEvaluator
+
+            shared["rep"] = RepairedEvaluator(lm, calib_ids, holdout_ids, should_stop=should_stop)
+        return shared["rep"]
+
     for n, spec in enumerate(specs):
         step["i"], step["label"] = n + 1, spec["label"]
         opts = {k_: v for k_, v in spec.items() if k_ not in ("method", "label")}
@@ -173,6 +186,8 @@ def run_compare(lm, calib_ids, specs: list[dict], ratio=None, num=None, eval_ids
         try:
             if spec["method"] == "slm" or (spec["method"] in ("greedy", "search") and objective == "ppl"):
                 opts["evaluator"] = evaluator()
+            if spec["method"] in ("greedy", "search") and objective == "repaired_ppl":
+                opts["repaired_evaluator"] = repaired_evaluator()
             plan = run_method(spec["method"], lm, calib_ids, num=k, keep_first=keep_first, keep_last=keep_last,
                               progress=sub, should_stop=should_stop, calibration=calibration, scores=scores, **opts)
         except Cancelled:

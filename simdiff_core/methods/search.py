@@ -1,6 +1,7 @@
 """Budgeted search for the set of k blocks whose removal minimises an objective.
 
     plan = run_method("search", lm, calib_ids, num=8, search="local", objective="ppl", budget=150)
+    plan = run_method("search", lm, fit_ids, num=8, search="greedy", objective="repaired_ppl", holdout_ids=held)
 
 "Rethinking Layer Redundancy" finds that the calibration *objective* matters more than the search
 algorithm; comparing algorithms under one objective and budget is how to check that on a model.
@@ -16,7 +17,14 @@ Algorithms (``search=``):
   several criteria plus random sets; a tournament parent is mutated (1-2 swaps) and replaces the
   worst member when better.
 
-Every objective value is memoised by removal set. With the ``ppl`` objective (prefix-cached
+Objectives (``objective=``, ``evaluation/objectives.py``): ``ppl`` (calibration perplexity),
+``accuracy`` (MC dev split), ``repaired_ppl`` — choose blocks knowing they will be repaired: each set
+is pruned, repaired with the ``lstsq`` repair (ReplaceMe, dense fit on the calibration windows) and
+scored by perplexity on ``holdout_ids``, windows other than the fit ones
+(``evaluation/repaired_objective.py``: one capture pass, one solve per distinct span, prefix-cached
+and with the same exact elimination as ``ppl``).
+
+Every objective value is memoised by removal set. With the ``ppl`` and ``repaired_ppl`` objectives (prefix-cached
 evaluator, no ``seconds`` cap) candidates are *eliminated* exactly where possible
 (``PrefixEvaluator.losses_bounded``): greedy/beam evaluate exactly only the candidates whose proven
 lower bound does not exceed the step's best exact values, local/evolutionary only a candidate whose
@@ -41,6 +49,8 @@ import time
 from ..common.errors import SimDiffError
 from ..evaluation.evaluate import ppl_from_loss
 from ..evaluation.objectives import make_objective
+from ..evaluation.repaired_objective import NAME as REPAIRED
+from ..evaluation.repaired_objective import RepairedEvaluator, check_holdout, repaired_ppl
 from ..pruning.plan import cosine_tiebreak, select_lowest
 from ..pruning.prune import pruned_model
 
@@ -76,11 +86,18 @@ class Evaluator:
     """
 
     def __init__(self, ctx, objective: str, budget: int | None, seconds: float | None, items=None,
-                 cached: bool = True, bound: bool = True):
+                 cached: bool = True, bound: bool = True, holdout_ids=None, repaired=None,
+                 repair_method: str = "lstsq"):
         self.ctx = ctx
-        self.prefix = ctx.get_evaluator() if objective == "ppl" and cached else None
-        self.f = None if self.prefix is not None else make_objective(objective, ctx.lm, ctx.calib_ids, items,
-                                                                      should_stop=ctx.should_stop)
+        self.objective = objective
+        self.repaired = None
+        self.f = self.prefix = None
+        if objective == REPAIRED:
+            self._init_repaired(holdout_ids, repaired, repair_method, cached)
+        else:
+            self.prefix = ctx.get_evaluator() if objective == "ppl" and cached else None
+            if self.prefix is None:
+                self.f = make_objective(objective, ctx.lm, ctx.calib_ids, items, should_stop=ctx.should_stop)
         self.budget, self.seconds = budget, seconds
         self.bounded = bool(bound and self.prefix is not None and seconds is None and self.prefix.bounds_supported())
         self.memo: dict[tuple, float] = {}
@@ -89,6 +106,25 @@ class Evaluator:
         self._entry: dict[tuple, dict] = {}  # trace entry of each eliminated set
         self.t0 = time.perf_counter()
         self.best: tuple | None = None
+
+    def _init_repaired(self, holdout_ids, repaired, method, cached) -> None:
+        """The repaired objective: fit on ``ctx.calib_ids``, measured on the held-out windows."""
+        ctx = self.ctx
+        if repaired is not None:
+            if repaired.lm is not ctx.lm or repaired.fit_shape != tuple(ctx.calib_ids.shape) \
+                    or repaired.method != method:
+                raise SimDiffError("the shared repaired evaluator was built for another model, other fit windows "
+                                   "or another repair method")
+            holdout_ids = repaired.holdout_ids
+        holdout_ids = check_holdout(ctx.calib_ids, holdout_ids)
+        self.holdout_ids, self.repair_method = holdout_ids, method
+        if cached:
+            self.prefix = self.repaired = repaired or RepairedEvaluator(
+                ctx.lm, ctx.calib_ids, holdout_ids, method=method, should_stop=ctx.should_stop,
+                progress=lambda f, m: ctx.report(0.02 * f, m))
+        else:  # the reference: fit_repair + apply_repair + perplexity for every set
+            self.f = lambda key: repaired_ppl(ctx.lm, key, ctx.calib_ids, holdout_ids, method,
+                                              should_stop=ctx.should_stop)
 
     @property
     def evals(self) -> int:
@@ -109,6 +145,8 @@ class Evaluator:
     def _value(self, key: tuple) -> float:
         if self.prefix is not None:
             return float(self.prefix.ppl(key))
+        if self.objective == REPAIRED:
+            return float(self.f(key))
         kept = [i for i in range(self.ctx.L) if i not in set(key)]
         return float(self.f(pruned_model(self.ctx.lm, kept)))
 
@@ -356,10 +394,17 @@ def _evolutionary(ev, ctx, rng, pop_size: int = 8):
 
 def run(ctx, search: str = "greedy", objective: str = "ppl", budget: int | None = None,
         seconds: float | None = None, items=None, beam_width: int = 3, seed: int = 0,
-        fallback_criterion: str = "simdiff", cached: bool = True, bound: bool = True):
+        fallback_criterion: str = "simdiff", cached: bool = True, bound: bool = True, holdout_ids=None,
+        repaired_evaluator=None, repair_method: str = "lstsq"):
     """``cached=False`` evaluates every candidate the reference way (``pruned_model`` + the objective
-    on the whole model) instead of through the prefix-cached evaluator; same results, slower.
-    ``bound=False`` evaluates every considered set exactly (no elimination); same results, slower."""
+    on the whole model; for ``repaired_ppl``: ``fit_repair`` + ``apply_repair`` + perplexity) instead of
+    through the prefix-cached evaluator; same results, slower.
+    ``bound=False`` evaluates every considered set exactly (no elimination); same results, slower.
+
+    ``objective="repaired_ppl"`` (repair-aware search): each set is repaired with ``repair_method``
+    (dense fit on ``ctx.calib_ids``) and scored by its perplexity on ``holdout_ids``, windows that are
+    not fit windows (``evaluation/repaired_objective.py``); ``repaired_evaluator``: a
+    ``RepairedEvaluator`` on the same fit windows to share between runs (its holdout windows are used)."""
     if search not in ALGORITHMS:
         raise SimDiffError(f"unknown search algorithm '{search}'; choose from {', '.join(ALGORITHMS)}")
     if budget is not None and int(budget) < 1:
@@ -369,7 +414,7 @@ def run(ctx, search: str = "greedy", objective: str = "ppl", budget: int | None 
     if search in ("local", "evolutionary") and budget is None and seconds is None:
         budget = DEFAULT_OPEN_BUDGET
     ev = Evaluator(ctx, objective, None if budget is None else int(budget), seconds, items, cached=cached,
-                   bound=bound)
+                   bound=bound, holdout_ids=holdout_ids, repaired=repaired_evaluator, repair_method=repair_method)
     rng = random.Random(seed)
     info, fallback = {}, False
     if search in ("greedy", "beam"):
@@ -388,8 +433,24 @@ def run(ctx, search: str = "greedy", objective: str = "ppl", budget: int | None 
         else:
             removed = list(ev.best)
     value = ev.memo.get(tuple(sorted(removed)))
+    if objective == REPAIRED:
+        info["repaired_objective"] = _repaired_details(ev, removed)
     return ctx.plan(removed, "search", criterion=objective, details={
         "search": search, "objective": objective, "budget": ev.budget, "seconds_limit": seconds, "seed": seed,
         "evals": ev.evals, "exact_evals": ev.exact_evals, "eliminated_by_bound": len(ev.bounds),
         "bound_elimination": ev.bounded, "objective_value": value, "completed_by_fallback": fallback,
         "fallback_criterion": fallback_criterion if fallback else None, **info, "trace": ev.trace})
+
+
+def _repaired_details(ev: Evaluator, removed) -> dict:
+    """What the repaired objective measured, and the chosen set's repair (spans, fit residuals)."""
+    H = ev.holdout_ids
+    out = {"repair": ev.repair_method, "fit": "dense", "fit_windows": list(ev.ctx.calib_ids.shape),
+           "holdout_windows": list(H.shape),
+           "note": "each set repaired (fitted on the calibration windows) and scored by perplexity on the held-out "
+                   "windows, none of which is a calibration window"}
+    if ev.repaired is not None:
+        out.update({k: v for k, v in ev.repaired.describe().items() if k not in out and k != "objective"})
+        rep = ev.repaired.repair(removed)
+        out["spans"] = [{k: r[k] for k in ("start", "end", "status", "ratio") if k in r} for r in rep.spans]
+    return out

@@ -5,12 +5,14 @@
     repaired = apply_repair(pruned_view, rep)                         # new model; shares all but the folded weights
 
 ``repair.py`` fits and applies, ``accumulate.py`` holds the per-span least-squares sums (reusable by
-a block-streaming pass), ``sites.py`` says per family where the fold is exact or refuses in one line.
+a block-streaming pass), ``sites.py`` says per family where the fold is exact or refuses in one line,
+``span_fits.py`` gives the dense-fit repair of *any* span from one capture (the repair-aware search).
 """
 
 from .accumulate import SpanAccumulator
 from .repair import EXPORT_NOTE, FIT_MODES, REPAIR_METHODS, Repair, apply_repair, fit_repair, removed_spans
 from .sites import RepairRefused, refusal
+from .span_fits import DenseSpanFits
 
-__all__ = ["EXPORT_NOTE", "FIT_MODES", "REPAIR_METHODS", "Repair", "RepairRefused", "SpanAccumulator",
+__all__ = ["DenseSpanFits", "EXPORT_NOTE", "FIT_MODES", "REPAIR_METHODS", "Repair", "RepairRefused", "SpanAccumulator",
            "apply_repair", "fit_repair", "refusal", "removed_spans"]

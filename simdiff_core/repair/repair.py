@@ -204,24 +204,35 @@ def fit_repair(model, removed_layers, windows: torch.Tensor, method: str = "lsts
             continue
         a, b = rec["start"], rec["end"]
         acc = accs[(a, b)]
-        T = acc.solve()
-        before, after = acc.residual(None), acc.residual(T)
-        if not after <= before:  # rounding only (the ridge is towards I); never keep a worse map
-            T = torch.ones(acc.d, dtype=torch.float64) if acc.diagonal else torch.eye(acc.d, dtype=torch.float64)
-            after = before
+        T, before, after = solve_span(acc)
         site = sites[a - 1]
         rep.maps[a - 1] = T.cpu()
         rec.update(site=f"{path}.{a - 1}.{site.path}", fold=site.fold, status="repaired", tokens=acc.tokens,
                    residual_before=before, residual_after=after, ratio=(after / before) if before > 0 else 1.0)
     rep.seconds = time.perf_counter() - t0
+    rep.note = fold_note(fam, list(sites.values()))
+    return rep
+
+
+def solve_span(acc: SpanAccumulator) -> tuple[torch.Tensor, float, float]:
+    """``(T, residual before, residual after)`` of one span's sums; ``T = I`` where rounding would make
+    the solve worse than the unrepaired model (the ridge is towards I, so only rounding can)."""
+    T = acc.solve()
+    before, after = acc.residual(None), acc.residual(T)
+    if not after <= before:
+        T = torch.ones(acc.d, dtype=torch.float64) if acc.diagonal else torch.eye(acc.d, dtype=torch.float64)
+        after = before
+    return T, before, after
+
+
+def fold_note(fam: str, sites: list[RepairSite]) -> str:
+    """The record's one-line note on where and how the maps were folded in this family."""
     notes = {"norm_gain": f"{fam}: the per-channel scale is folded into post_feedforward_layernorm's gain (exact)",
              "conv1d": f"{fam}: Conv1D stores its weight (in, out): folded as W·T",
              "linear": f"{fam}: folded into the down projection as Tᵀ·W (exact)"}
-    folds = {s.fold for s in sites.values()}
-    rep.note = "; ".join(notes[f] for f in sorted(folds)) + (
-        f"; M taken after residual_multiplier={next(iter(sites.values())).scale:g}" if fam == "granite" and sites
-        else "")
-    return rep
+    folds = {s.fold for s in sites}
+    return "; ".join(notes[f] for f in sorted(folds)) + (
+        f"; M taken after residual_multiplier={sites[0].scale:g}" if fam == "granite" and sites else "")
 
 
 def _capture_pass(m, blocks, wanted_out: set[int], site_mods: dict[int, tuple[nn.Module, float]]):
@@ -341,7 +352,7 @@ def folded_copy(site: RepairSite, mod: nn.Module, T: torch.Tensor) -> nn.Module:
     return new
 
 
-def _replace_path(block: nn.Module, path: str, fn) -> nn.Module:
+def replace_path(block: nn.Module, path: str, fn) -> nn.Module:
     """A shallow copy of ``block`` whose submodule at ``path`` is ``fn(submodule)`` (copies on the way)."""
     parts = path.split(".")
     top = shallow_copy(block)
@@ -383,5 +394,5 @@ def apply_repair(pruned, rep: Repair, upto: int | None = None) -> nn.Module:
             continue
         j = pos[fold_block]
         site = repair_site(blocks[j], fam, rep.method)
-        new_list[j] = _replace_path(blocks[j], site.path, lambda mod, _s=site, _T=T: folded_copy(_s, mod, _T))
+        new_list[j] = replace_path(blocks[j], site.path, lambda mod, _s=site, _T=T: folded_copy(_s, mod, _T))
     return with_block_list(m, path, new_list)

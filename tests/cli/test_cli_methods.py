@@ -63,3 +63,30 @@ def test_cli_plan_and_compare_repairable(tiny, tmp_path):
     out = tmp_path / "r.csv"
     r = run_cli("compare", "--model", src, "--num", 2, "--methods", "repairable:nope", "--out", out)
     assert r.returncode == 2 and "unknown repairable cost" in r.stderr.strip().splitlines()[-1]
+
+
+def test_cli_plan_search_repaired_objective(tiny, tmp_path):
+    """--objective repaired_ppl: fit windows = --samples, held-out = the next --holdout-samples windows;
+    the CLI's plan is the library's on those windows."""
+    from simdiff_core import make_windows
+    from simdiff_core.methods import run_method
+
+    lm = tiny("llama", 6, seed=3)
+    src = tmp_path / "src"
+    lm.model.save_pretrained(src)
+    lm.tokenizer.save_pretrained(src)
+    small = ["--calib", "wikitext2", "--samples", 2, "--seq-len", 32, "--device", "cpu"]
+    r = run_cli("plan", "--model", src, "--method", "search", "--search", "greedy", "--objective", "repaired_ppl",
+                "--holdout-samples", 2, "--num", 2, *small, "--out", tmp_path / "p.json")
+    assert r.returncode == 0, r.stderr
+    p = json.loads((tmp_path / "p.json").read_text())
+    both = make_windows(lm.tokenizer, "wikitext2", n=4, seq_len=32)
+    want = run_method("search", lm, both[:2], num=2, search="greedy", objective="repaired_ppl", holdout_ids=both[2:])
+    assert p["removed_layers"] == want.removed_layers and p["criterion"] == "repaired_ppl"
+    d = p["details"]["repaired_objective"]
+    assert d["fit_windows"] == [2, 32] and d["holdout_windows"] == [2, 32]
+    assert p["calibration"]["holdout"]["windows"] == "2..3"
+    r = run_cli("plan", "--model", src, "--method", "greedy", "--objective", "repaired_ppl", "--holdout-samples", 0,
+                "--num", 2, *small, "--out", tmp_path / "q.json")
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: --holdout-samples")
+    assert not (tmp_path / "q.json").exists()
