@@ -16,9 +16,11 @@ from simdiff_core.analysis import derived, uncertainty
 from simdiff_core.analysis.score import protocol as score_protocol
 from simdiff_core.export import figures
 from simdiff_core.export import figures_repair
-from ui import links, live_slider, models, settings, shell, state, views
+from ui import links, live_chart, live_slider, models, settings, shell, state, views
 
 shell.setup_page("Layer curves")
+if state.get("scores") is not None:
+    live_chart.preload()  # plotly.js loads while the rest of the page runs and renders (bench/suite/reopen.py)
 
 with st.sidebar:
     st.subheader("Curves")

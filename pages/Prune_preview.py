@@ -21,6 +21,8 @@ from ui import links, live_chart, live_slider, models, settings, shell, state, v
 
 shell.setup_page("Prune preview")
 scores = state.get("scores")
+if scores is not None:
+    live_chart.preload()  # plotly.js loads while the rest of the page runs and renders
 L = scores.num_layers if scores is not None else 0
 
 

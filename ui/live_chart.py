@@ -27,13 +27,17 @@ against fixtures this side writes) and ``live_chart.js`` (the DOM). A component'
 string without a base URL, so ``live_chart.js``'s import of ``live_core.js`` is inlined here, and one
 component serves the charts and the block stack.
 
-plotly.js is the copy bundled with the installed ``plotly`` package (no network), served once as a static,
-cacheable file (``server.enableStaticServing`` in .streamlit/config.toml: ``static/plotly-<version>.min.js``,
-copied there from the package on first use); the browser loads it by URL, once per page. Where static
-serving is off (another config) or the file cannot be written or loaded, the component asks for it
-through a trigger and the next run sends it inline, once per session (the old path, ~4.6 MB). Payloads
-likewise travel once per session and payload id. Cost on the server: the spec's JSON per move (as
-``st.plotly_chart``), once per settings the payload (tens to a few hundred kB).
+plotly.js is plotly's *cartesian* bundle, vendored in ``ui/live_component/vendor/`` (1.5 MB: the charts draw
+only scatter, bar and heatmap traces; the full bundle the ``plotly`` package ships is 4.8 MB, and fetching,
+parsing and running it was most of the time from a run's link to its curves, bench/suite/reopen.py). It
+must be the plotly.js version the installed ``plotly`` package bundles; where it is not, that package's full
+bundle is served instead (``plotly_file``). It is served as a static, cacheable file
+(``server.enableStaticServing`` in .streamlit/config.toml: ``static/plotly-cartesian-<version>.min.js``,
+copied there on first use); the browser loads it by URL, once per page, and ``preload`` at the top of a
+page starts that before the page's charts arrive. Where static serving is off (another config) or the
+file cannot be written or loaded, the component asks for it through a trigger and the next run sends it
+inline, once per session. Payloads likewise travel once per session and payload id. Cost on the server:
+the spec's JSON per move (as ``st.plotly_chart``), once per settings the payload (tens to a few hundred kB).
 
 AppTest has no browser: the element shows up as a ``bidi_component`` whose JSON data holds the spec
 (``spec_of`` reads it back for tests; the block stack's holds its ``html``).
@@ -43,6 +47,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -65,10 +70,38 @@ def component_js() -> str:
     return main.replace(_CORE_IMPORT, (ASSETS / "live_core.js").read_text(encoding="utf-8"))
 
 
-def plotly_file() -> Path:
+VENDORED = ASSETS / "vendor" / "plotly-cartesian.min.js"
+
+
+def package_plotly_file() -> Path:
+    """The full plotly.js bundled with the installed ``plotly`` package."""
     import plotly
 
     return Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+
+
+def plotly_js_version(path: Path) -> str | None:
+    """The plotly.js version a bundle's header names (``plotly.js (cartesian - minified) v4.1.1``), or None."""
+    with open(path, "rb") as f:
+        head = f.read(300).decode("utf-8", "replace")
+    m = re.search(r"plotly\.js\b[^\n]*? v(\d+\.\d+\.\d+)", head)
+    return m.group(1) if m else None
+
+
+@lru_cache(maxsize=1)
+def plotly_file() -> Path:
+    """The plotly.js the browser gets: the vendored cartesian bundle when it is the version the installed
+    ``plotly`` package bundles (the figure JSON is written for that version), else the package's full bundle."""
+    full = package_plotly_file()
+    if VENDORED.is_file() and plotly_js_version(VENDORED) == plotly_js_version(full):
+        return VENDORED
+    return full
+
+
+def served_name() -> str:
+    """The file name plotly.js is served under: bundle and version in it, so a change is a new URL (no stale caches)."""
+    src = plotly_file()
+    return f"{src.name.removesuffix('.min.js')}-{plotly_js_version(src) or 'unknown'}.min.js"
 
 
 @lru_cache(maxsize=1)
@@ -82,9 +115,7 @@ def plotly_url() -> str | None:
     static serving is off or the copy cannot be made (the inline fallback then)."""
     if not st.get_option("server.enableStaticServing"):
         return None
-    import plotly
-
-    name = f"plotly-{plotly.__version__}.min.js"   # a new version is a new URL: caches never go stale
+    name = served_name()
     target = STATIC / name
     src = plotly_file()
     try:
@@ -97,6 +128,18 @@ def plotly_url() -> str | None:
         return None
     base = (st.get_option("server.baseUrlPath") or "").strip("/")
     return f"{'/' + base if base else ''}/app/static/{name}"
+
+
+def preload() -> None:
+    """Start loading plotly.js at this point of the page (call it first on a page that draws live charts).
+
+    Why: the browser otherwise asks for plotly.js only when the first chart arrives, after the page's
+    widgets, and then waits for its fetch and compile (~0.5-1 s on this machine) before drawing. Loaded
+    here, that overlaps with the rest of the page's run and render. The element draws nothing and hides
+    itself; without static serving it does nothing (the first chart's run sends plotly.js inline)."""
+    url = plotly_url()
+    if url is not None:
+        _component()(data={"preload": url}, key="sd_plotly_preload")
 
 
 @lru_cache(maxsize=1)

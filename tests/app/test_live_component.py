@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -104,8 +105,9 @@ def test_the_registered_module_is_valid_javascript(tmp_path):
 
 @pytest.mark.parametrize("static", [True, False])
 def test_plotly_js_travels_by_url_or_once_inline(static):
-    """With static serving (the shipped config) the charts carry plotly.js's URL, never the 4.6 MB bundle;
-    without it the bundle goes inline once per session (the fallback)."""
+    """With static serving (the shipped config) the charts carry plotly.js's URL, never the bundle, and
+    ``preload`` puts the same URL first in the page; without it the bundle goes inline once per session
+    (the fallback) and ``preload`` adds nothing."""
     from streamlit import config
     from streamlit.testing.v1 import AppTest
 
@@ -116,21 +118,40 @@ def test_plotly_js_travels_by_url_or_once_inline(static):
     live_chart.plotly_url.cache_clear()
     try:
         at = AppTest.from_string(
-            "from ui.live_chart import plotly_live\n"
+            "from ui.live_chart import plotly_live, preload\n"
+            "preload()\n"
             "for i in range(2):\n"
             "    plotly_live({'data': [], 'layout': {}}, key=f'g{i}')\n", default_timeout=30).run()
         assert not at.exception
         data = [json.loads(e.proto.json) for e in at.get("bidi_component")]
-        assert len(data) == 2
         if static:
-            import plotly
-
-            assert all(d["plotly_src"] == f"/app/static/plotly-{plotly.__version__}.min.js" for d in data)
+            url = f"/app/static/{live_chart.served_name()}"
+            assert data[0] == {"preload": url} and len(data) == 3
+            assert all(d["plotly_src"] == url for d in data[1:])
             assert not any("plotly_js" in d for d in data)
-            served = live_chart.STATIC / f"plotly-{plotly.__version__}.min.js"
+            served = live_chart.STATIC / live_chart.served_name()
             assert served.read_bytes() == live_chart.plotly_file().read_bytes()
         else:
+            assert len(data) == 2
             assert ["plotly_js" in d for d in data] == [True, False] and "plotly_src" not in data[0]
+            assert data[0]["plotly_js"] == live_chart.plotly_file().read_text(encoding="utf-8")
     finally:
         config.set_option("server.enableStaticServing", old)
         live_chart.plotly_url.cache_clear()
+
+
+def test_the_vendored_plotly_is_the_cartesian_bundle_of_the_installed_plotlys_version():
+    """The charts get the vendored 1.5 MB cartesian bundle (ui/live_component/vendor/README.md), not the
+    package's 4.8 MB one; it must be the plotly.js the installed ``plotly`` writes its figure JSON for. After
+    a ``plotly`` upgrade this fails until the vendored file is updated (the app meanwhile serves the
+    package's full bundle, correct but slower)."""
+    from ui import live_chart
+
+    full = live_chart.package_plotly_file()
+    want = live_chart.plotly_js_version(full)
+    head = live_chart.VENDORED.read_bytes()[:200].decode()
+    assert want and re.match(r"/\*\*\n\* plotly\.js \(cartesian - minified\) v" + re.escape(want) + r"\n", head), (want, head)
+    assert "Licensed under the MIT license" in head and (live_chart.VENDORED.parent / "LICENSE").is_file()
+    assert live_chart.plotly_file() == live_chart.VENDORED
+    assert live_chart.served_name() == f"plotly-cartesian-{want}.min.js"
+    assert live_chart.VENDORED.stat().st_size < full.stat().st_size / 2
