@@ -11,6 +11,12 @@ memory) and times, from ``page.goto`` to the first moment the curves and the fus
 are both drawn with data (polled every animation frame in the page). No model is loaded. The
 first open after the server start (``first_s``: imports and caches warming) is reported apart from the
 median of the following ones (``reopen_run_s``).
+
+Where the time goes (``breakdown_ms``, medians of the repeats after the first, from the page's own
+navigation start): ``dom_ready`` (Streamlit's bundle loaded and parsed), ``title`` (the page's h1 drawn:
+Streamlit plus the script run up to it), ``plotly_ready`` (plotly.js fetched and run), ``drawn`` (both
+charts drawn). The floor (``floor_s``): a one-line Streamlit page (``st.title``) served with the same config
+by a second server, opened the same way, timed to its title: nothing the app does can beat it.
 """
 
 from __future__ import annotations
@@ -31,6 +37,61 @@ DRAWN_JS = """(L) => {
   const ps = [...document.querySelectorAll('.js-plotly-plot')].filter(g => g.data && g.data.length);
   return ps.length >= 2;
 }"""
+
+
+# marks, in the page's own clock, when Streamlit's DOM is ready, the title shows, plotly.js has run
+MARKS_JS = """(() => {
+  const T = window.__sdMarks = {};
+  const mark = (k) => { if (!(k in T)) T[k] = performance.now(); };
+  let P;
+  Object.defineProperty(window, 'Plotly', {configurable: true, get() { return P; }, set(v) { P = v; mark('plotly_ready'); }});
+  document.addEventListener('DOMContentLoaded', () => {
+    mark('dom_ready');
+    new MutationObserver(() => { if (document.querySelector('[data-testid=stMain] h1')) mark('title'); })
+      .observe(document.body, {subtree: true, childList: true});
+  });
+})()"""
+FLOOR_PAGE = "import streamlit as st\n\nst.title('Floor')\n"
+
+
+def _open(browser, link: str, drawn_js: str, arg=None) -> tuple[float, dict]:
+    """Seconds from ``goto(link)`` in a new browser context until ``drawn_js`` holds, and the page's marks (ms)."""
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    ctx.add_init_script(MARKS_JS)
+    page = ctx.new_page()
+    page.set_default_timeout(120_000)
+    t0 = time.perf_counter()
+    page.goto(link)
+    try:
+        page.wait_for_function(drawn_js, arg=arg, polling="raf", timeout=120_000)
+    except Exception as e:  # noqa: BLE001 - playwright's TimeoutError: say what the page showed
+        text = page.locator("[data-testid=stMain]").inner_text()[:300].replace("\n", " ")
+        ctx.close()
+        raise RuntimeError(f"not drawn in 120 s; the page showed: {text}") from e
+    dt = time.perf_counter() - t0
+    marks = page.evaluate("""Object.assign({drawn: performance.now(), plotly_js: performance.getEntriesByType('resource')
+      .filter(e => e.name.includes('/app/static/plotly')).map(e => [e.name.split('/').pop(), e.decodedBodySize])},
+      window.__sdMarks)""")
+    from tests.support.streamlit_server import idle
+
+    idle(page)
+    errors = page.locator("[data-testid=stException], [data-testid=stAlertContentError]").count()
+    ctx.close()
+    if errors:
+        raise RuntimeError("the page showed an error")
+    return dt, marks
+
+
+def floor_s(browser, repeats: int, log_dir: Path) -> float:
+    """The median time to the title of a one-line Streamlit page (same config, new context each): the floor."""
+    from tests.support.streamlit_server import running_app
+
+    script = log_dir / "floor_page.py"
+    script.write_text(FLOOR_PAGE, encoding="utf-8")
+    with running_app(log_dir / "floor.log", {}, script=str(script)) as (url, _):
+        times = [_open(browser, url, "() => !!document.querySelector('[data-testid=stMain] h1')")[0]
+                 for _ in range(repeats + 1)]
+    return round(statistics.median(times[1:]), 3)
 
 
 def make_run(home: Path, num_layers: int = 80) -> str:
@@ -58,39 +119,34 @@ def bench_reopen(repeats: int = 5, num_layers: int = 80) -> dict:
         return {"error": "chromium not installed"}
     from playwright.sync_api import sync_playwright
 
-    from tests.support.streamlit_server import idle, running_app
+    from tests.support.streamlit_server import running_app
 
     home = Path(tempfile.mkdtemp(prefix="simdiff-reopen-"))
     run_id = make_run(home, num_layers)
-    times = []
+    times, marks = [], []
     log = home / "streamlit.log"
-    with running_app(log, {"SIMDIFF_HOME": str(home), "SIMDIFF_EXPORT_DIR": str(home / "exports")}) as (url, _):
+    try:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
             try:
-                for _ in range(repeats + 1):
-                    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
-                    page = ctx.new_page()
-                    page.set_default_timeout(120_000)
-                    t0 = time.perf_counter()
-                    page.goto(f"{url}/Layer_curves?run={run_id}&ratio=0.25")
-                    try:
-                        page.wait_for_function(DRAWN_JS, arg=num_layers, polling="raf", timeout=120_000)
-                    except Exception:  # noqa: BLE001 - playwright's TimeoutError: say what the page showed
-                        text = page.locator("[data-testid=stMain]").inner_text()[:300].replace("\n", " ")
-                        return {"error": f"curves not drawn in 120 s; the page showed: {text}", "run_id": run_id}
-                    times.append(time.perf_counter() - t0)
-                    idle(page)
-                    errors = page.locator("[data-testid=stException], [data-testid=stAlertContentError]").count()
-                    ctx.close()
-                    if errors:
-                        return {"error": "the page showed an error", "run_id": run_id}
+                with running_app(log, {"SIMDIFF_HOME": str(home), "SIMDIFF_EXPORT_DIR": str(home / "exports")}) as (url, _):
+                    for _ in range(repeats + 1):
+                        dt, m = _open(browser, f"{url}/Layer_curves?run={run_id}&ratio=0.25", DRAWN_JS, num_layers)
+                        times.append(dt)
+                        marks.append(m)
+                floor = floor_s(browser, repeats, home)
             finally:
                 browser.close()
+    except RuntimeError as e:
+        return {"error": str(e), "run_id": run_id}
     shutil.rmtree(home, ignore_errors=True)
     rest = times[1:]
+    breakdown = {k: round(statistics.median(m[k] for m in marks[1:])) for k in ("dom_ready", "title", "plotly_ready", "drawn")
+                 if all(k in m for m in marks[1:])}
     return {"reopen_run_s": round(statistics.median(rest), 3), "first_s": round(times[0], 3),
-            "all_s": [round(t, 3) for t in times], "blocks": num_layers, "goal_s": 1.5}
+            "all_s": [round(t, 3) for t in times], "blocks": num_layers, "goal_s": 1.5,
+            "breakdown_ms": breakdown, "floor_s": floor,
+            "plotly_js": marks[-1]["plotly_js"]}  # the bundle(s) the page loaded: [file, bytes]
 
 
 if __name__ == "__main__":
