@@ -1,6 +1,7 @@
 """End-to-end, the run library in Chromium: calibrate once; a reload, a new browser with the copied
 link, and a server restart all bring back the same run and view without recomputing (the sidebar
-says "model not loaded": no model was loaded, so nothing was scored again).
+says "model not loaded": no model was loaded, so nothing was scored again). Two visitors opening one
+link at the same moment get what a lone visitor gets, and every chart type draws.
 
 Embedded SmolLM2 (30 blocks) on 2 x 32 tokens; $SIMDIFF_HOME is a temporary folder shared by the two
 server processes. Needs Debian's chromium and playwright (skipped with a reason otherwise).
@@ -129,8 +130,9 @@ def test_reload_link_and_restart_reopen_the_same_run_and_view(tmp_path):
             browser.close()
 
 
-def _tiny_run(home: Path) -> str:
-    """A stored run of a random-weight 8-block Llama (2 x 16 random tokens): seconds, no embedded model."""
+def _tiny_run(home: Path, num_layers: int = 8, samples: int = 2) -> str:
+    """A stored run of a random-weight ``num_layers``-block Llama (``samples`` x 16 random tokens): seconds,
+    no embedded model."""
     import torch
 
     from simdiff_core import score_model
@@ -138,9 +140,9 @@ def _tiny_run(home: Path) -> str:
     from simdiff_core.runs import RunStore, run_meta
     from tests.support.tiny import tiny_model
 
-    lm = wrap_model(tiny_model("llama", num_layers=8, vocab_size=512), None, "tiny-llama-8")
-    ids = torch.randint(0, 512, (2, 16), generator=torch.Generator().manual_seed(0))
-    scores = score_model(lm, ids, calibration={"source": "random tokens", "samples": 2, "seq_len": 16})
+    lm = wrap_model(tiny_model("llama", num_layers=num_layers, vocab_size=512), None, f"tiny-llama-{num_layers}")
+    ids = torch.randint(0, 512, (samples, 16), generator=torch.Generator().manual_seed(0))
+    scores = score_model(lm, ids, calibration={"source": "random tokens", "samples": samples, "seq_len": 16})
     return RunStore(home=home).save(scores, meta=run_meta(scores))
 
 
@@ -180,5 +182,92 @@ def test_a_fresh_servers_first_visitor_by_link_gets_the_apps_navigation(tmp_path
                     else:
                         assert _curves_drawn(page) >= 2
                     ctx.close()
+        finally:
+            browser.close()
+
+
+# Every live element's server data (the figure JSON string as sent, its live binding) in page order, once
+# each has been mounted (charts off screen are drawn a frame later), and the slider payloads received.
+_MOUNTED = "() => { const r = [...document.querySelectorAll('.sd-live')]; return r.length > 0 && r.every(e => e.__sdEntry); }"
+_SENT = """() => ({
+  els: [...document.querySelectorAll('.sd-live')].map(e => ({spec: e.__sdEntry.data.spec, live: e.__sdEntry.data.live || null})),
+  payloads: Object.values(window.__sdLive.payloads),
+})"""
+# What plotly drew: per graph, its traces' types as plotly resolved them (an unregistered type is dropped
+# or made invisible) with their point counts, and the SVG / image marks it made for each kind.
+_DRAWN = """() => [...document.querySelectorAll('.sd-live.js-plotly-plot')].map(g => ({
+  traces: (g._fullData || []).filter(t => t.visible === true).map(t => [t.type, (t.z || t.y || []).length]),
+  marks: {scatter: g.querySelectorAll('.scatterlayer .trace path.js-line, .scatterlayer .trace .point').length,
+          bar: g.querySelectorAll('.barlayer .point path').length,
+          heatmap: g.querySelectorAll('.heatmaplayer image').length},
+}))"""
+
+
+def _open(browser, link: str):
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = ctx.new_page()
+    page.set_default_timeout(240_000)
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(link, wait_until="commit")  # returns as the page starts loading: the next one starts at once
+    return ctx, page, errors
+
+
+def _settled(page) -> dict:
+    idle(page)  # every element's data has arrived ...
+    page.wait_for_function(_MOUNTED, timeout=120_000)  # ... and each is drawn (or a frame later, off screen)
+    _no_errors(page)
+    return page.evaluate(_SENT)
+
+
+def _without_ids(sent: dict) -> tuple:
+    """The data with the payload ids (a fresh id per build, so per server) left out."""
+    els = [dict(e, live=e["live"] and {k: v for k, v in e["live"].items() if k != "id"}) for e in sent["els"]]
+    return els, [{k: v for k, v in p.items() if k != "id"} for p in sent["payloads"]]
+
+
+def test_two_visitors_opening_a_run_at_once_get_what_one_alone_gets_and_every_chart_type_draws(tmp_path):
+    """Issue 23: a stored run's derived figures are built once per server and shared (ui/state.py); two
+    sessions opening the same link at the same moment on a fresh server race into those builds. Each must
+    get exactly what a lone visitor of another fresh server on the same library gets (every chart's
+    figure JSON and the slider payloads, compared as sent), and the two must share one build (the same
+    payload id). The page is drawn by the vendored cartesian plotly.js: its scatter, bar and heatmap
+    charts each draw their marks."""
+    require_browser()
+    from playwright.sync_api import sync_playwright
+
+    home = tmp_path / "home"
+    L = 24
+    run_id = _tiny_run(home, num_layers=L, samples=4)
+    env = {"SIMDIFF_HOME": str(home), "SIMDIFF_EXPORT_DIR": str(tmp_path / "exports")}
+    path = f"/Layer_curves?run={run_id}&ratio=0.25&alpha=0.35"
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+        try:
+            with running_app(tmp_path / "solo.log", env) as (solo_url, _), \
+                    running_app(tmp_path / "pair.log", env) as (pair_url, _):
+                c1, p1, e1 = _open(browser, pair_url + path)
+                c2, p2, e2 = _open(browser, pair_url + path)
+                one, two = _settled(p1), _settled(p2)
+                c0, p0, e0 = _open(browser, solo_url + path)
+                alone = _settled(p0)
+                assert not (e0 or e1 or e2), (e0, e1, e2)
+
+                assert len(alone["els"]) >= 5 and len(alone["payloads"]) == 1
+                assert _without_ids(one) == _without_ids(alone)
+                assert _without_ids(two) == _without_ids(alone)
+                assert [p["id"] for p in one["payloads"]] == [p["id"] for p in two["payloads"]]  # one build
+
+                res = [r for r in p0.evaluate("performance.getEntriesByType('resource').map(e => e.name)")
+                       if "/app/static/plotly" in r]
+                assert len(res) == 1 and "/app/static/plotly-cartesian-" in res[0], res
+                drawn = p0.evaluate(_DRAWN)
+                for kind in ("scatter", "bar", "heatmap"):
+                    graphs = [g for g in drawn if any(t[0] == kind and t[1] > 0 for t in g["traces"])]
+                    assert graphs and all(g["marks"][kind] > 0 for g in graphs), (kind, drawn)
+                # the heatmaps in hidden tabs are drawn too (at width 0, resized when their tab opens)
+                assert sum(1 for g in drawn if any(t[0] == "heatmap" for t in g["traces"])) == 3, drawn
+                for c in (c0, c1, c2):
+                    c.close()
         finally:
             browser.close()
