@@ -150,12 +150,14 @@ def test_full_flow_in_chromium(server, tmp_path):
         live = page.locator(".sd-live.js-plotly-plot").count()
         # plotly.js never travels inside component data: the live charts load it once by URL from the app's
         # static files (cacheable), unless Streamlit's own plotly chart chunk (window.Plotly) came first
-        import plotly
+        from ui.live_chart import served_name
 
         srcs = page.evaluate("() => [...document.scripts].map(s => s.src).filter(s => s.includes('/app/static/plotly-'))")
         assert len(srcs) <= 1, srcs
         assert not page.evaluate("() => [...document.scripts].some(s => !s.src && s.text.length > 1e6)")
-        got = page.request.get(f"{url}/app/static/plotly-{plotly.__version__}.min.js")
+        # the vendored cartesian bundle (ui/live_component/vendor/), not the plotly package's full one
+        assert served_name().startswith("plotly-cartesian-") and all(s.endswith("/" + served_name()) for s in srcs), srcs
+        got = page.request.get(f"{url}/app/static/{served_name()}")
         assert got.ok and "javascript" in got.headers["content-type"] and len(got.body()) > 1_000_000
         assert "etag" in got.headers or "last-modified" in got.headers  # revalidated by the browser cache
         page.evaluate("() => { window.__sdGraphs = [...document.querySelectorAll('.sd-live')]; }")
