@@ -155,3 +155,20 @@ def test_the_vendored_plotly_is_the_cartesian_bundle_of_the_installed_plotlys_ve
     assert live_chart.plotly_file() == live_chart.VENDORED
     assert live_chart.served_name() == f"plotly-cartesian-{want}.min.js"
     assert live_chart.VENDORED.stat().st_size < full.stat().st_size / 2
+
+
+def test_a_vendored_bundle_of_another_plotly_js_version_is_not_served(tmp_path, monkeypatch):
+    """After a ``plotly`` upgrade the vendored bundle is stale: the package's own full bundle is served (its
+    own name, so no browser keeps the stale one), never a plotly.js the figure JSON was not written for."""
+    from ui import live_chart
+
+    stale = tmp_path / "plotly-cartesian.min.js"
+    stale.write_text("/**\n* plotly.js (cartesian - minified) v0.0.1\n*/\nvar Plotly = {};\n", encoding="utf-8")
+    monkeypatch.setattr(live_chart, "VENDORED", stale)
+    live_chart.plotly_file.cache_clear()
+    try:
+        assert live_chart.plotly_js_version(stale) == "0.0.1"
+        assert live_chart.plotly_file() == live_chart.package_plotly_file()
+        assert live_chart.served_name() == f"plotly-{live_chart.plotly_js_version(live_chart.package_plotly_file())}.min.js"
+    finally:
+        live_chart.plotly_file.cache_clear()
