@@ -28,6 +28,36 @@ atexit.register(shutil.rmtree, _SUITE_HOME, True)
 torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
 
 
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """cli(*args, env={...}) -> (returncode, stdout, stderr) of ``simdiff_core.cli.main(args)`` in this
+    process, run from the repository root as ``tests.support.repo.run_cli`` runs it.
+
+    The same parser and commands as ``python -m simdiff_core``, without a new interpreter per call (each
+    pays ~5 s of torch and transformers imports). ``run_cli`` (a real subprocess) stays where the process
+    is the point: its exit status and clean stderr, environment read at import time, a second process
+    reading what the first one wrote."""
+    from types import SimpleNamespace
+
+    from simdiff_core.cli import main
+    from tests.support.repo import ROOT
+
+    def call(*args, env=None):
+        with monkeypatch.context() as m:
+            for k, v in (env or {}).items():
+                m.setenv(k, str(v))
+            m.chdir(ROOT)
+            capsys.readouterr()
+            try:
+                code = main([str(a) for a in args])
+            except SystemExit as e:  # argparse: a usage error exits 2
+                code = e.code
+            out = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
+
+    return call
+
+
 @pytest.fixture(scope="session")
 def embedded_lm():
     from simdiff_core import load_model

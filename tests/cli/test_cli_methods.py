@@ -1,15 +1,14 @@
-"""CLI for the pruning methods: plan --method, prune (merge plans) and compare, end to end on a tiny model."""
+"""CLI for the pruning methods: plan --method, prune (merge plans) and compare, end to end on a tiny model
+(in-process ``main``: the ``cli`` fixture)."""
 
 from __future__ import annotations
 
 import csv
 import json
 
-from tests.support.repo import run_cli
-
 
 # ------------------------------------------------------------------ CLI
-def test_cli_plan_method_prune_and_compare(tiny, tmp_path):
+def test_cli_plan_method_prune_and_compare(tiny, tmp_path, cli):
     from transformers import AutoModelForCausalLM
 
     lm = tiny("llama", 6, seed=0)
@@ -17,18 +16,18 @@ def test_cli_plan_method_prune_and_compare(tiny, tmp_path):
     lm.model.save_pretrained(src)
     lm.tokenizer.save_pretrained(src)
     small = ["--samples", 2, "--seq-len", 32, "--device", "cpu"]
-    r = run_cli("plan", "--model", src, "--method", "slm", "--num", 2, *small, "--out", tmp_path / "p.json")
+    r = cli("plan", "--model", src, "--method", "slm", "--num", 2, *small, "--out", tmp_path / "p.json")
     assert r.returncode == 0, r.stderr
     p = json.loads((tmp_path / "p.json").read_text())
     assert p["method"] == "slm" and p["merged_groups"] and len(p["removed_layers"]) == 2
-    r = run_cli("prune", "--model", src, "--plan", tmp_path / "p.json", "--out", tmp_path / "out",
-                "--eval-windows", 0, "--device", "cpu")
+    r = cli("prune", "--model", src, "--plan", tmp_path / "p.json", "--out", tmp_path / "out",
+            "--eval-windows", 0, "--device", "cpu")
     assert r.returncode == 0, r.stderr
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "out").config.num_hidden_layers == 4
 
     out = tmp_path / "results.csv"
-    r = run_cli("compare", "--model", src, "--num", 2, "--methods", "oneshot:cosine,oneshot:simdiff,greedy",
-                *small, "--eval-windows", 2, "--eval-seq-len", 32, "--out", out)
+    r = cli("compare", "--model", src, "--num", 2, "--methods", "oneshot:cosine,oneshot:simdiff,greedy",
+            *small, "--eval-windows", 2, "--eval-seq-len", 32, "--out", out)
     assert r.returncode == 0, r.stderr
     rows = list(csv.DictReader(out.open()))
     assert [x["method"] for x in rows] == ["dense", "oneshot", "oneshot", "greedy"]
@@ -36,13 +35,13 @@ def test_cli_plan_method_prune_and_compare(tiny, tmp_path):
     assert all(len(x["removed_layers"].split()) == 2 for x in rows[1:]) and float(rows[3]["ppl"]) > 1
     assert out.with_suffix(".md").read_text().startswith("| method")
 
-    r = run_cli("compare", "--model", src, "--num", 2, "--methods", "oneshot:nope", "--out", tmp_path / "x.csv")
+    r = cli("compare", "--model", src, "--num", 2, "--methods", "oneshot:nope", "--out", tmp_path / "x.csv")
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: unknown criterion")
-    r = run_cli("plan", "--method", "greedy", "--num", 2, "--out", tmp_path / "y.json")
+    r = cli("plan", "--method", "greedy", "--num", 2, "--out", tmp_path / "y.json")
     assert r.returncode == 2 and "--model" in r.stderr
 
 
-def test_cli_plan_and_compare_repairable(tiny, tmp_path):
+def test_cli_plan_and_compare_repairable(tiny, tmp_path, cli):
     """The repair-aware method through the CLI gives the library's plan on the same windows."""
     from simdiff_core import make_windows
     from simdiff_core.methods import run_method
@@ -52,8 +51,8 @@ def test_cli_plan_and_compare_repairable(tiny, tmp_path):
     lm.model.save_pretrained(src)
     lm.tokenizer.save_pretrained(src)
     small = ["--calib", "wikitext2", "--samples", 2, "--seq-len", 32, "--device", "cpu"]
-    r = run_cli("plan", "--model", src, "--method", "repairable", "--cost", "absolute", "--num", 2, *small,
-                "--out", tmp_path / "p.json")
+    r = cli("plan", "--model", src, "--method", "repairable", "--cost", "absolute", "--num", 2, *small,
+            "--out", tmp_path / "p.json")
     assert r.returncode == 0, r.stderr
     p = json.loads((tmp_path / "p.json").read_text())
     want = run_method("repairable", lm, make_windows(lm.tokenizer, "wikitext2", n=2, seq_len=32), num=2,
@@ -61,11 +60,11 @@ def test_cli_plan_and_compare_repairable(tiny, tmp_path):
     assert p["method"] == "repairable" and p["removed_layers"] == want.removed_layers
     assert p["details"]["cost"] == "absolute"
     out = tmp_path / "r.csv"
-    r = run_cli("compare", "--model", src, "--num", 2, "--methods", "repairable:nope", "--out", out)
+    r = cli("compare", "--model", src, "--num", 2, "--methods", "repairable:nope", "--out", out)
     assert r.returncode == 2 and "unknown repairable cost" in r.stderr.strip().splitlines()[-1]
 
 
-def test_cli_plan_search_repaired_objective(tiny, tmp_path):
+def test_cli_plan_search_repaired_objective(tiny, tmp_path, cli):
     """--objective repaired_ppl: fit windows = --samples, held-out = the next --holdout-samples windows;
     the CLI's plan is the library's on those windows."""
     from simdiff_core import make_windows
@@ -76,8 +75,8 @@ def test_cli_plan_search_repaired_objective(tiny, tmp_path):
     lm.model.save_pretrained(src)
     lm.tokenizer.save_pretrained(src)
     small = ["--calib", "wikitext2", "--samples", 2, "--seq-len", 32, "--device", "cpu"]
-    r = run_cli("plan", "--model", src, "--method", "search", "--search", "greedy", "--objective", "repaired_ppl",
-                "--holdout-samples", 2, "--num", 2, *small, "--out", tmp_path / "p.json")
+    r = cli("plan", "--model", src, "--method", "search", "--search", "greedy", "--objective", "repaired_ppl",
+            "--holdout-samples", 2, "--num", 2, *small, "--out", tmp_path / "p.json")
     assert r.returncode == 0, r.stderr
     p = json.loads((tmp_path / "p.json").read_text())
     both = make_windows(lm.tokenizer, "wikitext2", n=4, seq_len=32)
@@ -86,7 +85,7 @@ def test_cli_plan_search_repaired_objective(tiny, tmp_path):
     d = p["details"]["repaired_objective"]
     assert d["fit_windows"] == [2, 32] and d["holdout_windows"] == [2, 32]
     assert p["calibration"]["holdout"]["windows"] == "2..3"
-    r = run_cli("plan", "--model", src, "--method", "greedy", "--objective", "repaired_ppl", "--holdout-samples", 0,
-                "--num", 2, *small, "--out", tmp_path / "q.json")
+    r = cli("plan", "--model", src, "--method", "greedy", "--objective", "repaired_ppl", "--holdout-samples", 0,
+            "--num", 2, *small, "--out", tmp_path / "q.json")
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: --holdout-samples")
     assert not (tmp_path / "q.json").exists()

@@ -1,4 +1,5 @@
-"""CLI for evaluation and recovery: evaluate (perplexity, accuracy) and recover (LoRA, merged) on a tiny export."""
+"""CLI for evaluation and recovery: evaluate (perplexity, accuracy) and recover (LoRA, merged) on a tiny export
+(in-process ``main``: the ``cli`` fixture)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,8 @@ import json
 
 import pytest
 
-from tests.support.repo import run_cli
 
-
-def test_evaluate_and_recover_cli(tiny, tmp_path):
+def test_evaluate_and_recover_cli(tiny, tmp_path, cli):
     """evaluate prints the required JSON offline; recover exports a merged checkpoint with its report."""
     from transformers import AutoModelForCausalLM
 
@@ -21,8 +20,8 @@ def test_evaluate_and_recover_cli(tiny, tmp_path):
     text = tmp_path / "calib.txt"
     text.write_text("The cat sat on the mat. The dog sat on the log. " * 60)
 
-    r = run_cli("evaluate", "--model", src, "--tasks", "arc_easy,hellaswag,boolq", "--limit", "3", "--json",
-                env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+    r = cli("evaluate", "--model", src, "--tasks", "arc_easy,hellaswag,boolq", "--limit", "3", "--json",
+            env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
     assert r.returncode == 0, r.stderr[-2000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["source"] == "offline"
@@ -31,12 +30,12 @@ def test_evaluate_and_recover_cli(tiny, tmp_path):
     assert all(0.0 <= a <= 1.0 for a in out["tasks"].values())
     assert out["average"] == pytest.approx(sum(out["tasks"].values()) / 2)
 
-    r = run_cli("evaluate", "--model", src, "--tasks", "mmlu", "--json")
+    r = cli("evaluate", "--model", src, "--tasks", "mmlu", "--json")
     assert r.returncode == 2 and r.stderr.strip().startswith("error: unknown task")
 
     dst = tmp_path / "recovered"
-    r = run_cli("recover", "--model", src, "--calib", text, "--samples", "4", "--seq-len", "32", "--steps", "4",
-                "--rank", "2", "--lr", "5e-3", "--eval-windows", "0", "--out", dst)
+    r = cli("recover", "--model", src, "--calib", text, "--samples", "4", "--seq-len", "32", "--steps", "4",
+            "--rank", "2", "--lr", "5e-3", "--eval-windows", "0", "--out", dst)
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(r.stdout.strip().splitlines()[-1])
     assert res["num_layers"] == 2 and res["train_loss_after"] < res["train_loss_before"]
@@ -51,9 +50,9 @@ def test_evaluate_and_recover_cli(tiny, tmp_path):
     plan = tmp_path / "plan.json"
     Plan(model=str(src), num_layers=2, removed_layers=[1]).save(plan)
     dst = tmp_path / "recovered2"
-    r = run_cli("recover", "--model", src, "--plan", plan, "--calib", text, "--samples", "4", "--seq-len", "32",
-                "--steps", "2", "--rank", "2", "--lr", "5e-3", "--eval-windows", "1", "--eval-seq-len", "32",
-                "--out", dst)
+    r = cli("recover", "--model", src, "--plan", plan, "--calib", text, "--samples", "4", "--seq-len", "32",
+            "--steps", "2", "--rank", "2", "--lr", "5e-3", "--eval-windows", "1", "--eval-seq-len", "32",
+            "--out", dst)
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(r.stdout.strip().splitlines()[-1])
     ev = json.loads((dst / "simdiff_report.json").read_text())["evaluation"]
@@ -75,5 +74,5 @@ def test_evaluate_and_recover_cli(tiny, tmp_path):
     assert "| model | perplexity | second domain |" in card and "original + the same LoRA" in card
     assert "Honest comparison" in card
 
-    r = run_cli("recover", "--model", src, "--calib", text, "--steps", "0", "--out", tmp_path / "x")
+    r = cli("recover", "--model", src, "--calib", text, "--steps", "0", "--out", tmp_path / "x")
     assert r.returncode == 2 and "steps" in r.stderr and not (tmp_path / "x").exists()

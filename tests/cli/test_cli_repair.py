@@ -12,7 +12,6 @@ import math
 import torch
 
 from simdiff_core.pruning.plan import Plan
-from tests.support.repo import run_cli
 
 
 def _save(lm, path, tokenizer):
@@ -31,7 +30,7 @@ def _direct_ppl(model, ids) -> float:
     return math.exp(nll / n)
 
 
-def test_prune_repair_exports_records_and_guards(tiny, tokenizer, tmp_path):
+def test_prune_repair_exports_records_and_guards(tiny, tokenizer, tmp_path, cli):
     from transformers import AutoModelForCausalLM
 
     from simdiff_core.evaluation.evaluate import eval_windows
@@ -40,8 +39,8 @@ def test_prune_repair_exports_records_and_guards(tiny, tokenizer, tmp_path):
     plan = tmp_path / "plan.json"
     Plan(model=str(src), num_layers=4, removed_layers=[1, 2]).save(plan)
     out = tmp_path / "rep"
-    r = run_cli("prune", "--model", src, "--plan", plan, "--out", out, "--repair", "lstsq", "--samples", "4",
-                "--seq-len", "64", "--eval-windows", "2", "--eval-seq-len", "32")
+    r = cli("prune", "--model", src, "--plan", plan, "--out", out, "--repair", "lstsq", "--samples", "4",
+            "--seq-len", "64", "--eval-windows", "2", "--eval-seq-len", "32")
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(r.stdout.strip().splitlines()[-1])
     rec = json.loads((out / "simdiff_report.json").read_text())["repair"]
@@ -64,8 +63,8 @@ def test_prune_repair_exports_records_and_guards(tiny, tokenizer, tmp_path):
     # a family where the fold is not exact: one error line, exit 2, nothing written
     g = _save(tiny("gemma3", 4, seed=2), tmp_path / "g", tokenizer)
     Plan(model=str(g), num_layers=4, removed_layers=[1, 2]).save(plan)
-    r = run_cli("prune", "--model", g, "--plan", plan, "--out", tmp_path / "g_out", "--repair", "lstsq",
-                "--samples", "2", "--seq-len", "32", "--eval-windows", "1", "--eval-seq-len", "32")
+    r = cli("prune", "--model", g, "--plan", plan, "--out", tmp_path / "g_out", "--repair", "lstsq",
+            "--samples", "2", "--seq-len", "32", "--eval-windows", "1", "--eval-seq-len", "32")
     err = [ln for ln in r.stderr.strip().splitlines() if ln.startswith("error")]
     assert r.returncode == 2 and len(err) == 1 and err[0].startswith("error: repair 'lstsq' does not apply to gemma3")
     assert r.stderr.strip().splitlines()[-1] == err[0]

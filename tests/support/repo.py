@@ -1,7 +1,9 @@
 """The repository root and the CLI run from it as a user would (``python -m simdiff_core ...``).
 
 Why here: many test folders run the CLI end to end; one definition keeps the environment (the
-checkout on PYTHONPATH, cwd at the root) the same for all. Cost: one subprocess per call.
+checkout on PYTHONPATH, cwd at the root) the same for all. Cost: one subprocess per call (~5 s of
+interpreter, torch and transformers start-up): where the process itself is not the point, the ``cli``
+fixture (tests/conftest.py) calls the same ``main(argv)`` in the test process.
 """
 
 from __future__ import annotations
