@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -238,6 +239,20 @@ def _result(path: Path):
     return None
 
 
+def _block_loop_s(err: Path) -> float | None:
+    """Seconds per block of the streamed block loop alone, from the stage's progress lines: (elapsed at block
+    L - elapsed at block 1) / (L - 1). Leaves out what runs once per stage (process start, imports, the meta
+    skeleton, the embedding rows, the LM head), which the whole-stage figure includes. 1 s resolution."""
+    seen = {}
+    for m in re.finditer(r"block (\d+)/(\d+) \(streamed\)[^\n\r]*?\((\d+)s\)", err.read_text() if err.is_file() else ""):
+        seen[(int(m.group(1)), int(m.group(2)))] = int(m.group(3))
+    ends = [(n, t) for (i, n), t in seen.items() if i == n and (1, n) in seen]
+    if not ends:
+        return None
+    n, t_last = ends[-1]
+    return (t_last - seen[(1, n)]) / (n - 1) if n > 1 else None
+
+
 def _peak_mb(status: Path):
     for line in (status.read_text().splitlines() if status.is_file() else []):
         if line.startswith("VmHWM:"):
@@ -282,7 +297,8 @@ class Stage:
 def _record(name, log_dir, rc, sec, cpu, load0, concurrent=None) -> dict:
     rec = {"stage": name, "rc": rc, "seconds": round(sec, 1), "peak_rss_mb": _peak_mb(log_dir / f"{name}.status"),
            "cpu_s": round(cpu, 1), "load_before": round(load0, 2), "load_after": round(os.getloadavg()[0], 2),
-           "result": _result(log_dir / f"{name}.out"), "concurrent_with": concurrent}
+           "result": _result(log_dir / f"{name}.out"), "concurrent_with": concurrent,
+           "block_loop_s": _block_loop_s(log_dir / f"{name}.err")}
     if rc != 0:
         rec["error"] = (log_dir / f"{name}.err").read_text().strip().splitlines()[-1:]
     (log_dir / f"{name}.record.json").write_text(json.dumps(rec))
@@ -315,13 +331,29 @@ def adopt(name: str, pid: int, log_dir: Path) -> dict:
 
 
 def run_stage(name: str, argv: list[str], log_dir: Path, cold: bool = True, resume: bool = False) -> dict:
-    rec_path = log_dir / f"{name}.record.json"
-    if resume and rec_path.is_file():
-        rec = json.loads(rec_path.read_text())
-        if rec.get("rc") == 0:
-            log(f"{name}: reusing the finished stage's record")
-            return rec
-    return Stage(name, argv, log_dir, cold).wait()
+    done = finished(name, log_dir, resume)
+    return done.wait() if done is not None else Stage(name, argv, log_dir, cold).wait()
+
+
+class _Done:
+    """A finished stage's record standing in for a ``Stage`` (``--resume``)."""
+
+    def __init__(self, rec: dict):
+        self.rec = rec
+
+    def wait(self) -> dict:
+        return self.rec
+
+
+def finished(name: str, log_dir: Path, resume: bool):
+    """``--resume``: the stage's record if it finished (rc 0), as something with ``wait()``; else None."""
+    p = log_dir / f"{name}.record.json"
+    rec = json.loads(p.read_text()) if resume and p.is_file() else None
+    if rec is None or rec.get("rc") != 0:
+        return None
+    log(f"{name}: reusing the finished stage's record")
+    rec.setdefault("block_loop_s", _block_loop_s(log_dir / f"{name}.err"))
+    return _Done(rec)
 
 
 def check_pruned(out: Path, want_blocks: int) -> dict:
@@ -364,7 +396,12 @@ def run_all(args) -> int:
     L, k = shape["num_hidden_layers"], (2 if args.smoke else args.remove)
     N, S, W = args.calib_samples, args.seq_len, args.ppl_windows
     t_start = time.perf_counter()
-    started = time.strftime("%Y-%m-%d %H:%M")
+    started_path = work / "started.txt"  # --resume reports when the measured stages ran, not when it resumed
+    if args.resume and started_path.is_file():
+        started = started_path.read_text().strip()
+    else:
+        started = time.strftime("%Y-%m-%d %H:%M")
+        started_path.write_text(started)
     log(f"fixture {d} ({_gb(info['bytes'])}); work {work}; budget {budget} MB")
 
     floors_path = work / "floors.json"
@@ -401,21 +438,27 @@ def run_all(args) -> int:
                   "--stream", "--memory-budget-mb", str(budget)]
     # --sequential: every stage alone (the timed ones, score and ppl, then measure only themselves)
     side = args.repair and not args.sequential
-    pr = Stage("prune", prune_argv, work, cold=True, concurrent="repair" if side else None)
-    rp = Stage("repair", repair_argv, work, cold=False, concurrent="prune, ppl") if side else None
+    R = args.resume
+    pr = finished("prune", work, R) or Stage("prune", prune_argv, work, cold=True, concurrent="repair" if side else None)
+    rp = (finished("repair", work, R) or Stage("repair", repair_argv, work, cold=False, concurrent="prune, ppl")) if side else None
     stages.append(pr.wait())
-    check = check_pruned(pruned, L - k) if pruned.is_dir() else {"ok": False}
+    check_path = work / "pruned_check.json"
+    if pruned.is_dir():
+        check = check_pruned(pruned, L - k)
+        check_path.write_text(json.dumps(check))
+    else:  # --resume after the output was deleted: the check made when it was written
+        check = json.loads(check_path.read_text()) if args.resume and check_path.is_file() else {"ok": False}
     log(f"pruned checkpoint check: {check}")
-    pp = Stage("ppl", ["ppl", "--model", str(pruned), *ppl_common], work, cold=False,
-               concurrent="repair" if rp is not None else None)
+    pp = finished("ppl", work, R) or Stage("ppl", ["ppl", "--model", str(pruned), *ppl_common], work, cold=False,
+                                           concurrent="repair" if rp is not None else None)
     stages.append(pp.wait())
     if args.repair and args.sequential:
         log("ppl done; the repair stage runs alone now")
-        rp = Stage("repair", repair_argv, work, cold=False)
+        rp = finished("repair", work, R) or Stage("repair", repair_argv, work, cold=False)
     if rp is not None:
         stages.append(rp.wait())
         if args.ppl_repaired and repaired.is_dir():
-            stages.append(run_stage("ppl_repaired", ["ppl", "--model", str(repaired), *ppl_common], work))
+            stages.append(run_stage("ppl_repaired", ["ppl", "--model", str(repaired), *ppl_common], work, resume=R))
 
     by = {s["stage"]: s for s in stages}
     io_block = block_bytes / (io["mb_s"] * 2**20)  # seconds to read one float32 block at the disk's speed
@@ -431,6 +474,13 @@ def run_all(args) -> int:
     ppl_pb = per_block_1k("ppl", L - k, W * S)
     floors = {"score": (floor_score / (N * S / 1000), io_block / (N * S / 1000)),
               "ppl": (floor_ppl / (W * S / 1000), io_block / 2 / (W * S / 1000))}  # pruned blocks are bf16: half the bytes
+    def loop_ratio(stage: str, floor: str) -> float | None:
+        # the block loop alone (per block, whatever the tokens) against the same floors per block
+        st = by.get(stage) or {}
+        loop = st.get("block_loop_s") if st.get("rc") == 0 else None
+        tk = (N * S if stage == "score" else W * S) / 1000
+        return None if not loop else round(loop / (max(floors[floor]) * tk), 2)
+
     prune_res = (by.get("prune") or {}).get("result") or {}
     written_ratio = (prune_res["bytes_written"] / prune_res["kept_bytes"]) if prune_res.get("kept_bytes") else None
     res = {
@@ -443,7 +493,9 @@ def run_all(args) -> int:
         "score_s_per_block_per_1k": None if score_pb is None else round(score_pb, 3),
         "score_floor_compute": round(floors["score"][0], 3), "score_floor_io": round(floors["score"][1], 3),
         "score_vs_floor": None if score_pb is None else round(score_pb / max(floors["score"]), 2),
+        "score_block_loop_vs_floor": loop_ratio("score", "score"),
         "ppl_s_per_block_per_1k": None if ppl_pb is None else round(ppl_pb, 3),
+        "ppl_block_loop_vs_floor": loop_ratio("ppl", "ppl"),
         "ppl_floor_compute": round(floors["ppl"][0], 3), "ppl_floor_io": round(floors["ppl"][1], 3),
         "ppl_vs_floor": None if ppl_pb is None else round(ppl_pb / max(floors["ppl"]), 2),
         "prune_bytes_written": prune_res.get("bytes_written"), "prune_kept_bytes": prune_res.get("kept_bytes"),
@@ -480,7 +532,7 @@ def write_results(res: dict, info: dict, block_bytes: int, stages: list[dict]) -
         f"stage (cold: {res['cold_cache']}); peak RSS = the child's own VmHWM at exit. Disk (virtio block device): "
         f"sequential read {res['disk_read_mb_s']} MB/s, measured in the same run on the fixture's shards. "
         f"The load average before/after each stage is listed: on these 2 cores a timing is valid only where it "
-        f"stayed <= 3 (a stage beside another session's work is slower). Run {res['started']}-{time.strftime('%H:%M')} UTC.",
+        f"stayed <= 3 (a stage beside another session's work is slower). Run started {res['started']} UTC.",
         "",
         "| stage | wall s (CPU s) | peak RSS (MB) | <= goal | ran beside | load avg before/after | result |",
         "|---|---:|---:|:---:|---|---|---|",
@@ -504,13 +556,15 @@ def write_results(res: dict, info: dict, block_bytes: int, stages: list[dict]) -
                      f"{s.get('concurrent_with') or '-'} | {load} | {txt} |")
     lines += [
         "",
-        "| speed (seconds per block per 1k tokens) | measured | compute floor | I/O floor | measured / max(floor) |",
-        "|---|---:|---:|---:|---:|",
-        f"| score --stream | {res['score_s_per_block_per_1k']} | {res['score_floor_compute']} | {res['score_floor_io']} | {res['score_vs_floor']} |",
-        f"| ppl --stream (pruned, bf16 on disk) | {res['ppl_s_per_block_per_1k']} | {res['ppl_floor_compute']} | {res['ppl_floor_io']} | {res['ppl_vs_floor']} |",
+        "| speed (seconds per block per 1k tokens) | measured (whole stage) | compute floor | I/O floor | measured / max(floor) | block loop alone / max(floor) |",
+        "|---|---:|---:|---:|---:|---:|",
+        f"| score --stream | {res['score_s_per_block_per_1k']} | {res['score_floor_compute']} | {res['score_floor_io']} | {res['score_vs_floor']} | {res['score_block_loop_vs_floor']} |",
+        f"| ppl --stream (pruned, bf16 on disk) | {res['ppl_s_per_block_per_1k']} | {res['ppl_floor_compute']} | {res['ppl_floor_io']} | {res['ppl_vs_floor']} | {res['ppl_block_loop_vs_floor']} |",
         "",
         f"Measured = the stage's whole wall time (process start, imports, meta skeleton, embeddings/head phases "
-        f"included) / blocks / (tokens / 1000). Compute floor = best of 2 in-memory forwards of one block of this "
+        f"included) / blocks / (tokens / 1000); block loop alone = from the stage's progress lines, (elapsed at block L "
+        f"- elapsed at block 1) / (L - 1): what one more block costs, without what runs once per stage (for ppl that "
+        f"includes the LM head over the vocabulary, compute no one-block floor contains). Compute floor = best of 2 in-memory forwards of one block of this "
         f"shape over the same tokens; I/O floor = one block's bytes ({block_bytes / 2**20:.0f} MB float32; half "
         f"for the bf16 pruned checkpoint) at the measured read speed. Prune: wrote {res['prune_bytes_written']} bytes "
         f"for {res['prune_kept_bytes']} bytes of kept tensors = {res['prune_written_vs_kept']}x (shard headers are "
