@@ -3,6 +3,7 @@
 #
 #   bash scripts/setup.sh app    # install, then start the app on the embedded default model
 #   bash scripts/setup.sh test   # install (plus test extras and headless Chromium), then run all tests
+#                                # (2 parallel workers; extra arguments go to pytest)
 #   bash scripts/setup.sh        # install only
 #
 # Uses the active virtualenv, or creates ./.venv. torch comes first and by itself: the CPU build
@@ -55,6 +56,10 @@ case "$mode" in
           || echo "setup: chromium could not be installed; the browser test will be skipped" >&2
       fi
     fi
-    exec $py -m pytest -q "$@" ;;
+    # Two pytest-xdist workers, one test file each at a time (module fixtures such as a browser test's
+    # Streamlit server stay in one process), files in collection order (tests/conftest.py puts the files
+    # with slow tests first). Much of the suite is one-threaded (imports, AppTest, browser waits), so on the
+    # 2-core CI box two workers keep both cores busy. A later -n/--dist given to this script wins.
+    exec $py -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder "$@" ;;
   *) echo "usage: bash scripts/setup.sh [install|app|test]" >&2; exit 2 ;;
 esac

@@ -25,7 +25,43 @@ _SUITE_HOME = tempfile.mkdtemp(prefix="simdiff-suite-home-")
 os.environ["SIMDIFF_HOME"] = _SUITE_HOME
 os.environ.pop("SIMDIFF_RUNS_READONLY", None)
 atexit.register(shutil.rmtree, _SUITE_HOME, True)
-torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+# Under pytest-xdist (scripts/setup.sh test runs ``-n 2``) the cores are shared out between the workers:
+# two workers each running torch on every core would oversubscribe the 2-core CI box. The processes a
+# test starts (CLI, Streamlit server) inherit the same share through OMP_NUM_THREADS, unless it is set.
+# Results compared across processes are unaffected by the thread count (the suite also passes with
+# OMP_NUM_THREADS=1 set for child processes and 2 threads in the test process).
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+_THREADS = max(1, min(4, (os.cpu_count() or 1) // _WORKERS))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
+torch.set_num_threads(_THREADS)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under xdist (``--dist loadfile --no-loadscope-reorder``) files are handed out in collection order:
+    put the files that hold a ``slow`` test first, so the long ones start early and the many short files
+    fill in at the end instead of one long file running alone on one worker (stable: order within a file
+    and among the rest is kept). A plain run keeps pytest's order."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)
+
+
+def pytest_sessionstart(session):
+    """Under xdist, dequantise the embedded model once in the controller before the workers start:
+    otherwise on a cold cache (a fresh clone's new venv path is a new cache key) each worker, and each
+    CLI or Streamlit process started meanwhile, dequantises it at the same time (~30 s each)."""
+    config = session.config
+    if hasattr(config, "workerinput") or not getattr(config.option, "numprocesses", None):
+        return
+    from simdiff_core.models.gguf import gguf_cache_dir
+    from simdiff_core.models.sources import DEFAULT_MODEL, embedded_gguf
+
+    if not (gguf_cache_dir(embedded_gguf(DEFAULT_MODEL)) / "config.json").is_file():
+        from simdiff_core import load_model
+
+        load_model("default", device="cpu", dtype="float32")
 
 
 @pytest.fixture

