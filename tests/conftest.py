@@ -19,7 +19,8 @@ import torch
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # The run library (simdiff_core.runs) lives under $SIMDIFF_HOME: the whole suite, and every CLI or app
-# process it starts (they inherit the environment), gets a fresh one, never the user's ~/.cache/simdiff.
+# process it starts (they inherit the environment), gets a fresh one, never the user's ~/.cache/simdiff
+# (and each test file its own, see _run_library_per_file).
 # The dequantised-model cache ($SIMDIFF_CACHE) is separate and stays shared.
 _SUITE_HOME = tempfile.mkdtemp(prefix="simdiff-suite-home-")
 os.environ["SIMDIFF_HOME"] = _SUITE_HOME
@@ -65,6 +66,17 @@ def pytest_sessionstart(session):
             load_model("default", device="cpu", dtype="float32")
     except SimDiffError:  # not installed: the tests that need it say so themselves
         pass
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _run_library_per_file(tmp_path_factory):
+    """Each test file gets an empty run library ($SIMDIFF_HOME, inherited by the CLI and app processes its
+    tests start). Under xdist which files ran before this one in the same worker depends on timing: a
+    calibration another file stored must never be what a test here reopens instead of computing."""
+    old = os.environ["SIMDIFF_HOME"]
+    os.environ["SIMDIFF_HOME"] = str(tmp_path_factory.mktemp("simdiff-home"))
+    yield
+    os.environ["SIMDIFF_HOME"] = old
 
 
 @pytest.fixture

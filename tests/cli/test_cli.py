@@ -19,7 +19,7 @@ def _last_json(stdout: str) -> dict:
 
 def test_score_plan_prune_ppl_end_to_end(tmp_path, embedded_lm, cli):
     scores, plan, out = tmp_path / "scores.json", tmp_path / "plan.json", tmp_path / "pruned"
-    # --recompute: the suite shares one run library, and an earlier test may have stored these settings
+    # --recompute: computed here, never reopened from the run library
     r = cli("score", "--model", "default", "--samples", 4, "--seq-len", 64, "--out", scores, "--recompute")
     assert r.returncode == 0, r.stderr
     data = json.loads(scores.read_text())
