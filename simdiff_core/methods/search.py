@@ -1,3 +1,4 @@
+# over 400 lines: four search algorithms share one memoised, bound-eliminating objective context; splitting them apart would split that context
 """Budgeted search for the set of k blocks whose removal minimises an objective.
 
     plan = run_method("search", lm, calib_ids, num=8, search="local", objective="ppl", budget=150)
