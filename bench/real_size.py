@@ -470,16 +470,17 @@ def run_all(args) -> int:
     rows = []
     for s in stages:
         rows.append(s)
-    score_pb = per_block_1k("score", L, N * S)
-    ppl_pb = per_block_1k("ppl", L - k, W * S)
-    floors = {"score": (floor_score / (N * S / 1000), io_block / (N * S / 1000)),
-              "ppl": (floor_ppl / (W * S / 1000), io_block / 2 / (W * S / 1000))}  # pruned blocks are bf16: half the bytes
-    def loop_ratio(stage: str, floor: str) -> float | None:
-        # the block loop alone (per block, whatever the tokens) against the same floors per block
+    n_tok = {"score": N * S, "ppl": W * S}
+    score_pb = per_block_1k("score", L, n_tok["score"])
+    ppl_pb = per_block_1k("ppl", L - k, n_tok["ppl"])
+    floors = {"score": (floor_score / (n_tok["score"] / 1000), io_block / (n_tok["score"] / 1000)),
+              "ppl": (floor_ppl / (n_tok["ppl"] / 1000), io_block / 2 / (n_tok["ppl"] / 1000))}  # pruned blocks are bf16: half the bytes
+
+    def loop_ratio(stage: str) -> float | None:
+        # the block loop alone (seconds per block) against the same floors, taken back from per-1k to per-block
         st = by.get(stage) or {}
         loop = st.get("block_loop_s") if st.get("rc") == 0 else None
-        tk = (N * S if stage == "score" else W * S) / 1000
-        return None if not loop else round(loop / (max(floors[floor]) * tk), 2)
+        return None if not loop else round(loop / (max(floors[stage]) * n_tok[stage] / 1000), 2)
 
     prune_res = (by.get("prune") or {}).get("result") or {}
     written_ratio = (prune_res["bytes_written"] / prune_res["kept_bytes"]) if prune_res.get("kept_bytes") else None
@@ -493,9 +494,9 @@ def run_all(args) -> int:
         "score_s_per_block_per_1k": None if score_pb is None else round(score_pb, 3),
         "score_floor_compute": round(floors["score"][0], 3), "score_floor_io": round(floors["score"][1], 3),
         "score_vs_floor": None if score_pb is None else round(score_pb / max(floors["score"]), 2),
-        "score_block_loop_vs_floor": loop_ratio("score", "score"),
+        "score_block_loop_vs_floor": loop_ratio("score"),
         "ppl_s_per_block_per_1k": None if ppl_pb is None else round(ppl_pb, 3),
-        "ppl_block_loop_vs_floor": loop_ratio("ppl", "ppl"),
+        "ppl_block_loop_vs_floor": loop_ratio("ppl"),
         "ppl_floor_compute": round(floors["ppl"][0], 3), "ppl_floor_io": round(floors["ppl"][1], 3),
         "ppl_vs_floor": None if ppl_pb is None else round(ppl_pb / max(floors["ppl"]), 2),
         "prune_bytes_written": prune_res.get("bytes_written"), "prune_kept_bytes": prune_res.get("kept_bytes"),
