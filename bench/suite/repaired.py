@@ -42,14 +42,15 @@ def bench_repaired(lm, only: str | None = None) -> dict:
     from simdiff_core.analysis.score import score_model
     from simdiff_core.data.text import make_windows
     from simdiff_core.evaluation.evaluate import eval_windows, perplexity
+    from simdiff_core.evaluation.repaired_objective import holdout_windows
     from simdiff_core.methods import run_method
     from simdiff_core.pruning.plan import make_plan
     from simdiff_core.pruning.prune import pruned_model
 
     t0 = time.perf_counter()
     calib = make_windows(lm.tokenizer, "wikitext2", n=CALIB[0], seq_len=CALIB[1])
-    # the valid split's next windows (make_windows cuts the first n in order): held out from the fit
-    select = make_windows(lm.tokenizer, "wikitext2", n=CALIB[0] + SELECT[0], seq_len=SELECT[1])[CALIB[0]:]
+    # the valid split's next windows: held out from the fit (the same helper as --holdout-samples)
+    select = holdout_windows(lm.tokenizer, "wikitext2", after=CALIB[0], n=SELECT[0], seq_len=SELECT[1])
     assert CALIB[1] == SELECT[1] and not any(bool((select[i] == c).all()) for i in range(len(select)) for c in calib)
     test = eval_windows(lm.tokenizer, "wikitext2", TEST[1], TEST[0])
     want = [w.strip() for w in only.split(",") if w.strip()] if only else None
