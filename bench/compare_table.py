@@ -31,7 +31,7 @@ def main(argv=None) -> int:
     ap.add_argument("--ratio", type=float, default=0.25)
     ap.add_argument("--methods", default=SPECS)
     ap.add_argument("--budget", type=int, default=60, help="evaluation budget for search rows (greedy runs in full)")
-    ap.add_argument("--repair", default="lstsq", choices=["none", "lstsq", "rescale"],
+    ap.add_argument("--repair", default="lstsq", choices=["none", "lstsq", "ridge", "rescale"],
                     help="the ppl_repaired column: this repair fitted on the calibration windows (issue 22)")
     ap.add_argument("--no-readme", action="store_true")
     ap.add_argument("--no-accuracy", action="store_true")

@@ -35,7 +35,8 @@ with st.sidebar:
                          help="Best of 2 runs: a 128-token prefill and 16 decode steps with the KV cache")
     repair = st.selectbox("Repair", REPAIR_METHODS, key="export_repair",
                           help="Training-free repair fitted on the calibration windows and folded into the weights "
-                               "(lstsq: ReplaceMe; rescale: per-channel scale). Compared on calibration and "
+                               "(lstsq: ReplaceMe; ridge: lstsq with a cross-validated pull towards no change, safe "
+                               "with few calibration tokens; rescale: per-channel scale). Compared on calibration and "
                                "held-out text; none: the plain pruned model")
 
 st.title("Export & evaluate")

@@ -142,9 +142,12 @@ def repair_section(plan) -> None:
 
     st.subheader("Repair (training-free)")
     c = st.columns([1, 2])
-    method = c[0].selectbox("Repair", REPAIR_METHODS, index=REPAIR_METHODS.index("lstsq"), key="repair_method",
+    method = c[0].selectbox("Repair", REPAIR_METHODS, index=REPAIR_METHODS.index("ridge"), key="repair_method",
                             help="lstsq: one least-squares map per removed span folded into the block below "
-                                 "(ReplaceMe); rescale: a per-channel scale (Prune&Comp-style); none: as pruned")
+                                 "(ReplaceMe; needs more calibration tokens than the hidden size, and overfits them "
+                                 "when they are few); ridge: the same map pulled towards 'no change' by a strength "
+                                 "chosen by cross-validation over the calibration windows (the safe default); "
+                                 "rescale: a per-channel scale (Prune&Comp-style); none: as pruned")
     calib_ids = state.get("calib_ids")
     usable = lm is not None and lm.num_layers == L and calib_ids is not None
     key = (tuple(plan.removed_layers), method)

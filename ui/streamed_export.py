@@ -1,7 +1,7 @@
 """Export & evaluate for a model that was streamed from disk (Load & calibrate, "Stream blocks from disk").
 
 The model is not in memory, so the page offers what streams: the pruned checkpoint (optionally with the
-streamed ``lstsq``/``rescale`` repair folded in) written shard by shard into a directory the user names
+streamed ``lstsq``/``ridge``/``rescale`` repair folded in) written shard by shard into a directory the user names
 (``simdiff_core.export.streamed.stream_export``, the CLI's ``prune --stream [--repair M]``). No zip: a
 multi-GB checkpoint is not a download. Perplexity, samples and latency need the model in memory; the
 written checkpoint is measured with ``ppl --stream``.
@@ -17,7 +17,7 @@ from simdiff_core import SimDiffError
 from ui import models, settings, shell, state, views
 
 DTYPES = {"same as the source": None, "bfloat16": "bfloat16", "float16": "float16", "float32": "float32"}
-REPAIRS = ("none", "lstsq", "rescale")
+REPAIRS = ("none", "lstsq", "ridge", "rescale")
 
 
 def is_streamed() -> bool:
@@ -54,7 +54,8 @@ def render(scores) -> None:
                       help="bfloat16 halves a float32 checkpoint on disk")
     repair = c2.selectbox("Repair", REPAIRS, key="stream_repair",
                           help="Fitted block by block on the calibration windows and folded into the kept weights "
-                               "(lstsq: ReplaceMe; rescale: per-channel scale). Not checked on held-out text here.")
+                               "(lstsq: ReplaceMe; ridge: lstsq with a cross-validated pull towards no change; rescale: "
+                               "per-channel scale). Not checked on held-out text here.")
     force = st.checkbox("Replace the directory if it exists", key="stream_force", value=False)
     if st.button("Write the pruned checkpoint (streamed)", type="primary", key="stream_export_go"):
         try:

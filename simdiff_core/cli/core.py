@@ -432,9 +432,11 @@ def register(sub) -> None:
     s.add_argument("--eval-seq-len", type=int, default=512, help="perplexity window length for the report")
     add_stream_args(s, what="prune: copy the kept blocks' tensors shard by shard, never loading the model "
                             "(no report perplexity; run 'ppl --stream' on the output)")
-    s.add_argument("--repair", default="none", choices=["none", "lstsq", "rescale"],
+    s.add_argument("--repair", default="none", choices=["none", "lstsq", "ridge", "rescale"],
                    help="training-free repair folded into the exported weights (docs/repair.md): lstsq (ReplaceMe "
-                        "linear map per removed span), rescale (per-channel magnitude compensation); default none")
+                        "linear map per removed span), ridge (lstsq regularised towards no change, strength chosen by "
+                        "cross-validation over the calibration windows: safe with few tokens), rescale (per-channel "
+                        "magnitude compensation); default none")
     s.add_argument("--calib", default="wikitext2",
                    help="--repair calibration text (default wikitext2: the shipped validation split; same forms as "
                         "score --calib)")

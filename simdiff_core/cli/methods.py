@@ -129,7 +129,7 @@ def register(sub) -> None:
     s.add_argument("--eval-windows", type=int, default=8, help="perplexity windows (default 8)")
     s.add_argument("--eval-seq-len", type=int, default=256, help="perplexity window length (default 256)")
     s.add_argument("--out", required=True, help="results.csv to write (results.md is written next to it)")
-    s.add_argument("--repair", default="none", choices=["none", "lstsq", "rescale"],
+    s.add_argument("--repair", default="none", choices=["none", "lstsq", "ridge", "rescale"],
                    help="also measure every pruned row after this training-free repair, fitted on the calibration "
                         "windows (a ppl_repaired column; docs/repair.md); default none")
     s.set_defaults(func=cmd_compare)

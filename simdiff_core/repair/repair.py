@@ -12,7 +12,10 @@ model feeds ``h_a`` where the dense one fed ``h_b``. ``lstsq`` (ReplaceMe, arXiv
 projection (``W_down ← Tᵀ·W_down``, bias ``← b·T``); ``rescale`` (Prune&Comp-style magnitude
 compensation, arXiv 2507.18212, restricted to the one exact place) fits a per-channel scale ``t``
 (``T = diag(t)``) and folds it into the same weight, or into the post-feedforward norm's gain where
-the family has one. ``T = I`` is the unrepaired model, so the fit residual never exceeds it.
+the family has one. ``ridge`` is ``lstsq`` regularised towards ``T = I`` with a strength chosen by
+two-fold cross-validation over the calibration windows (``accumulate.py``): the plain fit has ``d²``
+numbers and overfits the calibration text when the tokens are few (``lstsq`` refuses fewer fit
+tokens than ``d``). ``T = I`` is the unrepaired model, so the fit residual never exceeds it.
 
 ``fit="dense"`` (default) fits every span on the dense model's activations in one pass.
 ``fit="sequential"`` fits spans bottom-up on the already-repaired pruned model (dense model as
@@ -42,13 +45,13 @@ from ..analysis.hooks import block_io, hook_pass
 from ..analysis.score import auto_batch_size, forward_base
 from ..common.errors import Cancelled, SimDiffError
 from ..common.progress import Progress
-from ..models.blocks import find_block_path, get_attr_path
+from ..models.blocks import find_block_path, get_attr_path, text_config
 from ..models.load import LoadedModel
 from ..pruning.prune import is_dispatched, pruned_model, shallow_copy, with_block_list
 from .accumulate import SpanAccumulator
 from .sites import RepairRefused, RepairSite, family_of, refusal, repair_site
 
-REPAIR_METHODS = ("none", "lstsq", "rescale")
+REPAIR_METHODS = ("none", "lstsq", "ridge", "rescale")
 FIT_MODES = ("dense", "sequential")
 
 EXPORT_NOTE = ("the plan JSON and mergekit YAML describe only which blocks were removed: they cannot express the "
@@ -181,6 +184,7 @@ def fit_repair(model, removed_layers, windows: torch.Tensor, method: str = "lsts
         raise SimDiffError("cannot repair a model with every block removed")
     fam = family_of(m)
     N, S = windows.shape
+    check_fit_tokens(method, int(N * S), hidden_size(m))
     calib = dict(calibration or {}, samples=int(N), seq_len=int(S), tokens=int(N * S))
     rep = Repair(method=method, num_layers=L, removed_layers=removed, family=fam, calibration=calib, fit=fit)
     t0 = time.perf_counter()
@@ -208,10 +212,34 @@ def fit_repair(model, removed_layers, windows: torch.Tensor, method: str = "lsts
         site = sites[a - 1]
         rep.maps[a - 1] = T.cpu()
         rec.update(site=f"{path}.{a - 1}.{site.path}", fold=site.fold, status="repaired", tokens=acc.tokens,
-                   residual_before=before, residual_after=after, ratio=(after / before) if before > 0 else 1.0)
+                   residual_before=before, residual_after=after, ratio=(after / before) if before > 0 else 1.0,
+                   **cv_record(acc))
     rep.seconds = time.perf_counter() - t0
     rep.note = fold_note(fam, list(sites.values()))
     return rep
+
+
+def new_accumulator(method: str, d: int, device="cpu") -> SpanAccumulator:
+    """The sums one span's fit of ``method`` needs (``rescale``: diagonal; ``ridge``: with the even fold)."""
+    return SpanAccumulator(d, diagonal=(method == "rescale"), device=device, cv=(method == "ridge"))
+
+
+def check_fit_tokens(method: str, tokens: int, d: int | None) -> None:
+    """One line, before any pass: ``lstsq`` with no more fit tokens than channels is underdetermined (the
+    map reproduces the calibration text exactly and wrecks every other text)."""
+    if method == "lstsq" and d and tokens <= d:
+        raise SimDiffError(f"repair 'lstsq' needs more fit tokens than the hidden size ({tokens} <= {d}): with fewer "
+                           "it reproduces the calibration text and wrecks other text; calibrate on more tokens or "
+                           "use the 'ridge' repair")
+
+
+def hidden_size(m: nn.Module) -> int | None:
+    return int(getattr(text_config(m.config), "hidden_size", 0) or 0) or None
+
+
+def cv_record(acc: SpanAccumulator) -> dict:
+    """A span record's ``ridge`` entry (the chosen strength and held-out residual per strength), if any."""
+    return {"ridge": dict(acc.cv)} if acc.cv is not None else {}
 
 
 def solve_span(acc: SpanAccumulator) -> tuple[torch.Tensor, float, float]:
@@ -274,7 +302,7 @@ def _fit_dense(m, blocks, todo, sites: dict[int, RepairSite], windows, bs, metho
                 d = M.shape[-1]
                 acc = accs.get((a, b))
                 if acc is None:
-                    acc = accs[(a, b)] = SpanAccumulator(d, diagonal=(method == "rescale"), device=_acc_device(M))
+                    acc = accs[(a, b)] = new_accumulator(method, d, _acc_device(M))
                 acc.add(M.reshape(h_a.shape), _target(M, h_a, h_b))
             if progress is not None:
                 progress(min(1.0, (start + ids.shape[0]) / N), f"repair fit: windows {start + ids.shape[0]}/{N}")
@@ -318,7 +346,7 @@ def _fit_sequential(source, m, blocks, todo, sites, windows, bs, method, removed
                     forward_base(cur, ids)
                 M = s_Ms[j]
                 if acc is None:
-                    acc = SpanAccumulator(M.shape[-1], diagonal=(method == "rescale"), device=_acc_device(M))
+                    acc = new_accumulator(method, M.shape[-1], _acc_device(M))
                 acc.add(M.reshape(s_outs[j].shape), _target(M, s_outs[j], t_outs[b - 1]))
                 if progress is not None:
                     done = (k + (start + ids.shape[0]) / N) / len(todo)

@@ -66,8 +66,8 @@ def refusal(model: nn.Module, method: str) -> str | None:
     if fam == "opt" and not getattr(cfg, "do_layer_norm_before", True):
         return (f"repair '{method}' does not apply to {fam} with do_layer_norm_before=False: the block normalises "
                 "after the residual sum, so no weight change reproduces R + M·T")
-    if method == "lstsq" and fam in ("gemma2", "gemma3", "gemma3_text", "olmo2"):
-        return (f"repair 'lstsq' does not apply to {fam}: its post_feedforward_layernorm sits between down_proj and "
+    if method in ("lstsq", "ridge") and fam in ("gemma2", "gemma3", "gemma3_text", "olmo2"):
+        return (f"repair '{method}' does not apply to {fam}: its post_feedforward_layernorm sits between down_proj and "
                 "the residual add, so a d x d map cannot be folded exactly; use --repair rescale (exact there)")
     return None
 

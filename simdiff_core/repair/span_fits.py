@@ -44,7 +44,8 @@ from ..models.blocks import find_block_path, get_attr_path, text_config
 from ..models.load import LoadedModel
 from ..pruning.prune import is_dispatched
 from .accumulate import SpanAccumulator
-from .repair import Repair, batch_ranges, fold_note, folded_copy, removed_spans, replace_path, solve_span, span_records
+from .repair import (Repair, batch_ranges, check_fit_tokens, cv_record, fold_note, folded_copy, new_accumulator,
+                     removed_spans, replace_path, solve_span, span_records)
 from .sites import RepairRefused, family_of, refusal, repair_site
 
 DEFAULT_MAX_MB = 2048
@@ -57,8 +58,8 @@ class DenseSpanFits:
     def __init__(self, model, windows: torch.Tensor, method: str = "lstsq", batch_size: int | None = None,
                  progress: Progress | None = None, should_stop: Callable[[], bool] | None = None,
                  max_mb: float = DEFAULT_MAX_MB, calibration: dict | None = None):
-        if method not in ("lstsq", "rescale"):
-            raise SimDiffError(f"unknown span repair method '{method}': choose lstsq or rescale")
+        if method not in ("lstsq", "ridge", "rescale"):
+            raise SimDiffError(f"unknown span repair method '{method}': choose lstsq, ridge or rescale")
         m = model.model if isinstance(model, LoadedModel) else model
         why = refusal(m, method)
         if why:
@@ -87,13 +88,15 @@ class DenseSpanFits:
                 raise SimDiffError(f"the repair-aware objective stores the dense activations of every block on the fit "
                                    f"windows: {need:.0f} MB for {N} x {S} tokens (limit {max_mb:.0f} MB); use fewer or "
                                    "shorter fit windows")
+        check_fit_tokens(method, int(N * S), d)
+        self.S = int(S)
         self.calibration = dict(calibration or {}, samples=int(N), seq_len=int(S), tokens=int(N * S))
         t0 = time.perf_counter()
         self.out, self.M = self._capture(m, windows, batch_size or auto_batch_size(p.device, S), progress, should_stop)
         self.capture_seconds = time.perf_counter() - t0
         self.d = int(self.out[0].shape[-1])
         self.tokens = int(self.out[0].shape[0])
-        self._gram: dict[int, torch.Tensor] = {}        # fold block -> MᵀM (float64)
+        self._gram: dict[int, list] = {}                # fold block -> [MᵀM] (ridge: + the even windows'), float64
         self._stats: dict[tuple[int, int], dict] = {}   # span -> fit residuals
         self._folded: dict[tuple[int, int], nn.Module] = {}
         self._folded_ids: set[int] = set()  # ids of the blocks in _folded: alive as long as self, so stable
@@ -149,27 +152,36 @@ class DenseSpanFits:
         """The span's least-squares sums, as ``fit_repair``'s accumulator holds them after its pass."""
         j, diagonal = a - 1, self.method == "rescale"
         M, h_a, h_b = self.M[j], self.out[a - 1], self.out[b - 1]
-        acc = SpanAccumulator(self.d, diagonal=diagonal)
-        gram = self._gram.get(j)
+        acc = new_accumulator(self.method, self.d)
+        parts = [acc] if acc.even is None else [acc, acc.even]  # ridge: the even-numbered windows' sums too
+        grams = self._gram.get(j)
         for s in range(0, self.tokens, CHUNK_ROWS):
             Mc = M[s:s + CHUNK_ROWS].double()
             Y = h_b[s:s + CHUNK_ROWS].double() - h_a[s:s + CHUNK_ROWS].double() + Mc  # Y = h_b − R, R = h_a − M
-            if diagonal:
-                acc.MtY += (Mc * Y).sum(0)
-                if gram is None:
-                    acc.MtM += (Mc * Mc).sum(0)
-            else:
-                acc.MtY += Mc.T @ Y
-                if gram is None:
-                    acc.MtM += Mc.T @ Mc
-            acc.trMtY += float((Mc * Y).sum())
-            acc.YtY += float((Y * Y).sum())
-        if gram is None:
-            gram = self._gram[j] = acc.MtM.clone()
+            rows = [(Mc, Y)]
+            if acc.even is not None:  # rows are window-major: window w is rows [w·S, (w+1)·S)
+                keep = (torch.arange(s, s + Mc.shape[0]) // self.S) % 2 == 0
+                rows.append((Mc[keep], Y[keep]))
+            for part, (Mp, Yp) in zip(parts, rows):
+                if diagonal:
+                    part.MtY += (Mp * Yp).sum(0)
+                    if grams is None:
+                        part.MtM += (Mp * Mp).sum(0)
+                else:
+                    part.MtY += Mp.T @ Yp
+                    if grams is None:
+                        part.MtM += Mp.T @ Mp
+                part.trMtY += float((Mp * Yp).sum())
+                part.YtY += float((Yp * Yp).sum())
+                part.tokens += int(Mp.shape[0])
+        if grams is None:
+            grams = self._gram[j] = [p.MtM.clone() for p in parts]
         else:
-            acc.MtM.copy_(gram)
-        acc.trMtM = float(gram.sum()) if diagonal else float(torch.diagonal(gram).sum())
-        acc.tokens = self.tokens
+            for p, g in zip(parts, grams):
+                p.MtM.copy_(g)
+        for p, g in zip(parts, grams):
+            p.trMtM = float(g.sum()) if diagonal else float(torch.diagonal(g).sum())
+        acc.windows = self.tokens // self.S
         return acc
 
     def solve(self, a: int, b: int) -> tuple[torch.Tensor, float, float]:
@@ -178,9 +190,10 @@ class DenseSpanFits:
         d x d map per span would cost more memory than the fold it makes; ``folded_block`` memoises that)."""
         self._check_span(a, b)
         t0 = time.perf_counter()
-        T, before, after = solve_span(self._sums(a, b))
+        acc = self._sums(a, b)
+        T, before, after = solve_span(acc)
         self._stats[(a, b)] = {"residual_before": before, "residual_after": after,
-                               "ratio": (after / before) if before > 0 else 1.0}
+                               "ratio": (after / before) if before > 0 else 1.0, **cv_record(acc)}
         self.stats["solves"] += 1
         self.stats["fit_seconds"] += time.perf_counter() - t0
         return T, before, after
@@ -234,7 +247,8 @@ class DenseSpanFits:
             used.append(site)
             rep.maps[a - 1] = T
             rec.update(site=f"{self.path}.{a - 1}.{site.path}", fold=site.fold, status="repaired", tokens=self.tokens,
-                       residual_before=before, residual_after=after, ratio=(after / before) if before > 0 else 1.0)
+                       residual_before=before, residual_after=after, ratio=(after / before) if before > 0 else 1.0,
+                       **{k: v for k, v in self._stats[(a, b)].items() if k == "ridge"})
         rep.note = fold_note(self.family, used)
         rep.seconds = time.perf_counter() - t0
         return rep

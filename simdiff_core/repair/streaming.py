@@ -31,7 +31,8 @@ from ..common.errors import Cancelled, SimDiffError
 from ..common.progress import Progress
 from ..models.streaming import StreamedModel, batch_ranges, capture_inputs
 from .accumulate import SpanAccumulator
-from .repair import REPAIR_METHODS, Repair, folded_copy, removed_spans, span_records
+from .repair import (REPAIR_METHODS, Repair, check_fit_tokens, cv_record, folded_copy, hidden_size, new_accumulator,
+                     removed_spans, span_records)
 from .sites import RepairRefused, family_of, refusal, repair_site
 
 
@@ -42,7 +43,7 @@ def stream_fit_repair(model_dir: str | Path, removed_layers, windows: torch.Tens
                       calibration: dict | None = None) -> tuple[Repair, StreamedModel]:
     """Fit ``method`` for removing ``removed_layers`` from the checkpoint in ``model_dir``, streamed."""
     if method not in REPAIR_METHODS or method == "none":
-        raise SimDiffError(f"streamed repair fits 'lstsq' or 'rescale', got '{method}'")
+        raise SimDiffError(f"streamed repair fits 'lstsq', 'ridge' or 'rescale', got '{method}'")
     if not isinstance(windows, torch.Tensor) or windows.ndim != 2 or windows.shape[0] == 0:
         raise SimDiffError("repair calibration must be a non-empty (N, S) tensor of token ids")
     t0 = time.perf_counter()
@@ -57,6 +58,7 @@ def stream_fit_repair(model_dir: str | Path, removed_layers, windows: torch.Tens
         raise SimDiffError("cannot repair a model with every block removed")
     fam = family_of(sm.model)
     N, S = windows.shape
+    check_fit_tokens(method, int(N * S), hidden_size(sm.model))
     rep = Repair(method=method, num_layers=L, removed_layers=removed, family=fam, fit="dense",
                  calibration=dict(calibration or {}, samples=int(N), seq_len=int(S), tokens=int(N * S)))
     rep.spans = records = span_records(removed_spans(removed, L))
@@ -99,7 +101,7 @@ def stream_fit_repair(model_dir: str | Path, removed_layers, windows: torch.Tens
                         span = closing[i]
                         M, h_a = held[span][bi]
                         if acc is None:
-                            acc = SpanAccumulator(M.shape[-1], diagonal=(method == "rescale"))
+                            acc = new_accumulator(method, M.shape[-1])
                         # Y = h_b - R = h_b - h_a + M, in float64 (repair.py's _target)
                         acc.add(M, xs[bi].double() - h_a.double() + M.double())
                     if progress is not None:
@@ -128,7 +130,8 @@ def _solve(rep: Repair, records, span, acc: SpanAccumulator, site, path: str) ->
     rep.maps[a - 1] = T.cpu()
     rec = next(r for r in records if r["start"] == a)
     rec.update(site=f"{path}.{a - 1}.{site.path}", fold=site.fold, status="repaired", tokens=acc.tokens,
-               residual_before=before, residual_after=after, ratio=(after / before) if before > 0 else 1.0)
+               residual_before=before, residual_after=after, ratio=(after / before) if before > 0 else 1.0,
+               **cv_record(acc))
 
 
 def fold_sources(rep: Repair, sm: StreamedModel) -> dict[str, tuple[int, str]]:

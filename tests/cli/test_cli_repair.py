@@ -69,3 +69,17 @@ def test_prune_repair_exports_records_and_guards(tiny, tokenizer, tmp_path, cli)
     assert r.returncode == 2 and len(err) == 1 and err[0].startswith("error: repair 'lstsq' does not apply to gemma3")
     assert r.stderr.strip().splitlines()[-1] == err[0]
     assert not (tmp_path / "g_out").exists()
+
+    # lstsq on no more fit tokens than channels (1 x 48 <= d = 64): one line, exit 2, nothing written
+    Plan(model=str(src), num_layers=4, removed_layers=[1, 2]).save(plan)
+    r = cli("prune", "--model", src, "--plan", plan, "--out", tmp_path / "few", "--repair", "lstsq",
+            "--samples", "1", "--seq-len", "48", "--eval-windows", "1", "--eval-seq-len", "32")
+    err = [ln for ln in r.stderr.strip().splitlines() if ln.startswith("error")]
+    assert r.returncode == 2 and len(err) == 1 and "(48 <= 64)" in err[0] and "'ridge'" in err[0]
+    assert not (tmp_path / "few").exists()
+    # ridge on the same tokens fits and records the strength it chose
+    r = cli("prune", "--model", src, "--plan", plan, "--out", tmp_path / "few", "--repair", "ridge",
+            "--samples", "1", "--seq-len", "48", "--eval-windows", "1", "--eval-seq-len", "32")
+    assert r.returncode == 0, r.stderr[-2000:]
+    (span,) = json.loads((tmp_path / "few" / "simdiff_report.json").read_text())["repair"]["spans"]
+    assert span["ridge"]["note"].startswith("one calibration window")  # one window: no fold to hold out

@@ -152,7 +152,7 @@ def test_record_round_trip_spans_and_none(tiny, win):
         apply_repair(lm, rep)
     none = fit_repair(lm, [3, 4], win, method="none")
     view = pruned_model(lm, none.kept_layers)
-    assert apply_repair(view, none) is view and REPAIR_METHODS == ("none", "lstsq", "rescale")
+    assert apply_repair(view, none) is view and REPAIR_METHODS == ("none", "lstsq", "ridge", "rescale")
     with pytest.raises(Exception, match="unknown repair method"):
         fit_repair(lm, [3], win, method="bogus")
 
@@ -217,3 +217,68 @@ def test_concurrent_repairs_are_bit_identical_to_solo_and_leave_the_model_alone(
     for k in range(6):
         assert torch.equal(results[k], solo[k % 3])
     assert weights_fingerprint(lm.model) == fp
+
+
+def _ridge_reference(M, Y, S: int):
+    """Two-fold cross-validated ridge towards I, written out from the raw token matrices (rows window-major,
+    ``S`` per window): for every strength s, solve on the even-numbered windows and measure the squared
+    residual on the odd ones and the other way round; solve on all tokens with the best s."""
+    from simdiff_core.repair.accumulate import CV_GRID, RIDGE
+
+    d = M.shape[1]
+    eye = torch.eye(d, dtype=torch.float64)
+    win = torch.arange(M.shape[0]) // S
+    folds = [win % 2 == 0, win % 2 == 1]
+
+    def solve(rows, s):
+        if s == float("inf"):
+            return eye
+        Mf, Yf = M[rows], Y[rows]
+        lam = max(s, RIDGE) * float((Mf * Mf).sum()) / d
+        return torch.linalg.solve(Mf.T @ Mf + lam * eye, Mf.T @ Yf + lam * eye)
+
+    held = [sum(float(((M[folds[1 - k]] @ solve(folds[k], s) - Y[folds[1 - k]]) ** 2).sum()) for k in (0, 1))
+            for s in CV_GRID]
+    best = CV_GRID[min(range(len(held)), key=held.__getitem__)]
+    return solve(torch.ones(M.shape[0], dtype=torch.bool), best), best, held
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "granite"])
+def test_ridge_matches_a_written_out_cross_validation(family, tiny, win):
+    lm = tiny(family, num_layers=6, seed=3)
+    site = REF_SITE.get(family, "mlp.down_proj")
+    scale = float(lm.model.config.residual_multiplier) if family == "granite" else 1.0
+    for ids in (win, win[:3, :16]):  # 240 tokens (> d = 64) and 48 (< d: lstsq refuses, ridge still fits)
+        rep = fit_repair(lm, [2, 3], ids, method="ridge", batch_size=2)
+        M, Y = _reference(lm.model, 2, 4, site, scale, ids)
+        T_ref, best, held = _ridge_reference(M, Y, ids.shape[1])
+        (span,) = rep.spans
+        assert span["ridge"]["strength"] == best
+        for s, r in zip(span["ridge"]["held_out"].values(), held):
+            assert s == pytest.approx(r, rel=1e-6, abs=1e-9 * max(held))
+        T = rep.maps[1]
+        assert torch.allclose(T, T_ref, rtol=1e-5, atol=1e-7 * float(T_ref.abs().max())), float((T - T_ref).abs().max())
+        assert span["residual_after"] <= span["residual_before"]
+    # lstsq with no more fit tokens than channels: one line, before any pass
+    with pytest.raises(Exception) as e:
+        fit_repair(lm, [2, 3], win[:1, :40], method="lstsq")
+    assert "\n" not in str(e.value) and "40 <= 64" in str(e.value) and "ridge" in str(e.value)
+
+
+def test_ridge_accumulator_numbers_windows_across_batches():
+    """Window parity runs on across add() calls and batch shapes: one 6-window batch, six 1-window batches
+    and a 4 + 2 split give the same folds, the same chosen strength and the same map."""
+    g = torch.Generator().manual_seed(1)
+    d, S = 10, 7
+    M = torch.randn(6, S, d, generator=g) * torch.logspace(-1, 1, d)
+    Y = M @ torch.randn(d, d, generator=g) + 0.3 * torch.randn(6, S, d, generator=g)
+    accs = [SpanAccumulator(d, cv=True) for _ in range(3)]
+    accs[0].add(M, Y)
+    for k in range(6):
+        accs[1].add(M[k:k + 1], Y[k:k + 1])
+    accs[2].add(M[:4], Y[:4]), accs[2].add(M[4:], Y[4:])
+    Ts = [a.solve() for a in accs]
+    T_ref, best, _ = _ridge_reference(M.double().reshape(-1, d), Y.double().reshape(-1, d), S)
+    for a, T in zip(accs, Ts):
+        assert a.cv["strength"] == best and a.even.tokens == 3 * S
+        assert torch.allclose(T, T_ref, rtol=1e-8, atol=1e-10)

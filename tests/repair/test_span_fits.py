@@ -17,7 +17,8 @@ from simdiff_core.common.errors import SimDiffError
 from simdiff_core.pruning.prune import pruned_model
 from simdiff_core.repair import DenseSpanFits, RepairRefused, apply_repair, fit_repair
 
-CASES = [("llama", "lstsq"), ("gpt2", "lstsq"), ("granite", "lstsq"), ("opt", "lstsq"), ("gemma3", "rescale")]
+CASES = [("llama", "lstsq"), ("gpt2", "lstsq"), ("granite", "lstsq"), ("opt", "lstsq"), ("gemma3", "rescale"),
+         ("llama", "ridge"), ("opt", "ridge")]
 SETS = [[2], [2, 3], [1, 4], [0, 3, 4]]
 
 
@@ -40,8 +41,13 @@ def test_maps_and_records_equal_fit_repair(tiny, fit_ids, family, method):
             assert err <= 1e-8 * float(T.abs().max()), (removed, j, err)
         assert len(got.spans) == len(ref.spans)
         for g, r in zip(got.spans, ref.spans):
-            assert {k: v for k, v in g.items() if not isinstance(v, float)} == \
-                   {k: v for k, v in r.items() if not isinstance(v, float)}
+            assert {k: v for k, v in g.items() if not isinstance(v, (float, dict))} == \
+                   {k: v for k, v in r.items() if not isinstance(v, (float, dict))}
+            assert ("ridge" in g) == ("ridge" in r) == (method == "ridge" and "fold_block" in r)
+            if "ridge" in r:  # the same strength chosen; the cross-validated residuals up to round-off
+                assert g["ridge"]["strength"] == r["ridge"]["strength"] and g["ridge"]["windows"] == r["ridge"]["windows"]
+                for k, v in r["ridge"]["held_out"].items():
+                    assert math.isclose(g["ridge"]["held_out"][k], v, rel_tol=1e-4), (removed, k)  # s=0: ill-posed
             for k in ("residual_before", "residual_after", "ratio"):
                 if k in r:
                     assert math.isclose(g[k], r[k], rel_tol=1e-8, abs_tol=1e-12), (removed, k)
