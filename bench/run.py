@@ -9,8 +9,9 @@ Absolute times on shared machines are noise; every target is a ratio of two thin
 run, interleaved, best of several repeats. The last stdout line is one JSON object with every number.
 
 Sections (each prints one line on stderr as it finishes):
-  repaired   (--repaired / --full / --only-repaired) best_repaired_vs_dense_smollm2: the best lstsq-repaired
-             8/30 checkpoint of any criterion's plan, chosen by calibration ppl after repair / dense (test ppl)
+  repaired   (--repaired / --full / --only-repaired) best_repaired_vs_dense_smollm2: the best lstsq- or ridge-repaired
+             8/30 checkpoint of any candidate plan, chosen by the ppl after repair on held-out selection
+             windows / dense (test ppl)
   linear     linear-replaceability curve: scoring with it (curve + band pass) / without (suite/linear.py)
   overhead   scoring pass vs plain forward over the same batches (base model = same modules the
              scoring pass runs, i.e. without the LM head; the full ``model(input_ids)`` is reported too)

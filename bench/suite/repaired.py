@@ -8,8 +8,9 @@ every criterion (``analysis.metrics.CRITERIA``, ``linear`` included), PruneMe's 
 pass), the repair-aware ``repairable`` method, both costs (from one span pass), and the repair-aware
 *searches* (``SEARCHES``: greedy/SLEB, beam, local with ``objective="repaired_ppl"``, each set scored by
 its perplexity after the repair on the selection windows below), all at 8 of 30 blocks. Each is
-repaired with the repair stage's ``lstsq`` (ReplaceMe, dense fit on the calibration windows). The
-*chosen* checkpoint is the one with the lowest perplexity
+repaired with each of the repair stage's ``lstsq`` (ReplaceMe) and ``ridge`` (lstsq pulled towards
+``T = I`` by a cross-validated strength), dense fit on the calibration windows; every (plan, repair)
+pair is a candidate. The *chosen* checkpoint is the one with the lowest perplexity
 after repair on **selection** windows: the next 8 x 256 tokens of the valid split, disjoint from the
 windows the repair was fitted on (the fit windows flatter a repair that memorised them: the absolute-cost
 plan has the lowest repaired calibration ppl and a poor test ppl) and never the test text it is then
@@ -30,10 +31,13 @@ NUM, CALIB, SELECT, TEST = 8, (16, 256), (8, 256), (8, 512)
 SEARCHES = {"search:greedy:repaired": {"search": "greedy"},
             "search:beam:repaired": {"search": "beam", "beam_width": 3},
             "search:local:repaired": {"search": "local", "budget": 300, "seed": 0}}
+# every plan is repaired both ways: plain least squares (ReplaceMe) and the cross-validated ridge
+REPAIRS = ("lstsq", "ridge")
 
 
-def bench_repaired(lm, only: str | None = None) -> dict:
-    """``only``: comma list of candidate names to repair (default: all; the choice is among those run)."""
+def bench_repaired(lm, only: str | None = None, methods=REPAIRS) -> dict:
+    """``only``: comma list of candidate names to repair (default: all; the choice is among those run);
+    ``methods``: the repairs each candidate plan is given (each (plan, repair) pair is a candidate)."""
     try:
         from simdiff_core.repair import apply_repair, fit_repair
     except ImportError:
@@ -104,27 +108,38 @@ def bench_repaired(lm, only: str | None = None) -> dict:
     for name, removed in plans.items():
         key = tuple(removed)
         if key in seen:
-            seen[key]["labels"].append(name)
+            for row in seen[key]:
+                row["labels"].append(name)
             continue
         kept = [i for i in range(lm.num_layers) if i not in removed]
         pm = pruned_model(lm, kept)
-        rep = fit_repair(lm, removed, calib, method="lstsq")
-        fixed = apply_repair(pm, rep)
-        row = {"labels": [name], "removed": list(removed), **searched.get(name, {}),
-               "calib_ppl_repaired": perplexity(fixed, calib, device=lm.device)["ppl"],
-               "select_ppl_repaired": perplexity(fixed, select, device=lm.device)["ppl"],
-               "test_ppl_pruned": perplexity(pm, test, device=lm.device)["ppl"],
-               "test_ppl_repaired": perplexity(fixed, test, device=lm.device)["ppl"]}
-        seen[key] = row
-        rows.append(row)
-        log(f"repaired {name}: {removed} test {row['test_ppl_pruned']:.1f} -> {row['test_ppl_repaired']:.1f} "
-            f"(after repair: fit windows {row['calib_ppl_repaired']:.1f}, selection {row['select_ppl_repaired']:.1f})")
+        test_pruned = perplexity(pm, test, device=lm.device)["ppl"]
+        seen[key] = []
+        for method in methods:  # every (plan, repair) pair is a candidate; the selection windows choose
+            rep = fit_repair(lm, removed, calib, method=method)
+            fixed = apply_repair(pm, rep)
+            row = {"labels": [name], "removed": list(removed), "repair": method, **searched.get(name, {}),
+                   "calib_ppl_repaired": perplexity(fixed, calib, device=lm.device)["ppl"],
+                   "select_ppl_repaired": perplexity(fixed, select, device=lm.device)["ppl"],
+                   "test_ppl_pruned": test_pruned,
+                   "test_ppl_repaired": perplexity(fixed, test, device=lm.device)["ppl"]}
+            if method == "ridge":
+                row["ridge_strengths"] = [s["ridge"]["strength"] for s in rep.spans if "ridge" in s]
+            seen[key].append(row)
+            rows.append(row)
+            log(f"repaired ({method}) {name}: {removed} test {row['test_ppl_pruned']:.1f} -> "
+                f"{row['test_ppl_repaired']:.1f} (after repair: fit windows {row['calib_ppl_repaired']:.1f}, "
+                f"selection {row['select_ppl_repaired']:.1f})")
     best = min(rows, key=lambda r: r["select_ppl_repaired"])
     return {"best_repaired_vs_dense_smollm2": round(best["test_ppl_repaired"] / dense, 4),
             "best_repaired_plan": best, "dense_test_ppl": dense, "candidates": rows,
             "oracle_best_by_test_vs_dense": round(min(r["test_ppl_repaired"] for r in rows) / dense, 4),
+            **{f"best_{m}_only_vs_dense": round(min((r for r in rows if r["repair"] == m),
+                                                    key=lambda r: r["select_ppl_repaired"])["test_ppl_repaired"]
+                                                / dense, 4) for m in methods},
             "protocol": f"calib {CALIB[0]} x {CALIB[1]} WikiText-2 valid; test {TEST[0]} x {TEST[1]} WikiText-2 test; "
-                        f"{NUM}/{lm.num_layers} blocks; lstsq repair, dense fit; chosen by the ppl after repair on "
+                        f"{NUM}/{lm.num_layers} blocks; repairs {'/'.join(methods)} (dense fit); the (plan, repair) "
+                        "pair chosen by the ppl after repair on "
                         f"{SELECT[0]} x {SELECT[1]} held-out WikiText-2 valid windows"
                         + (f"; candidates restricted to {only}" if only else ""),
             "seconds": round(time.perf_counter() - t0, 1)}

@@ -111,7 +111,7 @@ def run_compare(lm, calib_ids, specs: list[dict], ratio=None, num=None, eval_ids
     SimDiff plans are the ones the same settings give everywhere else (default: beta 0.5, scale-free, rank).
     ``first_token``: whether the dense scores count position 0 (``score.score_model``); pass the session's.
     ``accuracy_items`` replaces the shipped MC test split for the accuracy column.
-    ``repair`` (``lstsq``/``rescale``): every pruned row also gets ``ppl_repaired``, the same held-out
+    ``repair`` (``lstsq``/``ridge``/``rescale``): every pruned row also gets ``ppl_repaired``, the same held-out
     perplexity after ``repair.fit_repair`` on ``calib_ids`` (NaN for merged plans and refused families,
     ``repair_note`` says why); ``result["repair"]`` names the method.
     ``holdout_ids``: the held-out windows of the ``repaired_ppl`` objective (greedy/search rows; not
@@ -125,6 +125,10 @@ def run_compare(lm, calib_ids, specs: list[dict], ratio=None, num=None, eval_ids
         from ..evaluation.repaired_objective import check_holdout
 
         check_holdout(calib_ids, holdout_ids)  # fail before any work, not per row
+    if repair != "none":
+        from ..repair.repair import check_fit_tokens, hidden_size
+
+        check_fit_tokens(repair, int(calib_ids.numel()), hidden_size(lm.model))  # lstsq on too few tokens
     if eval_ids is None:
         from ..evaluation.evaluate import eval_windows, protocol_note
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from simdiff_core import make_windows, pruned_model
@@ -34,3 +35,18 @@ def test_compare_repaired_column_matches_a_hand_folded_model(tiny, tokenizer):
         assert math.isclose(row["ppl_repaired"], want, rel_tol=1e-5), (row, want)
         assert row["ppl_repaired"] != row["ppl"]
     assert "ppl repaired (lstsq)" in to_markdown(res)
+
+
+def test_lstsq_on_too_few_fit_tokens_fails_before_any_row(tiny):
+    """lstsq with no more calibration tokens than the hidden size: one line before any scoring, not NaN rows."""
+    from simdiff_core.common.errors import SimDiffError
+    lm = tiny("llama", 4, seed=0)
+    calib = torch.randint(0, 512, (1, 48), generator=torch.Generator().manual_seed(0))  # 48 <= d = 64
+    held = torch.randint(0, 512, (1, 32), generator=torch.Generator().manual_seed(1))
+    steps = []
+    with pytest.raises(SimDiffError) as e:
+        run_compare(lm, calib, parse_specs("oneshot:cosine"), num=1, eval_ids=held, repair="lstsq",
+                    progress=lambda f, m: steps.append(m))
+    assert "\n" not in str(e.value) and "48 <= 64" in str(e.value) and not steps
+    res = run_compare(lm, calib, parse_specs("oneshot:cosine"), num=1, eval_ids=held, repair="ridge")
+    assert res["repair"] == "ridge" and res["rows"][1]["ppl_repaired"] == res["rows"][1]["ppl_repaired"]  # not NaN
