@@ -126,7 +126,7 @@ def run_compare(lm, calib_ids, specs: list[dict], ratio=None, num=None, eval_ids
 
         check_holdout(calib_ids, holdout_ids)  # fail before any work, not per row
     if repair != "none":
-        from ..repair.repair import check_fit_tokens, hidden_size
+        from ..repair.accumulate import check_fit_tokens, hidden_size
 
         check_fit_tokens(repair, int(calib_ids.numel()), hidden_size(lm.model))  # lstsq on too few tokens
     if eval_ids is None:

@@ -40,6 +40,10 @@ sums (the even fold's), per fold one ``eigh`` and five ``d x d`` products.
 from __future__ import annotations
 
 import torch
+from torch import nn
+
+from ..common.errors import SimDiffError
+from ..models.blocks import text_config
 
 RIDGE = 1e-9
 # the cross-validated strengths s (λ = s·tr(MᵀM)/d; 0 is the plain fit, inf the unrepaired T = I)
@@ -188,3 +192,37 @@ def _held_out_residuals(fit, held, d: int) -> torch.Tensor:
         w = 1.0 / (evals + max(s, RIDGE) * lam_unit)
         out.append(float(r_identity - 2 * (w * lin).sum() + w @ H @ w))
     return torch.tensor(out, dtype=torch.float64)
+
+
+def new_accumulator(method: str, d: int, device="cpu") -> SpanAccumulator:
+    """The sums one span's fit of ``method`` needs (``rescale``: diagonal; ``ridge``: with the even fold)."""
+    return SpanAccumulator(d, diagonal=(method == "rescale"), device=device, cv=(method == "ridge"))
+
+
+def check_fit_tokens(method: str, tokens: int, d: int | None) -> None:
+    """One line, before any pass: ``lstsq`` with no more fit tokens than channels is underdetermined (the
+    map reproduces the calibration text exactly and wrecks every other text)."""
+    if method == "lstsq" and d and tokens <= d:
+        raise SimDiffError(f"repair 'lstsq' needs more fit tokens than the hidden size ({tokens} <= {d}): with fewer "
+                           "it reproduces the calibration text and wrecks other text; calibrate on more tokens or "
+                           "use the 'ridge' repair")
+
+
+def hidden_size(m: nn.Module) -> int | None:
+    return int(getattr(text_config(m.config), "hidden_size", 0) or 0) or None
+
+
+def cv_record(acc: SpanAccumulator) -> dict:
+    """A span record's ``ridge`` entry (the chosen strength and held-out residual per strength), if any."""
+    return {"ridge": dict(acc.cv)} if acc.cv is not None else {}
+
+
+def solve_span(acc: SpanAccumulator) -> tuple[torch.Tensor, float, float]:
+    """``(T, residual before, residual after)`` of one span's sums; ``T = I`` where rounding would make
+    the solve worse than the unrepaired model (the ridge is towards I, so only rounding can)."""
+    T = acc.solve()
+    before, after = acc.residual(None), acc.residual(T)
+    if not after <= before:
+        T = torch.ones(acc.d, dtype=torch.float64) if acc.diagonal else torch.eye(acc.d, dtype=torch.float64)
+        after = before
+    return T, before, after

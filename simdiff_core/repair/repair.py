@@ -45,11 +45,11 @@ from ..analysis.hooks import block_io, hook_pass
 from ..analysis.score import auto_batch_size, forward_base
 from ..common.errors import Cancelled, SimDiffError
 from ..common.progress import Progress
-from ..models.blocks import find_block_path, get_attr_path, text_config
+from ..models.blocks import find_block_path, get_attr_path
 from ..models.load import LoadedModel
 from ..pruning.prune import is_dispatched, pruned_model, shallow_copy, with_block_list
-from .accumulate import SpanAccumulator
-from .sites import RepairRefused, RepairSite, family_of, refusal, repair_site
+from .accumulate import SpanAccumulator, check_fit_tokens, cv_record, hidden_size, new_accumulator, solve_span
+from .sites import RepairRefused, RepairSite, family_of, fold_note, refusal, repair_site
 
 REPAIR_METHODS = ("none", "lstsq", "ridge", "rescale")
 FIT_MODES = ("dense", "sequential")
@@ -219,48 +219,16 @@ def fit_repair(model, removed_layers, windows: torch.Tensor, method: str = "lsts
     return rep
 
 
-def new_accumulator(method: str, d: int, device="cpu") -> SpanAccumulator:
-    """The sums one span's fit of ``method`` needs (``rescale``: diagonal; ``ridge``: with the even fold)."""
-    return SpanAccumulator(d, diagonal=(method == "rescale"), device=device, cv=(method == "ridge"))
 
 
-def check_fit_tokens(method: str, tokens: int, d: int | None) -> None:
-    """One line, before any pass: ``lstsq`` with no more fit tokens than channels is underdetermined (the
-    map reproduces the calibration text exactly and wrecks every other text)."""
-    if method == "lstsq" and d and tokens <= d:
-        raise SimDiffError(f"repair 'lstsq' needs more fit tokens than the hidden size ({tokens} <= {d}): with fewer "
-                           "it reproduces the calibration text and wrecks other text; calibrate on more tokens or "
-                           "use the 'ridge' repair")
 
 
-def hidden_size(m: nn.Module) -> int | None:
-    return int(getattr(text_config(m.config), "hidden_size", 0) or 0) or None
 
 
-def cv_record(acc: SpanAccumulator) -> dict:
-    """A span record's ``ridge`` entry (the chosen strength and held-out residual per strength), if any."""
-    return {"ridge": dict(acc.cv)} if acc.cv is not None else {}
 
 
-def solve_span(acc: SpanAccumulator) -> tuple[torch.Tensor, float, float]:
-    """``(T, residual before, residual after)`` of one span's sums; ``T = I`` where rounding would make
-    the solve worse than the unrepaired model (the ridge is towards I, so only rounding can)."""
-    T = acc.solve()
-    before, after = acc.residual(None), acc.residual(T)
-    if not after <= before:
-        T = torch.ones(acc.d, dtype=torch.float64) if acc.diagonal else torch.eye(acc.d, dtype=torch.float64)
-        after = before
-    return T, before, after
 
 
-def fold_note(fam: str, sites: list[RepairSite]) -> str:
-    """The record's one-line note on where and how the maps were folded in this family."""
-    notes = {"norm_gain": f"{fam}: the per-channel scale is folded into post_feedforward_layernorm's gain (exact)",
-             "conv1d": f"{fam}: Conv1D stores its weight (in, out): folded as W·T",
-             "linear": f"{fam}: folded into the down projection as Tᵀ·W (exact)"}
-    folds = {s.fold for s in sites}
-    return "; ".join(notes[f] for f in sorted(folds)) + (
-        f"; M taken after residual_multiplier={sites[0].scale:g}" if fam == "granite" and sites else "")
 
 
 def _capture_pass(m, blocks, wanted_out: set[int], site_mods: dict[int, tuple[nn.Module, float]]):

@@ -88,3 +88,13 @@ def repair_site(block: nn.Module, family: str, method: str) -> RepairSite:
     if fold == "linear" and not isinstance(mod, nn.Linear):
         raise RepairRefused(f"repair '{method}': {down} is a {type(mod).__name__}, not a linear layer")
     return RepairSite(down, scale, fold)
+
+
+def fold_note(fam: str, sites: list[RepairSite]) -> str:
+    """The record's one-line note on where and how the maps were folded in this family."""
+    notes = {"norm_gain": f"{fam}: the per-channel scale is folded into post_feedforward_layernorm's gain (exact)",
+             "conv1d": f"{fam}: Conv1D stores its weight (in, out): folded as W·T",
+             "linear": f"{fam}: folded into the down projection as Tᵀ·W (exact)"}
+    folds = {s.fold for s in sites}
+    return "; ".join(notes[f] for f in sorted(folds)) + (
+        f"; M taken after residual_multiplier={sites[0].scale:g}" if fam == "granite" and sites else "")

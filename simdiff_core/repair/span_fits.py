@@ -16,7 +16,7 @@ every later set (``evaluation/repaired_objective.py``).
 
 Same numbers as ``fit_repair``: the same products over the same tokens in float64 (summed in other
 chunks: equal up to float64 round-off), the same ridge towards ``I`` and the same never-worse-than-
-``T = I`` rule (``repair.solve_span``), the same fold (``repair.folded_copy``). Tested against
+``T = I`` rule (``accumulate.solve_span``), the same fold (``repair.folded_copy``). Tested against
 ``fit_repair`` in tests/repair/test_span_fits.py.
 
 Cost. Capture: one forward of the base model over the fit windows. Memory: every block's output and
@@ -43,10 +43,9 @@ from ..common.progress import Progress
 from ..models.blocks import find_block_path, get_attr_path, text_config
 from ..models.load import LoadedModel
 from ..pruning.prune import is_dispatched
-from .accumulate import SpanAccumulator
-from .repair import (Repair, batch_ranges, check_fit_tokens, cv_record, fold_note, folded_copy, new_accumulator,
-                     removed_spans, replace_path, solve_span, span_records)
-from .sites import RepairRefused, family_of, refusal, repair_site
+from .accumulate import SpanAccumulator, check_fit_tokens, cv_record, new_accumulator, solve_span
+from .repair import Repair, batch_ranges, folded_copy, removed_spans, replace_path, span_records
+from .sites import RepairRefused, family_of, fold_note, refusal, repair_site
 
 DEFAULT_MAX_MB = 2048
 CHUNK_ROWS = 8192  # tokens per float64 product (bounds the float64 temporaries: 3 x 38 MB at d = 576)

@@ -30,9 +30,8 @@ import torch
 from ..common.errors import Cancelled, SimDiffError
 from ..common.progress import Progress
 from ..models.streaming import StreamedModel, batch_ranges, capture_inputs
-from .accumulate import SpanAccumulator
-from .repair import (REPAIR_METHODS, Repair, check_fit_tokens, cv_record, folded_copy, hidden_size, new_accumulator,
-                     removed_spans, span_records)
+from .accumulate import SpanAccumulator, check_fit_tokens, cv_record, hidden_size, new_accumulator, solve_span
+from .repair import REPAIR_METHODS, Repair, folded_copy, removed_spans, span_records
 from .sites import RepairRefused, family_of, refusal, repair_site
 
 
@@ -122,11 +121,7 @@ def stream_fit_repair(model_dir: str | Path, removed_layers, windows: torch.Tens
 
 def _solve(rep: Repair, records, span, acc: SpanAccumulator, site, path: str) -> None:
     a, b = span
-    T = acc.solve()
-    before, after = acc.residual(None), acc.residual(T)
-    if not after <= before:  # rounding only (the ridge is towards I); never keep a worse map
-        T = torch.ones(acc.d, dtype=torch.float64) if acc.diagonal else torch.eye(acc.d, dtype=torch.float64)
-        after = before
+    T, before, after = solve_span(acc)  # never a map worse than T = I
     rep.maps[a - 1] = T.cpu()
     rec = next(r for r in records if r["start"] == a)
     rec.update(site=f"{path}.{a - 1}.{site.path}", fold=site.fold, status="repaired", tokens=acc.tokens,
