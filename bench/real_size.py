@@ -433,7 +433,7 @@ def run_all(args) -> int:
     prune_argv = ["prune", "--model", str(d), "--plan", str(plan), "--out", str(pruned), "--force",
                   "--out-dtype", "bfloat16", "--stream", "--memory-budget-mb", str(budget)]
     repair_argv = ["prune", "--model", str(d), "--plan", str(plan), "--out", str(repaired), "--force",
-                   "--out-dtype", "bfloat16", "--repair", "lstsq", "--samples", str(N), "--seq-len", str(S), *common]
+                   "--out-dtype", "bfloat16", "--repair", "ridge", "--samples", str(N), "--seq-len", str(S), *common]
     ppl_common = ["--device", "cpu", "--dtype", "float32", "--windows", str(W), "--seq-len", str(S), "--json",
                   "--stream", "--memory-budget-mb", str(budget)]
     # --sequential: every stage alone (the timed ones, score and ppl, then measure only themselves)

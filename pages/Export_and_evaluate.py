@@ -118,7 +118,8 @@ if rep_ev is not None:
     v = rep_ev["verdict"]
     st.dataframe(pd.DataFrame(rep_ev["rows"]).set_index("model"), width="stretch", key="repair_table")
     st.caption(f"Protocol: calibration = {rep_ev['calib_protocol']} (optimistic by construction); held-out = "
-               f"{rep_ev['held_protocol']}. {rep_ev['summary']}.")
+               f"{rep_ev['held_protocol']}; second domain = {rep_ev.get('second_protocol', 'not measured')} (a text "
+               f"the repair never saw the like of). {rep_ev['summary']}.")
     if v["improved"]:
         st.success(v["headline"], icon=":material/check_circle:")
     for msg in v["messages"]:

@@ -314,12 +314,14 @@ def evaluate_repair(lm, plan, calib_ids, method: str, held: Evaluation, windows:
     ``text``, whose dense number is reused). The pruned / repaired numbers and the guard are
     ``evaluation.repaired.evaluate_repair`` (stored in ``rep.evaluation``, so the export records them); the
     verdict is ``honest.verdict`` with trains=False (a repair that raises held-out ppl is flagged
-    ``worse_held_out`` and ``improved`` is False). Returns {"method", "rows", "verdict", "summary", "repair"
-    (the Repair), "model" (repaired), "calib_protocol", "held_protocol"}.
-    Cost: the fit (one dense pass over ``calib_ids``), a dense calibration pass and ``evaluate_repair``'s four.
+    ``worse_held_out`` and ``improved`` is False) and on a second-domain text (the shipped sample of another
+    domain than the calibration and held-out text, ``windows`` x ``seq_len`` where it fits: a repair that raises
+    it is flagged ``worse_out_of_domain``). Returns {"method", "rows", "verdict", "summary", "repair" (the Repair),
+    "model" (repaired), "calib_protocol", "held_protocol", "second_protocol"}.
+    Cost: the fit (one dense pass over ``calib_ids``), a dense calibration pass and ``evaluate_repair``'s seven.
     """
     from .evaluation.evaluate import eval_windows, perplexity, protocol_note
-    from .evaluation.honest import verdict
+    from .evaluation.honest import second_domain_text, second_domain_windows, verdict
     from .evaluation.repaired import evaluate_repair as guard
     from .pruning.prune import pruned_model
     from .repair import apply_repair, fit_repair
@@ -337,20 +339,27 @@ def evaluate_repair(lm, plan, calib_ids, method: str, held: Evaluation, windows:
                              progress=_sub(progress, 0.4, 0.5, "dense, calibration"))["ppl"]
     held_protocol = protocol_note(lm.tokenizer, text, int(seq_len), int(windows))
     ids = eval_windows(lm.tokenizer, text, int(seq_len), int(windows))
+    # and a text of another domain (held-out text of the same corpus shares its format)
+    spec = second_domain_text((calibration or {}).get("source"), text)
+    second, second_protocol = second_domain_windows(lm.tokenizer, spec, int(seq_len), int(windows))
     ev = guard(rep, small, repaired, calib_ids, ids, held_protocol=held_protocol, batch_size=bs,
-               progress=_sub(progress, 0.5, 1.0, "check"))
-    c, h = ev["calibration"], ev["held_out"]
-    v = verdict({"dense": held.ppl_dense, "pruned": h["pruned"], "treated": h["repaired"]}, None,
+               progress=_sub(progress, 0.5, 1.0, "check"), second_ids=second, second_protocol=second_protocol,
+               dense=lm.model)
+    c, h, sd = ev["calibration"], ev["held_out"], ev["second_domain"]
+    v = verdict({"dense": held.ppl_dense, "pruned": h["pruned"], "treated": h["repaired"]},
+                {"dense": sd["dense"], "pruned": sd["pruned"], "treated": sd["repaired"]},
                 treatment=f"{method} repair", trains=False, eval_name="held-out text")
-    v["flags"] = [f for f in v["flags"] if f != "no_second_domain"]  # calibration + held-out is this protocol
-    v["messages"] = [m for m in v["messages"] if not m.startswith("No second-domain")]
-    rows = [{"model": "dense", "calibration ppl": dense_calib, "held-out ppl": held.ppl_dense},
-            {"model": "pruned", "calibration ppl": c["pruned"], "held-out ppl": h["pruned"]},
-            {"model": "repaired", "calibration ppl": c["repaired"], "held-out ppl": h["repaired"]}]
+    rows = [{"model": "dense", "calibration ppl": dense_calib, "held-out ppl": held.ppl_dense,
+             "second-domain ppl": sd["dense"]},
+            {"model": "pruned", "calibration ppl": c["pruned"], "held-out ppl": h["pruned"],
+             "second-domain ppl": sd["pruned"]},
+            {"model": "repaired", "calibration ppl": c["repaired"], "held-out ppl": h["repaired"],
+             "second-domain ppl": sd["repaired"]}]
     n, s = calib_ids.shape
     return {"method": method, "rows": rows, "verdict": v, "summary": rep.summary(), "repair": rep, "model": repaired,
             "calib_protocol": f"{(calibration or {}).get('source', 'calibration text')}; the {n} x {s} windows the "
-                              "repair was fitted on", "held_protocol": held_protocol}
+                              "repair was fitted on", "held_protocol": held_protocol,
+            "second_protocol": second_protocol}
 
 
 def repair_record(result: dict) -> dict:

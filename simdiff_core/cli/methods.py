@@ -35,6 +35,9 @@ def add_method_args(p, with_method: bool = True) -> None:
     p.add_argument("--holdout-samples", type=int, default=8,
                    help="repaired_ppl: held-out windows the objective is measured on: the next N windows of --calib "
                         "after the --samples fit windows, same --seq-len (default 8)")
+    p.add_argument("--objective-repair", default="lstsq", choices=["lstsq", "ridge", "rescale"],
+                   help="repaired_ppl: the repair applied to every candidate set before it is measured (default lstsq; "
+                        "ridge: cross-validated, safe on few fit tokens)")
     p.add_argument("--search", default="greedy", choices=list(ALGORITHMS), help="search algorithm (--method search)")
     p.add_argument("--budget", type=int, default=None,
                    help="max candidate sets considered by greedy/search (evaluated exactly or eliminated by a "
@@ -67,7 +70,8 @@ def method_plan(args, lm=None):
                       criterion=args.criterion, alpha=alpha, beta=args.beta, norm=args.norm,
                       scale_free=not args.raw, objective=args.objective, search=args.search, budget=args.budget,
                       seconds=args.time_limit, threshold=args.threshold,
-                      merge_base=args.merge_base, cost=getattr(args, "cost", None), holdout_ids=holdout)
+                      merge_base=args.merge_base, cost=getattr(args, "cost", None), holdout_ids=holdout,
+                      repair_method=args.objective_repair if holdout is not None else None)
 
 
 def cmd_compare(args) -> int:
@@ -90,7 +94,8 @@ def cmd_compare(args) -> int:
     res = run_compare(lm, ids, specs, ratio=args.ratio, num=args.num, eval_ids=eval_ids, accuracy=accuracy,
                       objective=args.objective, budget=args.budget, keep_first=args.keep_first,
                       keep_last=args.keep_last, calibration=calib, alpha=args.alpha,
-                      progress=progress_printer("compare"), repair=args.repair, holdout_ids=holdout)
+                      progress=progress_printer("compare"), repair=args.repair, holdout_ids=holdout,
+                      objective_repair=args.objective_repair)
     protocol = protocol_note(lm.tokenizer, args.text, args.eval_seq_len, args.eval_windows)
     caption = (f"{lm.name}, {res['k']} of {res['num_layers']} blocks removed. Calibration: {calib['description']}, "
                f"{args.samples} x {args.seq_len} tokens. Perplexity: {protocol}."

@@ -196,8 +196,13 @@ def _repair_lines(r: dict | None) -> list[str]:
         h, c2 = ev["held_out"], ev["calibration"]
         out += ["", "| perplexity | pruned | pruned + repair |", "|---|---|---|",
                 f"| calibration text (fitted on it: optimistic) | {_fmt(c2['pruned'])} | {_fmt(c2['repaired'])} |",
-                f"| held-out: {h.get('protocol', '')} | {_fmt(h['pruned'])} | {_fmt(h['repaired'])} |",
-                "", ("" if ev.get("improves_held_out") else "**Warning:** ") + ev.get("verdict", "")]
+                f"| held-out: {h.get('protocol', '')} | {_fmt(h['pruned'])} | {_fmt(h['repaired'])} |"]
+        sd = ev.get("second_domain")
+        if sd:
+            out.append(f"| second domain: {sd.get('protocol', '')} (dense {_fmt(sd.get('dense'))}) | "
+                       f"{_fmt(sd['pruned'])} | {_fmt(sd['repaired'])} |")
+        ok = ev.get("improves_held_out") and ev.get("improves_second_domain", True)
+        out += ["", ("" if ok else "**Warning:** ") + ev.get("verdict", "")]
     out += ["", "`plan.json` and `mergekit.yaml` cannot express the repaired weights: they reproduce the "
             "*unrepaired* pruning. This checkpoint (and a GGUF converted from it) carries the repaired weights."]
     return out

@@ -100,7 +100,8 @@ def run_compare(lm, calib_ids, specs: list[dict], ratio=None, num=None, eval_ids
                 calibration: dict | None = None, alpha: float = 0.5, accuracy_items: list | None = None,
                 progress: Progress | None = None, should_stop=None,
                 eval_protocol: str | None = None, fusion: dict | None = None,
-                first_token: bool = True, repair: str = "none", holdout_ids=None) -> dict:
+                first_token: bool = True, repair: str = "none", holdout_ids=None,
+                objective_repair: str = "lstsq") -> dict:
     """Run every spec and measure it.
 
     Returns ``{"rows", "plans", "k", "num_layers", "model", "accuracy", "eval_protocol"}``.
@@ -114,7 +115,8 @@ def run_compare(lm, calib_ids, specs: list[dict], ratio=None, num=None, eval_ids
     ``repair`` (``lstsq``/``ridge``/``rescale``): every pruned row also gets ``ppl_repaired``, the same held-out
     perplexity after ``repair.fit_repair`` on ``calib_ids`` (NaN for merged plans and refused families,
     ``repair_note`` says why); ``result["repair"]`` names the method.
-    ``holdout_ids``: the held-out windows of the ``repaired_ppl`` objective (greedy/search rows; not
+    ``objective_repair``: the repair the ``repaired_ppl`` objective applies to every set (``lstsq``/``ridge``/
+    ``rescale``). ``holdout_ids``: the held-out windows of the ``repaired_ppl`` objective (greedy/search rows; not
     ``eval_ids``, which measure the result), other than ``calib_ids``, on which the repair is fitted.
     """
     from ..analysis.score import score_model
@@ -171,7 +173,8 @@ def run_compare(lm, calib_ids, specs: list[dict], ratio=None, num=None, eval_ids
         if "rep" not in shared:
             from ..evaluation.repaired_objective import RepairedEvaluator
 
-            shared["rep"] = RepairedEvaluator(lm, calib_ids, holdout_ids, should_stop=should_stop)
+            shared["rep"] = RepairedEvaluator(lm, calib_ids, holdout_ids, method=objective_repair,
+                                              should_stop=should_stop)
         return shared["rep"]
 
     for n, spec in enumerate(specs):

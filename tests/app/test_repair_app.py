@@ -93,11 +93,16 @@ def test_export_page_shows_repaired_beside_pruned_and_exports_the_repaired_weigh
     small = pruned_model(embedded_lm, plan.kept_layers)
     repaired = apply_repair(small, fit_repair(embedded_lm, plan.removed_layers, ids, method="ridge"))
     held = eval_windows(embedded_lm.tokenizer, "wikitext2", 64, 2)
+    code = eval_windows(embedded_lm.tokenizer, "shipped:code", 64, 2)  # the second domain: not WikiText
     for name, model in (("dense", embedded_lm.model), ("pruned", small), ("repaired", repaired)):
         assert table.loc[name, "calibration ppl"] == pytest.approx(_naive_ppl(model, ids), rel=1e-4)
         assert table.loc[name, "held-out ppl"] == pytest.approx(_naive_ppl(model, held), rel=1e-4)
+        assert table.loc[name, "second-domain ppl"] == pytest.approx(_naive_ppl(model, code), rel=1e-4)
     worse = table.loc["repaired", "held-out ppl"] > table.loc["pruned", "held-out ppl"]
     assert any("not an improvement" in w.value for w in at.warning) == worse  # never shown as a gain when worse
+    worse_code = table.loc["repaired", "second-domain ppl"] > table.loc["pruned", "second-domain ppl"]
+    assert any("second-domain text perplexity" in w.value for w in at.warning) == worse_code
+    assert bool(at.success) == (not worse and not worse_code)  # a gain only when neither text got worse
 
     at.text_input(key="export_name").set_value("rep")
     at.selectbox(key="export_dtype").set_value("float32")

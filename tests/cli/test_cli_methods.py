@@ -75,15 +75,21 @@ def test_cli_plan_search_repaired_objective(tiny, tmp_path, cli):
     lm.model.save_pretrained(src)
     lm.tokenizer.save_pretrained(src)
     small = ["--calib", "wikitext2", "--samples", 2, "--seq-len", 32, "--device", "cpu"]
+    # 2 x 32 = 64 fit tokens = d: lstsq (the default) refuses in one line, ridge fits
     r = cli("plan", "--model", src, "--method", "search", "--search", "greedy", "--objective", "repaired_ppl",
             "--holdout-samples", 2, "--num", 2, *small, "--out", tmp_path / "p.json")
+    assert r.returncode == 2 and "(64 <= 64)" in r.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "p.json").exists()
+    r = cli("plan", "--model", src, "--method", "search", "--search", "greedy", "--objective", "repaired_ppl",
+            "--objective-repair", "ridge", "--holdout-samples", 2, "--num", 2, *small, "--out", tmp_path / "p.json")
     assert r.returncode == 0, r.stderr
     p = json.loads((tmp_path / "p.json").read_text())
     both = make_windows(lm.tokenizer, "wikitext2", n=4, seq_len=32)
-    want = run_method("search", lm, both[:2], num=2, search="greedy", objective="repaired_ppl", holdout_ids=both[2:])
+    want = run_method("search", lm, both[:2], num=2, search="greedy", objective="repaired_ppl", holdout_ids=both[2:],
+                      repair_method="ridge")
     assert p["removed_layers"] == want.removed_layers and p["criterion"] == "repaired_ppl"
     d = p["details"]["repaired_objective"]
-    assert d["fit_windows"] == [2, 32] and d["holdout_windows"] == [2, 32]
+    assert d["fit_windows"] == [2, 32] and d["holdout_windows"] == [2, 32] and d["repair"] == "ridge"
     assert p["calibration"]["holdout"]["windows"] == "2..3"
     r = cli("plan", "--model", src, "--method", "greedy", "--objective", "repaired_ppl", "--holdout-samples", 0,
             "--num", 2, *small, "--out", tmp_path / "q.json")

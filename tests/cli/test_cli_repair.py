@@ -57,8 +57,18 @@ def test_prune_repair_exports_records_and_guards(tiny, tokenizer, tmp_path, cli)
     ids = eval_windows(tokenizer, "wikitext2", 32, 2)
     assert math.isclose(_direct_ppl(back, ids), ev["held_out"]["repaired"], rel_tol=1e-4)
     assert not math.isclose(ev["held_out"]["repaired"], ev["held_out"]["pruned"], rel_tol=1e-6)
+    # and on a text of another domain (the shipped code sample), dense and repaired from direct loops
+    sd = ev["second_domain"]
+    code = eval_windows(tokenizer, "shipped:code", 32, 2)
+    assert "code" in sd["protocol"] and (sd["windows"], sd["seq_len"]) == (2, 32)
+    assert math.isclose(_direct_ppl(back, code), sd["repaired"], rel_tol=1e-4)
+    dense = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+    assert math.isclose(_direct_ppl(dense, code), sd["dense"], rel_tol=1e-4)
+    assert ev["improves_second_domain"] == (sd["repaired"] < sd["pruned"])
+    assert ("second-domain text" in ev["verdict"]) == (not ev["improves_second_domain"])
     card = (out / "README.md").read_text()
     assert "## Repair" in card and "unrepaired" in card and "mergekit" in rec["export_note"]
+    assert "| second domain: " in card
 
     # a family where the fold is not exact: one error line, exit 2, nothing written
     g = _save(tiny("gemma3", 4, seed=2), tmp_path / "g", tokenizer)
