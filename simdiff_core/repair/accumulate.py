@@ -104,7 +104,7 @@ class SpanAccumulator:
 
     def merge(self, other: "SpanAccumulator") -> None:
         """Add another accumulator's sums (batches seen elsewhere, e.g. another device or process)."""
-        if other.d != self.d or other.diagonal != self.diagonal:
+        if other.d != self.d or other.diagonal != self.diagonal or (self.even is None) != (other.even is None):
             raise ValueError("accumulators of different shapes")
         self.MtM += other.MtM.to(self.MtM.device)
         self.MtY += other.MtY.to(self.MtY.device)
@@ -112,8 +112,6 @@ class SpanAccumulator:
         self.trMtY += other.trMtY
         self.YtY += other.YtY
         self.tokens += other.tokens
-        if (self.even is None) != (other.even is None):
-            raise ValueError("accumulators of different shapes")
         if self.even is not None:  # window numbering restarts in ``other``: its parity is kept as is
             self.even.merge(other.even)
             self.windows += other.windows
@@ -213,8 +211,16 @@ def hidden_size(m: nn.Module) -> int | None:
 
 
 def cv_record(acc: SpanAccumulator) -> dict:
-    """A span record's ``ridge`` entry (the chosen strength and held-out residual per strength), if any."""
-    return {"ridge": dict(acc.cv)} if acc.cv is not None else {}
+    """A span record's ``ridge`` entry (the chosen strength and held-out residual per strength), if any.
+    Plain JSON: where the choice is ``T = I`` (strength ∞) ``strength`` and ``lambda`` are null and
+    ``kept_identity`` is true (``Infinity`` is no JSON number; jq and browsers reject it)."""
+    if acc.cv is None:
+        return {}
+    rec = dict(acc.cv)
+    rec["kept_identity"] = rec["strength"] == float("inf")
+    if rec["kept_identity"]:
+        rec["strength"] = rec["lambda"] = None
+    return {"ridge": rec}
 
 
 def solve_span(acc: SpanAccumulator) -> tuple[torch.Tensor, float, float]:
