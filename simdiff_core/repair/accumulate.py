@@ -74,6 +74,7 @@ class SpanAccumulator:
         """Add one batch: ``M``, ``Y`` of shape (..., d); ``mask`` (...,) selects the tokens that count.
         With ``cv``, a (B, S, d) batch is B windows (numbered on from the previous batches); anything
         flatter counts as one window."""
+        self.cv = None  # new tokens: a strength chosen before no longer holds
         if self.even is not None:
             B = M.shape[0] if M.dim() >= 3 else 1
             w = [k for k in range(B) if (self.windows + k) % 2 == 0]
@@ -112,6 +113,7 @@ class SpanAccumulator:
         self.trMtY += other.trMtY
         self.YtY += other.YtY
         self.tokens += other.tokens
+        self.cv = None
         if self.even is not None:  # window numbering restarts in ``other``: its parity is kept as is
             self.even.merge(other.even)
             self.windows += other.windows
@@ -132,7 +134,10 @@ class SpanAccumulator:
         return torch.linalg.solve(self.MtM + lam * eye, self.MtY + lam * eye)
 
     def _choose_strength(self) -> float:
-        """Two-fold cross-validation over ``CV_GRID`` (module docstring); sets ``self.cv``."""
+        """Two-fold cross-validation over ``CV_GRID`` (module docstring); sets ``self.cv``. Chosen once per
+        set of sums (``add``/``merge`` clear it): a second ``solve`` of the same sums reuses the choice."""
+        if self.cv is not None:
+            return self.cv["strength"]
         A = self.even
         odd = (self.MtM - A.MtM, self.MtY - A.MtY, self.trMtM - A.trMtM, self.trMtY - A.trMtY, self.YtY - A.YtY)
         even = (A.MtM, A.MtY, A.trMtM, A.trMtY, A.YtY)

@@ -219,18 +219,6 @@ def fit_repair(model, removed_layers, windows: torch.Tensor, method: str = "lsts
     return rep
 
 
-
-
-
-
-
-
-
-
-
-
-
-
 def _capture_pass(m, blocks, wanted_out: set[int], site_mods: dict[int, tuple[nn.Module, float]]):
     """Callbacks storing block outputs (``outs[i]``) and scaled site outputs (``Ms[i]``) of one forward."""
     outs, Ms, post = {}, {}, {}

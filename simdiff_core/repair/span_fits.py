@@ -40,10 +40,10 @@ from ..analysis.hooks import block_io, hook_pass
 from ..analysis.score import auto_batch_size, forward_base
 from ..common.errors import Cancelled, SimDiffError
 from ..common.progress import Progress
-from ..models.blocks import find_block_path, get_attr_path, text_config
+from ..models.blocks import find_block_path, get_attr_path
 from ..models.load import LoadedModel
 from ..pruning.prune import is_dispatched
-from .accumulate import SpanAccumulator, check_fit_tokens, cv_record, new_accumulator, solve_span
+from .accumulate import SpanAccumulator, check_fit_tokens, cv_record, hidden_size, new_accumulator, solve_span
 from .repair import Repair, batch_ranges, folded_copy, removed_spans, replace_path, span_records
 from .sites import RepairRefused, family_of, fold_note, refusal, repair_site
 
@@ -79,7 +79,7 @@ class DenseSpanFits:
         self.sites = {j: repair_site(self.blocks[j], self.family, method) for j in range(L - 1)}
         N, S = windows.shape
         p = next(m.parameters())
-        d = int(getattr(text_config(m.config), "hidden_size", 0) or 0) or None
+        d = hidden_size(m)
         itemsize = p.element_size() if p.dtype.is_floating_point else 4
         if d is not None:
             need = (2 * L - 1) * N * S * d * itemsize / 2 ** 20

@@ -283,3 +283,8 @@ def test_ridge_accumulator_numbers_windows_across_batches():
     for a, T in zip(accs, Ts):
         assert a.cv["strength"] == best and a.even.tokens == 3 * S
         assert torch.allclose(T, T_ref, rtol=1e-8, atol=1e-10)
+    # the choice is made once per set of sums: a second solve reuses it, new tokens clear it
+    chosen = accs[0].cv
+    assert torch.equal(accs[0].solve(), Ts[0]) and accs[0].cv is chosen
+    accs[0].add(M[:1], Y[:1])
+    assert accs[0].cv is None
