@@ -16,7 +16,7 @@ from simdiff_core.analysis import derived, uncertainty
 from simdiff_core.analysis.score import protocol as score_protocol
 from simdiff_core.export import figures
 from simdiff_core.export import figures_repair
-from ui import links, live_chart, live_slider, models, settings, shell, state, views
+from ui import links, live_chart, live_slider, models, run_view, settings, shell, state, views
 
 shell.setup_page("Layer curves")
 if state.get("scores") is not None:
@@ -28,15 +28,15 @@ with st.sidebar:
                            help="Divide each token's difference by its input norm (hidden-state norms grow with "
                                 "depth). Off: raw MSSD/MASD.")
     state.put("scale_free", scale_free)
-    log_mssd = st.toggle("Log scale for MSSD/MASD", **links.seeded("log_mssd", False),
+    log_mssd = st.toggle("Log scale for MSSD/MASD", **links.seeded("log_mssd", links.CURVES_DEFAULTS["log_mssd"]),
                          help="MSSD and MASD are dominated by a few outlier blocks; a log axis shows the rest.")
-    clip = st.toggle("Clip outlier blocks", **links.seeded("clip_outliers", True), disabled=log_mssd,
+    clip = st.toggle("Clip outlier blocks", **links.seeded("clip_outliers", links.CURVES_DEFAULTS["clip_outliers"]), disabled=log_mssd,
                      help="Fit the MSSD/MASD axes to the other blocks and write the outliers' values (▲) at the top "
                           "edge. Outlier: above 5 × the 90th percentile of the blocks.")
-    show_bands = st.toggle("Bootstrap bands", **links.seeded("show_bands", True),
+    show_bands = st.toggle("Bootstrap bands", **links.seeded("show_bands", links.CURVES_DEFAULTS["show_bands"]),
                            help="Shade each curve's confidence band: percentile bootstrap over the calibration windows "
                                 "(200 resamples, seed 0). Needs at least 2 windows.")
-    level = st.select_slider("Band level", [0.8, 0.9, 0.95], **links.seeded("band_level", 0.9), disabled=not show_bands,
+    level = st.select_slider("Band level", [0.8, 0.9, 0.95], **links.seeded("band_level", links.CURVES_DEFAULTS["band_level"]), disabled=not show_bands,
                              format_func=lambda v: f"{v:.0%}")
     views.run_marker("curves_page", state.count_run("curves_page"))
 
@@ -100,6 +100,7 @@ def curves_panel():
     alpha = round(alpha, 2)  # the slider's 0.05 grid, as the precomputed payload (no float noise)
     state.put("alpha", alpha)
     links.publish()  # a fragment run: app.py does not run, so the URL follows the sliders here
+    quick = run_view.link_markdown(state.get("run_id"), links.current()) if state.get("run_id") else None
     dropped = []
     criterion = state.get("criterion", "simdiff")
     payload = live = None
@@ -111,6 +112,8 @@ def curves_panel():
                     f"would drop: `{dropped}`")
         a = live_slider.akey(alpha)
         live = {"id": payload["id"], "state": {"k": plan.num_removed, "a": a}}
+        if quick:
+            st.caption(quick)
         if live_slider.removed(payload, plan.num_removed, a) != dropped:  # same order, same rule: never expected
             st.error("internal: the precomputed curves differ from the plan")
     except SimDiffError as e:

@@ -16,7 +16,7 @@ import pandas as pd
 import streamlit as st
 
 from simdiff_core import SimDiffError
-from ui import links, runs, shell, state, views
+from ui import links, run_view, runs, shell, state, views
 
 shell.setup_page("Runs")
 st.title("Runs")
@@ -103,6 +103,9 @@ try:
 except (SimDiffError, OSError) as e:
     data = None
     c[1].caption(views.one_line(e))
+quick = None if info.error else run_view.link_markdown(run_id, {**links.current(), "run": run_id})
+if quick:
+    st.markdown(quick)
 if data is not None:
     c[1].download_button("Download", data, file_name=f"simdiff-run-{run_id}.npz", mime="application/zip",
                          key="runs_download", width="stretch", help="The run as one file (scores + metadata).")

@@ -46,7 +46,7 @@ export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 case "$mode" in
   install) echo "setup: done. Start the app with: bash scripts/setup.sh app" >&2 ;;
   app)
-    exec $py -m streamlit run app.py --server.headless true --browser.gatherUsageStats false "$@" ;;
+    exec $py -m streamlit run serve.py --server.headless true --browser.gatherUsageStats false "$@" ;;
   test)
     $py -m pip install -q -r requirements-dev.txt
     if ! command -v chromium >/dev/null 2>&1; then

@@ -73,6 +73,8 @@ PARAMS = {
     "bands": ("show_bands", _bool, True),
     "level": ("band_level", _level, True),
 }
+# The Layer curves toggles' defaults (the page's widgets and the quick view, ui/run_view.py, both use them)
+CURVES_DEFAULTS = {"log_mssd": False, "clip_outliers": True, "show_bands": True, "band_level": 0.9}
 RUN_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 

@@ -108,7 +108,7 @@ def test_dockerfiles_match_setup_and_readme(name):
     assert "http://localhost:8501/_stcore/health" in hc
     cmd = next(ln for ln in lines if ln.startswith("CMD"))
     argv = json.loads(cmd[3:].strip())
-    assert argv[:4] == ["python", "-m", "streamlit", "run"] and argv[4] == "app.py" and (ROOT / "app.py").exists()
+    assert argv[:4] == ["python", "-m", "streamlit", "run"] and argv[4] == "serve.py" and (ROOT / "serve.py").exists()
     assert "--server.port=8501" in argv and "--server.address=0.0.0.0" in argv
     if name == "Dockerfile":
         assert lines[0].startswith("FROM python:") and "-slim" in lines[0]

@@ -1,4 +1,5 @@
-"""Shared by the browser tests: start ``streamlit run app.py`` on a free loopback port, wait for health.
+"""Shared by the browser tests: start ``streamlit run serve.py`` (the app plus the run view route, as
+``bash scripts/setup.sh app`` does) on a free loopback port, wait for health.
 
 The flags are the ones Streamlit's own end-to-end suite uses (headless, no usage stats); the file
 watcher is left to the shipped ``.streamlit/config.toml`` (off), so the browser tests run the server
@@ -36,7 +37,7 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_app(log_path: Path, env_extra: dict, extra_args=(), script: str = "app.py", launcher=None):
+def running_app(log_path: Path, env_extra: dict, extra_args=(), script: str = "serve.py", launcher=None):
     """Yield (url, process) of a running app (``script``, run from the project root so the shipped
     config applies); stop it afterwards whatever happened. ``launcher`` replaces ``python -m
     streamlit`` (e.g. ``tests/support/leak_probe.py``, which adds a probe)."""
