@@ -202,7 +202,8 @@ def render(run_id: str, query, store=None) -> tuple[int, bytes, bytes | None]:
     except SimDiffError as e:
         return 404, _error_page(str(e)).encode(), None
     s, notes = settings(query)
-    key = (str(store.home), info.id, info.file, info.size, tuple(sorted(s.items())), tuple(notes))
+    explorer = "../Layer_curves?" + urlencode({"run": info.id, **{k: v for k, v in query.items() if k in links.PARAMS}})
+    key = (str(store.home), info.id, info.file, info.size, tuple(sorted(s.items())), tuple(notes), explorer)
     with _LOCK:
         hit = _CACHE.get(key)
         if hit is not None:
@@ -212,7 +213,6 @@ def render(run_id: str, query, store=None) -> tuple[int, bytes, bytes | None]:
         run = store.open(info.id)
     except SimDiffError as e:
         return 404, _error_page(str(e)).encode(), None
-    explorer = "../Layer_curves?" + urlencode({"run": info.id, **{k: v for k, v in query.items() if k in links.PARAMS}})
     body = page(run, s, notes, build(run.scores, s), explorer).encode()
     hit = (body, gzip.compress(body, compresslevel=6))   # compressed once: ~600 kB -> ~100 kB at 80 blocks
     with _LOCK:

@@ -4,22 +4,32 @@
 
 An 80-block run is made by scoring a random-weight 80-block Llama built from a config (hidden 64) on
 4 x 32 random tokens (so it has every per-window sum and matrix the pages draw), saved into a fresh
-$SIMDIFF_HOME. Then ``streamlit run app.py`` (the shipped config) is started on loopback and, in
-headless Chromium (Debian's /usr/bin/chromium, Playwright), each repeat opens the link
-``/Layer_curves?run=ID&ratio=0.25`` in a new browser context (a new session: nothing of the run in
-memory) and times, from ``page.goto`` to the first moment the curves and the fused-importance chart
-are both drawn with data (polled every animation frame in the page). No model is loaded. The
-first open after the server start (``first_s``: imports and caches warming) is reported apart from the
-median of the following ones (``reopen_run_s``). A returning visitor is timed too (``reopen_run_warm_s``):
-the same link opened in new tabs of one browser context, whose HTTP cache keeps what Streamlit lets it
-keep (its hashed bundles are ``immutable``; the vendored plotly.js is served by Streamlit's static
-route); each tab is still a new Streamlit session with nothing of the run in memory.
+$SIMDIFF_HOME. Then ``streamlit run serve.py`` (the shipped start: the app plus the quick-view route,
+shipped config) is started on loopback and, in headless Chromium (Debian's /usr/bin/chromium,
+Playwright), each repeat opens a link in a new browser context (a new visitor: empty HTTP cache, nothing
+of the run in memory) and times, from ``page.goto`` to the first moment the curves and the
+fused-importance chart are both drawn with data (polled every animation frame in the page). No model is
+loaded. Two links to the same run and view are timed:
 
-Where the time goes (``breakdown_ms``, medians of the repeats after the first, from the page's own
-navigation start): ``dom_ready`` (Streamlit's bundle loaded and parsed), ``title`` (the page's h1 drawn:
-Streamlit plus the script run up to it), ``plotly_ready`` (plotly.js fetched and run), ``drawn`` (both
-charts drawn). The floor (``floor_s``): a one-line Streamlit page (``st.title``) served with the same config
-by a second server, opened the same way, timed to its title: nothing the app does can beat it.
+* ``reopen_run_s``: the run's link, ``/view/ID?ratio=0.25``, the one the Runs and Layer curves pages give
+  to share (ui/run_view.py: one HTML page with the run's curves and the slider payload, served outside
+  any Streamlit session, plotly.js's basic bundle);
+* ``reopen_app_s``: the explorer's deep link to the same view, ``/Layer_curves?run=ID&ratio=0.25`` (a
+  Streamlit session: the app's bundle, a websocket, the page's script run, the cartesian plotly bundle).
+
+The first open of each after the server start (``first_s``, ``first_app_s``: imports and caches
+warming) is reported apart from the median of the following ones. A returning visitor is timed too
+(``*_warm_s``): the same link opened in new tabs of one browser context, whose HTTP cache keeps what the
+server lets it keep (Streamlit's hashed bundles are ``immutable``; plotly.js is served by Streamlit's static
+route); each tab of the explorer is still a new Streamlit session with nothing of the run in memory.
+
+Where the time goes (``breakdown_ms`` / ``breakdown_app_ms``, medians of the repeats after the first,
+from the page's own navigation start): ``dom_ready`` (the document parsed), ``title`` (the explorer
+page's h1 drawn: Streamlit plus the script run up to it), ``plotly_ready`` (plotly.js fetched and run),
+``drawn`` (both charts drawn). The floors: a one-line Streamlit page (``st.title``) served with the same
+config by a second server, timed to its title (``floor_s``: nothing a Streamlit page can beat); a static
+page that loads the same plotly.js bundle and draws one two-point chart (``view_floor_s``: nothing the
+quick view can beat).
 """
 
 from __future__ import annotations
@@ -55,6 +65,10 @@ MARKS_JS = """(() => {
   });
 })()"""
 FLOOR_PAGE = "import streamlit as st\n\nst.title('Floor')\n"
+# the quick view's floor: the same plotly.js bundle and one two-point chart, nothing else
+VIEW_FLOOR = """<!doctype html><html><head><meta charset="utf-8"><title>floor</title></head><body><div id="a"></div>
+<div id="b"></div><script src="../app/static/{name}"></script><script>
+Plotly.newPlot('a', [{{y: [1, 2]}}]); Plotly.newPlot('b', [{{y: [2, 1], type: 'bar'}}]);</script></body></html>"""
 
 
 def _context(browser):
@@ -76,17 +90,22 @@ def _open(browser, link: str, drawn_js: str, arg=None, ctx=None) -> tuple[float,
     try:
         page.wait_for_function(drawn_js, arg=arg, polling="raf", timeout=120_000)
     except Exception as e:  # noqa: BLE001 - playwright's TimeoutError: say what the page showed
-        text = page.locator("[data-testid=stMain]").inner_text()[:300].replace("\n", " ")
+        text = page.locator("body").inner_text()[:300].replace("\n", " ")
         (ctx if own else page).close()
         raise RuntimeError(f"not drawn in 120 s; the page showed: {text}") from e
     dt = time.perf_counter() - t0
     marks = page.evaluate("""Object.assign({drawn: performance.now(), plotly_js: performance.getEntriesByType('resource')
       .filter(e => e.name.includes('/app/static/plotly')).map(e => [e.name.split('/').pop(), e.decodedBodySize])},
       window.__sdMarks)""")
-    from tests.support.streamlit_server import idle
+    if "floor" in link:
+        errors = 0
+    elif "/view/" in link:   # the quick view: its own check that what it drew is the server's plan
+        errors = page.evaluate("window.__sdView.mismatch !== null")
+    else:
+        from tests.support.streamlit_server import idle
 
-    idle(page)
-    errors = page.locator("[data-testid=stException], [data-testid=stAlertContentError]").count()
+        idle(page)
+        errors = page.locator("[data-testid=stException], [data-testid=stAlertContentError]").count()
     (ctx if own else page).close()
     if errors:
         raise RuntimeError("the page showed an error")
@@ -125,6 +144,59 @@ def make_run(home: Path, num_layers: int = 80) -> str:
     return RunStore(home=home).save(scores, meta=run_meta(scores))
 
 
+def view_floor_s(browser, repeats: int) -> tuple[float, float]:
+    """The quick view's floor: a static page loading the same plotly.js bundle and drawing two two-point charts,
+    served from a plain HTTP server on loopback (new context each; then new tabs of one context)."""
+    import functools
+    import http.server
+    import shutil
+    import threading
+
+    from ui import live_chart
+
+    d = Path(tempfile.mkdtemp(prefix="simdiff-floor-"))
+    name = live_chart.served_name("basic")
+    (d / "app" / "static").mkdir(parents=True)
+    shutil.copy(live_chart.plotly_file("basic"), d / "app" / "static" / name)
+    (d / "view").mkdir()
+    (d / "view" / "floor.html").write_text(VIEW_FLOOR.format(name=name), encoding="utf-8")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(d))
+    handler.log_message = lambda *a, **k: None
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    link = f"http://127.0.0.1:{srv.server_address[1]}/view/floor.html"
+    try:
+        times = [_open(browser, link, DRAWN_JS, 0)[0] for _ in range(repeats + 1)]
+        ctx = _context(browser)
+        warm = [_open(browser, link, DRAWN_JS, 0, ctx=ctx)[0] for _ in range(repeats + 1)]
+        ctx.close()
+    finally:
+        srv.shutdown()
+        shutil.rmtree(d, ignore_errors=True)
+    return round(statistics.median(times[1:]), 3), round(statistics.median(warm[1:]), 3)
+
+
+def _series(browser, link: str, repeats: int, num_layers: int) -> dict:
+    """New visitors (a new context each), then a returning one (new tabs of one context): times and marks."""
+    out = {"new": [], "new_marks": [], "warm": [], "warm_marks": []}
+    for _ in range(repeats + 1):
+        dt, m = _open(browser, link, DRAWN_JS, num_layers)
+        out["new"].append(dt)
+        out["new_marks"].append(m)
+    ctx = _context(browser)   # the first open fills its cache, then new tabs
+    for _ in range(repeats + 1):
+        dt, m = _open(browser, link, DRAWN_JS, num_layers, ctx=ctx)
+        out["warm"].append(dt)
+        out["warm_marks"].append(m)
+    ctx.close()
+    return out
+
+
+def _breakdown(ms: list[dict]) -> dict:
+    return {k: round(statistics.median(m[k] for m in ms[1:])) for k in ("dom_ready", "title", "plotly_ready", "drawn")
+            if all(k in m for m in ms[1:])}
+
+
 def bench_reopen(repeats: int = 5, num_layers: int = 80) -> dict:
     """Time link -> curves drawn for a stored ``num_layers``-block run (see the module docstring)."""
     import shutil
@@ -137,43 +209,35 @@ def bench_reopen(repeats: int = 5, num_layers: int = 80) -> dict:
 
     home = Path(tempfile.mkdtemp(prefix="simdiff-reopen-"))
     run_id = make_run(home, num_layers)
-    times, marks, warm, warm_marks = [], [], [], []
     log = home / "streamlit.log"
     try:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
             try:
                 with running_app(log, {"SIMDIFF_HOME": str(home), "SIMDIFF_EXPORT_DIR": str(home / "exports")}) as (url, _):
-                    link = f"{url}/Layer_curves?run={run_id}&ratio=0.25"
-                    for _ in range(repeats + 1):
-                        dt, m = _open(browser, link, DRAWN_JS, num_layers)
-                        times.append(dt)
-                        marks.append(m)
-                    # a returning visitor: one browser context, the first open fills its cache, then new tabs
-                    ctx = _context(browser)
-                    for _ in range(repeats + 1):
-                        dt, m = _open(browser, link, DRAWN_JS, num_layers, ctx=ctx)
-                        warm.append(dt)
-                        warm_marks.append(m)
-                    ctx.close()
+                    view = _series(browser, f"{url}/view/{run_id}?ratio=0.25", repeats, num_layers)
+                    app = _series(browser, f"{url}/Layer_curves?run={run_id}&ratio=0.25", repeats, num_layers)
                 floor, floor_warm = floor_s(browser, repeats, home)
+                vfloor, vfloor_warm = view_floor_s(browser, repeats)
             finally:
                 browser.close()
     except RuntimeError as e:
         return {"error": str(e), "run_id": run_id}
     shutil.rmtree(home, ignore_errors=True)
-    rest = times[1:]
-    def breakdown(ms):
-        return {k: round(statistics.median(m[k] for m in ms[1:])) for k in ("dom_ready", "title", "plotly_ready", "drawn")
-                if all(k in m for m in ms[1:])}
-
-    return {"reopen_run_s": round(statistics.median(rest), 3), "first_s": round(times[0], 3),
-            "all_s": [round(t, 3) for t in times], "blocks": num_layers, "goal_s": 1.5,
-            "breakdown_ms": breakdown(marks), "floor_s": floor,
-            # the same link reopened by a returning visitor (same browser profile: its HTTP cache; new tab)
-            "reopen_run_warm_s": round(statistics.median(warm[1:]), 3), "all_warm_s": [round(t, 3) for t in warm],
-            "breakdown_warm_ms": breakdown(warm_marks), "floor_warm_s": floor_warm,
-            "plotly_js": marks[-1]["plotly_js"]}  # the bundle(s) the page loaded: [file, bytes]
+    med = lambda xs: round(statistics.median(xs[1:]), 3)  # noqa: E731 - the repeats after the first
+    r3 = lambda xs: [round(t, 3) for t in xs]  # noqa: E731
+    return {"reopen_run_s": med(view["new"]), "first_s": round(view["new"][0], 3), "all_s": r3(view["new"]),
+            "blocks": num_layers, "goal_s": 1.5, "goal_met": med(view["new"]) <= 1.5,
+            "breakdown_ms": _breakdown(view["new_marks"]), "view_floor_s": vfloor,
+            "reopen_run_warm_s": med(view["warm"]), "all_warm_s": r3(view["warm"]),
+            "breakdown_warm_ms": _breakdown(view["warm_marks"]), "view_floor_warm_s": vfloor_warm,
+            "plotly_js": view["new_marks"][-1]["plotly_js"],   # the bundle(s) the page loaded: [file, bytes]
+            # the explorer's deep link to the same run and view (a Streamlit session)
+            "reopen_app_s": med(app["new"]), "first_app_s": round(app["new"][0], 3), "all_app_s": r3(app["new"]),
+            "breakdown_app_ms": _breakdown(app["new_marks"]), "floor_s": floor,
+            "reopen_app_warm_s": med(app["warm"]), "all_app_warm_s": r3(app["warm"]),
+            "breakdown_app_warm_ms": _breakdown(app["warm_marks"]), "floor_warm_s": floor_warm,
+            "plotly_js_app": app["new_marks"][-1]["plotly_js"]}
 
 
 if __name__ == "__main__":

@@ -155,6 +155,12 @@ def test_the_vendored_plotly_is_the_cartesian_bundle_of_the_installed_plotlys_ve
     assert live_chart.plotly_file() == live_chart.VENDORED
     assert live_chart.served_name() == f"plotly-cartesian-{want}.min.js"
     assert live_chart.VENDORED.stat().st_size < full.stat().st_size / 2
+    # the quick view's bundle (scatter and bar only): the same version, smaller again
+    head = live_chart.VENDORED_BASIC.read_bytes()[:200].decode()
+    assert re.match(r"/\*\*\n\* plotly\.js \(basic - minified\) v" + re.escape(want) + r"\n", head), (want, head)
+    assert live_chart.plotly_file("basic") == live_chart.VENDORED_BASIC
+    assert live_chart.served_name("basic") == f"plotly-basic-{want}.min.js"
+    assert live_chart.VENDORED_BASIC.stat().st_size < live_chart.VENDORED.stat().st_size
 
 
 def test_a_vendored_bundle_of_another_plotly_js_version_is_not_served(tmp_path, monkeypatch):

@@ -85,6 +85,9 @@ def test_the_view_carries_the_runs_curves_and_the_links_plan(run_id, embedded_sc
     curves = live_slider.assemble(payload, "curves", k, "0.35")
     cos = [l["cosine"] for l in embedded_scores.layers]
     assert any(np.allclose(arr(t["y"]), cos, rtol=0, atol=1e-12) for t in curves["data"] if len(arr(t["y"])) == L)
+    # the view loads plotly's basic bundle: every trace it can draw must be a type that bundle has
+    frames = [f for c in payload["charts"].values() for f in [c["base"], *c["frames"].values()]]
+    assert {t.get("type", "scatter") for f in frames for t in f.get("data", [])} <= {"scatter", "bar"}
     text = body.decode()
     assert run_id in text and embedded_scores.model in text and "Open in SimDiff Explorer" in text
     assert f"../Layer_curves?run={run_id}&amp;ratio=0.2&amp;alpha=0.35" in text

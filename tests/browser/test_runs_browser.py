@@ -125,9 +125,50 @@ def test_reload_link_and_restart_reopen_the_same_run_and_view(tmp_path):
                 idle(page)
                 _no_errors(page)
                 assert _plan_line(page) == plan and "model not loaded" in _status(page)
+                _quick_view(browser, page, url2, link, run_id, plan, Path(env["SIMDIFF_HOME"]))
                 ctx.close()
         finally:
             browser.close()
+
+
+def _quick_view(browser, page, url: str, link: str, run_id: str, plan: str, home: Path) -> None:
+    """The quick view (``/view/<run>``, served by serve.py outside any Streamlit session): the Runs page offers
+    it; opened by a new visitor with the explorer link's view it shows the explorer's plan; its ratio slider
+    repaints to the library's plan at the new ratio, the address bar and the explorer link follow; the
+    explorer link opens the same run there."""
+    from simdiff_core.pruning.plan import make_plan
+    from simdiff_core.runs import RunStore
+
+    _nav(page, "Runs")
+    quick = page.locator("[data-testid=stMain] a[href*='/view/']").first.get_attribute("href")
+    assert quick.startswith(f"/view/{run_id}"), quick
+    ctx = browser.new_context(viewport={"width": 1280, "height": 1100})   # a new visitor: no session, no cache
+    p = ctx.new_page()
+    errors = []
+    p.on("pageerror", lambda e: errors.append(str(e)))
+    p.goto(f"{url}/view/{run_id}?{link.split('?', 1)[1]}")
+    p.wait_for_function("() => window.__sdView && window.__sdView.drawn >= 1 && [...document.querySelectorAll("
+                        "'.js-plotly-plot')].filter(g => g.data && g.data.length).length >= 2", timeout=60_000)
+    assert p.evaluate("window.__sdView.mismatch") is None and not errors, errors
+    blocks = PLAN.search(plan).group(3)
+    assert p.inner_text("#sd-dropped").endswith(f"would drop: [{blocks}]"), (p.inner_text("#sd-dropped"), plan)
+    p.fill("#sd-ratio", "0.4")
+    p.dispatch_event("#sd-ratio", "input")
+    scores = RunStore(home=home).open(run_id).scores
+    want = make_plan(scores, "simdiff", num=12, alpha=0.5, keep_first=True, keep_last=True).removed_layers  # 0.4 x 30
+    said = p.inner_text("#sd-dropped")
+    assert said == (f"Highlighted: the 12 blocks that simdiff at ratio 0.40 would drop: [{', '.join(map(str, want))}]"), said
+    assert "ratio=0.4" in p.url and "ratio=0.4" in p.get_attribute("#sd-open", "href")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    p.screenshot(path=str(ARTIFACTS / "runs_quick_view.png"), full_page=True)
+    p.click("#sd-open")   # into the explorer, at the view the sliders show
+    idle(p)
+    _no_errors(p)
+    assert _curves_drawn(p) >= 2
+    assert "the 12 blocks" in " ".join(p.locator("[data-testid=stMarkdownContainer]").all_inner_texts())
+    assert f"run {run_id}" in _status(p) and "model not loaded" in _status(p)
+    assert p.request.get(f"{url}/view/no-such-run").status == 404
+    ctx.close()
 
 
 def _tiny_run(home: Path, num_layers: int = 8, samples: int = 2) -> str:
