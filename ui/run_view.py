@@ -80,6 +80,20 @@ def settings(query) -> tuple[dict, list[str]]:
     return out, notes
 
 
+def explorer_link(run_id: str, s: dict) -> str:
+    """The explorer's deep link (Layer curves) to the view settings ``s``: ratio and α, and every other setting
+    that is not the app's default (so equal settings give one link, whatever the query spelled)."""
+    from ui import links
+
+    defaults, _ = settings({})
+    q = {"run": run_id}
+    for name, (key, _, _) in links.PARAMS.items():
+        v = s[key]
+        if name in ("ratio", "alpha") or v != defaults[key]:
+            q[name] = ("1" if v else "0") if isinstance(v, bool) else f"{round(v, 6):g}" if isinstance(v, float) else str(v)
+    return "../Layer_curves?" + urlencode(q)
+
+
 def build(scores, s: dict) -> dict:
     """What the page draws for ``scores`` at settings ``s``: the live payload (every k and α), the link's
     state, the plan's removed blocks (or why the planner refuses) -- the Layer curves page's own calls."""
@@ -202,8 +216,7 @@ def render(run_id: str, query, store=None) -> tuple[int, bytes, bytes | None]:
     except SimDiffError as e:
         return 404, _error_page(str(e)).encode(), None
     s, notes = settings(query)
-    explorer = "../Layer_curves?" + urlencode({"run": info.id, **{k: v for k, v in query.items() if k in links.PARAMS}})
-    key = (str(store.home), info.id, info.file, info.size, tuple(sorted(s.items())), tuple(notes), explorer)
+    key = (str(store.home), info.id, info.file, info.size, tuple(sorted(s.items())), tuple(notes))
     with _LOCK:
         hit = _CACHE.get(key)
         if hit is not None:
@@ -213,7 +226,7 @@ def render(run_id: str, query, store=None) -> tuple[int, bytes, bytes | None]:
         run = store.open(info.id)
     except SimDiffError as e:
         return 404, _error_page(str(e)).encode(), None
-    body = page(run, s, notes, build(run.scores, s), explorer).encode()
+    body = page(run, s, notes, build(run.scores, s), explorer_link(info.id, s)).encode()
     hit = (body, gzip.compress(body, compresslevel=6))   # compressed once: ~600 kB -> ~100 kB at 80 blocks
     with _LOCK:
         _CACHE[key] = hit

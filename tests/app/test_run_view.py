@@ -91,6 +91,10 @@ def test_the_view_carries_the_runs_curves_and_the_links_plan(run_id, embedded_sc
     text = body.decode()
     assert run_id in text and embedded_scores.model in text and "Open in SimDiff Explorer" in text
     assert f"../Layer_curves?run={run_id}&amp;ratio=0.2&amp;alpha=0.35" in text
+    # equal settings are one page (built once), whatever the query spelled; a non-default toggle is in the link
+    assert run_view.render(run_id, {})[1] == run_view.render(run_id, {"ratio": "0.25", "bands": "1"})[1]
+    logged = run_view.render(run_id, {"log": "1", "criterion": "cosine"})[1].decode()
+    assert f"../Layer_curves?run={run_id}&amp;ratio=0.25&amp;criterion=cosine&amp;alpha=0.5&amp;log=1" in logged
 
 
 def test_the_view_draws_what_the_explorers_layer_curves_page_draws(run_id):
@@ -176,3 +180,15 @@ def test_the_pages_offer_the_quick_link_only_where_the_route_is_served(run_id, m
     assert "/view/" not in runs_page()   # streamlit run app.py: no route, no link
     monkeypatch.setitem(run_view._SERVED, "on", True)
     assert f"[/view/{run_id}?" in runs_page()
+
+
+def test_warming_builds_the_default_view_of_the_recent_runs(run_id, monkeypatch):
+    """serve.py's start-up warming: afterwards the default link of the run is served from the kept pages."""
+    from ui import run_view
+
+    monkeypatch.setattr(run_view, "_CACHE", run_view.OrderedDict())
+    run_view.warm()
+    assert [k[1] for k in run_view._CACHE] == [run_id]
+    built = run_view._CACHE[next(iter(run_view._CACHE))]
+    monkeypatch.setattr(run_view, "build", None)   # a rebuild would fail: the page must come from the cache
+    assert run_view.render(run_id, {"ratio": "0.25"})[1:] == built
