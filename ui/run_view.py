@@ -34,6 +34,7 @@ PATH = "/view"
 JS = Path(__file__).resolve().parent / "live_component" / "view.js"
 CACHE_SIZE = 16
 _CACHE: OrderedDict = OrderedDict()
+_BUILDING: dict = {}        # page key -> the lock its one build holds
 _LOCK = threading.Lock()
 _SERVED = {"on": False}     # set by serve.py: the route exists on this server (the pages offer the link)
 
@@ -222,16 +223,26 @@ def render(run_id: str, query, store=None) -> tuple[int, bytes, bytes | None]:
         if hit is not None:
             _CACHE.move_to_end(key)
             return (200, *hit)
+        building = _BUILDING.setdefault(key, threading.Lock())
+    # one build per page: a visitor who asks while it is being built (e.g. by the start-up warming) waits for it
     try:
-        run = store.open(info.id)
-    except SimDiffError as e:
-        return 404, _error_page(str(e)).encode(), None
-    body = page(run, s, notes, build(run.scores, s), explorer_link(info.id, s)).encode()
-    hit = (body, gzip.compress(body, compresslevel=6))   # compressed once: ~600 kB -> ~100 kB at 80 blocks
-    with _LOCK:
-        _CACHE[key] = hit
-        while len(_CACHE) > CACHE_SIZE:
-            _CACHE.popitem(last=False)
+        with building:
+            with _LOCK:
+                hit = _CACHE.get(key)
+            if hit is None:
+                try:
+                    run = store.open(info.id)
+                except SimDiffError as e:
+                    return 404, _error_page(str(e)).encode(), None
+                body = page(run, s, notes, build(run.scores, s), explorer_link(info.id, s)).encode()
+                hit = (body, gzip.compress(body, compresslevel=6))   # compressed once: ~540 kB -> ~50 kB at 80 blocks
+                with _LOCK:
+                    _CACHE[key] = hit
+                    while len(_CACHE) > CACHE_SIZE:
+                        _CACHE.popitem(last=False)
+    finally:
+        with _LOCK:
+            _BUILDING.pop(key, None)
     return (200, *hit)
 
 

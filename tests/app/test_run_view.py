@@ -192,3 +192,35 @@ def test_warming_builds_the_default_view_of_the_recent_runs(run_id, monkeypatch)
     built = run_view._CACHE[next(iter(run_view._CACHE))]
     monkeypatch.setattr(run_view, "build", None)   # a rebuild would fail: the page must come from the cache
     assert run_view.render(run_id, {"ratio": "0.25"})[1:] == built
+
+
+def test_visitors_asking_at_once_get_one_build_and_the_same_page(run_id, monkeypatch):
+    import threading
+    import time
+
+    from ui import run_view
+
+    monkeypatch.setattr(run_view, "_CACHE", run_view.OrderedDict())
+    calls, real = [], run_view.build
+
+    def slow_build(scores, s):
+        calls.append(threading.get_ident())
+        time.sleep(0.3)   # keep the build in flight while the other visitors arrive
+        return real(scores, s)
+
+    monkeypatch.setattr(run_view, "build", slow_build)
+    got = [None] * 4
+    threads = [threading.Thread(target=lambda i=i: got.__setitem__(i, run_view.render(run_id, {"alpha": "0.7"})))
+               for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and not run_view._BUILDING
+    monkeypatch.setattr(run_view, "_CACHE", run_view.OrderedDict())
+    monkeypatch.setattr(run_view, "build", real)
+    solo = run_view.render(run_id, {"alpha": "0.7"})   # built alone, from scratch
+    def same(body: bytes) -> bytes:   # a payload's id is a fresh uuid per build (ui/live_slider.py)
+        return body.replace(parts(body)[0]["id"].encode(), b"ID")
+
+    assert len({g[1] for g in got}) == 1 and all(g[0] == 200 and same(g[1]) == same(solo[1]) for g in got)
