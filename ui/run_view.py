@@ -234,7 +234,12 @@ def render(run_id: str, query, store=None) -> tuple[int, bytes, bytes | None]:
                     run = store.open(info.id)
                 except SimDiffError as e:
                     return 404, _error_page(str(e)).encode(), None
-                body = page(run, s, notes, build(run.scores, s), explorer_link(info.id, s)).encode()
+                try:
+                    body = page(run, s, notes, build(run.scores, s), explorer_link(info.id, s)).encode()
+                except Exception as e:  # noqa: BLE001 - e.g. an imported run lacking what a chart needs: one line
+                    from ui.views import one_line
+
+                    return 500, _error_page(f"cannot draw run {info.id}: {one_line(e)}").encode(), None
                 hit = (body, gzip.compress(body, compresslevel=6))   # compressed once: ~540 kB -> ~50 kB at 80 blocks
                 with _LOCK:
                     _CACHE[key] = hit

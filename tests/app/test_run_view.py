@@ -224,3 +224,25 @@ def test_visitors_asking_at_once_get_one_build_and_the_same_page(run_id, monkeyp
         return body.replace(parts(body)[0]["id"].encode(), b"ID")
 
     assert len({g[1] for g in got}) == 1 and all(g[0] == 200 and same(g[1]) == same(solo[1]) for g in got)
+
+
+def test_a_partial_run_says_so_and_a_run_that_cannot_be_drawn_is_one_line(embedded_scores, tmp_path, monkeypatch):
+    from simdiff_core.runs import RunStore
+    from ui import run_view
+
+    store = RunStore(home=tmp_path / "home")
+    d = embedded_scores.to_dict()
+    d["meta"] = dict(d["meta"], partial={"windows": 1, "of": 2})
+    rid = store.save(d)
+    status, body, _ = run_view.render(rid, {}, store)
+    assert status == 200 and "Partial scores: calibration was cancelled after 1 of 2 windows." in body.decode()
+
+    def broken(scores, s):
+        raise KeyError("mssd")   # what a chart would raise on a run lacking a metric
+
+    monkeypatch.setattr(run_view, "build", broken)
+    monkeypatch.setattr(run_view, "_CACHE", run_view.OrderedDict())
+    status, body, gz = run_view.render(rid, {}, store)
+    text = body.decode()
+    assert status == 500 and gz is None and text.count('class="err"') == 1 and "Traceback" not in text
+    assert f"cannot draw run {rid}: unexpected KeyError" in text

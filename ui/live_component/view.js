@@ -7,7 +7,8 @@
   const init = JSON.parse(document.getElementById('sd-init').textContent);
   const $ = (id) => document.getElementById(id);
   const ratio = $('sd-ratio'), alpha = $('sd-alpha'), open = $('sd-open'), said = $('sd-dropped');
-  // window.__sdView: what the page drew (the browser test and bench/suite/reopen.py read it)
+  // window.__sdView: what the page drew and each chart's last draw time in ms (ms_curves, ms_simdiff); the
+  // browser test and bench/suite/reopen.py read it
   const V = window.__sdView = {drawn: 0, state: null, dropped: null, mismatch: null};
   let st = {k: init.k, a: init.a};
 
