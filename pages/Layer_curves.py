@@ -22,21 +22,22 @@ shell.setup_page("Layer curves")
 if state.get("scores") is not None:
     live_chart.preload()  # plotly.js loads while the rest of the page runs and renders (bench/suite/reopen.py)
 
+D = links.CURVES_DEFAULTS   # shared with the quick view of a run (ui/run_view.py)
 with st.sidebar:
     st.subheader("Curves")
     scale_free = st.toggle("Scale-free MSSD/MASD", **state.bound("scale_free"),
                            help="Divide each token's difference by its input norm (hidden-state norms grow with "
                                 "depth). Off: raw MSSD/MASD.")
     state.put("scale_free", scale_free)
-    log_mssd = st.toggle("Log scale for MSSD/MASD", **links.seeded("log_mssd", links.CURVES_DEFAULTS["log_mssd"]),
+    log_mssd = st.toggle("Log scale for MSSD/MASD", **links.seeded("log_mssd", D["log_mssd"]),
                          help="MSSD and MASD are dominated by a few outlier blocks; a log axis shows the rest.")
-    clip = st.toggle("Clip outlier blocks", **links.seeded("clip_outliers", links.CURVES_DEFAULTS["clip_outliers"]), disabled=log_mssd,
+    clip = st.toggle("Clip outlier blocks", **links.seeded("clip_outliers", D["clip_outliers"]), disabled=log_mssd,
                      help="Fit the MSSD/MASD axes to the other blocks and write the outliers' values (▲) at the top "
                           "edge. Outlier: above 5 × the 90th percentile of the blocks.")
-    show_bands = st.toggle("Bootstrap bands", **links.seeded("show_bands", links.CURVES_DEFAULTS["show_bands"]),
+    show_bands = st.toggle("Bootstrap bands", **links.seeded("show_bands", D["show_bands"]),
                            help="Shade each curve's confidence band: percentile bootstrap over the calibration windows "
                                 "(200 resamples, seed 0). Needs at least 2 windows.")
-    level = st.select_slider("Band level", [0.8, 0.9, 0.95], **links.seeded("band_level", links.CURVES_DEFAULTS["band_level"]), disabled=not show_bands,
+    level = st.select_slider("Band level", [0.8, 0.9, 0.95], **links.seeded("band_level", D["band_level"]), disabled=not show_bands,
                              format_func=lambda v: f"{v:.0%}")
     views.run_marker("curves_page", state.count_run("curves_page"))
 

@@ -168,6 +168,8 @@ def page(run, s: dict, notes: list[str], built: dict, explorer: str) -> str:
     init = {"k": built["k"], "a": built["a"], "ratio": s["ratio"], "alpha": round(float(s["alpha"]), 2),
             "criterion": built["criterion"], "dropped": built["dropped"], "problem": built["problem"],
             "config": {n: plot_config(n) for n in ("layer_curves", "simdiff_importance")}}
+    band_note = (f"Shaded: {s['band_level']:.0%} percentile-bootstrap band over the calibration windows (200 "
+                 "resamples, seed 0)." if built["bands"] else "")
     core = (JS.parent / "live_core.js").read_text(encoding="utf-8").replace("export function", "function") \
         .replace("export const", "const")
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
@@ -186,7 +188,7 @@ value="{s['ratio']}"><output id="sd-ratio-v"></output></label>
 <output id="sd-alpha-v"></output></label></div>
 <p id="sd-dropped"></p>
 <div id="curves" class="chart"></div><div id="simdiff" class="chart"></div>
-<p class="note">{"Shaded: " + f"{s['band_level']:.0%}" + " percentile-bootstrap band over the calibration windows (200 resamples, seed 0)." if built["bands"] else ""}</p>
+<p class="note">{band_note}</p>
 </main>
 {_plotly_tag()}
 <script type="application/json" id="sd-payload">{_json(built["payload"])}</script>
