@@ -1,4 +1,4 @@
-"""End-to-end: ``streamlit run app.py`` driven in headless Chromium through load → calibrate → curves
+"""End-to-end: ``streamlit run serve.py`` (the shipped start) driven in headless Chromium through load → calibrate → curves
 → preview → evaluate → export → download, with screenshots under ``test-artifacts/browser/``.
 
 Needs Debian's ``/usr/bin/chromium`` and the ``playwright`` package (scripts/setup.sh test installs

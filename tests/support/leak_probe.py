@@ -1,6 +1,6 @@
 """Test-only launcher: ``streamlit run`` plus a probe thread that reports what the server holds.
 
-    python tests/support/leak_probe.py PROBE_DIR run app.py --server.port 8501 ...
+    python tests/support/leak_probe.py PROBE_DIR run serve.py --server.port 8501 ...
 
 The load test cannot look inside the server it drives through browsers, and resident memory (RSS)
 mostly measures the allocator. This launcher starts the normal Streamlit CLI in the main thread and
