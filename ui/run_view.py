@@ -49,18 +49,18 @@ def served() -> bool:
 
 
 def link(run_id: str, query: dict) -> str:
-    """The view's path for ``run_id`` with the deep-link ``query`` (ui/links.py ``current()``), relative to the root."""
-    q = {k: v for k, v in query.items() if k != "run"}
-    return f"{PATH}/{run_id}" + (f"?{urlencode(q)}" if q else "")
+    """The view's path for ``run_id`` at the deep-link ``query`` (ui/links.py ``current()``), relative to the root:
+    ratio and α, and the other settings only where they are not the defaults (a short link to copy)."""
+    s, _ = settings(query)
+    return f"{PATH}/{run_id}?{urlencode(minimal_query(s))}"
 
 
 def link_markdown(run_id: str, query: dict) -> str | None:
     """The pages' line offering the quick view of ``run_id`` at ``query``, or None where the route is not served."""
     if not served():
         return None
-    path = link(run_id, query)
-    return (f"Quick view of this run: [{path}]({path}) (its curves and the highlighted plan with sliders, no "
-            "model and no session: opens in about a second; send it to a colleague on this server).")
+    return (f"[Quick view of this run]({link(run_id, query)}): its curves and the highlighted plan with sliders, "
+            "no model and no session, open in about a second. Send the link to a colleague on this server.")
 
 
 def settings(query) -> tuple[dict, list[str]]:
@@ -81,18 +81,23 @@ def settings(query) -> tuple[dict, list[str]]:
     return out, notes
 
 
-def explorer_link(run_id: str, s: dict) -> str:
-    """The explorer's deep link (Layer curves) to the view settings ``s``: ratio and α, and every other setting
-    that is not the app's default (so equal settings give one link, whatever the query spelled)."""
+def minimal_query(s: dict) -> dict:
+    """The query giving settings ``s``: ratio and α, and every other setting that is not the app's default (so
+    equal settings give one link, whatever a query spelled)."""
     from ui import links
 
     defaults, _ = settings({})
-    q = {"run": run_id}
+    q = {}
     for name, (key, _, _) in links.PARAMS.items():
         v = s[key]
         if name in ("ratio", "alpha") or v != defaults[key]:
             q[name] = ("1" if v else "0") if isinstance(v, bool) else f"{round(v, 6):g}" if isinstance(v, float) else str(v)
-    return "../Layer_curves?" + urlencode(q)
+    return q
+
+
+def explorer_link(run_id: str, s: dict) -> str:
+    """The explorer's deep link (Layer curves) to the view settings ``s``, relative to the view."""
+    return "../Layer_curves?" + urlencode({"run": run_id, **minimal_query(s)})
 
 
 def build(scores, s: dict) -> dict:

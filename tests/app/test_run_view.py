@@ -169,9 +169,10 @@ def test_a_read_only_library_serves_the_view(run_id, monkeypatch):
 def test_the_pages_offer_the_quick_link_only_where_the_route_is_served(run_id, monkeypatch):
     from ui import run_view
 
-    def runs_page():
+    def runs_page(query=None):
         at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
-        at.query_params["run"] = run_id
+        for k, v in {"run": run_id, **(query or {})}.items():
+            at.query_params[k] = v
         at.run()
         at.switch_page("pages/Runs.py").run()
         assert not at.exception and not at.error
@@ -179,7 +180,7 @@ def test_the_pages_offer_the_quick_link_only_where_the_route_is_served(run_id, m
 
     assert "/view/" not in runs_page()   # streamlit run app.py: no route, no link
     monkeypatch.setitem(run_view._SERVED, "on", True)
-    assert f"[/view/{run_id}?" in runs_page()
+    assert f"[Quick view of this run](/view/{run_id}?ratio=0.3&alpha=0.5&log=1)" in runs_page({"ratio": "0.3", "log": "1"})
 
 
 def test_warming_builds_the_default_view_of_the_recent_runs(run_id, monkeypatch):
