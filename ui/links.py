@@ -30,6 +30,18 @@ def _float(lo: float, hi: float):
     return parse
 
 
+def _alpha(s: str) -> float:
+    """α on the sliders' 0.05 grid: the pages' precomputed slider payloads (ui/live_slider.py) hold exactly
+    those values, and no widget of the app sets any other (Auto α's grid is 0.1)."""
+    v = float(s)
+    if not 0.0 <= v <= 1.0 or abs(v * 20 - round(v * 20)) > 1e-9:
+        raise ValueError
+    return round(v, 2)
+
+
+_alpha.expect = "a multiple of 0.05 in [0, 1]"
+
+
 def _bool(s: str) -> bool:
     if s not in ("0", "1", "true", "false"):
         raise ValueError
@@ -63,7 +75,7 @@ _level.expect = "0.8, 0.9 or 0.95"
 PARAMS = {
     "ratio": ("ratio", _float(0.01, 1.0), False),
     "criterion": ("criterion", _criterion, False),
-    "alpha": ("alpha", _float(0.0, 1.0), False),
+    "alpha": ("alpha", _alpha, False),
     "beta": ("beta", _float(0.0, 1.0), False),
     "keep_first": ("keep_first", _bool, False),
     "keep_last": ("keep_last", _bool, False),

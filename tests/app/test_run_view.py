@@ -123,11 +123,12 @@ def test_bad_links_missing_corrupt_and_deleted_runs_are_one_line_pages(embedded_
 
     store = RunStore(home=tmp_path / "home")
     rid = store.save(embedded_scores, meta=run_meta(embedded_scores))
-    status, body, _ = run_view.render(rid, {"ratio": "7", "criterion": "nope"}, store)
+    status, body, _ = run_view.render(rid, {"ratio": "7", "criterion": "nope", "alpha": "0.37"}, store)
     assert status == 200   # the page renders with the defaults and says what it ignored
     text = body.decode()
     assert "link parameter ratio=&#x27;7&#x27; ignored: expected a number in [0.01, 1]" in text
     assert "link parameter criterion=&#x27;nope&#x27; ignored" in text
+    assert "link parameter alpha=&#x27;0.37&#x27; ignored: expected a multiple of 0.05 in [0, 1]" in text
     _, init = parts(body)
     assert init["k"] == round(0.25 * embedded_scores.num_layers) and init["criterion"] == "simdiff"
 

@@ -262,6 +262,19 @@ def test_bad_links_are_one_line_errors_and_the_page_still_renders():
     assert at.session_state["alpha"] == 0.5 and at.info  # the empty state
 
 
+def test_a_link_with_an_alpha_off_the_sliders_grid_is_one_line_and_the_curves_still_draw(stored):
+    """No widget sets α off the 0.05 grid the slider payloads hold; a hand-edited link did, and Layer curves
+    stopped with a KeyError. Now the value is refused in one line and the default is drawn."""
+    _, run_id = stored
+    at = app({"run": run_id, "alpha": "0.37"})   # the link is read on the session's first run
+    errs = [e.value for e in at.error]
+    assert errs == ["link parameter alpha='0.37' ignored: expected a multiple of 0.05 in [0, 1]"], errs
+    at.switch_page(CURVES).run()
+    assert not at.exception and not at.error
+    assert at.session_state["alpha"] == 0.5 and len(figures(at)) >= 2
+    assert app({"run": run_id, "alpha": "0.35"}).session_state["alpha"] == 0.35
+
+
 def _copy_run(run_id: str, label: str, **meta_changes) -> str:
     """A copy of a stored run under a new key with some metadata changed (what another machine or an
     edited library could hold): its id."""
