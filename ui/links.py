@@ -90,21 +90,37 @@ CURVES_DEFAULTS = {"log_mssd": False, "clip_outliers": True, "show_bands": True,
 RUN_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
+def parse(query) -> tuple[dict, list[str]]:
+    """The settings a link's ``query`` sets (``{session key: value}``) and one line per value it ignored. Shared
+    by ``restore`` and the quick view of a run (ui/run_view.py)."""
+    values, ignored = {}, []
+    for name, (key, parser, _) in PARAMS.items():
+        if name not in query:
+            continue
+        try:
+            values[key] = parser(query[name])
+        except ValueError:
+            ignored.append(f"link parameter {name}={query[name][:40]!r} ignored: expected {parser.expect}")
+    return values, ignored
+
+
+def text(value) -> str:
+    """A setting as the URL spells it: booleans 1/0, floats to 6 decimals without trailing zeros."""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return f"{round(value, 6):g}" if isinstance(value, float) else str(value)
+
+
 def restore() -> None:
     """Once per session: open the URL's run and apply its view settings (before any widget renders)."""
     if state.get("_links_restored"):
         return
     state.put("_links_restored", True)
     q = st.query_params
-    for name, (key, parse, _) in PARAMS.items():
-        if name not in q:
-            continue
-        try:
-            value = parse(q[name])
-        except ValueError:
-            st.error(f"link parameter {name}={q[name][:40]!r} ignored: expected {parse.expect}",
-                     icon=":material/link_off:")
-            continue
+    values, ignored = parse(q)
+    for line in ignored:
+        st.error(line, icon=":material/link_off:")
+    for key, value in values.items():
         state.put(key, value)
     run_id = q.get("run")
     if run_id and run_id != state.get("run_id"):
@@ -132,7 +148,7 @@ def current() -> dict:
         v = state.get(key)
         if v is None:
             continue
-        out[name] = ("1" if v else "0") if isinstance(v, bool) else (f"{round(v, 6):g}" if isinstance(v, float) else str(v))
+        out[name] = text(v)
     return out
 
 

@@ -70,15 +70,8 @@ def settings(query) -> tuple[dict, list[str]]:
 
     out = {k: DEFAULTS[k] for k in ("ratio", "criterion", "alpha", "beta", "keep_first", "keep_last", "scale_free")}
     out.update(links.CURVES_DEFAULTS)
-    notes = []
-    for name, (key, parse, _) in links.PARAMS.items():
-        if name not in query:
-            continue
-        try:
-            out[key] = parse(query[name])
-        except ValueError:
-            notes.append(f"link parameter {name}={query[name][:40]!r} ignored: expected {parse.expect}")
-    return out, notes
+    values, notes = links.parse(query)
+    return {**out, **values}, notes
 
 
 def minimal_query(s: dict) -> dict:
@@ -91,7 +84,7 @@ def minimal_query(s: dict) -> dict:
     for name, (key, _, _) in links.PARAMS.items():
         v = s[key]
         if name in ("ratio", "alpha") or v != defaults[key]:
-            q[name] = ("1" if v else "0") if isinstance(v, bool) else f"{round(v, 6):g}" if isinstance(v, float) else str(v)
+            q[name] = links.text(v)
     return q
 
 
@@ -108,6 +101,7 @@ def build(scores, s: dict) -> dict:
     from simdiff_core.export import figures
     from simdiff_core.pruning.plan import make_plan, num_from_ratio
     from ui import live_slider
+    from ui.settings import count_for_ratio
 
     fusion = {"scale_free": bool(s["scale_free"]), "beta": float(s["beta"])}
     bands = None
@@ -122,8 +116,7 @@ def build(scores, s: dict) -> dict:
     out = {"payload": live_slider.public(payload), "a": live_slider.akey(alpha), "dropped": None, "problem": None,
            "criterion": s["criterion"], "bands": bands is not None}
     try:
-        num = num_from_ratio(L, num=L) if s["ratio"] >= 1 else num_from_ratio(L, ratio=s["ratio"])
-        plan = make_plan(scores, s["criterion"], num=num, alpha=alpha, keep_first=s["keep_first"],
+        plan = make_plan(scores, s["criterion"], num=count_for_ratio(L, s["ratio"]), alpha=alpha, keep_first=s["keep_first"],
                          keep_last=s["keep_last"], **(fusion if s["criterion"] == "simdiff" else {}))
         out["dropped"], out["k"] = plan.removed_layers, plan.num_removed
     except SimDiffError as e:

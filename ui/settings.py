@@ -23,7 +23,11 @@ def removal_count(num_layers: int) -> int:
 
     The Prune preview's ratio slider reaches 1: that is checked as the count it gives, so "remove all 30
     of 30" reads as such rather than as a bad ratio."""
-    ratio = float(state.get("ratio", 0.25))
+    return count_for_ratio(num_layers, float(state.get("ratio", 0.25)))
+
+
+def count_for_ratio(num_layers: int, ratio: float) -> int:
+    """Blocks to remove at ``ratio`` (``removal_count`` without the session: the quick view, ui/run_view.py)."""
     return num_from_ratio(num_layers, num=num_layers) if ratio >= 1 else num_from_ratio(num_layers, ratio=ratio)
 
 
