@@ -28,7 +28,7 @@ from the page's own navigation start): ``dom_ready`` (the document parsed), ``ti
 page's h1 drawn: Streamlit plus the script run up to it), ``plotly_ready`` (plotly.js fetched and run),
 ``drawn`` (both charts drawn). The floors: a one-line Streamlit page (``st.title``) served with the same
 config by a second server, timed to its title (``floor_s``: nothing a Streamlit page can beat); a static
-page that loads the same plotly.js bundle and draws one two-point chart (``view_floor_s``: nothing the
+page that loads the same plotly.js bundle and draws two two-point charts (``view_floor_s``: nothing the
 quick view can beat).
 """
 
@@ -65,7 +65,7 @@ MARKS_JS = """(() => {
   });
 })()"""
 FLOOR_PAGE = "import streamlit as st\n\nst.title('Floor')\n"
-# the quick view's floor: the same plotly.js bundle and one two-point chart, nothing else
+# the quick view's floor: the same plotly.js bundle and two two-point charts (a line, bars), nothing else
 VIEW_FLOOR = """<!doctype html><html><head><meta charset="utf-8"><title>floor</title></head><body><div id="a"></div>
 <div id="b"></div><script src="../app/static/{name}"></script><script>
 Plotly.newPlot('a', [{{y: [1, 2]}}]); Plotly.newPlot('b', [{{y: [2, 1], type: 'bar'}}]);</script></body></html>"""
@@ -160,8 +160,11 @@ def view_floor_s(browser, repeats: int) -> tuple[float, float]:
     shutil.copy(live_chart.plotly_file("basic"), d / "app" / "static" / name)
     (d / "view").mkdir()
     (d / "view" / "floor.html").write_text(VIEW_FLOOR.format(name=name), encoding="utf-8")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(d))
-    handler.log_message = lambda *a, **k: None
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):   # no line per request on stderr
+            pass
+
+    handler = functools.partial(Quiet, directory=str(d))
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     link = f"http://127.0.0.1:{srv.server_address[1]}/view/floor.html"
